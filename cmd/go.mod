@@ -1,0 +1,3 @@
+module github.com/tenure-dev/tenure/cmd
+
+go 1.26

@@ -1,0 +1,108 @@
+// Package pgtest gives tests a real PostgreSQL: one throwaway cluster per test binary and a
+// fresh database per test.
+//
+//	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+//	func TestX(t *testing.T)    { url := pgtest.NewDatabase(t) ... }
+//
+// Set TENURE_TEST_DATABASE_URL to a superuser URL to use an existing server instead.
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenure-dev/tenure/pkg/pgcluster"
+)
+
+var (
+	adminURL string
+	counter  atomic.Int64
+)
+
+// Main starts the cluster, runs the tests and stops the cluster. Use it from TestMain.
+func Main(m *testing.M) int {
+	url, stop, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pgtest:", err)
+		return 1
+	}
+	defer stop()
+	adminURL = url
+	return m.Run()
+}
+
+// Start starts a cluster for a test binary (or takes TENURE_TEST_DATABASE_URL) and returns a
+// superuser URL and a stop function.
+func Start() (string, func(), error) {
+	if u := os.Getenv("TENURE_TEST_DATABASE_URL"); u != "" {
+		return u, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "tenure-pgtest-")
+	if err != nil {
+		return "", nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgcluster.Start(ctx, pgcluster.Options{Dir: dir})
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	return c.URL("postgres"), func() { c.Stop(); os.RemoveAll(dir) }, nil
+}
+
+// AdminURL is the superuser URL of the test cluster (the "postgres" database).
+func AdminURL(t testing.TB) string {
+	t.Helper()
+	if adminURL == "" {
+		t.Fatal("pgtest: the cluster is not running; call pgtest.Main from TestMain")
+	}
+	return adminURL
+}
+
+// NewDatabase creates an empty database for this test and returns a superuser URL to it.
+// The database is dropped when the test ends.
+func NewDatabase(t testing.TB) string {
+	t.Helper()
+	base := AdminURL(t)
+	name := fmt.Sprintf("t_%d_%d", os.Getpid(), counter.Add(1))
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("pgtest: create database: %v", err)
+	}
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(context.Background(), base)
+		if err != nil {
+			return
+		}
+		defer conn.Close(context.Background())
+		conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	})
+	return WithDatabase(base, name)
+}
+
+// WithDatabase returns url pointing at another database.
+func WithDatabase(url, database string) string {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return url
+	}
+	i := strings.Index(url, "?")
+	q := ""
+	if i >= 0 {
+		q = url[i:]
+	}
+	return fmt.Sprintf("postgres://%s@%s:%d/%s%s", cfg.User, cfg.Host, cfg.Port, database, q)
+}

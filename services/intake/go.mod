@@ -1,0 +1,3 @@
+module github.com/tenure-dev/tenure/services/intake
+
+go 1.26

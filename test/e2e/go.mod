@@ -1,0 +1,3 @@
+module github.com/tenure-dev/tenure/test/e2e
+
+go 1.26
