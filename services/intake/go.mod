@@ -1,3 +1,13 @@
 module github.com/tenure-dev/tenure/services/intake
 
 go 1.26
+
+require (
+	github.com/tenure-dev/tenure/pkg v0.0.0
+	github.com/tenure-dev/tenure/proto v0.0.0
+)
+
+replace (
+	github.com/tenure-dev/tenure/pkg => ../../pkg
+	github.com/tenure-dev/tenure/proto => ../../proto
+)

@@ -1,0 +1,111 @@
+package intake
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Delivery is one webhook delivery whose Standard Webhooks signature has been verified.
+type Delivery struct {
+	// Source is the configured source name.
+	Source string
+	// WebhookID is the webhook-id header: the sender's id of the event, the same on retries.
+	WebhookID string
+	// Timestamp is the webhook-timestamp of this attempt.
+	Timestamp time.Time
+	// Received is when the intake received it.
+	Received time.Time
+	// Body holds the raw bytes the signature covered.
+	Body []byte
+}
+
+// An Adapter turns the body of one delivery in its source's format into a canonical HREvent.
+// The intake then validates the HREvent, applies it to the worker registry and publishes it,
+// whatever the format, so an adapter only translates. Thin formats (HRIS webhooks that carry
+// ids and changed field names) fetch the record from the HRIS API in Decode.
+//
+// Decode returns an *InputError for input the sender must fix (400 for a body that cannot be
+// decoded, 422 for one that decodes but makes no sense); any other error answers 503 so the
+// sender retries (for example an HRIS API that is down).
+type Adapter interface {
+	Decode(ctx context.Context, d Delivery) (HREvent, error)
+}
+
+// AdapterFactory builds the adapter of one configured source.
+type AdapterFactory func(source string, cfg SourceConfig) (Adapter, error)
+
+// FormatCanonical is tenure's own JSON format (see HREvent).
+const FormatCanonical = "canonical"
+
+var (
+	formatsMu sync.RWMutex
+	formats   = map[string]AdapterFactory{
+		FormatCanonical: func(string, SourceConfig) (Adapter, error) { return canonicalAdapter{}, nil },
+	}
+)
+
+// RegisterFormat makes a source format available under name (SourceConfig.Format). It panics
+// on an empty name, a nil factory or a name registered twice: those are programming errors.
+func RegisterFormat(name string, f AdapterFactory) {
+	if name == "" || strings.TrimSpace(name) != name {
+		panic(fmt.Sprintf("intake: RegisterFormat with a bad name %q", name))
+	}
+	if f == nil {
+		panic(fmt.Sprintf("intake: RegisterFormat %q with a nil factory", name))
+	}
+	formatsMu.Lock()
+	defer formatsMu.Unlock()
+	if _, dup := formats[name]; dup {
+		panic(fmt.Sprintf("intake: format %q registered twice", name))
+	}
+	formats[name] = f
+}
+
+// Formats returns the registered format names, sorted.
+func Formats() []string {
+	formatsMu.RLock()
+	defer formatsMu.RUnlock()
+	names := make([]string, 0, len(formats))
+	for n := range formats {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func lookupFormat(name string) (AdapterFactory, bool) {
+	formatsMu.RLock()
+	defer formatsMu.RUnlock()
+	f, ok := formats[name]
+	return f, ok
+}
+
+// InputError is a problem with a delivery that the sender must fix. It becomes the HTTP
+// answer {"error": Message, "field": Field} with Status.
+type InputError struct {
+	Status  int
+	Field   string
+	Message string
+}
+
+func (e *InputError) Error() string {
+	if e.Field != "" && !strings.HasPrefix(e.Message, e.Field) {
+		return e.Field + ": " + e.Message
+	}
+	return e.Message
+}
+
+// BadRequest is an InputError for a body that cannot be decoded (400).
+func BadRequest(field, format string, args ...any) *InputError {
+	return &InputError{Status: http.StatusBadRequest, Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// Unprocessable is an InputError for a decoded body that is not a valid HR event (422).
+func Unprocessable(field, format string, args ...any) *InputError {
+	return &InputError{Status: http.StatusUnprocessableEntity, Field: field, Message: fmt.Sprintf(format, args...)}
+}

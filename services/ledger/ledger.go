@@ -1,0 +1,318 @@
+// Package ledger is tenure's audit ledger: it records every event on the events stream
+// (tenure.>) exactly once, in one append-only SHA-256 hash chain in PostgreSQL, and answers
+// auditors over gRPC (LedgerService: Query, Verify).
+//
+// Any number of replicas may run: they share the durable consumer "ledger", and each batch
+// is appended while the single head row is locked, so the chain stays one gapless sequence.
+// An event is identified by its CloudEvents id, so a redelivery or a re-driven dead letter
+// is never recorded twice.
+package ledger
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+
+	"github.com/tenure-dev/tenure/pkg/authn"
+	"github.com/tenure-dev/tenure/pkg/natsx"
+	"github.com/tenure-dev/tenure/pkg/pgstore"
+	"github.com/tenure-dev/tenure/pkg/telemetry"
+	ledgerv1 "github.com/tenure-dev/tenure/proto/tenure/ledger/v1"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Schema is the ledger's PostgreSQL schema.
+const Schema = "ledger"
+
+// Durable is the name of the ledger's consumer on the events stream.
+const Durable = "ledger"
+
+// Config tunes the ledger. The zero value is usable.
+type Config struct {
+	// BatchSize is the most events appended in one transaction (default 500).
+	BatchSize int
+	// BatchWindow is how long the appender waits for more events after the first one of a
+	// batch (default 5ms): the latency an idle ledger adds, traded for fewer transactions.
+	BatchWindow time.Duration
+	// AckWait is how long a delivered event may stay unacknowledged before JetStream
+	// redelivers it (default 60s). A batch is committed and acked well within it.
+	AckWait time.Duration
+	// MaxAckPending bounds the events in flight across all replicas (default 4096).
+	MaxAckPending int
+	// VerifyPageSize is how many entries Verify reads per query (default 2000).
+	VerifyPageSize int
+}
+
+func (c *Config) defaults() {
+	if c.BatchSize <= 0 {
+		c.BatchSize = 500
+	}
+	if c.BatchWindow <= 0 {
+		c.BatchWindow = 5 * time.Millisecond
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 60 * time.Second
+	}
+	if c.MaxAckPending <= 0 {
+		c.MaxAckPending = 4096
+	}
+	if c.MaxAckPending < 2*c.BatchSize {
+		c.MaxAckPending = 2 * c.BatchSize
+	}
+	if c.VerifyPageSize <= 0 {
+		c.VerifyPageSize = 2000
+	}
+}
+
+// Deps are the ledger's connections.
+type Deps struct {
+	// Pool uses the ledger schema as its search_path: pgstore.Connect(ctx, url, "ledger").
+	Pool *pgxpool.Pool
+	// JS reaches the events stream. It may be nil for an instance that only answers
+	// queries (Run then records nothing).
+	JS  jetstream.JetStream
+	Log *slog.Logger
+}
+
+// Service is the ledger.
+type Service struct {
+	cfg    Config
+	pool   *pgxpool.Pool
+	js     jetstream.JetStream
+	cons   jetstream.Consumer
+	log    *slog.Logger
+	tracer trace.Tracer
+}
+
+// New migrates the ledger schema and creates (or updates) the durable consumer.
+func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
+	cfg.defaults()
+	if d.Pool == nil {
+		return nil, errors.New("ledger: Deps.Pool is required")
+	}
+	if d.Log == nil {
+		d.Log = slog.Default()
+	}
+	s := &Service{cfg: cfg, pool: d.Pool, js: d.JS, log: d.Log.With("service", "ledger"), tracer: telemetry.Tracer("tenure/ledger")}
+	if err := pgstore.Migrate(ctx, d.Pool, Schema, migrations, "migrations"); err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	if d.JS != nil {
+		cons, err := d.JS.CreateOrUpdateConsumer(ctx, natsx.EventsStream, consumerConfig(cfg))
+		if err != nil {
+			return nil, fmt.Errorf("ledger: consumer %s on %s: %w", Durable, natsx.EventsStream, err)
+		}
+		s.cons = cons
+	}
+	return s, nil
+}
+
+// consumerConfig is the ledger's durable pull consumer: no filter (every subject of the
+// stream), explicit acks, and unlimited deliveries, because the ledger must never give up on
+// an event (there is no dead letter for the audit trail: it retries until it records).
+func consumerConfig(cfg Config) jetstream.ConsumerConfig {
+	c := natsx.ConsumerSpec{Durable: Durable, AckWait: cfg.AckWait, MaxAckPending: cfg.MaxAckPending}.Config()
+	c.Description = "tenure ledger: records every event in the hash chain"
+	c.MaxDeliver = -1
+	c.FilterSubject = ""
+	c.FilterSubjects = nil
+	return c
+}
+
+// Run records events until ctx ends. A batch in progress is finished (committed and acked)
+// before Run returns.
+func (s *Service) Run(ctx context.Context) error {
+	if s.cons == nil {
+		s.log.InfoContext(ctx, "no JetStream: the ledger answers queries but records nothing")
+		<-ctx.Done()
+		return nil
+	}
+	it, err := s.cons.Messages(jetstream.PullMaxMessages(2 * s.cfg.BatchSize))
+	if err != nil {
+		return fmt.Errorf("ledger: consume: %w", err)
+	}
+	defer it.Stop()
+	batch := make([]jetstream.Msg, 0, s.cfg.BatchSize)
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			s.log.WarnContext(ctx, "next message", "err", err)
+			continue
+		}
+		batch = append(batch[:0], msg)
+		deadline := time.Now().Add(s.cfg.BatchWindow)
+		for len(batch) < s.cfg.BatchSize {
+			wait := time.Until(deadline)
+			if wait <= 0 {
+				break
+			}
+			m, err := it.Next(jetstream.NextMaxWait(wait))
+			if err != nil {
+				break // timeout, or closed: the next outer Next tells which
+			}
+			batch = append(batch, m)
+		}
+		s.record(ctx, batch)
+	}
+}
+
+// record appends a batch and acks it, retrying until it commits or ctx ends. It never drops
+// an event: on shutdown the batch is nakked so another replica records it at once.
+func (s *Service) record(ctx context.Context, msgs []jetstream.Msg) {
+	es := make([]*entry, len(msgs))
+	for i, m := range msgs {
+		es[i] = entryOf(m)
+	}
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		// An append that has started is finished even when ctx ends meanwhile.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.AckWait/2)
+		n, err := s.appendEntries(actx, es)
+		cancel()
+		if err == nil {
+			for _, m := range msgs {
+				if err := m.Ack(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+					s.log.WarnContext(ctx, "ack", "subject", m.Subject(), "err", err)
+				}
+			}
+			s.log.DebugContext(ctx, "recorded", "events", len(msgs), "new", n)
+			return
+		}
+		s.log.ErrorContext(ctx, "append failed; retrying", "events", len(msgs), "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			for _, m := range msgs {
+				_ = m.Nak()
+			}
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Second)
+		for _, m := range msgs {
+			_ = m.InProgress() // keep the deliveries while retrying
+		}
+	}
+}
+
+// appendEntries appends es, in order, to the chain in one transaction and returns how many
+// were new. Events already in the ledger (by msg_id), and repeats within es, are skipped.
+// It is safe to call concurrently, from any number of processes: the head row lock
+// serializes appenders. es are not modified.
+func (s *Service) appendEntries(ctx context.Context, es []*entry) (n int, err error) {
+	if len(es) == 0 {
+		return 0, nil
+	}
+	ctx, span := s.tracer.Start(ctx, "ledger append", trace.WithAttributes(attribute.Int("ledger.batch", len(es))))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.SetAttributes(attribute.Int("ledger.appended", n))
+		span.End()
+	}()
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+
+	ids := make([]string, len(es))
+	for i, e := range es {
+		ids[i] = e.MsgID
+	}
+	var (
+		seq      int64
+		prev     []byte
+		now      time.Time
+		recorded []string
+	)
+	// One round trip: lock the head, then (seeing everything committed before the lock was
+	// granted) read the clock and which of the ids are already recorded.
+	b := &pgx.Batch{}
+	b.Queue("SELECT seq, hash FROM head FOR UPDATE")
+	b.Queue("SELECT clock_timestamp(), ARRAY(SELECT msg_id FROM entries WHERE msg_id = ANY($1))", ids)
+	br := tx.SendBatch(ctx, b)
+	if err := br.QueryRow().Scan(&seq, &prev); err != nil {
+		br.Close()
+		return 0, fmt.Errorf("lock head: %w", err)
+	}
+	if err := br.QueryRow().Scan(&now, &recorded); err != nil {
+		br.Close()
+		return 0, fmt.Errorf("find recorded events: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return 0, err
+	}
+	now = dbTime(now)
+	skip := make(map[string]struct{}, len(es)+len(recorded))
+	for _, id := range recorded {
+		skip[id] = struct{}{}
+	}
+	rows := make([][]any, 0, len(es))
+	for _, in := range es {
+		if _, dup := skip[in.MsgID]; dup {
+			continue
+		}
+		skip[in.MsgID] = struct{}{}
+		e := *in
+		seq++
+		e.Seq = seq
+		e.RecordedAt = now
+		if e.EventTime.IsZero() {
+			e.EventTime = now
+		}
+		e.PrevHash = prev
+		e.Hash = chainHash(prev, &e)
+		prev = e.Hash
+		rows = append(rows, []any{e.Seq, e.MsgID, e.Subject, e.Type, e.Source, e.WorkerID, e.System, e.Actor,
+			e.EventTime, e.RecordedAt, e.StreamSeq, e.Headers, e.Payload, e.PrevHash, e.Hash, e.TraceID})
+	}
+	if len(rows) == 0 {
+		return 0, tx.Commit(ctx)
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"entries"}, entryColumns, pgx.CopyFromRows(rows)); err != nil {
+		return 0, fmt.Errorf("insert entries: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "UPDATE head SET seq = $1, hash = $2", seq, prev); err != nil {
+		return 0, fmt.Errorf("move head: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, err
+	}
+	return len(rows), nil
+}
+
+var entryColumns = []string{"seq", "msg_id", "subject", "type", "source", "worker_id", "system", "actor",
+	"event_time", "recorded_at", "stream_seq", "headers", "payload", "prev_hash", "hash", "trace_id"}
+
+// RegisterGRPC registers LedgerService.
+func (s *Service) RegisterGRPC(g *grpc.Server) {
+	ledgerv1.RegisterLedgerServiceServer(g, &grpcServer{s: s})
+}
+
+// AuthRules lets auditors, operators and security query and verify the ledger (admin always).
+func (s *Service) AuthRules() authn.Rules {
+	roles := []authn.Role{authn.RoleAuditor, authn.RoleOperator, authn.RoleSecurity}
+	return authn.Rules{
+		ledgerv1.LedgerService_Query_FullMethodName:  roles,
+		ledgerv1.LedgerService_Verify_FullMethodName: roles,
+	}
+}

@@ -1,0 +1,382 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tenure-dev/tenure/pkg/events"
+	"github.com/tenure-dev/tenure/pkg/natsx"
+	"github.com/tenure-dev/tenure/pkg/pgstore"
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+)
+
+const (
+	stateEnabled  = "enabled"
+	stateDisabled = "disabled"
+)
+
+// handleEvent converges desired state from HR events and access decisions, in one
+// transaction with the inbox claim and the commands it emits.
+func (s *Service) handleEvent(ctx context.Context, msg jetstream.Msg) error {
+	meta := events.MetaOf(msg.Headers())
+	var out []events.Event
+	var err error
+	err = pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		first, err := pgstore.Claim(ctx, tx, durable, meta.ID, msg.Subject())
+		if err != nil || !first {
+			return err
+		}
+		switch {
+		case strings.HasPrefix(msg.Subject(), "tenure.hr."):
+			var ev eventsv1.WorkerEvent
+			if err := proto.Unmarshal(msg.Data(), &ev); err != nil {
+				return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))
+			}
+			out, err = s.onHR(ctx, tx, meta, &ev)
+		case strings.HasPrefix(msg.Subject(), "tenure.access."):
+			var d eventsv1.AccessDecision
+			if err := proto.Unmarshal(msg.Data(), &d); err != nil {
+				return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))
+			}
+			out, err = s.onDecision(ctx, tx, &d)
+		}
+		if err != nil {
+			return err
+		}
+		return pgstore.Enqueue(ctx, tx, out...)
+	})
+	if err != nil {
+		return err
+	}
+	if len(out) > 0 {
+		s.relay.Poke()
+	}
+	return nil
+}
+
+func (s *Service) onHR(ctx context.Context, tx pgx.Tx, meta events.Meta, ev *eventsv1.WorkerEvent) ([]events.Event, error) {
+	w := ev.GetWorker()
+	if w.GetWorkerId() == "" {
+		return nil, natsx.Permanent(errors.New("HR event without worker id"))
+	}
+	eff := meta.Time
+	if ev.GetEffectiveTime() != nil {
+		eff = ev.GetEffectiveTime().AsTime()
+	}
+	var stored time.Time
+	err := tx.QueryRow(ctx, "SELECT effective_time FROM workers WHERE worker_id = $1 FOR UPDATE", w.GetWorkerId()).Scan(&stored)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, err
+	}
+	if err == nil && eff.Before(stored) {
+		// A stale event (an older joiner after the termination) changes nothing.
+		return nil, nil
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO workers (worker_id, status, email, given_name, family_name, effective_time)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (worker_id) DO UPDATE SET status = $2, email = coalesce(nullif($3, ''), workers.email),
+		  given_name = coalesce(nullif($4, ''), workers.given_name), family_name = coalesce(nullif($5, ''), workers.family_name),
+		  effective_time = $6, updated_at = now()`,
+		w.GetWorkerId(), w.GetStatus().String(), w.GetEmail(), w.GetGivenName(), w.GetFamilyName(), eff); err != nil {
+		return nil, err
+	}
+	switch ev.GetKind() {
+	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER:
+		return s.openCase(ctx, tx, w.GetWorkerId(), meta.ID, w.GetEmail())
+	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_START:
+		return s.setWorkerLinks(ctx, tx, w.GetWorkerId(), stateDisabled, "")
+	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_END:
+		return s.setWorkerLinks(ctx, tx, w.GetWorkerId(), stateEnabled, "")
+	}
+	return nil, nil
+}
+
+// setWorkerLinks suspends or restores every link of a worker that has active grants
+// (leave of absence: disable, keep links).
+func (s *Service) setWorkerLinks(ctx context.Context, tx pgx.Tx, worker, state, caseID string) ([]events.Event, error) {
+	rows, err := tx.Query(ctx, `UPDATE links SET desired_state = $2, generation = generation + 1
+		WHERE worker_id = $1 AND ($2 = 'disabled' OR EXISTS (SELECT 1 FROM link_grants g WHERE g.link_id = links.link_id AND g.active))
+		RETURNING link_id, connector, generation`, worker, state)
+	if err != nil {
+		return nil, err
+	}
+	type l struct {
+		id, conn string
+		gen      int64
+	}
+	links, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (l, error) {
+		var x l
+		return x, r.Scan(&x.id, &x.conn, &x.gen)
+	})
+	if err != nil {
+		return nil, err
+	}
+	op := eventsv1.ProvisionOp_PROVISION_OP_ENSURE
+	if state == stateDisabled {
+		op = eventsv1.ProvisionOp_PROVISION_OP_DISABLE
+	}
+	var out []events.Event
+	for _, x := range links {
+		out = append(out, command(worker, x.conn, x.id, x.gen, op, caseID))
+	}
+	return out, nil
+}
+
+func command(worker, conn, link string, gen int64, op eventsv1.ProvisionOp, caseID string) events.Event {
+	opTok := "ensure"
+	if op == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
+		opTok = "disable"
+	}
+	id := events.NewID()
+	return events.Event{
+		ID: id, Subject: events.Subject("tenure.provision."+conn, opTok), Source: source, WorkerID: worker, Actor: "provisioner",
+		Payload: &eventsv1.ProvisionCommand{CommandId: id, Connector: conn, Op: op, WorkerId: worker, LinkId: link, Generation: gen, CaseId: caseID},
+	}
+}
+
+// openCase opens (or extends) the worker's leaver case: every link gets desired state
+// disabled and a task, and the case completes when every task is verified.
+func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, email string) ([]events.Event, error) {
+	now := time.Now().UTC()
+	var caseID string
+	var opened, deadline time.Time
+	err := tx.QueryRow(ctx, "SELECT case_id, opened_at, deadline FROM cases WHERE worker_id = $1 AND status = 'open' FOR UPDATE", worker).Scan(&caseID, &opened, &deadline)
+	newCase := errors.Is(err, pgx.ErrNoRows)
+	if err != nil && !newCase {
+		return nil, err
+	}
+	if newCase {
+		caseID = events.NewID()
+		opened, deadline = now, now.Add(s.cfg.CaseDeadline)
+		if _, err := tx.Exec(ctx, "INSERT INTO cases (case_id, worker_id, hr_event_id, status, opened_at, deadline) VALUES ($1, $2, $3, 'open', $4, $5)",
+			caseID, worker, hrEventID, opened, deadline); err != nil {
+			return nil, err
+		}
+	}
+	out, err := s.setWorkerLinks(ctx, tx, worker, stateDisabled, caseID)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range out {
+		cmd := c.Payload.(*eventsv1.ProvisionCommand)
+		if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation) VALUES ($1, $2, $3)
+			ON CONFLICT (case_id, link_id) DO UPDATE SET generation = $3, status = 'pending'`, caseID, cmd.LinkId, cmd.Generation); err != nil {
+			return nil, err
+		}
+	}
+	ce := &eventsv1.CaseEvent{CaseId: caseID, WorkerId: worker, Status: eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_OPEN, Accounts: int32(len(out)),
+		OpenedAt: timestamppb.New(opened), Deadline: timestamppb.New(deadline), HrEventId: hrEventID}
+	out = append(out,
+		events.Event{ID: events.NewID(), Subject: events.Subject("tenure.case", "opened", worker), Source: source, WorkerID: worker, Actor: "provisioner", Payload: ce},
+		events.Event{ID: events.NewID(), Subject: events.Subject("tenure.revocation", "worker_terminated", worker), Source: source, WorkerID: worker, Actor: "provisioner",
+			Payload: &eventsv1.Revocation{RevocationId: events.NewID(), Kind: eventsv1.RevocationKind_REVOCATION_KIND_WORKER_TERMINATED, WorkerId: worker, Email: email, CaseId: caseID, OccurredAt: timestamppb.New(now)}},
+	)
+	done, err := s.maybeComplete(ctx, tx, caseID)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, done...), nil
+}
+
+// maybeComplete completes an open case whose accounts are all verified. The caller holds the
+// case row lock, so two tasks finishing at once cannot both miss the last one.
+func (s *Service) maybeComplete(ctx context.Context, tx pgx.Tx, caseID string) ([]events.Event, error) {
+	var worker, hrEvent, status string
+	var opened, deadline time.Time
+	var total, verified int32
+	err := tx.QueryRow(ctx, `SELECT c.worker_id, c.hr_event_id, c.status, c.opened_at, c.deadline,
+		  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id),
+		  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id AND a.status = 'verified')
+		FROM cases c WHERE c.case_id = $1`, caseID).Scan(&worker, &hrEvent, &status, &opened, &deadline, &total, &verified)
+	if err != nil {
+		return nil, err
+	}
+	if status != "open" || verified < total {
+		return nil, nil
+	}
+	now := time.Now().UTC()
+	if _, err := tx.Exec(ctx, "UPDATE cases SET status = 'completed', completed_at = $2 WHERE case_id = $1", caseID, now); err != nil {
+		return nil, err
+	}
+	var email string
+	tx.QueryRow(ctx, "SELECT email FROM workers WHERE worker_id = $1", worker).Scan(&email)
+	ce := &eventsv1.CaseEvent{CaseId: caseID, WorkerId: worker, Status: eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED, Accounts: total, Verified: verified,
+		OpenedAt: timestamppb.New(opened), CompletedAt: timestamppb.New(now), Deadline: timestamppb.New(deadline), HrEventId: hrEvent}
+	return []events.Event{
+		{ID: events.NewID(), Subject: events.Subject("tenure.case", "completed", worker), Source: source, WorkerID: worker, Actor: "provisioner", Payload: ce},
+		{ID: events.NewID(), Subject: events.Subject("tenure.revocation", "case_completed", worker), Source: source, WorkerID: worker, Actor: "provisioner",
+			Payload: &eventsv1.Revocation{RevocationId: events.NewID(), Kind: eventsv1.RevocationKind_REVOCATION_KIND_CASE_COMPLETED, WorkerId: worker, Email: email, CaseId: caseID, OccurredAt: timestamppb.New(now), Verified: true}},
+	}, nil
+}
+
+func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessDecision) ([]events.Event, error) {
+	worker := d.GetWorkerId()
+	if _, ok := s.targets[d.GetConnector()]; !ok {
+		return nil, natsx.Permanent(fmt.Errorf("decision %s names connector %q, which this provisioner does not run", d.GetDecisionId(), d.GetConnector()))
+	}
+	var status, email, given, family string
+	err := tx.QueryRow(ctx, "SELECT status, email, given_name, family_name FROM workers WHERE worker_id = $1 FOR UPDATE", worker).Scan(&status, &email, &given, &family)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, err
+	}
+	terminated := status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String()
+	switch d.GetKind() {
+	case eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_GRANT:
+		if terminated {
+			// Level-triggered: a grant that arrives after the termination never re-enables.
+			s.log.WarnContext(ctx, "ignoring grant for a terminated worker", "worker", worker, "grant", d.GetGrantId())
+			return nil, nil
+		}
+		linkID, err := s.linkFor(ctx, tx, worker, d.GetConnector(), email, given, family)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO link_grants (grant_id, link_id, entitlements) VALUES ($1, $2, $3)
+			ON CONFLICT (grant_id) DO NOTHING`, d.GetGrantId(), linkID, d.GetEntitlements()); err != nil {
+			return nil, err
+		}
+		return s.reconverge(ctx, tx, worker, linkID, stateEnabled)
+	case eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_REVOKE:
+		var linkID string
+		err := tx.QueryRow(ctx, "UPDATE link_grants SET active = false, updated_at = now() WHERE grant_id = $1 AND active RETURNING link_id", d.GetGrantId()).Scan(&linkID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		var remaining int
+		if err := tx.QueryRow(ctx, "SELECT count(*) FROM link_grants WHERE link_id = $1 AND active", linkID).Scan(&remaining); err != nil {
+			return nil, err
+		}
+		state := stateEnabled
+		if remaining == 0 || terminated {
+			state = stateDisabled
+		}
+		return s.reconverge(ctx, tx, worker, linkID, state)
+	}
+	return nil, natsx.Permanent(fmt.Errorf("unknown decision kind %v", d.GetKind()))
+}
+
+// reconverge recomputes a link's desired state from its active grants and, if it changed,
+// bumps the generation and emits a command.
+func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, state string) ([]events.Event, error) {
+	var conn, curState string
+	var curEnts []string
+	var gen int64
+	if err := tx.QueryRow(ctx, "SELECT connector, desired_state, desired_entitlements, generation FROM links WHERE link_id = $1 FOR UPDATE", linkID).Scan(&conn, &curState, &curEnts, &gen); err != nil {
+		return nil, err
+	}
+	var ents []string
+	if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT e ORDER BY e), '{}') FROM link_grants g, unnest(g.entitlements) e
+		WHERE g.link_id = $1 AND g.active`, linkID).Scan(&ents); err != nil {
+		return nil, err
+	}
+	if state == curState && slices.Equal(ents, curEnts) && gen > 0 {
+		return nil, nil
+	}
+	if err := tx.QueryRow(ctx, `UPDATE links SET desired_state = $2, desired_entitlements = $3, generation = generation + 1
+		WHERE link_id = $1 RETURNING generation`, linkID, state, ents).Scan(&gen); err != nil {
+		return nil, err
+	}
+	op := eventsv1.ProvisionOp_PROVISION_OP_ENSURE
+	if state == stateDisabled {
+		op = eventsv1.ProvisionOp_PROVISION_OP_DISABLE
+	}
+	return []events.Event{command(worker, conn, linkID, gen, op, "")}, nil
+}
+
+var unsafeUser = regexp.MustCompile(`[^a-z0-9._-]+`)
+
+// linkFor returns the worker's link in a target, creating it with a username that was never
+// used in that target before (links are never deleted, so they are the tombstones).
+func (s *Service) linkFor(ctx context.Context, tx pgx.Tx, worker, conn, email, given, family string) (string, error) {
+	var id string
+	err := tx.QueryRow(ctx, "SELECT link_id FROM links WHERE worker_id = $1 AND connector = $2 ORDER BY created_at LIMIT 1", worker, conn).Scan(&id)
+	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
+		return id, err
+	}
+	base := ""
+	if local, _, ok := strings.Cut(email, "@"); ok {
+		base = local
+	} else if given != "" || family != "" {
+		base = given + "." + family
+	} else {
+		base = worker
+	}
+	base = strings.Trim(unsafeUser.ReplaceAllString(strings.ToLower(base), "_"), "._-")
+	if base == "" {
+		base = "w" + strings.ToLower(unsafeUser.ReplaceAllString(worker, ""))
+	}
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	id = events.NewID()
+	for n := 1; ; n++ {
+		name := base
+		if n > 1 {
+			name = base + strconv.Itoa(n)
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO links (link_id, worker_id, connector, username, desired_state, generation)
+			VALUES ($1, $2, $3, $4, 'enabled', 0) ON CONFLICT (connector, username) DO NOTHING`, id, worker, conn, name)
+		if err != nil {
+			return "", err
+		}
+		if tag.RowsAffected() == 1 {
+			return id, nil
+		}
+		if n > 1000 {
+			return "", fmt.Errorf("no free username for %s in %s", base, conn)
+		}
+	}
+}
+
+// LinkAccount records an account that exists in a target for a worker (found by
+// reconciliation or seeded by an operator). If the worker has an open leaver case, the
+// account joins it and is disabled.
+func (s *Service) LinkAccount(ctx context.Context, worker, conn, username, accountID string) (string, error) {
+	if _, ok := s.targets[conn]; !ok {
+		return "", fmt.Errorf("unknown target %q", conn)
+	}
+	id := events.NewID()
+	var out []events.Event
+	err := pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `INSERT INTO links (link_id, worker_id, connector, username, account_id, origin, desired_state, observed_state)
+			VALUES ($1, $2, $3, $4, $5, 'reconciled', 'enabled', 'enabled')
+			ON CONFLICT (connector, username) DO UPDATE SET account_id = excluded.account_id
+			RETURNING link_id`, id, worker, conn, username, accountID).Scan(&id)
+		if err != nil {
+			return err
+		}
+		var caseID string
+		if err := tx.QueryRow(ctx, "SELECT case_id FROM cases WHERE worker_id = $1 AND status = 'open' FOR UPDATE", worker).Scan(&caseID); err == nil {
+			var gen int64
+			if err := tx.QueryRow(ctx, "UPDATE links SET desired_state = 'disabled', generation = generation + 1 WHERE link_id = $1 RETURNING generation", id).Scan(&gen); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation) VALUES ($1, $2, $3)
+				ON CONFLICT (case_id, link_id) DO UPDATE SET generation = $3, status = 'pending'`, caseID, id, gen); err != nil {
+				return err
+			}
+			out = append(out, command(worker, conn, id, gen, eventsv1.ProvisionOp_PROVISION_OP_DISABLE, caseID))
+		} else if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		return pgstore.Enqueue(ctx, tx, out...)
+	})
+	if err == nil {
+		s.relay.Poke()
+	}
+	return id, err
+}

@@ -1,0 +1,132 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tenure-dev/tenure/pkg/natsx"
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
+)
+
+func ts(t *time.Time) *timestamppb.Timestamp {
+	if t == nil {
+		return nil
+	}
+	return timestamppb.New(*t)
+}
+
+func stateOf(s string) eventsv1.AccountState {
+	switch s {
+	case "enabled":
+		return eventsv1.AccountState_ACCOUNT_STATE_ENABLED
+	case "disabled":
+		return eventsv1.AccountState_ACCOUNT_STATE_DISABLED
+	case "absent":
+		return eventsv1.AccountState_ACCOUNT_STATE_ABSENT
+	}
+	return eventsv1.AccountState_ACCOUNT_STATE_UNSPECIFIED
+}
+
+// GetLeaverCase returns a case by id, or the newest case of a worker, with per-account status.
+func (s *Service) GetLeaverCase(ctx context.Context, req *provisionerv1.GetLeaverCaseRequest) (*provisionerv1.GetLeaverCaseResponse, error) {
+	if req.GetCaseId() == "" && req.GetWorkerId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "give worker_id or case_id")
+	}
+	var c provisionerv1.LeaverCase
+	var st string
+	var opened, deadline time.Time
+	var completed *time.Time
+	err := s.pool.QueryRow(ctx, `SELECT case_id, worker_id, hr_event_id, status, opened_at, deadline, completed_at FROM cases
+		WHERE ($1 = '' OR case_id = $1) AND ($2 = '' OR worker_id = $2) ORDER BY opened_at DESC LIMIT 1`, req.GetCaseId(), req.GetWorkerId()).
+		Scan(&c.CaseId, &c.WorkerId, &c.HrEventId, &st, &opened, &deadline, &completed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, status.Errorf(codes.NotFound, "no leaver case for worker %q case %q", req.GetWorkerId(), req.GetCaseId())
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "get case: %v", err)
+	}
+	c.Status = eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_OPEN
+	if st == "completed" {
+		c.Status = eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED
+	}
+	c.OpenedAt, c.Deadline, c.CompletedAt = timestamppb.New(opened), timestamppb.New(deadline), ts(completed)
+	rows, err := s.pool.Query(ctx, `SELECT a.link_id, l.connector, l.username, a.status, a.attempts, a.last_error, a.verified_at, a.observed_state
+		FROM case_accounts a JOIN links l USING (link_id) WHERE a.case_id = $1 ORDER BY l.connector, l.username`, c.CaseId)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "get case accounts: %v", err)
+	}
+	c.Accounts, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (*provisionerv1.CaseAccount, error) {
+		var a provisionerv1.CaseAccount
+		var verified *time.Time
+		var observed string
+		err := r.Scan(&a.LinkId, &a.Connector, &a.Username, &a.Status, &a.Attempts, &a.LastError, &verified, &observed)
+		a.VerifiedAt, a.ObservedState = ts(verified), stateOf(observed)
+		return &a, err
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "get case accounts: %v", err)
+	}
+	return &provisionerv1.GetLeaverCaseResponse{LeaverCase: &c}, nil
+}
+
+// ListQueues reports each connector's work queue from its JetStream consumer and the
+// dead-letter stream.
+func (s *Service) ListQueues(ctx context.Context, _ *provisionerv1.ListQueuesRequest) (*provisionerv1.ListQueuesResponse, error) {
+	dead := map[string]uint64{}
+	if dlq, err := s.js.Stream(ctx, natsx.DLQStream); err == nil {
+		if info, err := dlq.Info(ctx, jetstream.WithSubjectFilter(natsx.DLQPrefix+".>")); err == nil {
+			for subj, n := range info.State.Subjects {
+				dead[subj] = n
+			}
+		}
+	}
+	var out []*provisionerv1.Queue
+	for _, t := range s.targets {
+		q := &provisionerv1.Queue{Connector: t.Name, ConnectorType: t.Type, DeadLetters: dead[natsx.DLQPrefix+"."+workDurable(t.Name)]}
+		c, err := s.js.Consumer(ctx, natsx.EventsStream, workDurable(t.Name))
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "queue %s: %v", t.Name, err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "queue %s: %v", t.Name, err)
+		}
+		q.Pending, q.InFlight, q.Redelivered = info.NumPending, uint64(info.NumAckPending), uint64(info.NumRedelivered)
+		out = append(out, q)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Connector < out[j].Connector })
+	return &provisionerv1.ListQueuesResponse{Queues: out}, nil
+}
+
+// ListAccounts returns a worker's account links with desired and observed state.
+func (s *Service) ListAccounts(ctx context.Context, req *provisionerv1.ListAccountsRequest) (*provisionerv1.ListAccountsResponse, error) {
+	if req.GetWorkerId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "worker_id is required")
+	}
+	rows, err := s.pool.Query(ctx, `SELECT link_id, worker_id, connector, username, desired_state, observed_state, generation, observed_generation,
+		observed_entitlements, verified_at FROM links WHERE worker_id = $1 ORDER BY connector, username`, req.GetWorkerId())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list accounts: %v", err)
+	}
+	accts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*provisionerv1.Account, error) {
+		var a provisionerv1.Account
+		var desired, observed string
+		var verified *time.Time
+		err := r.Scan(&a.LinkId, &a.WorkerId, &a.Connector, &a.Username, &desired, &observed, &a.Generation, &a.ObservedGeneration, &a.Entitlements, &verified)
+		a.DesiredState, a.ObservedState, a.VerifiedAt = stateOf(desired), stateOf(observed), ts(verified)
+		return &a, err
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list accounts: %v", err)
+	}
+	return &provisionerv1.ListAccountsResponse{Accounts: accts}, nil
+}

@@ -1,0 +1,279 @@
+package provisioner
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tenure-dev/tenure/pkg/connector"
+	"github.com/tenure-dev/tenure/pkg/connectors/pgrole"
+	"github.com/tenure-dev/tenure/pkg/events"
+	"github.com/tenure-dev/tenure/pkg/natsx"
+	"github.com/tenure-dev/tenure/pkg/natsx/natstest"
+	"github.com/tenure-dev/tenure/pkg/pgstore"
+	"github.com/tenure-dev/tenure/pkg/pgtest"
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+var prefixN atomic.Int32
+
+// lyingConnector answers "ok" to a disable but leaves the account enabled, like a SaaS
+// target that accepts a PATCH and ignores it.
+type lyingConnector struct {
+	*pgrole.Connector
+	lie atomic.Bool
+}
+
+func (l *lyingConnector) DisableAccount(ctx context.Context, ref connector.AccountRef) error {
+	if l.lie.Load() {
+		return nil
+	}
+	return l.Connector.DisableAccount(ctx, ref)
+}
+
+type env struct {
+	svc    *Service
+	pool   *pgxpool.Pool
+	js     jetstream.JetStream
+	target *lyingConnector
+	prefix string
+}
+
+func start(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	prefix := fmt.Sprintf("p%d_%d_", os.Getpid()%10000, prefixN.Add(1))
+	conn, err := pgrole.New(ctx, pgrole.Config{URL: connector.SecretValue(url), RolePrefix: prefix, Groups: []string{"g" + prefix + "readers"}, CreateGroups: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := &lyingConnector{Connector: conn}
+	pool, err := pgstore.Connect(ctx, url, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	ns := natstest.Start(t)
+	svc, err := New(ctx, Config{
+		Targets: []Target{{Name: "demo", Type: "postgres", System: "reporting", Conn: target}},
+		BackOff: []time.Duration{50 * time.Millisecond}, MaxDeliver: 1000,
+	}, Deps{Pool: pool, JS: ns.JS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { svc.Run(rctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &env{svc: svc, pool: pool, js: ns.JS, target: target, prefix: prefix}
+}
+
+func (e *env) publish(t *testing.T, subject, worker string, payload proto.Message) {
+	t.Helper()
+	id := events.NewID()
+	msg, err := events.Msg(context.Background(), events.Event{ID: id, Subject: subject, Source: "test", WorkerID: worker, Payload: payload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) join(t *testing.T, worker string) {
+	e.publish(t, events.Subject("tenure.hr", "joiner", worker), worker, &eventsv1.WorkerEvent{Kind: eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER,
+		Worker: &eventsv1.Worker{WorkerId: worker, Email: worker + "@hospital.example", Status: eventsv1.WorkerStatus_WORKER_STATUS_ACTIVE}, EffectiveTime: timestamppb.New(time.Now().Add(-time.Hour))})
+	e.publish(t, events.Subject("tenure.access", "grant", worker), worker, &eventsv1.AccessDecision{Kind: eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_GRANT,
+		WorkerId: worker, GrantId: "g-" + worker, Connector: "demo", System: "reporting", Entitlements: []string{"g" + e.prefix + "readers"}})
+}
+
+func (e *env) leave(t *testing.T, worker string) {
+	e.publish(t, events.Subject("tenure.hr", "leaver", worker), worker, &eventsv1.WorkerEvent{Kind: eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER,
+		Worker: &eventsv1.Worker{WorkerId: worker, Status: eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED}, EffectiveTime: timestamppb.Now()})
+}
+
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("%s: %v", what, err)
+}
+
+func (e *env) account(t *testing.T, worker string) connector.Account {
+	t.Helper()
+	res, err := e.svc.ListAccounts(context.Background(), &provisionerv1.ListAccountsRequest{WorkerId: worker})
+	if err != nil || len(res.Accounts) != 1 {
+		t.Fatalf("ListAccounts = %v, %v", res, err)
+	}
+	a, err := e.target.GetAccount(context.Background(), connector.AccountRef{Username: res.Accounts[0].Username})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestGrantCreatesVerifiedAccountAndLeaverDisablesIt(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	e.join(t, "w1")
+	eventually(t, "account verified enabled", func() error {
+		res, _ := e.svc.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: "w1"})
+		if len(res.GetAccounts()) != 1 || res.Accounts[0].ObservedState != eventsv1.AccountState_ACCOUNT_STATE_ENABLED {
+			return fmt.Errorf("accounts %v", res.GetAccounts())
+		}
+		return nil
+	})
+	a := e.account(t, "w1")
+	if a.State != connector.StateEnabled || a.Username != "w1" || len(a.Entitlements) != 1 {
+		t.Fatalf("target account %+v", a)
+	}
+
+	e.leave(t, "w1")
+	eventually(t, "case completed", func() error {
+		res, err := e.svc.GetLeaverCase(ctx, &provisionerv1.GetLeaverCaseRequest{WorkerId: "w1"})
+		if err != nil {
+			return err
+		}
+		c := res.LeaverCase
+		if c.Status != eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED || len(c.Accounts) != 1 || c.Accounts[0].Status != "verified" {
+			return fmt.Errorf("case %v", c)
+		}
+		return nil
+	})
+	if a := e.account(t, "w1"); a.State != connector.StateDisabled {
+		t.Fatalf("target account after leaver: %v", a.State)
+	}
+	// The revocation stream carries the termination, the disable and the completion.
+	st, _ := e.js.Stream(ctx, natsx.EventsStream)
+	for _, subj := range []string{"tenure.revocation.worker_terminated.w1", "tenure.revocation.account_disabled.w1", "tenure.revocation.session_revoked.w1",
+		"tenure.revocation.case_completed.w1", "tenure.case.opened.w1", "tenure.case.completed.w1", "tenure.result.demo.verified"} {
+		if _, err := st.GetLastMsgForSubject(ctx, subj); err != nil {
+			t.Errorf("no message on %s: %v", subj, err)
+		}
+	}
+	// A grant arriving after the termination never re-enables the account.
+	e.publish(t, events.Subject("tenure.access", "grant", "w1"), "w1", &eventsv1.AccessDecision{Kind: eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_GRANT,
+		WorkerId: "w1", GrantId: "late", Connector: "demo", System: "reporting"})
+	time.Sleep(500 * time.Millisecond)
+	if a := e.account(t, "w1"); a.State != connector.StateDisabled {
+		t.Fatal("late grant re-enabled a leaver's account")
+	}
+}
+
+// A target that says "ok" and does nothing is caught at read-back; the case stays open with
+// the error visible and completes once the target behaves.
+func TestReadBackCatchesIgnoredDisable(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	e.join(t, "w2")
+	eventually(t, "account created", func() error {
+		res, _ := e.svc.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: "w2"})
+		if len(res.GetAccounts()) != 1 || res.Accounts[0].ObservedState != eventsv1.AccountState_ACCOUNT_STATE_ENABLED {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	e.target.lie.Store(true)
+	e.leave(t, "w2")
+	eventually(t, "failure visible", func() error {
+		res, err := e.svc.GetLeaverCase(ctx, &provisionerv1.GetLeaverCaseRequest{WorkerId: "w2"})
+		if err != nil {
+			return err
+		}
+		a := res.LeaverCase.Accounts[0]
+		if res.LeaverCase.Status != eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_OPEN || a.Attempts < 2 || !strings.Contains(a.LastError, "read-back") {
+			return fmt.Errorf("case %v", res.LeaverCase)
+		}
+		return nil
+	})
+	e.target.lie.Store(false)
+	eventually(t, "case completes after the target behaves", func() error {
+		res, err := e.svc.GetLeaverCase(ctx, &provisionerv1.GetLeaverCaseRequest{WorkerId: "w2"})
+		if err != nil {
+			return err
+		}
+		if res.LeaverCase.Status != eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED {
+			return fmt.Errorf("case %v", res.LeaverCase.Status)
+		}
+		return nil
+	})
+	if a := e.account(t, "w2"); a.State != connector.StateDisabled {
+		t.Fatal("account still enabled")
+	}
+}
+
+// Accounts found outside tenure join the case too.
+func TestLeaverCoversReconciledAccounts(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	// An account someone made by hand, found by reconciliation.
+	acct, err := e.target.CreateAccount(ctx, connector.AccountSpec{Username: "w3-admin", WorkerID: "w3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.join(t, "w3")
+	if _, err := e.svc.LinkAccount(ctx, "w3", "demo", "w3-admin", acct.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "joiner account", func() error {
+		res, _ := e.svc.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: "w3"})
+		if len(res.GetAccounts()) != 2 {
+			return fmt.Errorf("accounts %v", res.GetAccounts())
+		}
+		return nil
+	})
+	e.leave(t, "w3")
+	eventually(t, "both disabled", func() error {
+		res, err := e.svc.GetLeaverCase(ctx, &provisionerv1.GetLeaverCaseRequest{WorkerId: "w3"})
+		if err != nil {
+			return err
+		}
+		if res.LeaverCase.Status != eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED || len(res.LeaverCase.Accounts) != 2 {
+			return fmt.Errorf("case %v", res.LeaverCase)
+		}
+		return nil
+	})
+	a, _ := e.target.GetAccount(ctx, connector.AccountRef{Username: "w3-admin"})
+	if a.State != connector.StateDisabled {
+		t.Fatal("reconciled account not disabled")
+	}
+	q, err := e.svc.ListQueues(ctx, &provisionerv1.ListQueuesRequest{})
+	if err != nil || len(q.Queues) != 1 || q.Queues[0].Connector != "demo" {
+		t.Fatalf("ListQueues = %v, %v", q, err)
+	}
+}
+
+// A leaver with no accounts completes at once.
+func TestLeaverWithoutAccounts(t *testing.T) {
+	e := start(t)
+	e.leave(t, "w4")
+	eventually(t, "empty case completes", func() error {
+		res, err := e.svc.GetLeaverCase(context.Background(), &provisionerv1.GetLeaverCaseRequest{WorkerId: "w4"})
+		if err != nil {
+			return err
+		}
+		if res.LeaverCase.Status != eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED {
+			return fmt.Errorf("status %v", res.LeaverCase.Status)
+		}
+		return nil
+	})
+}

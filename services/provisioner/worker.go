@@ -1,0 +1,337 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tenure-dev/tenure/pkg/connector"
+	"github.com/tenure-dev/tenure/pkg/events"
+	"github.com/tenure-dev/tenure/pkg/natsx"
+	"github.com/tenure-dev/tenure/pkg/pgstore"
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+)
+
+type link struct {
+	id, worker, conn, username, accountID string
+	desired                              string
+	entitlements                         []string
+	generation                           int64
+	email, given, family                 string
+}
+
+func (s *Service) loadLink(ctx context.Context, id string) (link, error) {
+	var l link
+	err := s.pool.QueryRow(ctx, `SELECT l.link_id, l.worker_id, l.connector, l.username, l.account_id, l.desired_state, l.desired_entitlements, l.generation,
+		  coalesce(w.email, ''), coalesce(w.given_name, ''), coalesce(w.family_name, '')
+		FROM links l LEFT JOIN workers w USING (worker_id) WHERE l.link_id = $1`, id).
+		Scan(&l.id, &l.worker, &l.conn, &l.username, &l.accountID, &l.desired, &l.entitlements, &l.generation, &l.email, &l.given, &l.family)
+	return l, err
+}
+
+// work runs one provisioning command against its target: converge the account to the link's
+// desired state, read it back, and record the outcome. The command only names the link and
+// the generation it was issued for; a command older than the link's generation is skipped,
+// so a late command never undoes a newer decision.
+func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error {
+	var cmd eventsv1.ProvisionCommand
+	if err := proto.Unmarshal(msg.Data(), &cmd); err != nil {
+		return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))
+	}
+	meta := events.MetaOf(msg.Headers())
+	attempt := 1
+	if md, err := msg.Metadata(); err == nil {
+		attempt = int(md.NumDelivered)
+	}
+	l, err := s.loadLink(ctx, cmd.GetLinkId())
+	if errors.Is(err, pgx.ErrNoRows) {
+		return natsx.Permanent(fmt.Errorf("command %s: unknown link %s", cmd.GetCommandId(), cmd.GetLinkId()))
+	}
+	if err != nil {
+		return err
+	}
+	if cmd.GetGeneration() < l.generation {
+		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, attempt, nil)
+	}
+	acct, sessionsRevoked, opErr := s.apply(ctx, t, l)
+	if opErr == nil {
+		opErr = verify(l, acct)
+	}
+	if opErr != nil {
+		if connector.KindOf(opErr) == connector.KindPermanent {
+			opErr = natsx.Permanent(opErr)
+		}
+		if ferr := s.fail(ctx, &cmd, l, attempt, opErr); ferr != nil {
+			s.log.WarnContext(ctx, "record failure", "err", ferr)
+		}
+		return opErr
+	}
+	return s.finish(ctx, meta, msg.Subject(), &cmd, l, &acct, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, attempt, &sessionsRevoked)
+}
+
+// apply makes the target match the link's desired state and returns the account as read
+// back afterwards.
+func (s *Service) apply(ctx context.Context, t *Target, l link) (connector.Account, bool, error) {
+	ref := connector.AccountRef{ID: l.accountID, Username: l.username}
+	c := t.Conn
+	switch l.desired {
+	case stateDisabled:
+		sessions := false
+		if r, ok := c.(connector.SessionRevoker); ok {
+			if err := r.RevokeSessions(ctx, ref); err != nil && !errors.Is(err, connector.ErrNotFound) {
+				return connector.Account{}, false, fmt.Errorf("revoke sessions: %w", err)
+			}
+			sessions = true
+		}
+		d, ok := c.(connector.Disabler)
+		if !ok {
+			return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot disable accounts", t.Name, t.Type))
+		}
+		if err := d.DisableAccount(ctx, ref); err != nil && !errors.Is(err, connector.ErrNotFound) {
+			return connector.Account{}, false, fmt.Errorf("disable: %w", err)
+		}
+		acct, err := c.GetAccount(ctx, ref)
+		if errors.Is(err, connector.ErrNotFound) {
+			return connector.Account{Username: l.username, State: connector.StateAbsent}, sessions, nil
+		}
+		return acct, sessions, err
+	default:
+		acct, err := c.GetAccount(ctx, ref)
+		if errors.Is(err, connector.ErrNotFound) {
+			cr, ok := c.(connector.Creator)
+			if !ok {
+				return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot create accounts", t.Name, t.Type))
+			}
+			acct, err = cr.CreateAccount(ctx, connector.AccountSpec{WorkerID: l.worker, Username: l.username, Email: l.email,
+				GivenName: l.given, FamilyName: l.family, DisplayName: l.given + " " + l.family, Entitlements: l.entitlements})
+			if err != nil {
+				return connector.Account{}, false, fmt.Errorf("create: %w", err)
+			}
+			ref.ID = acct.ID
+		} else if err != nil {
+			return connector.Account{}, false, fmt.Errorf("read: %w", err)
+		}
+		if acct.State == connector.StateDisabled {
+			e, ok := c.(connector.Enabler)
+			if !ok {
+				return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot enable accounts", t.Name, t.Type))
+			}
+			if err := e.EnableAccount(ctx, ref); err != nil {
+				return connector.Account{}, false, fmt.Errorf("enable: %w", err)
+			}
+		}
+		if g, ok := c.(connector.EntitlementGranter); ok {
+			for _, e := range l.entitlements {
+				if !slices.Contains(acct.Entitlements, e) {
+					if err := g.GrantEntitlement(ctx, ref, e); err != nil {
+						return connector.Account{}, false, fmt.Errorf("grant %s: %w", e, err)
+					}
+				}
+			}
+			for _, e := range acct.Entitlements {
+				if !slices.Contains(l.entitlements, e) {
+					if err := g.RevokeEntitlement(ctx, ref, e); err != nil {
+						return connector.Account{}, false, fmt.Errorf("revoke %s: %w", e, err)
+					}
+				}
+			}
+		}
+		acct, err = c.GetAccount(ctx, ref)
+		return acct, false, err
+	}
+}
+
+// verify compares what the target showed with what tenure wants. A target that answered
+// "ok" but did not change is caught here and retried.
+func verify(l link, a connector.Account) error {
+	switch l.desired {
+	case stateDisabled:
+		if a.State != connector.StateDisabled && a.State != connector.StateAbsent {
+			return connector.Retryable(fmt.Errorf("read-back: account %s is %s, want disabled", l.username, a.State))
+		}
+	default:
+		if a.State != connector.StateEnabled {
+			return connector.Retryable(fmt.Errorf("read-back: account %s is %s, want enabled", l.username, a.State))
+		}
+		for _, e := range l.entitlements {
+			if !slices.Contains(a.Entitlements, e) {
+				return connector.Retryable(fmt.Errorf("read-back: account %s lacks entitlement %s", l.username, e))
+			}
+		}
+	}
+	return nil
+}
+
+func accountState(s connector.AccountState) eventsv1.AccountState {
+	switch s {
+	case connector.StateEnabled:
+		return eventsv1.AccountState_ACCOUNT_STATE_ENABLED
+	case connector.StateDisabled:
+		return eventsv1.AccountState_ACCOUNT_STATE_DISABLED
+	case connector.StateAbsent:
+		return eventsv1.AccountState_ACCOUNT_STATE_ABSENT
+	}
+	return eventsv1.AccountState_ACCOUNT_STATE_UNSPECIFIED
+}
+
+func outcomeToken(o eventsv1.ProvisionOutcome) string {
+	switch o {
+	case eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED:
+		return "verified"
+	case eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED:
+		return "superseded"
+	case eventsv1.ProvisionOutcome_PROVISION_OUTCOME_DEAD_LETTERED:
+		return "dead_lettered"
+	}
+	return "failed"
+}
+
+func result(cmd *eventsv1.ProvisionCommand, l link, outcome eventsv1.ProvisionOutcome, attempt int, acct *connector.Account, errText string) events.Event {
+	r := &eventsv1.ProvisionResult{CommandId: cmd.GetCommandId(), Connector: cmd.GetConnector(), Op: cmd.GetOp(), WorkerId: l.worker, LinkId: l.id,
+		Username: l.username, Outcome: outcome, Error: errText, Attempt: int32(attempt), CaseId: cmd.GetCaseId(), Generation: cmd.GetGeneration(),
+		CompletedAt: timestamppb.Now()}
+	if acct != nil {
+		r.ObservedState = accountState(acct.State)
+		r.Entitlements = acct.Entitlements
+	}
+	return events.Event{ID: events.NewID(), Subject: events.Subject("tenure.result."+cmd.GetConnector(), outcomeToken(outcome)), Source: source,
+		WorkerID: l.worker, Actor: "provisioner", Payload: r}
+}
+
+// fail records a failed attempt where operators see it; the command is retried by redelivery.
+func (s *Service) fail(ctx context.Context, cmd *eventsv1.ProvisionCommand, l link, attempt int, cause error) error {
+	err := pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "UPDATE links SET attempts = attempts + 1, last_error = $2 WHERE link_id = $1", l.id, cause.Error()); err != nil {
+			return err
+		}
+		if cmd.GetCaseId() != "" {
+			if _, err := tx.Exec(ctx, "UPDATE case_accounts SET attempts = attempts + 1, last_error = $3 WHERE case_id = $1 AND link_id = $2",
+				cmd.GetCaseId(), l.id, cause.Error()); err != nil {
+				return err
+			}
+		}
+		outcome := eventsv1.ProvisionOutcome_PROVISION_OUTCOME_FAILED
+		if errors.Is(cause, natsx.ErrPermanent) || attempt >= s.cfg.MaxDeliver {
+			outcome = eventsv1.ProvisionOutcome_PROVISION_OUTCOME_DEAD_LETTERED
+		}
+		return pgstore.Enqueue(ctx, tx, result(cmd, l, outcome, attempt, nil, cause.Error()))
+	})
+	if err == nil {
+		s.relay.Poke()
+	}
+	return err
+}
+
+// finish records a verified (or superseded) command in one transaction with its inbox claim:
+// the link's observed state, the case task, the result and revocation events, and the case
+// completion when this was its last account.
+func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, cmd *eventsv1.ProvisionCommand, l link, acct *connector.Account,
+	outcome eventsv1.ProvisionOutcome, attempt int, sessionsRevoked *bool) error {
+	err := pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		first, err := pgstore.Claim(ctx, tx, workDurable(cmd.GetConnector()), meta.ID, subject)
+		if err != nil || !first {
+			return err
+		}
+		if cmd.GetCaseId() != "" {
+			// Serialise the tasks of one case so the last one sees all others verified.
+			if _, err := tx.Exec(ctx, "SELECT 1 FROM cases WHERE case_id = $1 FOR UPDATE", cmd.GetCaseId()); err != nil {
+				return err
+			}
+		}
+		out := []events.Event{result(cmd, l, outcome, attempt, acct, "")}
+		if outcome != eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED {
+			return pgstore.Enqueue(ctx, tx, out...)
+		}
+		now := time.Now().UTC()
+		if _, err := tx.Exec(ctx, `UPDATE links SET observed_state = $3, observed_generation = $2, observed_entitlements = $4, verified_at = $5,
+			  account_id = CASE WHEN $6 <> '' THEN $6 ELSE account_id END, attempts = 0, last_error = ''
+			WHERE link_id = $1 AND generation = $2`, l.id, cmd.GetGeneration(), acct.State.String(), nonNil(acct.Entitlements), now, acct.ID); err != nil {
+			return err
+		}
+		if cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
+			rev := func(kind eventsv1.RevocationKind, tok string) events.Event {
+				return events.Event{ID: events.NewID(), Subject: events.Subject("tenure.revocation", tok, l.worker), Source: source, WorkerID: l.worker, Actor: "provisioner",
+					Payload: &eventsv1.Revocation{RevocationId: events.NewID(), Kind: kind, WorkerId: l.worker, Email: l.email, Connector: cmd.GetConnector(),
+						System: s.targets[cmd.GetConnector()].System, LinkId: l.id, Username: l.username, CaseId: cmd.GetCaseId(), OccurredAt: timestamppb.New(now), Verified: true}}
+			}
+			if sessionsRevoked != nil && *sessionsRevoked {
+				out = append(out, rev(eventsv1.RevocationKind_REVOCATION_KIND_SESSION_REVOKED, "session_revoked"))
+			}
+			out = append(out, rev(eventsv1.RevocationKind_REVOCATION_KIND_ACCOUNT_DISABLED, "account_disabled"))
+		}
+		if cmd.GetCaseId() != "" {
+			if _, err := tx.Exec(ctx, `UPDATE case_accounts SET status = 'verified', verified_at = $4, observed_state = $5, attempts = attempts + 1
+				WHERE case_id = $1 AND link_id = $2 AND generation = $3`, cmd.GetCaseId(), l.id, cmd.GetGeneration(), now, acct.State.String()); err != nil {
+				return err
+			}
+			done, err := s.maybeComplete(ctx, tx, cmd.GetCaseId())
+			if err != nil {
+				return err
+			}
+			out = append(out, done...)
+		}
+		return pgstore.Enqueue(ctx, tx, out...)
+	})
+	if err == nil {
+		s.relay.Poke()
+	}
+	return err
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// watchOverdue raises tenure.alert.deprovision_overdue once for each case past its deadline.
+func (s *Service) watchOverdue(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := s.alertOverdue(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("overdue check", "err", err)
+		}
+	}
+}
+
+func (s *Service) alertOverdue(ctx context.Context) error {
+	return pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `UPDATE cases SET overdue_alerted_at = now()
+			WHERE status = 'open' AND deadline < now() AND overdue_alerted_at IS NULL
+			RETURNING case_id, worker_id, hr_event_id, opened_at, deadline`)
+		if err != nil {
+			return err
+		}
+		var out []events.Event
+		for rows.Next() {
+			var id, worker, hr string
+			var opened, deadline time.Time
+			if err := rows.Scan(&id, &worker, &hr, &opened, &deadline); err != nil {
+				return err
+			}
+			out = append(out, events.Event{ID: events.NewID(), Subject: events.Subject("tenure.alert", "deprovision_overdue", worker), Source: source, WorkerID: worker, Actor: "provisioner",
+				Payload: &eventsv1.CaseEvent{CaseId: id, WorkerId: worker, Status: eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_OPEN, OpenedAt: timestamppb.New(opened), Deadline: timestamppb.New(deadline), HrEventId: hr}})
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(out) > 0 {
+			defer s.relay.Poke()
+		}
+		return pgstore.Enqueue(ctx, tx, out...)
+	})
+}
