@@ -51,7 +51,8 @@ type Account struct {
 }
 
 // AccountRef names an existing account. Hosts pass the ID from the account link when they
-// have it and the username always; connectors should prefer ID and fall back to Username.
+// have one, and the username. Connectors use ID when it is set and Username otherwise, so
+// a renamed account is still found.
 type AccountRef struct {
 	ID       string
 	Username string

@@ -110,7 +110,7 @@ func TypeOf(subject string) string {
 // Meta is what a consumer reads from an envelope's headers.
 type Meta struct {
 	ID, Type, Source, WorkerID, Actor, DataSchema string
-	Time                                         time.Time
+	Time                                          time.Time
 }
 
 // MetaOf reads the envelope headers of a message.

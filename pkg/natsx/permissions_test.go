@@ -79,6 +79,7 @@ func permStart(t *testing.T, opts *server.Options) *server.Server {
 	opts.HTTPPort = 0
 	opts.StoreDir = t.TempDir()
 	opts.NoSigs = true
+	opts.PidFile = ""
 	opts.NoLog = os.Getenv("PERM_LOG") == ""
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -342,7 +343,7 @@ func TestNATSPermissions(t *testing.T) {
 	allowed := map[string][]string{
 		"intake":      {"tenure.hr.joiner.w1", "tenure.dlq.intake"},
 		"approval":    {"tenure.access.grant.w1", "tenure.alert.breakglass.w1", "tenure.dlq.approval"},
-		"provisioner": {"tenure.provision.postgres.create", "tenure.result.postgres.ok", "tenure.revocation.disable.w1", "tenure.case.opened.w1", "tenure.alert.case-overdue.w1", "tenure.dlq.provisioner"},
+		"provisioner": {"tenure.provision.demo-ehr.create", "tenure.result.demo-ehr.ok", "tenure.revocation.disable.w1", "tenure.case.opened.w1", "tenure.alert.case-overdue.w1", "tenure.dlq.provisioner"},
 		"ledger":      {"tenure.ledger.checkpoint.1", "tenure.dlq.ledger"},
 	}
 	t.Run("services publish their own subjects", func(t *testing.T) {
@@ -355,8 +356,8 @@ func TestNATSPermissions(t *testing.T) {
 
 	t.Run("services cannot publish others' subjects", func(t *testing.T) {
 		deniedSubjects := map[string][]string{
-			"intake":      {"tenure.access.x", "tenure.provision.postgres.x", "tenure.revocation.x", "tenure.ledger.x", "tenure.dlq.approval"},
-			"approval":    {"tenure.hr.joiner.x", "tenure.provision.postgres.x", "tenure.result.x", "tenure.revocation.x"},
+			"intake":      {"tenure.access.x", "tenure.provision.demo-ehr.x", "tenure.revocation.x", "tenure.ledger.x", "tenure.dlq.approval"},
+			"approval":    {"tenure.hr.joiner.x", "tenure.provision.demo-ehr.x", "tenure.result.x", "tenure.revocation.x"},
 			"provisioner": {"tenure.hr.leaver.x", "tenure.access.revoke.x", "tenure.ledger.x", "tenure.dlq.approval"},
 			"ledger":      {"tenure.hr.leaver.x", "tenure.revocation.x", "tenure.alert.x", "tenure.dlq.provisioner"},
 			"security":    {"tenure.revocation.x", "tenure.hr.leaver.x", "tenure.alert.x", "tenure.dlq.security"},
@@ -384,7 +385,7 @@ func TestNATSPermissions(t *testing.T) {
 	t.Run("approval reads through its durable only", func(t *testing.T) {
 		cons := permConsumer(t, approval, permSpec("approval", "tenure.hr.>", "tenure.result.>"))
 		got := permFetchAll(t, approval, cons)
-		permWantSubjects(t, "approval", got, "tenure.hr.joiner.w1", "tenure.result.postgres.ok")
+		permWantSubjects(t, "approval", got, "tenure.hr.joiner.w1", "tenure.result.demo-ehr.ok")
 		for _, s := range got {
 			if !strings.HasPrefix(s, "tenure.hr.") && !strings.HasPrefix(s, "tenure.result.") {
 				t.Errorf("approval: got %s", s)
@@ -397,15 +398,15 @@ func TestNATSPermissions(t *testing.T) {
 	t.Run("provisioner reads through its durables only", func(t *testing.T) {
 		cons := permConsumer(t, provisioner, permSpec("provisioner", "tenure.hr.>", "tenure.access.>"))
 		permWantSubjects(t, "provisioner", permFetchAll(t, provisioner, cons), "tenure.hr.joiner.w1", "tenure.access.grant.w1")
-		permConsumer(t, provisioner, permSpec("provisioner-postgres", "tenure.provision.postgres.>"))
+		permConsumer(t, provisioner, permSpec("provisioner-demo-ehr", "tenure.provision.demo-ehr.>"))
 
 		// A connector's durable is pinned to its own work queue.
-		provisioner.denied(t, "$JS.API.CONSUMER.CREATE.TENURE_EVENTS.provisioner-postgres.tenure.hr.>",
-			permCreateConsumerOp(provisioner, permSpec("provisioner-postgres", "tenure.hr.>")))
-		provisioner.denied(t, "$JS.API.CONSUMER.CREATE.TENURE_EVENTS.provisioner-ldap.tenure.provision.postgres.>",
-			permCreateConsumerOp(provisioner, permSpec("provisioner-ldap", "tenure.provision.postgres.>")))
-		provisioner.denied(t, "$JS.API.CONSUMER.CREATE.TENURE_EVENTS.provisioner-postgres",
-			permCreateConsumerOp(provisioner, permSpec("provisioner-postgres", "tenure.provision.postgres.>", "tenure.hr.>")))
+		provisioner.denied(t, "$JS.API.CONSUMER.CREATE.TENURE_EVENTS.provisioner-demo-ehr.tenure.hr.>",
+			permCreateConsumerOp(provisioner, permSpec("provisioner-demo-ehr", "tenure.hr.>")))
+		provisioner.denied(t, "$JS.API.CONSUMER.CREATE.TENURE_EVENTS.provisioner-demo-wiki.tenure.provision.demo-ehr.>",
+			permCreateConsumerOp(provisioner, permSpec("provisioner-demo-wiki", "tenure.provision.demo-ehr.>")))
+		provisioner.denied(t, "$JS.API.CONSUMER.CREATE.TENURE_EVENTS.provisioner-demo-ehr",
+			permCreateConsumerOp(provisioner, permSpec("provisioner-demo-ehr", "tenure.provision.demo-ehr.>", "tenure.hr.>")))
 		provisioner.denied(t, "$JS.API.CONSUMER.CREATE.TENURE_EVENTS.provisioner-unlisted.tenure.provision.unlisted.>",
 			permCreateConsumerOp(provisioner, permSpec("provisioner-unlisted", "tenure.provision.unlisted.>")))
 		// Nobody may pull from, look up or delete another service's durable.
@@ -421,7 +422,7 @@ func TestNATSPermissions(t *testing.T) {
 	})
 
 	t.Run("a natsx.Consumer dead-letters under the provisioner's permissions", func(t *testing.T) {
-		spec := natsx.ConsumerSpec{Durable: "provisioner-postgres", FilterSubjects: []string{"tenure.provision.postgres.>"}}
+		spec := natsx.ConsumerSpec{Durable: "provisioner-demo-ehr", FilterSubjects: []string{"tenure.provision.demo-ehr.>"}}
 		cons, err := natsx.NewConsumer(ctx, provisioner.js, spec, func(context.Context, jetstream.Msg) error {
 			return natsx.Permanent(errors.New("test: unusable task"))
 		}, slog.New(slog.DiscardHandler))
@@ -438,11 +439,11 @@ func TestNATSPermissions(t *testing.T) {
 		}
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if _, err := dlq.GetLastMsgForSubject(ctx, "tenure.dlq.provisioner-postgres"); err == nil {
+			if _, err := dlq.GetLastMsgForSubject(ctx, "tenure.dlq.provisioner-demo-ehr"); err == nil {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatal("no dead letter on tenure.dlq.provisioner-postgres")
+				t.Fatal("no dead letter on tenure.dlq.provisioner-demo-ehr")
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -451,7 +452,7 @@ func TestNATSPermissions(t *testing.T) {
 	t.Run("ledger reads everything through its durable", func(t *testing.T) {
 		cons := permConsumer(t, ledger, permSpec("ledger"))
 		permWantSubjects(t, "ledger", permFetchAll(t, ledger, cons),
-			"tenure.hr.joiner.w1", "tenure.access.grant.w1", "tenure.provision.postgres.create", "tenure.revocation.disable.w1", "tenure.ledger.checkpoint.1")
+			"tenure.hr.joiner.w1", "tenure.access.grant.w1", "tenure.provision.demo-ehr.create", "tenure.revocation.disable.w1", "tenure.ledger.checkpoint.1")
 		ledger.denied(t, "$JS.API.CONSUMER.MSG.NEXT.TENURE_EVENTS.provisioner",
 			permRequestOp(ledger, "$JS.API.CONSUMER.MSG.NEXT.TENURE_EVENTS.provisioner", `{"batch":1,"no_wait":true}`))
 	})
@@ -515,7 +516,7 @@ func TestNATSPermissions(t *testing.T) {
 	})
 
 	t.Run("streams hold exactly the allowed publications", func(t *testing.T) {
-		want := map[string][]string{natsx.EventsStream: {"tenure.revocation.disable.w2"}, natsx.DLQStream: {"tenure.dlq.provisioner-postgres"}}
+		want := map[string][]string{natsx.EventsStream: {"tenure.revocation.disable.w2"}, natsx.DLQStream: {"tenure.dlq.provisioner-demo-ehr"}}
 		for _, subjects := range allowed {
 			for _, s := range subjects {
 				stream := natsx.EventsStream

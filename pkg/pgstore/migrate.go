@@ -112,4 +112,3 @@ func Applied(ctx context.Context, pool *pgxpool.Pool, schema string) ([]string, 
 	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	return names, err
 }
-

@@ -87,5 +87,7 @@ func (h *LogHandler) Handle(ctx context.Context, r slog.Record) error {
 	}
 	return h.Handler.Handle(ctx, r)
 }
-func (h *LogHandler) WithAttrs(a []slog.Attr) slog.Handler { return &LogHandler{h.Handler.WithAttrs(a)} }
-func (h *LogHandler) WithGroup(n string) slog.Handler      { return &LogHandler{h.Handler.WithGroup(n)} }
+func (h *LogHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	return &LogHandler{h.Handler.WithAttrs(a)}
+}
+func (h *LogHandler) WithGroup(n string) slog.Handler { return &LogHandler{h.Handler.WithGroup(n)} }

@@ -73,7 +73,7 @@ func (c SourceConfig) GoString() string { return "intake.SourceConfig" + c.Strin
 func (c SourceConfig) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.Int("secrets", len(c.Secrets)),
-		slog.Duration("tolerance", c.Tolerance),
+		slog.String("tolerance", c.Tolerance.String()),
 		slog.String("format", c.Format),
 	)
 }

@@ -94,7 +94,7 @@ type InputError struct {
 }
 
 func (e *InputError) Error() string {
-	if e.Field != "" && !strings.HasPrefix(e.Message, e.Field) {
+	if e.Field != "" && !strings.Contains(e.Message, e.Field) {
 		return e.Field + ": " + e.Message
 	}
 	return e.Message

@@ -107,7 +107,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	}
 	for _, name := range names {
 		s.log.Info("webhook source configured", "source", name, "format", s.sources[name].format,
-			"secrets", len(s.sources[name].verifier.Keys), "tolerance", s.sources[name].verifier.Tolerance)
+			"secrets", len(s.sources[name].verifier.Keys), "tolerance", s.sources[name].verifier.Tolerance.String())
 	}
 	return s, nil
 }

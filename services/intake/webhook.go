@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -58,9 +57,6 @@ func (s *Service) Handler() http.Handler {
 	})
 	return otelhttp.NewHandler(mux, "intake.webhook",
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-			if r.Pattern != "" {
-				return r.Method + " " + r.Pattern
-			}
 			return r.Method + " /webhooks/{source}"
 		}))
 }
@@ -187,7 +183,11 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 		return s.inputFailure(w, o, err)
 	}
 
-	res, err := s.ingest(r.Context(), d, c)
+	// A client that hangs up must not abort the transaction between PubAck and commit, so
+	// ingest runs on a context that keeps the trace but not the request's cancellation.
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.PublishTimeout+30*time.Second)
+	defer cancel()
+	res, err := s.ingest(ictx, d, c)
 	o.eventID = eventID(name, o.webhookID)
 	switch {
 	case errors.Is(err, errConflict):
@@ -389,7 +389,3 @@ func (s *Service) ingest(ctx context.Context, d Delivery, c change) (res ingestR
 	}
 	return res, nil
 }
-
-// Compile-time check that the receipt key order in the SQL matches the text above.
-var _ = pgx.ErrNoRows
-var _ = time.Second

@@ -282,8 +282,7 @@ func (s *Service) appendEntries(ctx context.Context, es []*entry) (n int, err er
 		e.PrevHash = prev
 		e.Hash = chainHash(prev, &e)
 		prev = e.Hash
-		rows = append(rows, []any{e.Seq, e.MsgID, e.Subject, e.Type, e.Source, e.WorkerID, e.System, e.Actor,
-			e.EventTime, e.RecordedAt, e.StreamSeq, e.Headers, e.Payload, e.PrevHash, e.Hash, e.TraceID})
+		rows = append(rows, rowOf(&e))
 	}
 	if len(rows) == 0 {
 		return 0, tx.Commit(ctx)
@@ -302,6 +301,12 @@ func (s *Service) appendEntries(ctx context.Context, es []*entry) (n int, err er
 
 var entryColumns = []string{"seq", "msg_id", "subject", "type", "source", "worker_id", "system", "actor",
 	"event_time", "recorded_at", "stream_seq", "headers", "payload", "prev_hash", "hash", "trace_id"}
+
+// rowOf is e's values in the order of entryColumns.
+func rowOf(e *entry) []any {
+	return []any{e.Seq, e.MsgID, e.Subject, e.Type, e.Source, e.WorkerID, e.System, e.Actor,
+		e.EventTime, e.RecordedAt, e.StreamSeq, e.Headers, e.Payload, e.PrevHash, e.Hash, e.TraceID}
+}
 
 // RegisterGRPC registers LedgerService.
 func (s *Service) RegisterGRPC(g *grpc.Server) {

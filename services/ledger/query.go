@@ -185,9 +185,9 @@ func (s *Service) Verify(ctx context.Context) (*ledgerv1.VerifyResponse, error) 
 	}
 	switch {
 	case last < headSeq:
-		return broken(last+1, "the chain ends at entry %d but the head is at %d: entries %d..%d are missing", last, headSeq, last+1, headSeq)
+		return broken(last+1, "the chain ends at entry %d but the head is at %d: %s missing", last, headSeq, span(last+1, headSeq, "is", "are"))
 	case last > headSeq:
-		return broken(headSeq+1, "entries %d..%d lie beyond the head (seq %d): they were not appended by the ledger", headSeq+1, last, headSeq)
+		return broken(headSeq+1, "%s beyond the head (seq %d): not appended by the ledger", span(headSeq+1, last, "lies", "lie"), headSeq)
 	case !bytes.Equal(headHash, prev):
 		return broken(max(headSeq, 1), "the head hash %s does not match the hash of entry %d (%s)", short(headHash), last, short(prev))
 	}
@@ -204,6 +204,14 @@ func scanEntry(rows pgx.Rows) (entry, []byte, error) {
 	e.EventTime = e.EventTime.UTC()
 	e.RecordedAt = e.RecordedAt.UTC()
 	return e, hdr, err
+}
+
+// span names entries a..b with a verb agreeing with their number.
+func span(a, b int64, one, many string) string {
+	if a == b {
+		return fmt.Sprintf("entry %d %s", a, one)
+	}
+	return fmt.Sprintf("entries %d..%d %s", a, b, many)
 }
 
 func short(b []byte) string {

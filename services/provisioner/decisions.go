@@ -283,7 +283,12 @@ func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, sta
 		WHERE g.link_id = $1 AND g.active`, linkID).Scan(&ents); err != nil {
 		return nil, err
 	}
-	if state == curState && slices.Equal(ents, curEnts) && gen > 0 {
+	if state == curState && (slices.Equal(ents, curEnts) || state == stateDisabled) && gen > 0 {
+		// Nothing to do in the target; a disabled account keeps the entitlements it had.
+		if !slices.Equal(ents, curEnts) {
+			_, err := tx.Exec(ctx, "UPDATE links SET desired_entitlements = $2 WHERE link_id = $1", linkID, ents)
+			return nil, err
+		}
 		return nil, nil
 	}
 	if err := tx.QueryRow(ctx, `UPDATE links SET desired_state = $2, desired_entitlements = $3, generation = generation + 1

@@ -21,10 +21,10 @@ import (
 
 type link struct {
 	id, worker, conn, username, accountID string
-	desired                              string
-	entitlements                         []string
-	generation                           int64
-	email, given, family                 string
+	desired                               string
+	entitlements                          []string
+	generation                            int64
+	email, given, family                  string
 }
 
 func (s *Service) loadLink(ctx context.Context, id string) (link, error) {
@@ -239,11 +239,9 @@ func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, 
 		if err != nil || !first {
 			return err
 		}
-		if cmd.GetCaseId() != "" {
-			// Serialise the tasks of one case so the last one sees all others verified.
-			if _, err := tx.Exec(ctx, "SELECT 1 FROM cases WHERE case_id = $1 FOR UPDATE", cmd.GetCaseId()); err != nil {
-				return err
-			}
+		// Serialise the tasks of the worker's open case so the last one sees all others verified.
+		if _, err := tx.Exec(ctx, "SELECT 1 FROM cases WHERE worker_id = $1 AND status = 'open' FOR UPDATE", l.worker); err != nil {
+			return err
 		}
 		out := []events.Event{result(cmd, l, outcome, attempt, acct, "")}
 		if outcome != eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED {
@@ -266,16 +264,27 @@ func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, 
 			}
 			out = append(out, rev(eventsv1.RevocationKind_REVOCATION_KIND_ACCOUNT_DISABLED, "account_disabled"))
 		}
-		if cmd.GetCaseId() != "" {
-			if _, err := tx.Exec(ctx, `UPDATE case_accounts SET status = 'verified', verified_at = $4, observed_state = $5, attempts = attempts + 1
-				WHERE case_id = $1 AND link_id = $2 AND generation = $3`, cmd.GetCaseId(), l.id, cmd.GetGeneration(), now, acct.State.String()); err != nil {
-				return err
-			}
-			done, err := s.maybeComplete(ctx, tx, cmd.GetCaseId())
+		if cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
+			// Level-triggered: the link read back disabled at this generation satisfies every
+			// open case task issued for it at this generation or before, whichever command
+			// carried the case id.
+			rows, err := tx.Query(ctx, `UPDATE case_accounts a SET status = 'verified', verified_at = $3, observed_state = $4, attempts = a.attempts + 1
+				FROM cases c WHERE a.case_id = c.case_id AND c.status = 'open' AND a.link_id = $1 AND a.status = 'pending' AND a.generation <= $2
+				RETURNING a.case_id`, l.id, cmd.GetGeneration(), now, acct.State.String())
 			if err != nil {
 				return err
 			}
-			out = append(out, done...)
+			cases, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return err
+			}
+			for _, c := range cases {
+				done, err := s.maybeComplete(ctx, tx, c)
+				if err != nil {
+					return err
+				}
+				out = append(out, done...)
+			}
 		}
 		return pgstore.Enqueue(ctx, tx, out...)
 	})

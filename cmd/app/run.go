@@ -1,0 +1,380 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/tenure-dev/tenure/pkg/authn"
+	"github.com/tenure-dev/tenure/pkg/connector"
+	_ "github.com/tenure-dev/tenure/pkg/connectors/pgrole" // built-in connector types
+	"github.com/tenure-dev/tenure/pkg/natsx"
+	"github.com/tenure-dev/tenure/pkg/pgstore"
+	"github.com/tenure-dev/tenure/services/approval"
+	"github.com/tenure-dev/tenure/services/intake"
+	"github.com/tenure-dev/tenure/services/ledger"
+	"github.com/tenure-dev/tenure/services/provisioner"
+)
+
+// Options carry objects a caller built itself (tenure dev, tests) instead of files.
+type Options struct {
+	Log      *slog.Logger
+	Auth     *authn.Authenticator
+	Policy   *approval.Policy
+	Targets  []provisioner.Target
+	Sources  map[string]intake.SourceConfig
+	ExtraRun []func(ctx context.Context) error
+}
+
+// Stack is a running set of services with their HTTP and gRPC servers.
+type Stack struct {
+	Intake      *intake.Service
+	Approval    *approval.Service
+	Provisioner *provisioner.Service
+	Ledger      *ledger.Service
+	// HTTPAddr and GRPCAddr are the bound addresses (useful with port 0).
+	HTTPAddr, GRPCAddr string
+	NATS               *nats.Conn
+
+	log    *slog.Logger
+	pools  []*pgxpool.Pool
+	grpc   *grpc.Server
+	http   *http.Server
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errMu  sync.Mutex
+	err    error
+	done   chan struct{}
+}
+
+type runner interface{ Run(context.Context) error }
+
+type grpcService interface {
+	RegisterGRPC(*grpc.Server)
+	AuthRules() authn.Rules
+}
+
+// Start connects to NATS and PostgreSQL, builds the configured services, and starts serving.
+// It fails fast, with a message naming what is unreachable, when a dependency is missing.
+func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
+	if err := cfg.Validate(); err != nil && (o.Auth == nil || !onlyFileProblems(err)) {
+		return nil, err
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	svcs, _ := cfg.Services()
+	st := &Stack{log: log, done: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			st.closeConns()
+		}
+	}()
+
+	auth := o.Auth
+	if auth == nil {
+		a, err := authn.Load(cfg.TokensFile)
+		if err != nil {
+			return nil, err
+		}
+		auth = a
+	}
+
+	// NATS first: without it nothing works.
+	nopts := []nats.Option{nats.Name("tenure-" + strings.Join(svcs, "+")), nats.Timeout(cfg.ConnectTimeout), nats.MaxReconnects(-1)}
+	if cfg.NATSUser != "" {
+		nopts = append(nopts, nats.UserInfo(cfg.NATSUser, cfg.NATSPassword))
+	}
+	nc, err := nats.Connect(cfg.NATSURL, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("NATS at %s unreachable: %w", cfg.NATSURL, err)
+	}
+	st.NATS = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	if cfg.EnsureStreams {
+		so := natsx.DefaultStreamOptions()
+		so.Replicas = cfg.StreamReplicas
+		if err := natsx.EnsureStreams(sctx, js, so); err != nil {
+			return nil, err
+		}
+	} else if err := natsx.CheckStreams(sctx, js); err != nil {
+		return nil, err
+	}
+
+	connect := func(svc string) (*pgxpool.Pool, error) {
+		cctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+		defer cancel()
+		pool, err := pgstore.Connect(cctx, cfg.databaseURL(svc), svc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", svc, err)
+		}
+		st.pools = append(st.pools, pool)
+		return pool, nil
+	}
+	var runners []runner
+	var grpcs []grpcService
+	for _, svc := range svcs {
+		pool, err := connect(svc)
+		if err != nil {
+			return nil, err
+		}
+		slog := log
+		switch svc {
+		case "intake":
+			sources := o.Sources
+			if sources == nil {
+				if sources, err = intake.LoadSources(cfg.WebhookSources); err != nil {
+					return nil, err
+				}
+			}
+			s, err := intake.New(ctx, intake.Config{Sources: sources}, intake.Deps{Pool: pool, JS: js, Log: slog})
+			if err != nil {
+				return nil, fmt.Errorf("intake: %w", err)
+			}
+			st.Intake = s
+			runners, grpcs = append(runners, s), append(grpcs, s)
+		case "approval":
+			pol := o.Policy
+			if pol == nil {
+				if pol, err = approval.LoadPolicy(cfg.Policy); err != nil {
+					return nil, err
+				}
+			}
+			s, err := approval.New(ctx, approval.Config{Policy: pol}, approval.Deps{Pool: pool, JS: js, Log: slog})
+			if err != nil {
+				return nil, fmt.Errorf("approval: %w", err)
+			}
+			st.Approval = s
+			runners, grpcs = append(runners, s), append(grpcs, s)
+		case "provisioner":
+			targets := o.Targets
+			if targets == nil {
+				if targets, err = OpenTargets(ctx, cfg.Connectors); err != nil {
+					return nil, err
+				}
+			}
+			s, err := provisioner.New(ctx, provisioner.Config{Targets: targets, CaseDeadline: cfg.CaseDeadline}, provisioner.Deps{Pool: pool, JS: js, Log: slog})
+			if err != nil {
+				return nil, fmt.Errorf("provisioner: %w", err)
+			}
+			st.Provisioner = s
+			runners, grpcs = append(runners, s), append(grpcs, s)
+		case "ledger":
+			s, err := ledger.New(ctx, ledger.Config{}, ledger.Deps{Pool: pool, JS: js, Log: slog})
+			if err != nil {
+				return nil, fmt.Errorf("ledger: %w", err)
+			}
+			st.Ledger = s
+			runners, grpcs = append(runners, s), append(grpcs, s)
+		}
+	}
+
+	rules := authn.Rules{}
+	for _, g := range grpcs {
+		for m, r := range g.AuthRules() {
+			rules[m] = r
+		}
+	}
+	gopts := []grpc.ServerOption{
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.ChainUnaryInterceptor(auth.UnaryInterceptor(rules)),
+		grpc.ChainStreamInterceptor(auth.StreamInterceptor(rules)),
+	}
+	if cfg.GRPCTLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.GRPCTLSCert, cfg.GRPCTLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("gRPC TLS: %w", err)
+		}
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
+	}
+	st.grpc = grpc.NewServer(gopts...)
+	for _, g := range grpcs {
+		g.RegisterGRPC(st.grpc)
+	}
+	gl, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("gRPC listen %s: %w", cfg.GRPCAddr, err)
+	}
+	hl, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		gl.Close()
+		return nil, fmt.Errorf("HTTP listen %s: %w", cfg.HTTPAddr, err)
+	}
+	st.GRPCAddr, st.HTTPAddr = gl.Addr().String(), hl.Addr().String()
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", st.ready)
+	if st.Intake != nil {
+		mux.Handle("/webhooks/", st.Intake.Handler())
+	}
+	st.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+
+	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+	st.cancel = rcancel
+	for _, r := range runners {
+		st.goRun(func() error { return r.Run(rctx) })
+	}
+	for _, f := range o.ExtraRun {
+		st.goRun(func() error { return f(rctx) })
+	}
+	go func() {
+		if err := st.grpc.Serve(gl); err != nil {
+			st.setErr(fmt.Errorf("gRPC: %w", err))
+		}
+	}()
+	go func() {
+		if err := st.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			st.setErr(fmt.Errorf("HTTP: %w", err))
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		st.Stop()
+	}()
+	ok = true
+	log.Info("tenure serving", "services", strings.Join(svcs, ","), "http", st.HTTPAddr, "grpc", st.GRPCAddr, "nats", nc.ConnectedUrlRedacted())
+	return st, nil
+}
+
+// onlyFileProblems lets in-process callers (tenure dev, tests) pass objects instead of files.
+func onlyFileProblems(err error) bool {
+	for _, p := range strings.Split(err.Error(), "; ") {
+		if !strings.Contains(p, "needs --") && !strings.Contains(p, "--tokens-file") {
+			return false
+		}
+	}
+	return true
+}
+
+func (st *Stack) goRun(f func() error) {
+	st.wg.Add(1)
+	go func() {
+		defer st.wg.Done()
+		if err := f(); err != nil {
+			st.setErr(err)
+		}
+	}()
+}
+
+func (st *Stack) setErr(err error) {
+	st.errMu.Lock()
+	defer st.errMu.Unlock()
+	if st.err == nil {
+		st.err = err
+		st.log.Error("service stopped", "err", err)
+	}
+}
+
+func (st *Stack) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var probs []string
+	if st.NATS == nil || !st.NATS.IsConnected() {
+		probs = append(probs, "NATS disconnected")
+	}
+	for _, p := range st.pools {
+		if err := p.Ping(ctx); err != nil {
+			probs = append(probs, "database: "+err.Error())
+		}
+	}
+	if len(probs) > 0 {
+		http.Error(w, strings.Join(probs, "; "), http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ready\n"))
+}
+
+var stopOnce sync.Map
+
+// Stop shuts the servers down gracefully, stops the services and closes connections.
+func (st *Stack) Stop() {
+	if _, loaded := stopOnce.LoadOrStore(st, true); loaded {
+		<-st.done
+		return
+	}
+	defer close(st.done)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if st.http != nil {
+		st.http.Shutdown(ctx)
+	}
+	if st.grpc != nil {
+		stopped := make(chan struct{})
+		go func() { st.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			st.grpc.Stop()
+		}
+	}
+	if st.cancel != nil {
+		st.cancel()
+	}
+	st.wg.Wait()
+	st.closeConns()
+}
+
+func (st *Stack) closeConns() {
+	for _, p := range st.pools {
+		p.Close()
+	}
+	if st.NATS != nil {
+		st.NATS.Drain()
+	}
+}
+
+// Wait blocks until the stack has stopped and returns the first service error.
+func (st *Stack) Wait() error {
+	<-st.done
+	st.errMu.Lock()
+	defer st.errMu.Unlock()
+	return st.err
+}
+
+// OpenTargets opens every connector of a connectors file.
+func OpenTargets(ctx context.Context, path string) ([]provisioner.Target, error) {
+	cfgs, err := connector.LoadConfigs(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []provisioner.Target
+	for i := range cfgs {
+		c := &cfgs[i]
+		conn, err := c.Open(ctx)
+		if err != nil {
+			for _, t := range out {
+				connector.Close(t.Conn)
+			}
+			return nil, err
+		}
+		sys := c.System
+		if sys == "" {
+			sys = c.Name
+		}
+		out = append(out, provisioner.Target{Name: c.Name, Type: c.Type, System: sys, Conn: conn})
+	}
+	return out, nil
+}
+
