@@ -377,4 +377,3 @@ func OpenTargets(ctx context.Context, path string) ([]provisioner.Target, error)
 	}
 	return out, nil
 }
-

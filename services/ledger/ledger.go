@@ -134,26 +134,60 @@ func consumerConfig(cfg Config) jetstream.ConsumerConfig {
 }
 
 // Run records events until ctx ends. A batch in progress is finished (committed and acked)
-// before Run returns.
+// before Run returns. When the subscription breaks (the consumer was deleted, say), Run
+// recreates the consumer and carries on, logging the cause.
 func (s *Service) Run(ctx context.Context) error {
 	if s.cons == nil {
 		s.log.InfoContext(ctx, "no JetStream: the ledger answers queries but records nothing")
 		<-ctx.Done()
 		return nil
 	}
+	delay := time.Second
+	for {
+		err := s.consume(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.log.ErrorContext(ctx, "ledger consumer stopped; recreating it", "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 30*time.Second)
+		cons, err := s.js.CreateOrUpdateConsumer(ctx, natsx.EventsStream, consumerConfig(s.cfg))
+		if err != nil {
+			s.log.ErrorContext(ctx, "recreate ledger consumer", "err", err)
+			continue
+		}
+		s.cons = cons
+		delay = time.Second
+	}
+}
+
+// consume gathers batches (up to BatchSize, waiting at most BatchWindow after the first
+// message) and records them until ctx ends or the subscription breaks.
+func (s *Service) consume(ctx context.Context) error {
 	it, err := s.cons.Messages(jetstream.PullMaxMessages(2 * s.cfg.BatchSize))
 	if err != nil {
-		return fmt.Errorf("ledger: consume: %w", err)
+		return fmt.Errorf("consume: %w", err)
 	}
 	defer it.Stop()
 	batch := make([]jetstream.Msg, 0, s.cfg.BatchSize)
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if ctx.Err() != nil {
 				return nil
 			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return err
+			}
 			s.log.WarnContext(ctx, "next message", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 			continue
 		}
 		batch = append(batch[:0], msg)

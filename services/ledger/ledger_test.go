@@ -401,3 +401,32 @@ func TestReplicasShareOneChain(t *testing.T) {
 	}
 	verifyOK(t, r2, n)
 }
+
+// If the durable consumer disappears (an operator deleted it), the ledger recreates it:
+// it catches up from the stream's start, and nothing is recorded twice.
+func TestRecreatesDeletedConsumer(t *testing.T) {
+	ns := natstest.Start(t)
+	pool := newPool(t)
+	s := newService(t, Config{}, pool, ns.JS)
+	run(t, s)
+	ctx := context.Background()
+	publish := func(id, w string) {
+		t.Helper()
+		if _, err := ns.JS.PublishMsg(ctx, msg(t, id, events.Subject("tenure.hr", "joiner", w), w, t0, joiner(w))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("e1", "w1")
+	publish("e2", "w2")
+	waitFor(t, "two entries", 10*time.Second, func() bool { return headSeq(t, pool) == 2 })
+	if err := ns.JS.DeleteConsumer(ctx, "TENURE_EVENTS", Durable); err != nil {
+		t.Fatal(err)
+	}
+	publish("e3", "w3")
+	waitFor(t, "the third entry", 20*time.Second, func() bool { return headSeq(t, pool) >= 3 })
+	waitAcked(t, ns.JS, 10*time.Second)
+	if n := headSeq(t, pool); n != 3 {
+		t.Fatalf("head at %d, want 3", n)
+	}
+	verifyOK(t, s, 3)
+}
