@@ -54,7 +54,7 @@ Usage:
   tenurectl webhook sign --file BODY.json    print Standard Webhooks headers for curl
 
 Common flags (any command): --config FILE (default $TENURECTL_CONFIG or .tenure/dev/tenurectl.yaml),
-  --addr HOST:PORT, --token T (or $TENURE_TOKEN), -o table|json, --ca-cert FILE
+  --addr HOST:PORT, --token T (or $TENURE_TOKEN), -o table|json, --ca-cert FILE, --plaintext
 `
 
 func main() {
@@ -95,6 +95,7 @@ type cli struct {
 
 type common struct {
 	config, addr, token, output, caCert string
+	plaintext                           bool
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -106,7 +107,8 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "addr", os.Getenv("TENURE_ADDR"), "gRPC address of tenure")
 	fs.StringVar(&c.token, "token", os.Getenv("TENURE_TOKEN"), "bearer token")
 	fs.StringVar(&c.output, "o", "table", "output: table or json")
-	fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate to verify tenure's TLS certificate (TLS is used when set)")
+	fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate to verify tenure's TLS certificate")
+	fs.BoolVar(&c.plaintext, "plaintext", false, "connect without TLS (a loopback dev server only: the token travels in the clear)")
 }
 
 func (c *common) load(stdout io.Writer) (*cli, error) {
@@ -129,6 +131,9 @@ func (c *common) load(stdout io.Writer) (*cli, error) {
 	}
 	if c.caCert != "" {
 		x.cfg.Insecure = false
+	}
+	if c.plaintext {
+		x.cfg.Insecure = true
 	}
 	return x, nil
 }

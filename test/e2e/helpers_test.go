@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tenure-dev/tenure/pkg/authn"
+	"github.com/tenure-dev/tenure/pkg/pgtest"
+	"github.com/tenure-dev/tenure/pkg/webhook"
+)
+
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds tenure and tenurectl once per test binary.
+func binaries(t *testing.T) (tenure, tenurectl string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "tenure-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, b := range []string{"tenure", "tenurectl"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b), "github.com/tenure-dev/tenure/cmd/"+b)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", b, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, "tenure"), filepath.Join(binDir, "tenurectl")
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// hrEvent is the canonical webhook body.
+func hrEvent(typ, worker, job, email string) []byte {
+	w := map[string]string{"worker_id": worker, "worker_type": "employee"}
+	if job != "" {
+		w["job_code"] = job
+	}
+	if email != "" {
+		w["email"] = email
+	}
+	b, _ := json.Marshal(map[string]any{"type": typ, "worker": w})
+	return b
+}
+
+// postWebhook signs body with secret (Standard Webhooks) and posts it.
+func postWebhook(t *testing.T, url, secret, id string, body []byte) (int, map[string]any) {
+	t.Helper()
+	key, err := webhook.ParseSecret(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(webhook.HeaderID, id)
+	req.Header.Set(webhook.HeaderTimestamp, fmt.Sprint(now.Unix()))
+	req.Header.Set(webhook.HeaderSignature, webhook.Sign(key, id, now, body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	json.Unmarshal(raw, &out)
+	if out == nil {
+		out = map[string]any{"raw": string(raw)}
+	}
+	return resp.StatusCode, out
+}
+
+func dial(t *testing.T, addr, token string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(authn.BearerCredentials{Token: token, Insecure: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: %v", what, err)
+}
+
+func waitReady(t *testing.T, url string, proc *exec.Cmd, stderr *bytes.Buffer) {
+	t.Helper()
+	eventually(t, 60*time.Second, "ready "+url, func() error {
+		if proc.ProcessState != nil {
+			t.Fatalf("process exited: %s", stderr.String())
+		}
+		resp, err := http.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("%s", resp.Status)
+		}
+		return nil
+	})
+}
+
+// safeBuffer is a bytes.Buffer safe for a process writing while the test reads.
+type safeBuffer struct {
+	mu sync.Mutex
+	bytes.Buffer
+}
+
+func (b *safeBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Buffer.Write(p)
+}
+
+func (b *safeBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Buffer.String()
+}
+
+var _ = context.Background
