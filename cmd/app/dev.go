@@ -114,7 +114,7 @@ func StartDev(ctx context.Context, o DevOptions) (_ *Dev, err error) {
 	if err := pgstore.Bootstrap(ctx, tenureURL, Targets, nil); err != nil {
 		return nil, err
 	}
-	targetURL, err := ensureTargetRole(ctx, tenureURL)
+	targetURL, err := EnsureTargetRole(ctx, tenureURL, "")
 	if err != nil {
 		return nil, err
 	}
@@ -230,9 +230,10 @@ func ensureDatabase(ctx context.Context, adminURL, name string) (string, error) 
 	return u.String(), nil
 }
 
-// ensureTargetRole creates the role the demo connectors use: it may create roles (the demo
-// accounts) and nothing else.
-func ensureTargetRole(ctx context.Context, adminURL string) (string, error) {
+// EnsureTargetRole creates tenure_target, the role the demo connectors (PostgreSQL roles as
+// accounts) use: it may create roles and end their sessions, nothing else. It returns a URL
+// of the database as that role.
+func EnsureTargetRole(ctx context.Context, adminURL, password string) (string, error) {
 	conn, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
 		return "", err
@@ -249,6 +250,11 @@ func ensureTargetRole(ctx context.Context, adminURL string) (string, error) {
 	}
 	var db string
 	conn.QueryRow(ctx, "SELECT current_database()").Scan(&db)
+	if password != "" {
+		if _, err := conn.Exec(ctx, "ALTER ROLE tenure_target PASSWORD "+quoteLiteral(password)); err != nil {
+			return "", err
+		}
+	}
 	// CONNECT to reach the cluster; pg_signal_backend to end a disabled role's sessions.
 	for _, st := range []string{"GRANT CONNECT ON DATABASE " + pgx.Identifier{db}.Sanitize() + " TO tenure_target", "GRANT pg_signal_backend TO tenure_target"} {
 		if _, err := conn.Exec(ctx, st); err != nil {
@@ -257,6 +263,9 @@ func ensureTargetRole(ctx context.Context, adminURL string) (string, error) {
 	}
 	u, _ := url.Parse(adminURL)
 	u.User = url.User("tenure_target")
+	if password != "" {
+		u.User = url.UserPassword("tenure_target", password)
+	}
 	return u.String(), nil
 }
 

@@ -155,6 +155,7 @@ func setup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	natsUser := fs.String("nats-user", os.Getenv("TENURE_NATS_USER"), "NATS admin user (env TENURE_NATS_USER)")
 	natsPassword := fs.String("nats-password", os.Getenv("TENURE_NATS_PASSWORD"), "NATS admin password (env TENURE_NATS_PASSWORD)")
 	dbURL := fs.String("database-url", os.Getenv("TENURE_DATABASE_URL"), "PostgreSQL admin URL of the tenure database (env TENURE_DATABASE_URL)")
+	targetRole := fs.Bool("target-role", false, "also create tenure_target for the demo PostgreSQL-roles connectors (implied by TENURE_DB_PASSWORD_TARGET)")
 	replicas := fs.Int("stream-replicas", envInt("TENURE_STREAM_REPLICAS", 1), "JetStream replicas (env TENURE_STREAM_REPLICAS)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -191,6 +192,13 @@ func setup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "database roles %s ready, each owning its schema\n", strings.Join(roleNames(), ", "))
+	if pw := os.Getenv("TENURE_DB_PASSWORD_TARGET"); pw != "" || *targetRole {
+		// The demo targets' role (PostgreSQL roles as accounts): CREATEROLE, nothing more.
+		if _, err := app.EnsureTargetRole(cctx, *dbURL, pw); err != nil {
+			return fmt.Errorf("demo target role: %w", err)
+		}
+		fmt.Fprintln(stdout, "database role tenure_target ready (demo connectors)")
+	}
 	return nil
 }
 

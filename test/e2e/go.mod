@@ -7,6 +7,9 @@ require (
 	github.com/tenure-dev/tenure/cmd v0.0.0
 	github.com/tenure-dev/tenure/pkg v0.0.0
 	github.com/tenure-dev/tenure/proto v0.0.0
+	github.com/tenure-dev/tenure/services/approval v0.0.0
+	github.com/tenure-dev/tenure/services/intake v0.0.0
+	go.yaml.in/yaml/v3 v3.0.6
 	google.golang.org/grpc v1.85.0
 )
 
@@ -30,8 +33,6 @@ require (
 	github.com/nats-io/nats.go v1.55.0 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
-	github.com/tenure-dev/tenure/services/approval v0.0.0 // indirect
-	github.com/tenure-dev/tenure/services/intake v0.0.0 // indirect
 	github.com/tenure-dev/tenure/services/ledger v0.0.0 // indirect
 	github.com/tenure-dev/tenure/services/provisioner v0.0.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
@@ -45,7 +46,6 @@ require (
 	go.opentelemetry.io/otel/sdk v1.47.0 // indirect
 	go.opentelemetry.io/otel/trace v1.47.0 // indirect
 	go.opentelemetry.io/proto/otlp v1.11.0 // indirect
-	go.yaml.in/yaml/v3 v3.0.6 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sync v0.24.0 // indirect

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -84,6 +85,10 @@ func hrEvent(typ, worker, job, email string) []byte {
 
 // postWebhook signs body with secret (Standard Webhooks) and posts it.
 func postWebhook(t *testing.T, url, secret, id string, body []byte) (int, map[string]any) {
+	return postWebhookB(t, url, secret, id, body)
+}
+
+func postWebhookB(t testing.TB, url, secret, id string, body []byte) (int, map[string]any) {
 	t.Helper()
 	key, err := webhook.ParseSecret(secret)
 	if err != nil {
@@ -170,3 +175,8 @@ func (b *safeBuffer) String() string {
 }
 
 var _ = context.Background
+
+// quietLogger keeps benchmark output to the figures.
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
