@@ -168,8 +168,8 @@ func (c *Cluster) run(ctx context.Context, tool string, args ...string) ([]byte,
 	return cmd.CombinedOutput()
 }
 
-// chown hands the directory (and its parents under /tmp-like roots are left alone) to the
-// server user when running as root.
+// chown hands the cluster directory to the server user when running as root, and makes its
+// parents traversable so that user can reach it.
 func (c *Cluster) chown(dir string) error {
 	if c.runAs == "" {
 		return nil
