@@ -34,9 +34,13 @@ Usage:
                                 (T: intake, approval, provisioner, ledger, a comma list, or all)
   tenure setup                  create JetStream streams and per-service database roles
   tenure healthcheck --url U    exit 0 when U answers 200 (container health checks)
+  tenure version
 
 Run 'tenure <command> -h' for the flags of a command.
 `
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -63,6 +67,9 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return setup(ctx, args[1:], stdout, stderr)
 	case "healthcheck":
 		return healthcheck(args[1:], stderr)
+	case "version":
+		fmt.Fprintln(stdout, "tenure", version)
+		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
