@@ -55,6 +55,7 @@ type Stack struct {
 	grpc   *grpc.Server
 	http   *http.Server
 	cancel context.CancelFunc
+	stop   sync.Once
 	wg     sync.WaitGroup
 	errMu  sync.Mutex
 	err    error
@@ -306,14 +307,14 @@ func (st *Stack) ready(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ready\n"))
 }
 
-var stopOnce sync.Map
-
-// Stop shuts the servers down gracefully, stops the services and closes connections.
+// Stop shuts the servers down gracefully, stops the services and closes connections. It is
+// safe to call more than once and from several goroutines.
 func (st *Stack) Stop() {
-	if _, loaded := stopOnce.LoadOrStore(st, true); loaded {
-		<-st.done
-		return
-	}
+	st.stop.Do(st.shutdown)
+	<-st.done
+}
+
+func (st *Stack) shutdown() {
 	defer close(st.done)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

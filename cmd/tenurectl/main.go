@@ -212,30 +212,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return x, x.dial(c.caCert)
 	}
-	switch cmd {
-	case "case":
-		wait := fs.Duration("wait", 0, "wait up to this long for the case to complete")
+	// forWorker parses the flags, takes the one WORKER argument and connects.
+	forWorker := func() (*cli, string, error) {
 		if err := parse(); err != nil {
-			return err
+			return nil, "", err
 		}
 		w, err := needArg("WORKER")
 		if err != nil {
-			return err
+			return nil, "", err
 		}
 		x, err := connect()
+		return x, w, err
+	}
+	switch cmd {
+	case "case":
+		wait := fs.Duration("wait", 0, "wait up to this long for the case to complete")
+		x, w, err := forWorker()
 		if err != nil {
 			return err
 		}
 		return x.showCase(ctx, w, *wait)
 	case "accounts":
-		if err := parse(); err != nil {
-			return err
-		}
-		w, err := needArg("WORKER")
-		if err != nil {
-			return err
-		}
-		x, err := connect()
+		x, w, err := forWorker()
 		if err != nil {
 			return err
 		}
@@ -298,14 +296,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		})
 	case "worker get":
-		if err := parse(); err != nil {
-			return err
-		}
-		w, err := needArg("WORKER")
-		if err != nil {
-			return err
-		}
-		x, err := connect()
+		x, w, err := forWorker()
 		if err != nil {
 			return err
 		}

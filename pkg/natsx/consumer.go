@@ -135,6 +135,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 				return nil
 			}
 			c.log.Warn("next message", "err", err)
+			// Don't spin on a persistent error (e.g. the server is restarting).
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(250 * time.Millisecond):
+			}
 			continue
 		}
 		sem <- struct{}{}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -173,8 +174,17 @@ func TestServeProcessesWorkTogether(t *testing.T) {
 		t.Errorf("ledger verify: %s", out)
 	}
 	// JSON output is machine-readable.
-	if out := ctl("case", worker, "-o", "json"); !strings.Contains(out, `"status": "LEAVER_CASE_STATUS_COMPLETED"`) {
-		t.Errorf("tenurectl case -o json:\n%s", out)
+	var js struct {
+		LeaverCase struct {
+			Status   string `json:"status"`
+			Accounts []struct {
+				Status string `json:"status"`
+			} `json:"accounts"`
+		} `json:"leaverCase"`
+	}
+	out := ctl("case", worker, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &js); err != nil || js.LeaverCase.Status != "LEAVER_CASE_STATUS_COMPLETED" || len(js.LeaverCase.Accounts) != 1 {
+		t.Errorf("tenurectl case -o json (%v):\n%s", err, out)
 	}
 }
 
