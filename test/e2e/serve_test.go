@@ -182,9 +182,9 @@ func TestServeProcessesWorkTogether(t *testing.T) {
 			} `json:"accounts"`
 		} `json:"leaverCase"`
 	}
-	out := ctl("case", worker, "-o", "json")
-	if err := json.Unmarshal([]byte(out), &js); err != nil || js.LeaverCase.Status != "LEAVER_CASE_STATUS_COMPLETED" || len(js.LeaverCase.Accounts) != 1 {
-		t.Errorf("tenurectl case -o json (%v):\n%s", err, out)
+	jsonOut := ctl("case", worker, "-o", "json")
+	if err := json.Unmarshal([]byte(jsonOut), &js); err != nil || js.LeaverCase.Status != "LEAVER_CASE_STATUS_COMPLETED" || len(js.LeaverCase.Accounts) != 1 {
+		t.Errorf("tenurectl case -o json (%v):\n%s", err, jsonOut)
 	}
 }
 
