@@ -173,13 +173,16 @@ func (x *cli) dial(caCert string) error {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprint(stdout, usage)
+		for _, name := range sortedCommands() {
+			fmt.Fprintf(stdout, "  tenurectl %s\n", commands[name].usage)
+		}
 		if len(args) == 0 {
 			return errors.New("no command")
 		}
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "ledger" || cmd == "webhook" || cmd == "worker") && len(rest) > 0 {
+	if len(rest) > 0 && isGroup(cmd) {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet("tenurectl "+cmd, flag.ContinueOnError)
@@ -385,6 +388,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		now := time.Now()
 		fmt.Fprintf(stdout, "-H 'webhook-id: %s' -H 'webhook-timestamp: %d' -H 'webhook-signature: %s'\n", *id, now.Unix(), webhook.Sign(key, *id, now, body))
 		return nil
+	}
+	if ext, ok := commands[cmd]; ok {
+		return ext.run(&env{ctx: ctx, fs: fs, common: &c, stdout: stdout, parse: parse, pos: func() []string { return pos },
+			connect: connect, forWorker: forWorker})
 	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("unknown command %q", cmd)
