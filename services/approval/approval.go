@@ -264,6 +264,7 @@ func (s *Service) grant(ctx context.Context, tx pgx.Tx, worker string, pk Packag
 			Kind: eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_GRANT, WorkerId: worker, GrantId: id, System: sys.Name,
 			Package: pk.Name, Connector: sys.Connector, Entitlements: pk.Entitlements, Reason: "role " + role,
 			Approvals: approvals, DecidedAt: timestamppb.New(now), Role: role,
+			Elevated: pk.Elevated, HoldsEphi: sys.HoldsEPHI, PolicyHash: policyHash,
 		},
 	}, nil
 }

@@ -878,7 +878,13 @@ type AccessDecision struct {
 	DecidedAt    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
 	ExpiresAt    *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// Role (job code) that justified the grant, when it came from a role.
-	Role          string `protobuf:"bytes,14,opt,name=role,proto3" json:"role,omitempty"`
+	Role string `protobuf:"bytes,14,opt,name=role,proto3" json:"role,omitempty"`
+	// The package is elevated (administrative) access.
+	Elevated bool `protobuf:"varint,15,opt,name=elevated,proto3" json:"elevated,omitempty"`
+	// The system holds ePHI.
+	HoldsEphi bool `protobuf:"varint,16,opt,name=holds_ephi,json=holdsEphi,proto3" json:"holds_ephi,omitempty"`
+	// Policy version (SHA-256 of the policy file) that decided.
+	PolicyHash    string `protobuf:"bytes,17,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1007,6 +1013,27 @@ func (x *AccessDecision) GetExpiresAt() *timestamppb.Timestamp {
 func (x *AccessDecision) GetRole() string {
 	if x != nil {
 		return x.Role
+	}
+	return ""
+}
+
+func (x *AccessDecision) GetElevated() bool {
+	if x != nil {
+		return x.Elevated
+	}
+	return false
+}
+
+func (x *AccessDecision) GetHoldsEphi() bool {
+	if x != nil {
+		return x.HoldsEphi
+	}
+	return false
+}
+
+func (x *AccessDecision) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
 	}
 	return ""
 }
@@ -1538,7 +1565,7 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"decided_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x18\n" +
 	"\acomment\x18\x04 \x01(\tR\acomment\x12\x1c\n" +
-	"\tautomatic\x18\x05 \x01(\bR\tautomatic\"\x92\x04\n" +
+	"\tautomatic\x18\x05 \x01(\bR\tautomatic\"\xee\x04\n" +
 	"\x0eAccessDecision\x12\x1f\n" +
 	"\vdecision_id\x18\x01 \x01(\tR\n" +
 	"decisionId\x128\n" +
@@ -1558,7 +1585,12 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"decided_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x129\n" +
 	"\n" +
 	"expires_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n" +
-	"\x04role\x18\x0e \x01(\tR\x04role\"\xed\x01\n" +
+	"\x04role\x18\x0e \x01(\tR\x04role\x12\x1a\n" +
+	"\belevated\x18\x0f \x01(\bR\belevated\x12\x1d\n" +
+	"\n" +
+	"holds_ephi\x18\x10 \x01(\bR\tholdsEphi\x12\x1f\n" +
+	"\vpolicy_hash\x18\x11 \x01(\tR\n" +
+	"policyHash\"\xed\x01\n" +
 	"\x10ProvisionCommand\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1c\n" +
