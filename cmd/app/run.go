@@ -100,7 +100,9 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 	// NATS first: without it nothing works.
 	nopts := []nats.Option{nats.Name("tenure-" + strings.Join(svcs, "+")), nats.Timeout(cfg.ConnectTimeout), nats.MaxReconnects(-1)}
 	if cfg.NATSUser != "" {
-		nopts = append(nopts, nats.UserInfo(cfg.NATSUser, cfg.NATSPassword))
+		// Replies (PubAcks, API answers) come to a per-user inbox, so one service cannot read
+		// another's replies (deploy/nats/accounts.conf).
+		nopts = append(nopts, nats.UserInfo(cfg.NATSUser, cfg.NATSPassword), nats.CustomInboxPrefix("_INBOX_"+cfg.NATSUser))
 	}
 	nc, err := nats.Connect(cfg.NATSURL, nopts...)
 	if err != nil {

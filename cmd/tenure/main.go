@@ -171,7 +171,7 @@ func setup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	opts := []nats.Option{nats.Name("tenure-setup"), nats.Timeout(10 * time.Second)}
 	if *natsUser != "" {
-		opts = append(opts, nats.UserInfo(*natsUser, *natsPassword))
+		opts = append(opts, nats.UserInfo(*natsUser, *natsPassword), nats.CustomInboxPrefix("_INBOX_"+*natsUser))
 	}
 	nc, err := nats.Connect(*natsURL, opts...)
 	if err != nil {

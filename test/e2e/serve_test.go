@@ -26,10 +26,13 @@ type serveEnv struct {
 	secret            string
 }
 
-func newServeEnv(t *testing.T) *serveEnv {
+// newServeEnv starts NATS (with natsConf, e.g. deploy/nats/nats.conf, when given), makes a
+// fresh database and writes tokens, sources, policy and connectors files. The connector is
+// named connectorName.
+func newServeEnv(t *testing.T, natsConf, connectorName string) *serveEnv {
 	t.Helper()
 	tenure, tenurectl := binaries(t)
-	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{StoreDir: t.TempDir()})
+	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{StoreDir: t.TempDir(), ConfigFile: natsConf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,13 +44,13 @@ func newServeEnv(t *testing.T) *serveEnv {
 		"tokens.yaml":  fmt.Sprintf("tokens:\n  - {name: olga, roles: [operator, auditor], token: %q}\n", e.token),
 		"sources.yaml": "sources:\n  hr:\n    secrets_env: [E2E_HR_SECRET]\n",
 		"policy.yaml": `systems:
-  - {name: reporting, holds_ephi: false, connector: reports}
+  - {name: reporting, holds_ephi: false, connector: ` + connectorName + `}
 packages:
   - {name: reporting-reader, system: reporting, entitlements: [g` + prefix + `readers], auto_approve: true}
 roles:
   - {job_code: ANALYST, packages: [reporting-reader]}
 `,
-		"connectors.yaml": fmt.Sprintf("connectors:\n  - name: reports\n    type: postgres\n    system: reporting\n    config:\n      url: {env: E2E_TARGET_URL}\n      role_prefix: %s\n      groups: [g%sreaders]\n      create_groups: true\n", prefix, prefix),
+		"connectors.yaml": fmt.Sprintf("connectors:\n  - name: %s\n    type: postgres\n    system: reporting\n    config:\n      url: {env: E2E_TARGET_URL}\n      role_prefix: %s\n      groups: [g%sreaders]\n      create_groups: true\n", connectorName, prefix, prefix),
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(e.dir, name), []byte(body), 0o600); err != nil {
@@ -114,7 +117,7 @@ func (e *serveEnv) serve(t *testing.T, target string, extraEnv ...string) (httpA
 // by `tenure setup`, work together on a joiner and a leaver; tenurectl reads the case and
 // the ledger over gRPC.
 func TestServeProcessesWorkTogether(t *testing.T) {
-	e := newServeEnv(t)
+	e := newServeEnv(t, "", "reports")
 	out, err := e.cmd(context.Background(), e.tenure, "setup", "--nats-url", e.natsURL, "--database-url", e.adminURL).CombinedOutput()
 	if err != nil {
 		t.Fatalf("tenure setup: %v\n%s", err, out)
@@ -190,7 +193,7 @@ func TestServeProcessesWorkTogether(t *testing.T) {
 
 // A `tenure serve` with a missing or unreachable database or NATS fails fast with a clear message.
 func TestServeFailsFast(t *testing.T) {
-	e := newServeEnv(t)
+	e := newServeEnv(t, "", "reports")
 	tokens := filepath.Join(e.dir, "tokens.yaml")
 	cases := []struct {
 		name string

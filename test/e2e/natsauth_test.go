@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
+)
+
+// The production topology: NATS configured by deploy/nats/nats.conf (each service its own
+// user, least-privilege permissions, per-user reply inboxes), `tenure setup` as the NATS
+// admin, and one `tenure serve` process per service, each as its own NATS user and database
+// role. A joiner and a leaver go through all four.
+func TestServeAsLeastPrivilegeNATSUsers(t *testing.T) {
+	users := []string{"admin", "intake", "approval", "provisioner", "ledger", "security"}
+	pw := map[string]string{}
+	for _, u := range users {
+		pw[u] = fmt.Sprintf("%s-%d", u, time.Now().UnixNano())
+		t.Setenv("NATS_"+strings.ToUpper(u)+"_PASSWORD", pw[u])
+	}
+	e := newServeEnv(t, "../../deploy/nats/nats.conf", "demo-wiki")
+	out, err := e.cmd(context.Background(), e.tenure, "setup", "--nats-url", e.natsURL, "--nats-user", "admin", "--nats-password", pw["admin"],
+		"--database-url", e.adminURL).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tenure setup as NATS admin: %v\n%s", err, out)
+	}
+	addrs := map[string][2]string{}
+	for _, svc := range []string{"intake", "approval", "provisioner", "ledger"} {
+		h, g := e.serve(t, svc, "TENURE_NATS_USER="+svc, "TENURE_NATS_PASSWORD="+pw[svc])
+		addrs[svc] = [2]string{h, g}
+	}
+
+	worker := "w-least-1"
+	hook := "http://" + addrs["intake"][0] + "/webhooks/hr"
+	if code, res := postWebhook(t, hook, e.secret, "j1", hrEvent("hire", worker, "ANALYST", "ada.least@clinic.example")); code != 202 {
+		t.Fatalf("joiner: %d %v", code, res)
+	}
+	prov := provisionerv1.NewProvisioningServiceClient(dial(t, addrs["provisioner"][1], e.token))
+	eventually(t, 30*time.Second, "account created", func() error {
+		r, err := prov.ListAccounts(context.Background(), &provisionerv1.ListAccountsRequest{WorkerId: worker})
+		if err != nil {
+			return err
+		}
+		if len(r.Accounts) != 1 || r.Accounts[0].ObservedState != eventsv1.AccountState_ACCOUNT_STATE_ENABLED {
+			return fmt.Errorf("accounts %v", r.Accounts)
+		}
+		return nil
+	})
+	if code, res := postWebhook(t, hook, e.secret, "t1", hrEvent("termination", worker, "", "")); code != 202 {
+		t.Fatalf("termination: %d %v", code, res)
+	}
+	eventually(t, 30*time.Second, "case completed", func() error {
+		r, err := prov.GetLeaverCase(context.Background(), &provisionerv1.GetLeaverCaseRequest{WorkerId: worker})
+		if err != nil {
+			return err
+		}
+		if r.LeaverCase.Status != eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED {
+			return fmt.Errorf("case %v", r.LeaverCase)
+		}
+		return nil
+	})
+	q, err := prov.ListQueues(context.Background(), &provisionerv1.ListQueuesRequest{})
+	if err != nil || len(q.Queues) != 1 {
+		t.Fatalf("ListQueues under the provisioner's NATS permissions: %v %v", q, err)
+	}
+	ctlOut, err := e.cmd(context.Background(), e.tenurectl, "ledger", "query", "--worker", worker, "--addr", addrs["ledger"][1], "--token", e.token, "--plaintext",
+		"--config", "/nonexistent").CombinedOutput()
+	if err != nil || !strings.Contains(string(ctlOut), "tenure.case.completed."+worker) {
+		// The ledger may still be catching up; give it a moment.
+		time.Sleep(2 * time.Second)
+		ctlOut, err = e.cmd(context.Background(), e.tenurectl, "ledger", "query", "--worker", worker, "--addr", addrs["ledger"][1], "--token", e.token, "--plaintext",
+			"--config", "/nonexistent").CombinedOutput()
+		if err != nil || !strings.Contains(string(ctlOut), "tenure.case.completed."+worker) {
+			t.Fatalf("ledger query: %v\n%s", err, ctlOut)
+		}
+	}
+}
