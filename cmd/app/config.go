@@ -28,6 +28,7 @@ type ServeConfig struct {
 	NATSURL        string            `yaml:"nats_url"`
 	NATSUser       string            `yaml:"nats_user"`
 	NATSPassword   string            `yaml:"nats_password"`
+	NATSCAFile     string            `yaml:"nats_ca_file"`
 	DatabaseURL    string            `yaml:"database_url"`
 	DatabaseURLs   map[string]string `yaml:"database_urls"`
 	HTTPAddr       string            `yaml:"http_addr"`
@@ -62,6 +63,7 @@ func (c *ServeConfig) options() []option {
 		{flag: "nats-url", env: "TENURE_NATS_URL", usage: "NATS server URL(s), comma-separated", str: &c.NATSURL},
 		{flag: "nats-user", env: "TENURE_NATS_USER", usage: "NATS user (each service its own in production)", str: &c.NATSUser},
 		{flag: "nats-password", env: "TENURE_NATS_PASSWORD", usage: "NATS password (prefer the environment variable)", str: &c.NATSPassword},
+		{flag: "nats-ca-file", env: "TENURE_NATS_CA_FILE", usage: "CA certificate that signed the NATS server's TLS certificate", str: &c.NATSCAFile},
 		{flag: "database-url", env: "TENURE_DATABASE_URL", usage: "PostgreSQL URL; TENURE_<SERVICE>_DATABASE_URL overrides it per service", str: &c.DatabaseURL},
 		{flag: "http-addr", env: "TENURE_HTTP_ADDR", usage: "HTTP listen address (webhooks, /healthz, /readyz)", str: &c.HTTPAddr},
 		{flag: "grpc-addr", env: "TENURE_GRPC_ADDR", usage: "gRPC listen address", str: &c.GRPCAddr},

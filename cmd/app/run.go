@@ -104,6 +104,9 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 		// another's replies (deploy/nats/accounts.conf).
 		nopts = append(nopts, nats.UserInfo(cfg.NATSUser, cfg.NATSPassword), nats.CustomInboxPrefix("_INBOX_"+cfg.NATSUser))
 	}
+	if cfg.NATSCAFile != "" {
+		nopts = append(nopts, nats.RootCAs(cfg.NATSCAFile))
+	}
 	nc, err := nats.Connect(cfg.NATSURL, nopts...)
 	if err != nil {
 		return nil, fmt.Errorf("NATS at %s unreachable: %w", cfg.NATSURL, err)

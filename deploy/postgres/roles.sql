@@ -106,14 +106,10 @@ GRANT CONNECT ON DATABASE tenure TO tenure_target;
 
 COMMIT;
 
--- The target's connector ends the sessions of accounts it disables (pg_terminate_backend).
--- From PostgreSQL 16 a CREATEROLE role administers only the roles it created; making it a
--- member of each one it creates lets it signal their backends and nothing else. Before 16,
--- CREATEROLE could alter any non-superuser role (tenure's own included), so there the demo
--- target belongs in its own PostgreSQL cluster; pg_signal_backend stands in for membership.
-SELECT current_setting('server_version_num')::int >= 160000 AS tenure_pg16 \gset
-\if :tenure_pg16
-  ALTER ROLE tenure_target SET createrole_self_grant = 'set, inherit';
-\else
-  GRANT pg_signal_backend TO tenure_target;
-\endif
+-- The target's connector (pkg/connectors/pgrole) ends the sessions of accounts it disables
+-- (pg_terminate_backend), which needs pg_signal_backend. (Making it a member of each role it
+-- creates, createrole_self_grant, would work too, but would hand it the data privileges of
+-- every group it grants.) pg_signal_backend can also end tenure's own services' sessions, and
+-- before PostgreSQL 16 CREATEROLE may alter any non-superuser role: outside a demo, point the
+-- connector at the target system's own PostgreSQL cluster, not at tenure's.
+GRANT pg_signal_backend TO tenure_target;

@@ -54,8 +54,11 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 	opts.NoSigs = true
 	opts.NoLog = true
 	opts.ServerName = "tenure-embedded"
-	opts.SyncInterval = o.SyncInterval
-	opts.SyncAlways = o.SyncAlways
+	// Keep the config file's fsync policy unless the caller set one.
+	if o.SyncInterval != 0 || o.SyncAlways {
+		opts.SyncInterval = o.SyncInterval
+		opts.SyncAlways = o.SyncAlways
+	}
 	opts.HTTPPort = 0
 	ns, err := server.NewServer(opts)
 	if err != nil {
