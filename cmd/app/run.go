@@ -21,7 +21,10 @@ import (
 
 	"github.com/tenure-dev/tenure/pkg/authn"
 	"github.com/tenure-dev/tenure/pkg/connector"
-	_ "github.com/tenure-dev/tenure/pkg/connectors/pgrole" // built-in connector types
+	// Built-in connector types register themselves.
+	_ "github.com/tenure-dev/tenure/pkg/connectors/ldap"
+	_ "github.com/tenure-dev/tenure/pkg/connectors/pgrole"
+	_ "github.com/tenure-dev/tenure/pkg/connectors/scim"
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
 	"github.com/tenure-dev/tenure/services/approval"
