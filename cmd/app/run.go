@@ -164,13 +164,8 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			st.Intake = s
 			runners, grpcs = append(runners, s), append(grpcs, s)
 		case "approval":
-			pol := o.Policy
-			if pol == nil {
-				if pol, err = approval.LoadPolicy(cfg.Policy); err != nil {
-					return nil, err
-				}
-			}
-			s, err := approval.New(ctx, approval.Config{Policy: pol}, approval.Deps{Pool: pool, JS: js, Log: slog})
+			// With a policy file, the service loads it and reloads it when it changes.
+			s, err := approval.New(ctx, approval.Config{Policy: o.Policy, PolicyFile: cfg.Policy}, approval.Deps{Pool: pool, JS: js, Log: slog})
 			if err != nil {
 				return nil, fmt.Errorf("approval: %w", err)
 			}

@@ -51,7 +51,7 @@ func start(t *testing.T) *env {
 	done := make(chan struct{})
 	go func() { svc.Run(rctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	sub, err := ns.JS.CreateConsumer(ctx, natsx.EventsStream, jetstream.ConsumerConfig{FilterSubject: "tenure.access.>", AckPolicy: jetstream.AckNonePolicy})
+	sub, err := ns.JS.CreateConsumer(ctx, natsx.EventsStream, jetstream.ConsumerConfig{FilterSubjects: []string{"tenure.access.grant.>", "tenure.access.revoke.>"}, AckPolicy: jetstream.AckNonePolicy})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/tenure-dev/tenure/pkg v0.0.0
 	github.com/tenure-dev/tenure/proto v0.0.0
+	github.com/tenure-dev/tenure/services/provisioner v0.0.0
 	go.yaml.in/yaml/v3 v3.0.6
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
@@ -52,3 +53,5 @@ require (
 replace github.com/tenure-dev/tenure/pkg => ../../pkg
 
 replace github.com/tenure-dev/tenure/proto => ../../proto
+
+replace github.com/tenure-dev/tenure/services/provisioner => ../provisioner

@@ -6,37 +6,80 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
 
-// Policy says which systems hold ePHI, which access packages exist and which roles (job
-// codes) get which packages. Later versions add approval matrices, SoD rules and reviews.
-//
-//	systems:
-//	  - {name: reporting, holds_ephi: false, connector: demo-reporting, owner: it-owner}
-//	packages:
-//	  - {name: reporting-reader, system: reporting, entitlements: [reporting_read], auto_approve: true}
-//	roles:
-//	  - {job_code: RN, packages: [reporting-reader]}
+// Policy is the approval service's rule book: the system inventory, access packages, roles
+// (job codes → packages), the approval matrix, separation-of-duties rules, review cadence,
+// break-glass rules, vendors with business associate agreements, and which person each
+// gRPC principal is. docs/policy.md describes every field with a full example.
 type Policy struct {
-	Systems  []System  `yaml:"systems"`
-	Packages []Package `yaml:"packages"`
-	Roles    []Role    `yaml:"roles"`
+	// Principals maps a gRPC principal (token name) to the worker id of the person; a
+	// principal not listed is taken to be the worker whose id equals its name.
+	Principals []PrincipalMap `yaml:"principals"`
+	Vendors    []Vendor       `yaml:"vendors"`
+	Systems    []System       `yaml:"systems"`
+	Packages   []Package      `yaml:"packages"`
+	Roles      []Role         `yaml:"roles"`
+	Approval   ApprovalRules  `yaml:"approval"`
+	SoD        []SoDRule      `yaml:"sod"`
+	BreakGlass BreakGlass     `yaml:"break_glass"`
 
 	// Hash is the SHA-256 of the file's bytes: which version of the policy decided.
 	Hash string `yaml:"-"`
+	// Path is the file the policy was read from, if any.
+	Path string `yaml:"-"`
+	raw  []byte
+}
+
+// PrincipalMap says which worker a gRPC principal is.
+type PrincipalMap struct {
+	Name     string `yaml:"name"`
+	WorkerID string `yaml:"worker_id"`
+}
+
+// Vendor is a third-party organisation whose staff may work for the organisation.
+type Vendor struct {
+	Name string `yaml:"name"`
+	// BAA: a business associate agreement is on file; without one no ePHI package is granted
+	// to the vendor's staff (it may also be recorded through the RecordBAA API).
+	BAA          bool   `yaml:"baa"`
+	BAAReference string `yaml:"baa_reference"`
 }
 
 // System is a target system in the inventory.
 type System struct {
-	Name      string `yaml:"name"`
-	Purpose   string `yaml:"purpose"`
-	HoldsEPHI bool   `yaml:"holds_ephi"`
+	Name         string `yaml:"name"`
+	Purpose      string `yaml:"purpose"`
+	HoldsEPHI    bool   `yaml:"holds_ephi"`
+	AccessMethod string `yaml:"access_method"`
+	AdminModel   string `yaml:"admin_model"`
+	// Owner is the worker id of the system owner, who decides the owner stage and reviews.
+	Owner string `yaml:"owner"`
+	// Approvers may decide the owner stage besides the owner (worker ids).
+	Approvers []string `yaml:"approvers"`
 	// Connector is the provisioner connector instance that manages the system's accounts.
 	Connector string `yaml:"connector"`
-	Owner     string `yaml:"owner"`
+	// BAARequired: vendor staff need a BAA on file even if the system holds no ePHI.
+	BAARequired bool   `yaml:"baa_required"`
+	Review      Review `yaml:"review"`
+}
+
+// Review is a system's access review cadence.
+type Review struct {
+	// Every is the cadence; zero means reviews only on demand.
+	Every Duration `yaml:"every"`
+	// Deadline is how long reviewers have (default 14 days).
+	Deadline Duration `yaml:"deadline"`
+	// Reviewer is owner (default) or manager. Never the holder: an owner reviewing their own
+	// grant is replaced by the holder's manager, and failing that by security.
+	Reviewer string `yaml:"reviewer"`
+	// RevokeUnanswered revokes grants nobody reviewed by the deadline (after escalation).
+	RevokeUnanswered bool `yaml:"revoke_unanswered"`
 }
 
 // Package is a bundle of entitlements on one system.
@@ -48,6 +91,11 @@ type Package struct {
 	// AutoApprove grants without a person: allowed only for birthright packages on
 	// systems without ePHI that are not elevated.
 	AutoApprove bool `yaml:"auto_approve"`
+	// MaxDuration bounds time-boxed (JIT) grants of the package; zero: no JIT bound.
+	MaxDuration Duration `yaml:"max_duration"`
+	// Stages overrides the approval matrix for this package (it can add, never drop, the
+	// stages the matrix requires).
+	Stages []string `yaml:"stages"`
 }
 
 // Role maps a job code to packages.
@@ -56,7 +104,73 @@ type Role struct {
 	Packages []string `yaml:"packages"`
 }
 
-// LoadPolicy reads and validates a policy file.
+// ApprovalRules is the approval matrix: stages per kind of package, decided in order.
+type ApprovalRules struct {
+	// Standard: packages on systems without ePHI that are not auto-approved (default [manager]).
+	Standard []string `yaml:"standard"`
+	// EPHI: packages on systems holding ePHI (default [manager, owner]; must include both).
+	EPHI []string `yaml:"ephi"`
+	// Elevated: administrative packages (default [manager, owner, security]; must include security).
+	Elevated []string `yaml:"elevated"`
+	// ReapprovalWindow: a mover's grants held outside the new role must be re-approved within
+	// it, else they are revoked (default 7 days).
+	ReapprovalWindow Duration `yaml:"reapproval_window"`
+}
+
+// SoDRule names packages that must not be held together.
+type SoDRule struct {
+	Name     string   `yaml:"name"`
+	Packages []string `yaml:"packages"`
+	Reason   string   `yaml:"reason"`
+}
+
+// BreakGlass are the emergency access rules.
+type BreakGlass struct {
+	ReasonCodes []string `yaml:"reason_codes"`
+	// MaxDuration of a break-glass grant (default 4h).
+	MaxDuration Duration `yaml:"max_duration"`
+	// ReviewWithin: the post-use review is overdue after this (default 24h).
+	ReviewWithin Duration `yaml:"review_within"`
+	// Packages that may be used in an emergency; empty: none.
+	Packages []string `yaml:"packages"`
+}
+
+// Stage names.
+const (
+	StageManager  = "manager"
+	StageOwner    = "owner"
+	StageSecurity = "security"
+	// StageSoD is added to a request that asks for an exception to a SoD rule.
+	StageSoD = "sod_exception"
+)
+
+// Duration is a time.Duration written as Go durations ("36h", "90m") or in days ("90d").
+type Duration time.Duration
+
+// D returns the duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// UnmarshalYAML accepts "90d" as well as Go durations.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v := strings.TrimSpace(n.Value)
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		if x, err := strconv.Atoi(days); err == nil && x >= 0 {
+			*d = Duration(time.Duration(x) * 24 * time.Hour)
+			return nil
+		}
+	}
+	x, err := time.ParseDuration(v)
+	if err != nil || x < 0 {
+		return fmt.Errorf("line %d: %q is not a duration (use 90d, 36h or 15m)", n.Line, n.Value)
+	}
+	*d = Duration(x)
+	return nil
+}
+
+// MarshalYAML writes the duration as a Go duration.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// LoadPolicy reads and validates a policy file. Errors name the file, line and field.
 func LoadPolicy(path string) (*Policy, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -66,6 +180,7 @@ func LoadPolicy(path string) (*Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	p.Path = path
 	return p, nil
 }
 
@@ -85,10 +200,28 @@ func ParsePolicy(b []byte) (*Policy, error) {
 	var probs []string
 	bad := func(path, format string, args ...any) {
 		where := path
-		if l, ok := lines[path]; ok {
-			where = fmt.Sprintf("line %d: %s", l, path)
+		for p := path; p != ""; {
+			if l, ok := lines[p]; ok {
+				where = fmt.Sprintf("line %d: %s", l, path)
+				break
+			}
+			i := strings.LastIndexAny(p, ".[")
+			if i < 0 {
+				break
+			}
+			p = p[:i]
 		}
 		probs = append(probs, where+": "+fmt.Sprintf(format, args...))
+	}
+	for i, pm := range p.Principals {
+		if pm.Name == "" || pm.WorkerID == "" {
+			bad(fmt.Sprintf("principals[%d]", i), "name and worker_id are required")
+		}
+	}
+	for i, v := range p.Vendors {
+		if v.Name == "" {
+			bad(fmt.Sprintf("vendors[%d].name", i), "required")
+		}
 	}
 	systems := map[string]System{}
 	for i, s := range p.Systems {
@@ -103,7 +236,31 @@ func ParsePolicy(b []byte) (*Policy, error) {
 		if s.Connector == "" {
 			bad(path+".connector", "required: the connector that provisions %q", s.Name)
 		}
+		if s.HoldsEPHI && s.Owner == "" {
+			bad(path+".owner", "required: system %q holds ePHI, so its owner approves access", s.Name)
+		}
+		switch s.Review.Reviewer {
+		case "", "owner", "manager":
+		default:
+			bad(path+".review.reviewer", "must be owner or manager, not %q", s.Review.Reviewer)
+		}
 		systems[s.Name] = s
+	}
+	checkStages := func(path string, stages []string) {
+		for j, st := range stages {
+			if st != StageManager && st != StageOwner && st != StageSecurity {
+				bad(fmt.Sprintf("%s[%d]", path, j), "unknown stage %q (manager, owner or security)", st)
+			}
+		}
+	}
+	checkStages("approval.standard", p.Approval.Standard)
+	checkStages("approval.ephi", p.Approval.EPHI)
+	checkStages("approval.elevated", p.Approval.Elevated)
+	if len(p.Approval.EPHI) > 0 && !(slices.Contains(p.Approval.EPHI, StageManager) && slices.Contains(p.Approval.EPHI, StageOwner)) {
+		bad("approval.ephi", "ePHI access needs both the manager and the owner stage")
+	}
+	if len(p.Approval.Elevated) > 0 && !slices.Contains(p.Approval.Elevated, StageSecurity) {
+		bad("approval.elevated", "elevated access needs the security stage")
 	}
 	packages := map[string]Package{}
 	for i, pk := range p.Packages {
@@ -116,6 +273,7 @@ func ParsePolicy(b []byte) (*Policy, error) {
 			bad(path+".name", "duplicate package %q", pk.Name)
 		}
 		packages[pk.Name] = pk
+		checkStages(path+".stages", pk.Stages)
 		sys, ok := systems[pk.System]
 		if !ok {
 			bad(path+".system", "unknown system %q", pk.System)
@@ -141,11 +299,78 @@ func ParsePolicy(b []byte) (*Policy, error) {
 			}
 		}
 	}
+	rules := map[string]bool{}
+	for i, r := range p.SoD {
+		path := fmt.Sprintf("sod[%d]", i)
+		if r.Name == "" {
+			bad(path+".name", "required")
+		}
+		if rules[r.Name] {
+			bad(path+".name", "duplicate rule %q", r.Name)
+		}
+		rules[r.Name] = true
+		if len(r.Packages) < 2 {
+			bad(path+".packages", "a rule needs at least two packages")
+		}
+		for j, name := range r.Packages {
+			if _, ok := packages[name]; !ok {
+				bad(fmt.Sprintf("%s.packages[%d]", path, j), "unknown package %q", name)
+			}
+		}
+		// A role that hands out a forbidden combination would refuse every holder.
+		for k, role := range p.Roles {
+			n := 0
+			for _, name := range r.Packages {
+				if slices.Contains(role.Packages, name) {
+					n++
+				}
+			}
+			if n >= 2 {
+				bad(fmt.Sprintf("roles[%d].packages", k), "role %q includes packages that SoD rule %q forbids together", role.JobCode, r.Name)
+			}
+		}
+	}
+	for j, name := range p.BreakGlass.Packages {
+		if _, ok := packages[name]; !ok {
+			bad(fmt.Sprintf("break_glass.packages[%d]", j), "unknown package %q", name)
+		}
+	}
+	if len(p.BreakGlass.Packages) > 0 && len(p.BreakGlass.ReasonCodes) == 0 {
+		bad("break_glass.reason_codes", "required when break_glass.packages is set")
+	}
+	if len(probs) > 0 {
+		return nil, fmt.Errorf("invalid policy:\n  %s", strings.Join(probs, "\n  "))
+	}
+	if len(p.Approval.Standard) == 0 {
+		p.Approval.Standard = []string{StageManager}
+	}
+	if len(p.Approval.EPHI) == 0 {
+		p.Approval.EPHI = []string{StageManager, StageOwner}
+	}
+	if len(p.Approval.Elevated) == 0 {
+		p.Approval.Elevated = []string{StageManager, StageOwner, StageSecurity}
+	}
+	if p.Approval.ReapprovalWindow == 0 {
+		p.Approval.ReapprovalWindow = Duration(7 * 24 * time.Hour)
+	}
+	if p.BreakGlass.MaxDuration == 0 {
+		p.BreakGlass.MaxDuration = Duration(4 * time.Hour)
+	}
+	if p.BreakGlass.ReviewWithin == 0 {
+		p.BreakGlass.ReviewWithin = Duration(24 * time.Hour)
+	}
+	for i, pk := range p.Packages {
+		sys := systems[pk.System]
+		if sys.Owner == "" && !p.AutoApprovable(pk) && slices.Contains(p.StagesFor(pk), StageOwner) {
+			bad(fmt.Sprintf("packages[%d].system", i), "package %q needs the owner stage, but system %q has no owner", pk.Name, pk.System)
+		}
+	}
 	if len(probs) > 0 {
 		return nil, fmt.Errorf("invalid policy:\n  %s", strings.Join(probs, "\n  "))
 	}
 	sum := sha256.Sum256(b)
 	p.Hash = hex.EncodeToString(sum[:])
+	p.raw = slices.Clone(b)
 	return &p, nil
 }
 
@@ -181,6 +406,66 @@ func (p *Policy) System(name string) (System, bool) {
 		return System{}, false
 	}
 	return p.Systems[i], true
+}
+
+// Identity is the worker id of a gRPC principal.
+func (p *Policy) Identity(principal string) string {
+	for _, pm := range p.Principals {
+		if pm.Name == principal {
+			return pm.WorkerID
+		}
+	}
+	return principal
+}
+
+// AutoApprovable says whether policy alone may grant the package.
+func (p *Policy) AutoApprovable(pk Package) bool {
+	sys, _ := p.System(pk.System)
+	return pk.AutoApprove && !sys.HoldsEPHI && !pk.Elevated
+}
+
+// StagesFor is the approval stages a package needs, in order.
+func (p *Policy) StagesFor(pk Package) []string {
+	sys, _ := p.System(pk.System)
+	base := p.Approval.Standard
+	switch {
+	case pk.Elevated:
+		base = p.Approval.Elevated
+	case sys.HoldsEPHI:
+		base = p.Approval.EPHI
+	}
+	out := slices.Clone(base)
+	for _, st := range pk.Stages {
+		if !slices.Contains(out, st) {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// VendorBAA says whether the policy records a BAA for a vendor organisation.
+func (p *Policy) VendorBAA(org string) bool {
+	for _, v := range p.Vendors {
+		if v.Name == org {
+			return v.BAA
+		}
+	}
+	return false
+}
+
+// Conflicts returns the SoD rule that held plus pkg would break, if any.
+func (p *Policy) Conflicts(held []string, pkg string) (SoDRule, string, bool) {
+	for _, r := range p.SoD {
+		if !slices.Contains(r.Packages, pkg) {
+			continue
+		}
+		for _, h := range held {
+			if h != pkg && slices.Contains(r.Packages, h) {
+				return r, h, true
+			}
+		}
+	}
+	return SoDRule{}, "", false
 }
 
 // lineIndex maps "systems[0].name"-style paths to their line in the file.

@@ -44,7 +44,9 @@ func (s *Service) handleEvent(ctx context.Context, msg jetstream.Msg) error {
 				return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))
 			}
 			out, err = s.onHR(ctx, tx, meta, &ev)
-		case strings.HasPrefix(msg.Subject(), "tenure.access."):
+		case strings.HasPrefix(msg.Subject(), "tenure.access.grant."), strings.HasPrefix(msg.Subject(), "tenure.access.revoke."):
+			// Only grant and revoke carry AccessDecisions; the approval service's other
+			// facts (policy_loaded, request_*, review_*) are for the ledger.
 			var d eventsv1.AccessDecision
 			if err := proto.Unmarshal(msg.Data(), &d); err != nil {
 				return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))

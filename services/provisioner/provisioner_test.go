@@ -163,12 +163,14 @@ func TestGrantCreatesVerifiedAccountAndLeaverDisablesIt(t *testing.T) {
 		t.Fatalf("target account after leaver: %v", a.State)
 	}
 	// The revocation stream carries the termination, the disable and the completion.
+	// The outbox relay publishes after the commit the case status came from: wait for it.
 	st, _ := e.js.Stream(ctx, natsx.EventsStream)
 	for _, subj := range []string{"tenure.revocation.worker_terminated.w1", "tenure.revocation.account_disabled.w1", "tenure.revocation.session_revoked.w1",
 		"tenure.revocation.case_completed.w1", "tenure.case.opened.w1", "tenure.case.completed.w1", "tenure.result.demo.verified"} {
-		if _, err := st.GetLastMsgForSubject(ctx, subj); err != nil {
-			t.Errorf("no message on %s: %v", subj, err)
-		}
+		eventually(t, "message on "+subj, func() error {
+			_, err := st.GetLastMsgForSubject(ctx, subj)
+			return err
+		})
 	}
 	// A grant arriving after the termination never re-enables the account.
 	e.publish(t, events.Subject("tenure.access", "grant", "w1"), "w1", &eventsv1.AccessDecision{Kind: eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_GRANT,

@@ -243,15 +243,24 @@ func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, 
 		if _, err := tx.Exec(ctx, "SELECT 1 FROM cases WHERE worker_id = $1 AND status = 'open' FOR UPDATE", l.worker); err != nil {
 			return err
 		}
-		out := []events.Event{result(cmd, l, outcome, attempt, acct, "")}
+		res := result(cmd, l, outcome, attempt, acct, "")
+		out := []events.Event{res}
 		if outcome != eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED {
 			return pgstore.Enqueue(ctx, tx, out...)
 		}
 		now := time.Now().UTC()
-		if _, err := tx.Exec(ctx, `UPDATE links SET observed_state = $3, observed_generation = $2, observed_entitlements = $4, verified_at = $5,
+		tag, err := tx.Exec(ctx, `UPDATE links SET observed_state = $3, observed_generation = $2, observed_entitlements = $4, verified_at = $5,
 			  account_id = CASE WHEN $6 <> '' THEN $6 ELSE account_id END, attempts = 0, last_error = ''
-			WHERE link_id = $1 AND generation = $2`, l.id, cmd.GetGeneration(), acct.State.String(), nonNil(acct.Entitlements), now, acct.ID); err != nil {
+			WHERE link_id = $1 AND generation = $2`, l.id, cmd.GetGeneration(), acct.State.String(), nonNil(acct.Entitlements), now, acct.ID)
+		if err != nil {
 			return err
+		}
+		if tag.RowsAffected() == 1 {
+			// The link is still at the verified generation, so its grants are what the target
+			// now reflects: the approval service matches these ids to confirm grants and revokes.
+			if err := grantIDs(ctx, tx, l.id, res.Payload.(*eventsv1.ProvisionResult)); err != nil {
+				return err
+			}
 		}
 		if cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
 			rev := func(kind eventsv1.RevocationKind, tok string) events.Event {
@@ -292,6 +301,27 @@ func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, 
 		s.relay.Poke()
 	}
 	return err
+}
+
+func grantIDs(ctx context.Context, tx pgx.Tx, linkID string, r *eventsv1.ProvisionResult) error {
+	rows, err := tx.Query(ctx, "SELECT grant_id, active FROM link_grants WHERE link_id = $1 ORDER BY grant_id", linkID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var active bool
+		if err := rows.Scan(&id, &active); err != nil {
+			return err
+		}
+		if active {
+			r.GrantIds = append(r.GrantIds, id)
+		} else {
+			r.RevokedGrantIds = append(r.RevokedGrantIds, id)
+		}
+	}
+	return rows.Err()
 }
 
 func nonNil(s []string) []string {

@@ -85,17 +85,30 @@ func (x *ListGrantsRequest) GetIncludeRevoked() bool {
 }
 
 type Grant struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GrantId       string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	System        string                 `protobuf:"bytes,3,opt,name=system,proto3" json:"system,omitempty"`
-	Package       string                 `protobuf:"bytes,4,opt,name=package,proto3" json:"package,omitempty"`
-	Connector     string                 `protobuf:"bytes,5,opt,name=connector,proto3" json:"connector,omitempty"`
-	Role          string                 `protobuf:"bytes,6,opt,name=role,proto3" json:"role,omitempty"`
-	Approvals     []*v1.Approval         `protobuf:"bytes,7,rep,name=approvals,proto3" json:"approvals,omitempty"`
-	GrantedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=granted_at,json=grantedAt,proto3" json:"granted_at,omitempty"`
-	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
-	RevokeReason  string                 `protobuf:"bytes,10,opt,name=revoke_reason,json=revokeReason,proto3" json:"revoke_reason,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	GrantId      string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	WorkerId     string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	System       string                 `protobuf:"bytes,3,opt,name=system,proto3" json:"system,omitempty"`
+	Package      string                 `protobuf:"bytes,4,opt,name=package,proto3" json:"package,omitempty"`
+	Connector    string                 `protobuf:"bytes,5,opt,name=connector,proto3" json:"connector,omitempty"`
+	Role         string                 `protobuf:"bytes,6,opt,name=role,proto3" json:"role,omitempty"`
+	Approvals    []*v1.Approval         `protobuf:"bytes,7,rep,name=approvals,proto3" json:"approvals,omitempty"`
+	GrantedAt    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=granted_at,json=grantedAt,proto3" json:"granted_at,omitempty"`
+	RevokedAt    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokeReason string                 `protobuf:"bytes,10,opt,name=revoke_reason,json=revokeReason,proto3" json:"revoke_reason,omitempty"`
+	// role, request, jit, breakglass.
+	Kind               string                 `protobuf:"bytes,11,opt,name=kind,proto3" json:"kind,omitempty"`
+	RequestId          string                 `protobuf:"bytes,12,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	ExpiresAt          *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	PackageSystemOwner string                 `protobuf:"bytes,14,opt,name=package_system_owner,json=packageSystemOwner,proto3" json:"package_system_owner,omitempty"`
+	PolicyHash         string                 `protobuf:"bytes,15,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	Entitlements       []string               `protobuf:"bytes,16,rep,name=entitlements,proto3" json:"entitlements,omitempty"`
+	// When the provisioner confirmed the revoke by reading the target back.
+	RevokeConfirmedAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=revoke_confirmed_at,json=revokeConfirmedAt,proto3" json:"revoke_confirmed_at,omitempty"`
+	// A mover's grant held outside the new role must be re-approved by then, else it is revoked.
+	ReapproveBy *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=reapprove_by,json=reapproveBy,proto3" json:"reapprove_by,omitempty"`
+	// SoD exception recorded for this grant, if any.
+	SodException  string `protobuf:"bytes,19,opt,name=sod_exception,json=sodException,proto3" json:"sod_exception,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -200,6 +213,69 @@ func (x *Grant) GetRevokeReason() string {
 	return ""
 }
 
+func (x *Grant) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Grant) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *Grant) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Grant) GetPackageSystemOwner() string {
+	if x != nil {
+		return x.PackageSystemOwner
+	}
+	return ""
+}
+
+func (x *Grant) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+func (x *Grant) GetEntitlements() []string {
+	if x != nil {
+		return x.Entitlements
+	}
+	return nil
+}
+
+func (x *Grant) GetRevokeConfirmedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeConfirmedAt
+	}
+	return nil
+}
+
+func (x *Grant) GetReapproveBy() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReapproveBy
+	}
+	return nil
+}
+
+func (x *Grant) GetSodException() string {
+	if x != nil {
+		return x.SodException
+	}
+	return ""
+}
+
 type ListGrantsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Grants        []*Grant               `protobuf:"bytes,1,rep,name=grants,proto3" json:"grants,omitempty"`
@@ -244,6 +320,2315 @@ func (x *ListGrantsResponse) GetGrants() []*Grant {
 	return nil
 }
 
+// Stage is one approval stage of a request.
+type Stage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// manager, owner, security, sod_exception.
+	Stage string `protobuf:"bytes,1,opt,name=stage,proto3" json:"stage,omitempty"`
+	// pending, approved, denied, waiting (an earlier stage is still pending).
+	Status string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// Who may decide it (worker ids or "role:security").
+	Approvers     []string               `protobuf:"bytes,3,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	DecidedBy     string                 `protobuf:"bytes,4,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	DecidedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	Comment       string                 `protobuf:"bytes,6,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Stage) Reset() {
+	*x = Stage{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Stage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Stage) ProtoMessage() {}
+
+func (x *Stage) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Stage.ProtoReflect.Descriptor instead.
+func (*Stage) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Stage) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *Stage) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *Stage) GetApprovers() []string {
+	if x != nil {
+		return x.Approvers
+	}
+	return nil
+}
+
+func (x *Stage) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *Stage) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *Stage) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type AccessRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	WorkerId  string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Package   string                 `protobuf:"bytes,3,opt,name=package,proto3" json:"package,omitempty"`
+	System    string                 `protobuf:"bytes,4,opt,name=system,proto3" json:"system,omitempty"`
+	// role, request, jit, reapproval.
+	Kind string `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
+	// pending, approved, denied, cancelled.
+	Status        string                 `protobuf:"bytes,6,opt,name=status,proto3" json:"status,omitempty"`
+	Role          string                 `protobuf:"bytes,7,opt,name=role,proto3" json:"role,omitempty"`
+	RequestedBy   string                 `protobuf:"bytes,8,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	Justification string                 `protobuf:"bytes,9,opt,name=justification,proto3" json:"justification,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ClosedAt      *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=closed_at,json=closedAt,proto3" json:"closed_at,omitempty"`
+	Reason        string                 `protobuf:"bytes,12,opt,name=reason,proto3" json:"reason,omitempty"`
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	Stages        []*Stage               `protobuf:"bytes,14,rep,name=stages,proto3" json:"stages,omitempty"`
+	GrantId       string                 `protobuf:"bytes,15,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	// The SoD rule the request conflicts with, when it asks for an exception.
+	SodRule       string `protobuf:"bytes,16,opt,name=sod_rule,json=sodRule,proto3" json:"sod_rule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessRequest) Reset() {
+	*x = AccessRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessRequest) ProtoMessage() {}
+
+func (x *AccessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessRequest.ProtoReflect.Descriptor instead.
+func (*AccessRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AccessRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetJustification() string {
+	if x != nil {
+		return x.Justification
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *AccessRequest) GetClosedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ClosedAt
+	}
+	return nil
+}
+
+func (x *AccessRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *AccessRequest) GetStages() []*Stage {
+	if x != nil {
+		return x.Stages
+	}
+	return nil
+}
+
+func (x *AccessRequest) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *AccessRequest) GetSodRule() string {
+	if x != nil {
+		return x.SodRule
+	}
+	return ""
+}
+
+type ListRequestsRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// pending, approved, denied, cancelled; empty: all.
+	Status string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	System string `protobuf:"bytes,3,opt,name=system,proto3" json:"system,omitempty"`
+	// Only requests whose current stage the caller may decide.
+	Mine          bool  `protobuf:"varint,4,opt,name=mine,proto3" json:"mine,omitempty"`
+	Limit         int32 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRequestsRequest) Reset() {
+	*x = ListRequestsRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRequestsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRequestsRequest) ProtoMessage() {}
+
+func (x *ListRequestsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRequestsRequest.ProtoReflect.Descriptor instead.
+func (*ListRequestsRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListRequestsRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ListRequestsRequest) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ListRequestsRequest) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *ListRequestsRequest) GetMine() bool {
+	if x != nil {
+		return x.Mine
+	}
+	return false
+}
+
+func (x *ListRequestsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListRequestsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      []*AccessRequest       `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRequestsResponse) Reset() {
+	*x = ListRequestsResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRequestsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRequestsResponse) ProtoMessage() {}
+
+func (x *ListRequestsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRequestsResponse.ProtoReflect.Descriptor instead.
+func (*ListRequestsResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListRequestsResponse) GetRequests() []*AccessRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+type GetRequestRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRequestRequest) Reset() {
+	*x = GetRequestRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRequestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRequestRequest) ProtoMessage() {}
+
+func (x *GetRequestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRequestRequest.ProtoReflect.Descriptor instead.
+func (*GetRequestRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetRequestRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type GetRequestResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *AccessRequest         `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRequestResponse) Reset() {
+	*x = GetRequestResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRequestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRequestResponse) ProtoMessage() {}
+
+func (x *GetRequestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRequestResponse.ProtoReflect.Descriptor instead.
+func (*GetRequestResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetRequestResponse) GetRequest() *AccessRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type ApproveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Comment       string                 `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveRequest) Reset() {
+	*x = ApproveRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveRequest) ProtoMessage() {}
+
+func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
+func (*ApproveRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ApproveRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *ApproveRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type ApproveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *AccessRequest         `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveResponse) Reset() {
+	*x = ApproveResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveResponse) ProtoMessage() {}
+
+func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
+func (*ApproveResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ApproveResponse) GetRequest() *AccessRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type DenyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Comment       string                 `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenyRequest) Reset() {
+	*x = DenyRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyRequest) ProtoMessage() {}
+
+func (x *DenyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyRequest.ProtoReflect.Descriptor instead.
+func (*DenyRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DenyRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *DenyRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type DenyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *AccessRequest         `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenyResponse) Reset() {
+	*x = DenyResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyResponse) ProtoMessage() {}
+
+func (x *DenyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyResponse.ProtoReflect.Descriptor instead.
+func (*DenyResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DenyResponse) GetRequest() *AccessRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type RequestAccessRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Package  string                 `protobuf:"bytes,2,opt,name=package,proto3" json:"package,omitempty"`
+	// Mandatory: why the worker needs it.
+	Justification string `protobuf:"bytes,3,opt,name=justification,proto3" json:"justification,omitempty"`
+	// Time-boxed (JIT) grant: ends then, no later than the package's max_duration from now.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Ask a security approver for an exception to a separation-of-duties rule the request
+	// conflicts with, instead of being refused.
+	SodException  bool `protobuf:"varint,5,opt,name=sod_exception,json=sodException,proto3" json:"sod_exception,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestAccessRequest) Reset() {
+	*x = RequestAccessRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestAccessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestAccessRequest) ProtoMessage() {}
+
+func (x *RequestAccessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestAccessRequest.ProtoReflect.Descriptor instead.
+func (*RequestAccessRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RequestAccessRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *RequestAccessRequest) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *RequestAccessRequest) GetJustification() string {
+	if x != nil {
+		return x.Justification
+	}
+	return ""
+}
+
+func (x *RequestAccessRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *RequestAccessRequest) GetSodException() bool {
+	if x != nil {
+		return x.SodException
+	}
+	return false
+}
+
+type RequestAccessResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *AccessRequest         `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestAccessResponse) Reset() {
+	*x = RequestAccessResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestAccessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestAccessResponse) ProtoMessage() {}
+
+func (x *RequestAccessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestAccessResponse.ProtoReflect.Descriptor instead.
+func (*RequestAccessResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RequestAccessResponse) GetRequest() *AccessRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type BreakGlassRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Package  string                 `protobuf:"bytes,2,opt,name=package,proto3" json:"package,omitempty"`
+	// One of the policy's break_glass.reason_codes.
+	ReasonCode    string `protobuf:"bytes,3,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
+	Justification string `protobuf:"bytes,4,opt,name=justification,proto3" json:"justification,omitempty"`
+	// How long; default and maximum: the policy's break_glass.max_duration.
+	DurationSeconds int64 `protobuf:"varint,5,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BreakGlassRequest) Reset() {
+	*x = BreakGlassRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakGlassRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakGlassRequest) ProtoMessage() {}
+
+func (x *BreakGlassRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakGlassRequest.ProtoReflect.Descriptor instead.
+func (*BreakGlassRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *BreakGlassRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *BreakGlassRequest) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *BreakGlassRequest) GetReasonCode() string {
+	if x != nil {
+		return x.ReasonCode
+	}
+	return ""
+}
+
+func (x *BreakGlassRequest) GetJustification() string {
+	if x != nil {
+		return x.Justification
+	}
+	return ""
+}
+
+func (x *BreakGlassRequest) GetDurationSeconds() int64 {
+	if x != nil {
+		return x.DurationSeconds
+	}
+	return 0
+}
+
+type BreakGlassUse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GrantId       string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	System        string                 `protobuf:"bytes,3,opt,name=system,proto3" json:"system,omitempty"`
+	Package       string                 `protobuf:"bytes,4,opt,name=package,proto3" json:"package,omitempty"`
+	ReasonCode    string                 `protobuf:"bytes,5,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
+	Justification string                 `protobuf:"bytes,6,opt,name=justification,proto3" json:"justification,omitempty"`
+	InvokedBy     string                 `protobuf:"bytes,7,opt,name=invoked_by,json=invokedBy,proto3" json:"invoked_by,omitempty"`
+	GrantedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=granted_at,json=grantedAt,proto3" json:"granted_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ReviewId      string                 `protobuf:"bytes,10,opt,name=review_id,json=reviewId,proto3" json:"review_id,omitempty"`
+	ReviewDue     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=review_due,json=reviewDue,proto3" json:"review_due,omitempty"`
+	// open, overdue, closed.
+	ReviewStatus  string                 `protobuf:"bytes,12,opt,name=review_status,json=reviewStatus,proto3" json:"review_status,omitempty"`
+	ReviewedBy    string                 `protobuf:"bytes,13,opt,name=reviewed_by,json=reviewedBy,proto3" json:"reviewed_by,omitempty"`
+	ReviewedAt    *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=reviewed_at,json=reviewedAt,proto3" json:"reviewed_at,omitempty"`
+	ReviewComment string                 `protobuf:"bytes,15,opt,name=review_comment,json=reviewComment,proto3" json:"review_comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakGlassUse) Reset() {
+	*x = BreakGlassUse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakGlassUse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakGlassUse) ProtoMessage() {}
+
+func (x *BreakGlassUse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakGlassUse.ProtoReflect.Descriptor instead.
+func (*BreakGlassUse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *BreakGlassUse) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetReasonCode() string {
+	if x != nil {
+		return x.ReasonCode
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetJustification() string {
+	if x != nil {
+		return x.Justification
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetInvokedBy() string {
+	if x != nil {
+		return x.InvokedBy
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetGrantedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.GrantedAt
+	}
+	return nil
+}
+
+func (x *BreakGlassUse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *BreakGlassUse) GetReviewId() string {
+	if x != nil {
+		return x.ReviewId
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetReviewDue() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReviewDue
+	}
+	return nil
+}
+
+func (x *BreakGlassUse) GetReviewStatus() string {
+	if x != nil {
+		return x.ReviewStatus
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetReviewedBy() string {
+	if x != nil {
+		return x.ReviewedBy
+	}
+	return ""
+}
+
+func (x *BreakGlassUse) GetReviewedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReviewedAt
+	}
+	return nil
+}
+
+func (x *BreakGlassUse) GetReviewComment() string {
+	if x != nil {
+		return x.ReviewComment
+	}
+	return ""
+}
+
+type BreakGlassResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Use           *BreakGlassUse         `protobuf:"bytes,1,opt,name=use,proto3" json:"use,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakGlassResponse) Reset() {
+	*x = BreakGlassResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakGlassResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakGlassResponse) ProtoMessage() {}
+
+func (x *BreakGlassResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakGlassResponse.ProtoReflect.Descriptor instead.
+func (*BreakGlassResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *BreakGlassResponse) GetUse() *BreakGlassUse {
+	if x != nil {
+		return x.Use
+	}
+	return nil
+}
+
+type ListBreakGlassRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// Only uses whose review is not closed.
+	OpenOnly      bool `protobuf:"varint,2,opt,name=open_only,json=openOnly,proto3" json:"open_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBreakGlassRequest) Reset() {
+	*x = ListBreakGlassRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBreakGlassRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBreakGlassRequest) ProtoMessage() {}
+
+func (x *ListBreakGlassRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBreakGlassRequest.ProtoReflect.Descriptor instead.
+func (*ListBreakGlassRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListBreakGlassRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ListBreakGlassRequest) GetOpenOnly() bool {
+	if x != nil {
+		return x.OpenOnly
+	}
+	return false
+}
+
+type ListBreakGlassResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uses          []*BreakGlassUse       `protobuf:"bytes,1,rep,name=uses,proto3" json:"uses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBreakGlassResponse) Reset() {
+	*x = ListBreakGlassResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBreakGlassResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBreakGlassResponse) ProtoMessage() {}
+
+func (x *ListBreakGlassResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBreakGlassResponse.ProtoReflect.Descriptor instead.
+func (*ListBreakGlassResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListBreakGlassResponse) GetUses() []*BreakGlassUse {
+	if x != nil {
+		return x.Uses
+	}
+	return nil
+}
+
+type CloseBreakGlassReviewRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReviewId      string                 `protobuf:"bytes,1,opt,name=review_id,json=reviewId,proto3" json:"review_id,omitempty"`
+	Comment       string                 `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseBreakGlassReviewRequest) Reset() {
+	*x = CloseBreakGlassReviewRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseBreakGlassReviewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseBreakGlassReviewRequest) ProtoMessage() {}
+
+func (x *CloseBreakGlassReviewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseBreakGlassReviewRequest.ProtoReflect.Descriptor instead.
+func (*CloseBreakGlassReviewRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CloseBreakGlassReviewRequest) GetReviewId() string {
+	if x != nil {
+		return x.ReviewId
+	}
+	return ""
+}
+
+func (x *CloseBreakGlassReviewRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type CloseBreakGlassReviewResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Use           *BreakGlassUse         `protobuf:"bytes,1,opt,name=use,proto3" json:"use,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseBreakGlassReviewResponse) Reset() {
+	*x = CloseBreakGlassReviewResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseBreakGlassReviewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseBreakGlassReviewResponse) ProtoMessage() {}
+
+func (x *CloseBreakGlassReviewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseBreakGlassReviewResponse.ProtoReflect.Descriptor instead.
+func (*CloseBreakGlassReviewResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CloseBreakGlassReviewResponse) GetUse() *BreakGlassUse {
+	if x != nil {
+		return x.Use
+	}
+	return nil
+}
+
+type ExplainAccessRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	System        string                 `protobuf:"bytes,2,opt,name=system,proto3" json:"system,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainAccessRequest) Reset() {
+	*x = ExplainAccessRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainAccessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainAccessRequest) ProtoMessage() {}
+
+func (x *ExplainAccessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainAccessRequest.ProtoReflect.Descriptor instead.
+func (*ExplainAccessRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ExplainAccessRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ExplainAccessRequest) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+// Justification is why one grant exists.
+type Justification struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Grant *Grant                 `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	// The request the grant came from, with its stages, when it did not come from policy alone.
+	Request       *AccessRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Justification) Reset() {
+	*x = Justification{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Justification) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Justification) ProtoMessage() {}
+
+func (x *Justification) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Justification.ProtoReflect.Descriptor instead.
+func (*Justification) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *Justification) GetGrant() *Grant {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
+}
+
+func (x *Justification) GetRequest() *AccessRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type ExplainAccessResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId  string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	System    string                 `protobuf:"bytes,2,opt,name=system,proto3" json:"system,omitempty"`
+	HasAccess bool                   `protobuf:"varint,3,opt,name=has_access,json=hasAccess,proto3" json:"has_access,omitempty"`
+	// One line for people: "no access", or what justifies it.
+	Summary        string           `protobuf:"bytes,4,opt,name=summary,proto3" json:"summary,omitempty"`
+	Justifications []*Justification `protobuf:"bytes,5,rep,name=justifications,proto3" json:"justifications,omitempty"`
+	// The worker's job code now, and whether the role includes a package on the system.
+	JobCode       string   `protobuf:"bytes,6,opt,name=job_code,json=jobCode,proto3" json:"job_code,omitempty"`
+	RolePackages  []string `protobuf:"bytes,7,rep,name=role_packages,json=rolePackages,proto3" json:"role_packages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainAccessResponse) Reset() {
+	*x = ExplainAccessResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainAccessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainAccessResponse) ProtoMessage() {}
+
+func (x *ExplainAccessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainAccessResponse.ProtoReflect.Descriptor instead.
+func (*ExplainAccessResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ExplainAccessResponse) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ExplainAccessResponse) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *ExplainAccessResponse) GetHasAccess() bool {
+	if x != nil {
+		return x.HasAccess
+	}
+	return false
+}
+
+func (x *ExplainAccessResponse) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+func (x *ExplainAccessResponse) GetJustifications() []*Justification {
+	if x != nil {
+		return x.Justifications
+	}
+	return nil
+}
+
+func (x *ExplainAccessResponse) GetJobCode() string {
+	if x != nil {
+		return x.JobCode
+	}
+	return ""
+}
+
+func (x *ExplainAccessResponse) GetRolePackages() []string {
+	if x != nil {
+		return x.RolePackages
+	}
+	return nil
+}
+
+type RecordBAARequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	VendorOrg string                 `protobuf:"bytes,1,opt,name=vendor_org,json=vendorOrg,proto3" json:"vendor_org,omitempty"`
+	// Reference to the signed agreement (document id, contract number).
+	Reference string `protobuf:"bytes,2,opt,name=reference,proto3" json:"reference,omitempty"`
+	// Optional end of the agreement.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordBAARequest) Reset() {
+	*x = RecordBAARequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordBAARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordBAARequest) ProtoMessage() {}
+
+func (x *RecordBAARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordBAARequest.ProtoReflect.Descriptor instead.
+func (*RecordBAARequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RecordBAARequest) GetVendorOrg() string {
+	if x != nil {
+		return x.VendorOrg
+	}
+	return ""
+}
+
+func (x *RecordBAARequest) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *RecordBAARequest) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type RecordBAAResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordBAAResponse) Reset() {
+	*x = RecordBAAResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordBAAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordBAAResponse) ProtoMessage() {}
+
+func (x *RecordBAAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordBAAResponse.ProtoReflect.Descriptor instead.
+func (*RecordBAAResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{26}
+}
+
+type GetPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyRequest) Reset() {
+	*x = GetPolicyRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyRequest) ProtoMessage() {}
+
+func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{27}
+}
+
+type GetPolicyResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	PolicyHash string                 `protobuf:"bytes,1,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	Path       string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	LoadedAt   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=loaded_at,json=loadedAt,proto3" json:"loaded_at,omitempty"`
+	// The policy as YAML.
+	Yaml          string `protobuf:"bytes,4,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyResponse) Reset() {
+	*x = GetPolicyResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyResponse) ProtoMessage() {}
+
+func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GetPolicyResponse) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+func (x *GetPolicyResponse) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *GetPolicyResponse) GetLoadedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LoadedAt
+	}
+	return nil
+}
+
+func (x *GetPolicyResponse) GetYaml() string {
+	if x != nil {
+		return x.Yaml
+	}
+	return ""
+}
+
+type ReviewItem struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	GrantId  string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	WorkerId string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Package  string                 `protobuf:"bytes,3,opt,name=package,proto3" json:"package,omitempty"`
+	// Worker id of the reviewer, or "role:security" after escalation.
+	Reviewer string `protobuf:"bytes,4,opt,name=reviewer,proto3" json:"reviewer,omitempty"`
+	// "", keep, revoke.
+	Decision          string                 `protobuf:"bytes,5,opt,name=decision,proto3" json:"decision,omitempty"`
+	Comment           string                 `protobuf:"bytes,6,opt,name=comment,proto3" json:"comment,omitempty"`
+	DecidedBy         string                 `protobuf:"bytes,7,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	DecidedAt         *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	EscalatedAt       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=escalated_at,json=escalatedAt,proto3" json:"escalated_at,omitempty"`
+	RevokeConfirmedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=revoke_confirmed_at,json=revokeConfirmedAt,proto3" json:"revoke_confirmed_at,omitempty"`
+	RevokedAt         *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ReviewItem) Reset() {
+	*x = ReviewItem{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReviewItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReviewItem) ProtoMessage() {}
+
+func (x *ReviewItem) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReviewItem.ProtoReflect.Descriptor instead.
+func (*ReviewItem) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReviewItem) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *ReviewItem) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ReviewItem) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *ReviewItem) GetReviewer() string {
+	if x != nil {
+		return x.Reviewer
+	}
+	return ""
+}
+
+func (x *ReviewItem) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *ReviewItem) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *ReviewItem) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *ReviewItem) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *ReviewItem) GetEscalatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EscalatedAt
+	}
+	return nil
+}
+
+func (x *ReviewItem) GetRevokeConfirmedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeConfirmedAt
+	}
+	return nil
+}
+
+func (x *ReviewItem) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+type ReviewCampaign struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CampaignId string                 `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	System     string                 `protobuf:"bytes,2,opt,name=system,proto3" json:"system,omitempty"`
+	// open, closed.
+	Status           string                 `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	StartedBy        string                 `protobuf:"bytes,4,opt,name=started_by,json=startedBy,proto3" json:"started_by,omitempty"`
+	StartedAt        *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	Deadline         *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	ClosedAt         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=closed_at,json=closedAt,proto3" json:"closed_at,omitempty"`
+	Items            int32                  `protobuf:"varint,8,opt,name=items,proto3" json:"items,omitempty"`
+	Decided          int32                  `protobuf:"varint,9,opt,name=decided,proto3" json:"decided,omitempty"`
+	Revoked          int32                  `protobuf:"varint,10,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokesConfirmed int32                  `protobuf:"varint,11,opt,name=revokes_confirmed,json=revokesConfirmed,proto3" json:"revokes_confirmed,omitempty"`
+	ReviewItems      []*ReviewItem          `protobuf:"bytes,12,rep,name=review_items,json=reviewItems,proto3" json:"review_items,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ReviewCampaign) Reset() {
+	*x = ReviewCampaign{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReviewCampaign) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReviewCampaign) ProtoMessage() {}
+
+func (x *ReviewCampaign) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReviewCampaign.ProtoReflect.Descriptor instead.
+func (*ReviewCampaign) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ReviewCampaign) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *ReviewCampaign) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *ReviewCampaign) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ReviewCampaign) GetStartedBy() string {
+	if x != nil {
+		return x.StartedBy
+	}
+	return ""
+}
+
+func (x *ReviewCampaign) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *ReviewCampaign) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *ReviewCampaign) GetClosedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ClosedAt
+	}
+	return nil
+}
+
+func (x *ReviewCampaign) GetItems() int32 {
+	if x != nil {
+		return x.Items
+	}
+	return 0
+}
+
+func (x *ReviewCampaign) GetDecided() int32 {
+	if x != nil {
+		return x.Decided
+	}
+	return 0
+}
+
+func (x *ReviewCampaign) GetRevoked() int32 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
+func (x *ReviewCampaign) GetRevokesConfirmed() int32 {
+	if x != nil {
+		return x.RevokesConfirmed
+	}
+	return 0
+}
+
+func (x *ReviewCampaign) GetReviewItems() []*ReviewItem {
+	if x != nil {
+		return x.ReviewItems
+	}
+	return nil
+}
+
+type StartReviewRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	System string                 `protobuf:"bytes,1,opt,name=system,proto3" json:"system,omitempty"`
+	// Default: the system's review deadline in policy (14 days).
+	DeadlineSeconds int64 `protobuf:"varint,2,opt,name=deadline_seconds,json=deadlineSeconds,proto3" json:"deadline_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *StartReviewRequest) Reset() {
+	*x = StartReviewRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartReviewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartReviewRequest) ProtoMessage() {}
+
+func (x *StartReviewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartReviewRequest.ProtoReflect.Descriptor instead.
+func (*StartReviewRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *StartReviewRequest) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *StartReviewRequest) GetDeadlineSeconds() int64 {
+	if x != nil {
+		return x.DeadlineSeconds
+	}
+	return 0
+}
+
+type StartReviewResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Campaign      *ReviewCampaign        `protobuf:"bytes,1,opt,name=campaign,proto3" json:"campaign,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartReviewResponse) Reset() {
+	*x = StartReviewResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartReviewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartReviewResponse) ProtoMessage() {}
+
+func (x *StartReviewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartReviewResponse.ProtoReflect.Descriptor instead.
+func (*StartReviewResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *StartReviewResponse) GetCampaign() *ReviewCampaign {
+	if x != nil {
+		return x.Campaign
+	}
+	return nil
+}
+
+type ListReviewsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	System        string                 `protobuf:"bytes,1,opt,name=system,proto3" json:"system,omitempty"`
+	OpenOnly      bool                   `protobuf:"varint,2,opt,name=open_only,json=openOnly,proto3" json:"open_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReviewsRequest) Reset() {
+	*x = ListReviewsRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReviewsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReviewsRequest) ProtoMessage() {}
+
+func (x *ListReviewsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReviewsRequest.ProtoReflect.Descriptor instead.
+func (*ListReviewsRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListReviewsRequest) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *ListReviewsRequest) GetOpenOnly() bool {
+	if x != nil {
+		return x.OpenOnly
+	}
+	return false
+}
+
+type ListReviewsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Campaigns     []*ReviewCampaign      `protobuf:"bytes,1,rep,name=campaigns,proto3" json:"campaigns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReviewsResponse) Reset() {
+	*x = ListReviewsResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReviewsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReviewsResponse) ProtoMessage() {}
+
+func (x *ListReviewsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReviewsResponse.ProtoReflect.Descriptor instead.
+func (*ListReviewsResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListReviewsResponse) GetCampaigns() []*ReviewCampaign {
+	if x != nil {
+		return x.Campaigns
+	}
+	return nil
+}
+
+type GetReviewRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CampaignId    string                 `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReviewRequest) Reset() {
+	*x = GetReviewRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReviewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReviewRequest) ProtoMessage() {}
+
+func (x *GetReviewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReviewRequest.ProtoReflect.Descriptor instead.
+func (*GetReviewRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *GetReviewRequest) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+type GetReviewResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Campaign      *ReviewCampaign        `protobuf:"bytes,1,opt,name=campaign,proto3" json:"campaign,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReviewResponse) Reset() {
+	*x = GetReviewResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReviewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReviewResponse) ProtoMessage() {}
+
+func (x *GetReviewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReviewResponse.ProtoReflect.Descriptor instead.
+func (*GetReviewResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetReviewResponse) GetCampaign() *ReviewCampaign {
+	if x != nil {
+		return x.Campaign
+	}
+	return nil
+}
+
+type DecideReviewRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CampaignId string                 `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	GrantId    string                 `protobuf:"bytes,2,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	// keep or revoke.
+	Decision      string `protobuf:"bytes,3,opt,name=decision,proto3" json:"decision,omitempty"`
+	Comment       string `protobuf:"bytes,4,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideReviewRequest) Reset() {
+	*x = DecideReviewRequest{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideReviewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideReviewRequest) ProtoMessage() {}
+
+func (x *DecideReviewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideReviewRequest.ProtoReflect.Descriptor instead.
+func (*DecideReviewRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *DecideReviewRequest) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *DecideReviewRequest) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *DecideReviewRequest) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *DecideReviewRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type DecideReviewResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Campaign      *ReviewCampaign        `protobuf:"bytes,1,opt,name=campaign,proto3" json:"campaign,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideReviewResponse) Reset() {
+	*x = DecideReviewResponse{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideReviewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideReviewResponse) ProtoMessage() {}
+
+func (x *DecideReviewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideReviewResponse.ProtoReflect.Descriptor instead.
+func (*DecideReviewResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DecideReviewResponse) GetCampaign() *ReviewCampaign {
+	if x != nil {
+		return x.Campaign
+	}
+	return nil
+}
+
 var File_tenure_approval_v1_governance_proto protoreflect.FileDescriptor
 
 const file_tenure_approval_v1_governance_proto_rawDesc = "" +
@@ -252,7 +2637,7 @@ const file_tenure_approval_v1_governance_proto_rawDesc = "" +
 	"\x11ListGrantsRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
 	"\x06system\x18\x02 \x01(\tR\x06system\x12'\n" +
-	"\x0finclude_revoked\x18\x03 \x01(\bR\x0eincludeRevoked\"\xf8\x02\n" +
+	"\x0finclude_revoked\x18\x03 \x01(\bR\x0eincludeRevoked\"\x8d\x06\n" +
 	"\x05Grant\x12\x19\n" +
 	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x16\n" +
@@ -266,12 +2651,232 @@ const file_tenure_approval_v1_governance_proto_rawDesc = "" +
 	"\n" +
 	"revoked_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12#\n" +
 	"\rrevoke_reason\x18\n" +
-	" \x01(\tR\frevokeReason\"G\n" +
+	" \x01(\tR\frevokeReason\x12\x12\n" +
+	"\x04kind\x18\v \x01(\tR\x04kind\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\f \x01(\tR\trequestId\x129\n" +
+	"\n" +
+	"expires_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x120\n" +
+	"\x14package_system_owner\x18\x0e \x01(\tR\x12packageSystemOwner\x12\x1f\n" +
+	"\vpolicy_hash\x18\x0f \x01(\tR\n" +
+	"policyHash\x12\"\n" +
+	"\fentitlements\x18\x10 \x03(\tR\fentitlements\x12J\n" +
+	"\x13revoke_confirmed_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x11revokeConfirmedAt\x12=\n" +
+	"\freapprove_by\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\vreapproveBy\x12#\n" +
+	"\rsod_exception\x18\x13 \x01(\tR\fsodException\"G\n" +
 	"\x12ListGrantsResponse\x121\n" +
-	"\x06grants\x18\x01 \x03(\v2\x19.tenure.approval.v1.GrantR\x06grants2p\n" +
+	"\x06grants\x18\x01 \x03(\v2\x19.tenure.approval.v1.GrantR\x06grants\"\xc7\x01\n" +
+	"\x05Stage\x12\x14\n" +
+	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12\x1c\n" +
+	"\tapprovers\x18\x03 \x03(\tR\tapprovers\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x04 \x01(\tR\tdecidedBy\x129\n" +
+	"\n" +
+	"decided_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x18\n" +
+	"\acomment\x18\x06 \x01(\tR\acomment\"\xb2\x04\n" +
+	"\rAccessRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x18\n" +
+	"\apackage\x18\x03 \x01(\tR\apackage\x12\x16\n" +
+	"\x06system\x18\x04 \x01(\tR\x06system\x12\x12\n" +
+	"\x04kind\x18\x05 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06status\x18\x06 \x01(\tR\x06status\x12\x12\n" +
+	"\x04role\x18\a \x01(\tR\x04role\x12!\n" +
+	"\frequested_by\x18\b \x01(\tR\vrequestedBy\x12$\n" +
+	"\rjustification\x18\t \x01(\tR\rjustification\x129\n" +
+	"\n" +
+	"created_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x127\n" +
+	"\tclosed_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\bclosedAt\x12\x16\n" +
+	"\x06reason\x18\f \x01(\tR\x06reason\x125\n" +
+	"\bend_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x121\n" +
+	"\x06stages\x18\x0e \x03(\v2\x19.tenure.approval.v1.StageR\x06stages\x12\x19\n" +
+	"\bgrant_id\x18\x0f \x01(\tR\agrantId\x12\x19\n" +
+	"\bsod_rule\x18\x10 \x01(\tR\asodRule\"\x8c\x01\n" +
+	"\x13ListRequestsRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +
+	"\x06system\x18\x03 \x01(\tR\x06system\x12\x12\n" +
+	"\x04mine\x18\x04 \x01(\bR\x04mine\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\x05R\x05limit\"U\n" +
+	"\x14ListRequestsResponse\x12=\n" +
+	"\brequests\x18\x01 \x03(\v2!.tenure.approval.v1.AccessRequestR\brequests\"2\n" +
+	"\x11GetRequestRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\"Q\n" +
+	"\x12GetRequestResponse\x12;\n" +
+	"\arequest\x18\x01 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"I\n" +
+	"\x0eApproveRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
+	"\acomment\x18\x02 \x01(\tR\acomment\"N\n" +
+	"\x0fApproveResponse\x12;\n" +
+	"\arequest\x18\x01 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"F\n" +
+	"\vDenyRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
+	"\acomment\x18\x02 \x01(\tR\acomment\"K\n" +
+	"\fDenyResponse\x12;\n" +
+	"\arequest\x18\x01 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"\xcf\x01\n" +
+	"\x14RequestAccessRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x18\n" +
+	"\apackage\x18\x02 \x01(\tR\apackage\x12$\n" +
+	"\rjustification\x18\x03 \x01(\tR\rjustification\x125\n" +
+	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12#\n" +
+	"\rsod_exception\x18\x05 \x01(\bR\fsodException\"T\n" +
+	"\x15RequestAccessResponse\x12;\n" +
+	"\arequest\x18\x01 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"\xbc\x01\n" +
+	"\x11BreakGlassRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x18\n" +
+	"\apackage\x18\x02 \x01(\tR\apackage\x12\x1f\n" +
+	"\vreason_code\x18\x03 \x01(\tR\n" +
+	"reasonCode\x12$\n" +
+	"\rjustification\x18\x04 \x01(\tR\rjustification\x12)\n" +
+	"\x10duration_seconds\x18\x05 \x01(\x03R\x0fdurationSeconds\"\xd7\x04\n" +
+	"\rBreakGlassUse\x12\x19\n" +
+	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x16\n" +
+	"\x06system\x18\x03 \x01(\tR\x06system\x12\x18\n" +
+	"\apackage\x18\x04 \x01(\tR\apackage\x12\x1f\n" +
+	"\vreason_code\x18\x05 \x01(\tR\n" +
+	"reasonCode\x12$\n" +
+	"\rjustification\x18\x06 \x01(\tR\rjustification\x12\x1d\n" +
+	"\n" +
+	"invoked_by\x18\a \x01(\tR\tinvokedBy\x129\n" +
+	"\n" +
+	"granted_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tgrantedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1b\n" +
+	"\treview_id\x18\n" +
+	" \x01(\tR\breviewId\x129\n" +
+	"\n" +
+	"review_due\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\treviewDue\x12#\n" +
+	"\rreview_status\x18\f \x01(\tR\freviewStatus\x12\x1f\n" +
+	"\vreviewed_by\x18\r \x01(\tR\n" +
+	"reviewedBy\x12;\n" +
+	"\vreviewed_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reviewedAt\x12%\n" +
+	"\x0ereview_comment\x18\x0f \x01(\tR\rreviewComment\"I\n" +
+	"\x12BreakGlassResponse\x123\n" +
+	"\x03use\x18\x01 \x01(\v2!.tenure.approval.v1.BreakGlassUseR\x03use\"Q\n" +
+	"\x15ListBreakGlassRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1b\n" +
+	"\topen_only\x18\x02 \x01(\bR\bopenOnly\"O\n" +
+	"\x16ListBreakGlassResponse\x125\n" +
+	"\x04uses\x18\x01 \x03(\v2!.tenure.approval.v1.BreakGlassUseR\x04uses\"U\n" +
+	"\x1cCloseBreakGlassReviewRequest\x12\x1b\n" +
+	"\treview_id\x18\x01 \x01(\tR\breviewId\x12\x18\n" +
+	"\acomment\x18\x02 \x01(\tR\acomment\"T\n" +
+	"\x1dCloseBreakGlassReviewResponse\x123\n" +
+	"\x03use\x18\x01 \x01(\v2!.tenure.approval.v1.BreakGlassUseR\x03use\"K\n" +
+	"\x14ExplainAccessRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
+	"\x06system\x18\x02 \x01(\tR\x06system\"}\n" +
+	"\rJustification\x12/\n" +
+	"\x05grant\x18\x01 \x01(\v2\x19.tenure.approval.v1.GrantR\x05grant\x12;\n" +
+	"\arequest\x18\x02 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"\x90\x02\n" +
+	"\x15ExplainAccessResponse\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
+	"\x06system\x18\x02 \x01(\tR\x06system\x12\x1d\n" +
+	"\n" +
+	"has_access\x18\x03 \x01(\bR\thasAccess\x12\x18\n" +
+	"\asummary\x18\x04 \x01(\tR\asummary\x12I\n" +
+	"\x0ejustifications\x18\x05 \x03(\v2!.tenure.approval.v1.JustificationR\x0ejustifications\x12\x19\n" +
+	"\bjob_code\x18\x06 \x01(\tR\ajobCode\x12#\n" +
+	"\rrole_packages\x18\a \x03(\tR\frolePackages\"\x8a\x01\n" +
+	"\x10RecordBAARequest\x12\x1d\n" +
+	"\n" +
+	"vendor_org\x18\x01 \x01(\tR\tvendorOrg\x12\x1c\n" +
+	"\treference\x18\x02 \x01(\tR\treference\x129\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x13\n" +
+	"\x11RecordBAAResponse\"\x12\n" +
+	"\x10GetPolicyRequest\"\x95\x01\n" +
+	"\x11GetPolicyResponse\x12\x1f\n" +
+	"\vpolicy_hash\x18\x01 \x01(\tR\n" +
+	"policyHash\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x127\n" +
+	"\tloaded_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bloadedAt\x12\x12\n" +
+	"\x04yaml\x18\x04 \x01(\tR\x04yaml\"\xd0\x03\n" +
+	"\n" +
+	"ReviewItem\x12\x19\n" +
+	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x18\n" +
+	"\apackage\x18\x03 \x01(\tR\apackage\x12\x1a\n" +
+	"\breviewer\x18\x04 \x01(\tR\breviewer\x12\x1a\n" +
+	"\bdecision\x18\x05 \x01(\tR\bdecision\x12\x18\n" +
+	"\acomment\x18\x06 \x01(\tR\acomment\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\a \x01(\tR\tdecidedBy\x129\n" +
+	"\n" +
+	"decided_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12=\n" +
+	"\fescalated_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vescalatedAt\x12J\n" +
+	"\x13revoke_confirmed_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x11revokeConfirmedAt\x129\n" +
+	"\n" +
+	"revoked_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"\xe6\x03\n" +
+	"\x0eReviewCampaign\x12\x1f\n" +
+	"\vcampaign_id\x18\x01 \x01(\tR\n" +
+	"campaignId\x12\x16\n" +
+	"\x06system\x18\x02 \x01(\tR\x06system\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x1d\n" +
+	"\n" +
+	"started_by\x18\x04 \x01(\tR\tstartedBy\x129\n" +
+	"\n" +
+	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x126\n" +
+	"\bdeadline\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x127\n" +
+	"\tclosed_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bclosedAt\x12\x14\n" +
+	"\x05items\x18\b \x01(\x05R\x05items\x12\x18\n" +
+	"\adecided\x18\t \x01(\x05R\adecided\x12\x18\n" +
+	"\arevoked\x18\n" +
+	" \x01(\x05R\arevoked\x12+\n" +
+	"\x11revokes_confirmed\x18\v \x01(\x05R\x10revokesConfirmed\x12A\n" +
+	"\freview_items\x18\f \x03(\v2\x1e.tenure.approval.v1.ReviewItemR\vreviewItems\"W\n" +
+	"\x12StartReviewRequest\x12\x16\n" +
+	"\x06system\x18\x01 \x01(\tR\x06system\x12)\n" +
+	"\x10deadline_seconds\x18\x02 \x01(\x03R\x0fdeadlineSeconds\"U\n" +
+	"\x13StartReviewResponse\x12>\n" +
+	"\bcampaign\x18\x01 \x01(\v2\".tenure.approval.v1.ReviewCampaignR\bcampaign\"I\n" +
+	"\x12ListReviewsRequest\x12\x16\n" +
+	"\x06system\x18\x01 \x01(\tR\x06system\x12\x1b\n" +
+	"\topen_only\x18\x02 \x01(\bR\bopenOnly\"W\n" +
+	"\x13ListReviewsResponse\x12@\n" +
+	"\tcampaigns\x18\x01 \x03(\v2\".tenure.approval.v1.ReviewCampaignR\tcampaigns\"3\n" +
+	"\x10GetReviewRequest\x12\x1f\n" +
+	"\vcampaign_id\x18\x01 \x01(\tR\n" +
+	"campaignId\"S\n" +
+	"\x11GetReviewResponse\x12>\n" +
+	"\bcampaign\x18\x01 \x01(\v2\".tenure.approval.v1.ReviewCampaignR\bcampaign\"\x87\x01\n" +
+	"\x13DecideReviewRequest\x12\x1f\n" +
+	"\vcampaign_id\x18\x01 \x01(\tR\n" +
+	"campaignId\x12\x19\n" +
+	"\bgrant_id\x18\x02 \x01(\tR\agrantId\x12\x1a\n" +
+	"\bdecision\x18\x03 \x01(\tR\bdecision\x12\x18\n" +
+	"\acomment\x18\x04 \x01(\tR\acomment\"V\n" +
+	"\x14DecideReviewResponse\x12>\n" +
+	"\bcampaign\x18\x01 \x01(\v2\".tenure.approval.v1.ReviewCampaignR\bcampaign2\x90\f\n" +
 	"\x11GovernanceService\x12[\n" +
 	"\n" +
-	"ListGrants\x12%.tenure.approval.v1.ListGrantsRequest\x1a&.tenure.approval.v1.ListGrantsResponseBBZ@github.com/tenure-dev/tenure/proto/tenure/approval/v1;approvalv1b\x06proto3"
+	"ListGrants\x12%.tenure.approval.v1.ListGrantsRequest\x1a&.tenure.approval.v1.ListGrantsResponse\x12a\n" +
+	"\fListRequests\x12'.tenure.approval.v1.ListRequestsRequest\x1a(.tenure.approval.v1.ListRequestsResponse\x12[\n" +
+	"\n" +
+	"GetRequest\x12%.tenure.approval.v1.GetRequestRequest\x1a&.tenure.approval.v1.GetRequestResponse\x12R\n" +
+	"\aApprove\x12\".tenure.approval.v1.ApproveRequest\x1a#.tenure.approval.v1.ApproveResponse\x12I\n" +
+	"\x04Deny\x12\x1f.tenure.approval.v1.DenyRequest\x1a .tenure.approval.v1.DenyResponse\x12d\n" +
+	"\rRequestAccess\x12(.tenure.approval.v1.RequestAccessRequest\x1a).tenure.approval.v1.RequestAccessResponse\x12[\n" +
+	"\n" +
+	"BreakGlass\x12%.tenure.approval.v1.BreakGlassRequest\x1a&.tenure.approval.v1.BreakGlassResponse\x12g\n" +
+	"\x0eListBreakGlass\x12).tenure.approval.v1.ListBreakGlassRequest\x1a*.tenure.approval.v1.ListBreakGlassResponse\x12|\n" +
+	"\x15CloseBreakGlassReview\x120.tenure.approval.v1.CloseBreakGlassReviewRequest\x1a1.tenure.approval.v1.CloseBreakGlassReviewResponse\x12d\n" +
+	"\rExplainAccess\x12(.tenure.approval.v1.ExplainAccessRequest\x1a).tenure.approval.v1.ExplainAccessResponse\x12X\n" +
+	"\tRecordBAA\x12$.tenure.approval.v1.RecordBAARequest\x1a%.tenure.approval.v1.RecordBAAResponse\x12X\n" +
+	"\tGetPolicy\x12$.tenure.approval.v1.GetPolicyRequest\x1a%.tenure.approval.v1.GetPolicyResponse\x12^\n" +
+	"\vStartReview\x12&.tenure.approval.v1.StartReviewRequest\x1a'.tenure.approval.v1.StartReviewResponse\x12^\n" +
+	"\vListReviews\x12&.tenure.approval.v1.ListReviewsRequest\x1a'.tenure.approval.v1.ListReviewsResponse\x12X\n" +
+	"\tGetReview\x12$.tenure.approval.v1.GetReviewRequest\x1a%.tenure.approval.v1.GetReviewResponse\x12a\n" +
+	"\fDecideReview\x12'.tenure.approval.v1.DecideReviewRequest\x1a(.tenure.approval.v1.DecideReviewResponseBBZ@github.com/tenure-dev/tenure/proto/tenure/approval/v1;approvalv1b\x06proto3"
 
 var (
 	file_tenure_approval_v1_governance_proto_rawDescOnce sync.Once
@@ -285,26 +2890,130 @@ func file_tenure_approval_v1_governance_proto_rawDescGZIP() []byte {
 	return file_tenure_approval_v1_governance_proto_rawDescData
 }
 
-var file_tenure_approval_v1_governance_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_tenure_approval_v1_governance_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_tenure_approval_v1_governance_proto_goTypes = []any{
-	(*ListGrantsRequest)(nil),     // 0: tenure.approval.v1.ListGrantsRequest
-	(*Grant)(nil),                 // 1: tenure.approval.v1.Grant
-	(*ListGrantsResponse)(nil),    // 2: tenure.approval.v1.ListGrantsResponse
-	(*v1.Approval)(nil),           // 3: tenure.events.v1.Approval
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*ListGrantsRequest)(nil),             // 0: tenure.approval.v1.ListGrantsRequest
+	(*Grant)(nil),                         // 1: tenure.approval.v1.Grant
+	(*ListGrantsResponse)(nil),            // 2: tenure.approval.v1.ListGrantsResponse
+	(*Stage)(nil),                         // 3: tenure.approval.v1.Stage
+	(*AccessRequest)(nil),                 // 4: tenure.approval.v1.AccessRequest
+	(*ListRequestsRequest)(nil),           // 5: tenure.approval.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),          // 6: tenure.approval.v1.ListRequestsResponse
+	(*GetRequestRequest)(nil),             // 7: tenure.approval.v1.GetRequestRequest
+	(*GetRequestResponse)(nil),            // 8: tenure.approval.v1.GetRequestResponse
+	(*ApproveRequest)(nil),                // 9: tenure.approval.v1.ApproveRequest
+	(*ApproveResponse)(nil),               // 10: tenure.approval.v1.ApproveResponse
+	(*DenyRequest)(nil),                   // 11: tenure.approval.v1.DenyRequest
+	(*DenyResponse)(nil),                  // 12: tenure.approval.v1.DenyResponse
+	(*RequestAccessRequest)(nil),          // 13: tenure.approval.v1.RequestAccessRequest
+	(*RequestAccessResponse)(nil),         // 14: tenure.approval.v1.RequestAccessResponse
+	(*BreakGlassRequest)(nil),             // 15: tenure.approval.v1.BreakGlassRequest
+	(*BreakGlassUse)(nil),                 // 16: tenure.approval.v1.BreakGlassUse
+	(*BreakGlassResponse)(nil),            // 17: tenure.approval.v1.BreakGlassResponse
+	(*ListBreakGlassRequest)(nil),         // 18: tenure.approval.v1.ListBreakGlassRequest
+	(*ListBreakGlassResponse)(nil),        // 19: tenure.approval.v1.ListBreakGlassResponse
+	(*CloseBreakGlassReviewRequest)(nil),  // 20: tenure.approval.v1.CloseBreakGlassReviewRequest
+	(*CloseBreakGlassReviewResponse)(nil), // 21: tenure.approval.v1.CloseBreakGlassReviewResponse
+	(*ExplainAccessRequest)(nil),          // 22: tenure.approval.v1.ExplainAccessRequest
+	(*Justification)(nil),                 // 23: tenure.approval.v1.Justification
+	(*ExplainAccessResponse)(nil),         // 24: tenure.approval.v1.ExplainAccessResponse
+	(*RecordBAARequest)(nil),              // 25: tenure.approval.v1.RecordBAARequest
+	(*RecordBAAResponse)(nil),             // 26: tenure.approval.v1.RecordBAAResponse
+	(*GetPolicyRequest)(nil),              // 27: tenure.approval.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),             // 28: tenure.approval.v1.GetPolicyResponse
+	(*ReviewItem)(nil),                    // 29: tenure.approval.v1.ReviewItem
+	(*ReviewCampaign)(nil),                // 30: tenure.approval.v1.ReviewCampaign
+	(*StartReviewRequest)(nil),            // 31: tenure.approval.v1.StartReviewRequest
+	(*StartReviewResponse)(nil),           // 32: tenure.approval.v1.StartReviewResponse
+	(*ListReviewsRequest)(nil),            // 33: tenure.approval.v1.ListReviewsRequest
+	(*ListReviewsResponse)(nil),           // 34: tenure.approval.v1.ListReviewsResponse
+	(*GetReviewRequest)(nil),              // 35: tenure.approval.v1.GetReviewRequest
+	(*GetReviewResponse)(nil),             // 36: tenure.approval.v1.GetReviewResponse
+	(*DecideReviewRequest)(nil),           // 37: tenure.approval.v1.DecideReviewRequest
+	(*DecideReviewResponse)(nil),          // 38: tenure.approval.v1.DecideReviewResponse
+	(*v1.Approval)(nil),                   // 39: tenure.events.v1.Approval
+	(*timestamppb.Timestamp)(nil),         // 40: google.protobuf.Timestamp
 }
 var file_tenure_approval_v1_governance_proto_depIdxs = []int32{
-	3, // 0: tenure.approval.v1.Grant.approvals:type_name -> tenure.events.v1.Approval
-	4, // 1: tenure.approval.v1.Grant.granted_at:type_name -> google.protobuf.Timestamp
-	4, // 2: tenure.approval.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
-	1, // 3: tenure.approval.v1.ListGrantsResponse.grants:type_name -> tenure.approval.v1.Grant
-	0, // 4: tenure.approval.v1.GovernanceService.ListGrants:input_type -> tenure.approval.v1.ListGrantsRequest
-	2, // 5: tenure.approval.v1.GovernanceService.ListGrants:output_type -> tenure.approval.v1.ListGrantsResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	39, // 0: tenure.approval.v1.Grant.approvals:type_name -> tenure.events.v1.Approval
+	40, // 1: tenure.approval.v1.Grant.granted_at:type_name -> google.protobuf.Timestamp
+	40, // 2: tenure.approval.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
+	40, // 3: tenure.approval.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 4: tenure.approval.v1.Grant.revoke_confirmed_at:type_name -> google.protobuf.Timestamp
+	40, // 5: tenure.approval.v1.Grant.reapprove_by:type_name -> google.protobuf.Timestamp
+	1,  // 6: tenure.approval.v1.ListGrantsResponse.grants:type_name -> tenure.approval.v1.Grant
+	40, // 7: tenure.approval.v1.Stage.decided_at:type_name -> google.protobuf.Timestamp
+	40, // 8: tenure.approval.v1.AccessRequest.created_at:type_name -> google.protobuf.Timestamp
+	40, // 9: tenure.approval.v1.AccessRequest.closed_at:type_name -> google.protobuf.Timestamp
+	40, // 10: tenure.approval.v1.AccessRequest.end_time:type_name -> google.protobuf.Timestamp
+	3,  // 11: tenure.approval.v1.AccessRequest.stages:type_name -> tenure.approval.v1.Stage
+	4,  // 12: tenure.approval.v1.ListRequestsResponse.requests:type_name -> tenure.approval.v1.AccessRequest
+	4,  // 13: tenure.approval.v1.GetRequestResponse.request:type_name -> tenure.approval.v1.AccessRequest
+	4,  // 14: tenure.approval.v1.ApproveResponse.request:type_name -> tenure.approval.v1.AccessRequest
+	4,  // 15: tenure.approval.v1.DenyResponse.request:type_name -> tenure.approval.v1.AccessRequest
+	40, // 16: tenure.approval.v1.RequestAccessRequest.end_time:type_name -> google.protobuf.Timestamp
+	4,  // 17: tenure.approval.v1.RequestAccessResponse.request:type_name -> tenure.approval.v1.AccessRequest
+	40, // 18: tenure.approval.v1.BreakGlassUse.granted_at:type_name -> google.protobuf.Timestamp
+	40, // 19: tenure.approval.v1.BreakGlassUse.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 20: tenure.approval.v1.BreakGlassUse.review_due:type_name -> google.protobuf.Timestamp
+	40, // 21: tenure.approval.v1.BreakGlassUse.reviewed_at:type_name -> google.protobuf.Timestamp
+	16, // 22: tenure.approval.v1.BreakGlassResponse.use:type_name -> tenure.approval.v1.BreakGlassUse
+	16, // 23: tenure.approval.v1.ListBreakGlassResponse.uses:type_name -> tenure.approval.v1.BreakGlassUse
+	16, // 24: tenure.approval.v1.CloseBreakGlassReviewResponse.use:type_name -> tenure.approval.v1.BreakGlassUse
+	1,  // 25: tenure.approval.v1.Justification.grant:type_name -> tenure.approval.v1.Grant
+	4,  // 26: tenure.approval.v1.Justification.request:type_name -> tenure.approval.v1.AccessRequest
+	23, // 27: tenure.approval.v1.ExplainAccessResponse.justifications:type_name -> tenure.approval.v1.Justification
+	40, // 28: tenure.approval.v1.RecordBAARequest.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 29: tenure.approval.v1.GetPolicyResponse.loaded_at:type_name -> google.protobuf.Timestamp
+	40, // 30: tenure.approval.v1.ReviewItem.decided_at:type_name -> google.protobuf.Timestamp
+	40, // 31: tenure.approval.v1.ReviewItem.escalated_at:type_name -> google.protobuf.Timestamp
+	40, // 32: tenure.approval.v1.ReviewItem.revoke_confirmed_at:type_name -> google.protobuf.Timestamp
+	40, // 33: tenure.approval.v1.ReviewItem.revoked_at:type_name -> google.protobuf.Timestamp
+	40, // 34: tenure.approval.v1.ReviewCampaign.started_at:type_name -> google.protobuf.Timestamp
+	40, // 35: tenure.approval.v1.ReviewCampaign.deadline:type_name -> google.protobuf.Timestamp
+	40, // 36: tenure.approval.v1.ReviewCampaign.closed_at:type_name -> google.protobuf.Timestamp
+	29, // 37: tenure.approval.v1.ReviewCampaign.review_items:type_name -> tenure.approval.v1.ReviewItem
+	30, // 38: tenure.approval.v1.StartReviewResponse.campaign:type_name -> tenure.approval.v1.ReviewCampaign
+	30, // 39: tenure.approval.v1.ListReviewsResponse.campaigns:type_name -> tenure.approval.v1.ReviewCampaign
+	30, // 40: tenure.approval.v1.GetReviewResponse.campaign:type_name -> tenure.approval.v1.ReviewCampaign
+	30, // 41: tenure.approval.v1.DecideReviewResponse.campaign:type_name -> tenure.approval.v1.ReviewCampaign
+	0,  // 42: tenure.approval.v1.GovernanceService.ListGrants:input_type -> tenure.approval.v1.ListGrantsRequest
+	5,  // 43: tenure.approval.v1.GovernanceService.ListRequests:input_type -> tenure.approval.v1.ListRequestsRequest
+	7,  // 44: tenure.approval.v1.GovernanceService.GetRequest:input_type -> tenure.approval.v1.GetRequestRequest
+	9,  // 45: tenure.approval.v1.GovernanceService.Approve:input_type -> tenure.approval.v1.ApproveRequest
+	11, // 46: tenure.approval.v1.GovernanceService.Deny:input_type -> tenure.approval.v1.DenyRequest
+	13, // 47: tenure.approval.v1.GovernanceService.RequestAccess:input_type -> tenure.approval.v1.RequestAccessRequest
+	15, // 48: tenure.approval.v1.GovernanceService.BreakGlass:input_type -> tenure.approval.v1.BreakGlassRequest
+	18, // 49: tenure.approval.v1.GovernanceService.ListBreakGlass:input_type -> tenure.approval.v1.ListBreakGlassRequest
+	20, // 50: tenure.approval.v1.GovernanceService.CloseBreakGlassReview:input_type -> tenure.approval.v1.CloseBreakGlassReviewRequest
+	22, // 51: tenure.approval.v1.GovernanceService.ExplainAccess:input_type -> tenure.approval.v1.ExplainAccessRequest
+	25, // 52: tenure.approval.v1.GovernanceService.RecordBAA:input_type -> tenure.approval.v1.RecordBAARequest
+	27, // 53: tenure.approval.v1.GovernanceService.GetPolicy:input_type -> tenure.approval.v1.GetPolicyRequest
+	31, // 54: tenure.approval.v1.GovernanceService.StartReview:input_type -> tenure.approval.v1.StartReviewRequest
+	33, // 55: tenure.approval.v1.GovernanceService.ListReviews:input_type -> tenure.approval.v1.ListReviewsRequest
+	35, // 56: tenure.approval.v1.GovernanceService.GetReview:input_type -> tenure.approval.v1.GetReviewRequest
+	37, // 57: tenure.approval.v1.GovernanceService.DecideReview:input_type -> tenure.approval.v1.DecideReviewRequest
+	2,  // 58: tenure.approval.v1.GovernanceService.ListGrants:output_type -> tenure.approval.v1.ListGrantsResponse
+	6,  // 59: tenure.approval.v1.GovernanceService.ListRequests:output_type -> tenure.approval.v1.ListRequestsResponse
+	8,  // 60: tenure.approval.v1.GovernanceService.GetRequest:output_type -> tenure.approval.v1.GetRequestResponse
+	10, // 61: tenure.approval.v1.GovernanceService.Approve:output_type -> tenure.approval.v1.ApproveResponse
+	12, // 62: tenure.approval.v1.GovernanceService.Deny:output_type -> tenure.approval.v1.DenyResponse
+	14, // 63: tenure.approval.v1.GovernanceService.RequestAccess:output_type -> tenure.approval.v1.RequestAccessResponse
+	17, // 64: tenure.approval.v1.GovernanceService.BreakGlass:output_type -> tenure.approval.v1.BreakGlassResponse
+	19, // 65: tenure.approval.v1.GovernanceService.ListBreakGlass:output_type -> tenure.approval.v1.ListBreakGlassResponse
+	21, // 66: tenure.approval.v1.GovernanceService.CloseBreakGlassReview:output_type -> tenure.approval.v1.CloseBreakGlassReviewResponse
+	24, // 67: tenure.approval.v1.GovernanceService.ExplainAccess:output_type -> tenure.approval.v1.ExplainAccessResponse
+	26, // 68: tenure.approval.v1.GovernanceService.RecordBAA:output_type -> tenure.approval.v1.RecordBAAResponse
+	28, // 69: tenure.approval.v1.GovernanceService.GetPolicy:output_type -> tenure.approval.v1.GetPolicyResponse
+	32, // 70: tenure.approval.v1.GovernanceService.StartReview:output_type -> tenure.approval.v1.StartReviewResponse
+	34, // 71: tenure.approval.v1.GovernanceService.ListReviews:output_type -> tenure.approval.v1.ListReviewsResponse
+	36, // 72: tenure.approval.v1.GovernanceService.GetReview:output_type -> tenure.approval.v1.GetReviewResponse
+	38, // 73: tenure.approval.v1.GovernanceService.DecideReview:output_type -> tenure.approval.v1.DecideReviewResponse
+	58, // [58:74] is the sub-list for method output_type
+	42, // [42:58] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_tenure_approval_v1_governance_proto_init() }
@@ -318,7 +3027,7 @@ func file_tenure_approval_v1_governance_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_approval_v1_governance_proto_rawDesc), len(file_tenure_approval_v1_governance_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,22 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	GovernanceService_ListGrants_FullMethodName = "/tenure.approval.v1.GovernanceService/ListGrants"
+	GovernanceService_ListGrants_FullMethodName            = "/tenure.approval.v1.GovernanceService/ListGrants"
+	GovernanceService_ListRequests_FullMethodName          = "/tenure.approval.v1.GovernanceService/ListRequests"
+	GovernanceService_GetRequest_FullMethodName            = "/tenure.approval.v1.GovernanceService/GetRequest"
+	GovernanceService_Approve_FullMethodName               = "/tenure.approval.v1.GovernanceService/Approve"
+	GovernanceService_Deny_FullMethodName                  = "/tenure.approval.v1.GovernanceService/Deny"
+	GovernanceService_RequestAccess_FullMethodName         = "/tenure.approval.v1.GovernanceService/RequestAccess"
+	GovernanceService_BreakGlass_FullMethodName            = "/tenure.approval.v1.GovernanceService/BreakGlass"
+	GovernanceService_ListBreakGlass_FullMethodName        = "/tenure.approval.v1.GovernanceService/ListBreakGlass"
+	GovernanceService_CloseBreakGlassReview_FullMethodName = "/tenure.approval.v1.GovernanceService/CloseBreakGlassReview"
+	GovernanceService_ExplainAccess_FullMethodName         = "/tenure.approval.v1.GovernanceService/ExplainAccess"
+	GovernanceService_RecordBAA_FullMethodName             = "/tenure.approval.v1.GovernanceService/RecordBAA"
+	GovernanceService_GetPolicy_FullMethodName             = "/tenure.approval.v1.GovernanceService/GetPolicy"
+	GovernanceService_StartReview_FullMethodName           = "/tenure.approval.v1.GovernanceService/StartReview"
+	GovernanceService_ListReviews_FullMethodName           = "/tenure.approval.v1.GovernanceService/ListReviews"
+	GovernanceService_GetReview_FullMethodName             = "/tenure.approval.v1.GovernanceService/GetReview"
+	GovernanceService_DecideReview_FullMethodName          = "/tenure.approval.v1.GovernanceService/DecideReview"
 )
 
 // GovernanceServiceClient is the client API for GovernanceService service.
@@ -30,6 +45,36 @@ const (
 type GovernanceServiceClient interface {
 	// ListGrants lists grants, filtered by worker or system.
 	ListGrants(ctx context.Context, in *ListGrantsRequest, opts ...grpc.CallOption) (*ListGrantsResponse, error)
+	// ListRequests lists access requests, filtered.
+	ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error)
+	// GetRequest returns one request with its approval stages.
+	GetRequest(ctx context.Context, in *GetRequestRequest, opts ...grpc.CallOption) (*GetRequestResponse, error)
+	// Approve completes the request's current stage; the caller must be that stage's approver.
+	Approve(ctx context.Context, in *ApproveRequest, opts ...grpc.CallOption) (*ApproveResponse, error)
+	// Deny ends the request; the caller must be an approver of its current stage.
+	Deny(ctx context.Context, in *DenyRequest, opts ...grpc.CallOption) (*DenyResponse, error)
+	// RequestAccess asks for a package outside the worker's role, optionally time-boxed (JIT).
+	RequestAccess(ctx context.Context, in *RequestAccessRequest, opts ...grpc.CallOption) (*RequestAccessResponse, error)
+	// BreakGlass grants emergency access at once, with a reason code and a short expiry.
+	BreakGlass(ctx context.Context, in *BreakGlassRequest, opts ...grpc.CallOption) (*BreakGlassResponse, error)
+	// ListBreakGlass lists break-glass uses and their post-use reviews.
+	ListBreakGlass(ctx context.Context, in *ListBreakGlassRequest, opts ...grpc.CallOption) (*ListBreakGlassResponse, error)
+	// CloseBreakGlassReview records the post-use review of a break-glass use.
+	CloseBreakGlassReview(ctx context.Context, in *CloseBreakGlassReviewRequest, opts ...grpc.CallOption) (*CloseBreakGlassReviewResponse, error)
+	// ExplainAccess says why a worker has access to a system, or that they have none.
+	ExplainAccess(ctx context.Context, in *ExplainAccessRequest, opts ...grpc.CallOption) (*ExplainAccessResponse, error)
+	// RecordBAA records that a vendor organisation has a business associate agreement on file.
+	RecordBAA(ctx context.Context, in *RecordBAARequest, opts ...grpc.CallOption) (*RecordBAAResponse, error)
+	// GetPolicy returns the policy version in force.
+	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
+	// StartReview opens an access review campaign for a system.
+	StartReview(ctx context.Context, in *StartReviewRequest, opts ...grpc.CallOption) (*StartReviewResponse, error)
+	// ListReviews lists review campaigns.
+	ListReviews(ctx context.Context, in *ListReviewsRequest, opts ...grpc.CallOption) (*ListReviewsResponse, error)
+	// GetReview returns a campaign with its items.
+	GetReview(ctx context.Context, in *GetReviewRequest, opts ...grpc.CallOption) (*GetReviewResponse, error)
+	// DecideReview records keep or revoke for one grant of a campaign.
+	DecideReview(ctx context.Context, in *DecideReviewRequest, opts ...grpc.CallOption) (*DecideReviewResponse, error)
 }
 
 type governanceServiceClient struct {
@@ -50,6 +95,156 @@ func (c *governanceServiceClient) ListGrants(ctx context.Context, in *ListGrants
 	return out, nil
 }
 
+func (c *governanceServiceClient) ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRequestsResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_ListRequests_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) GetRequest(ctx context.Context, in *GetRequestRequest, opts ...grpc.CallOption) (*GetRequestResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRequestResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_GetRequest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) Approve(ctx context.Context, in *ApproveRequest, opts ...grpc.CallOption) (*ApproveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApproveResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_Approve_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) Deny(ctx context.Context, in *DenyRequest, opts ...grpc.CallOption) (*DenyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DenyResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_Deny_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) RequestAccess(ctx context.Context, in *RequestAccessRequest, opts ...grpc.CallOption) (*RequestAccessResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RequestAccessResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_RequestAccess_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) BreakGlass(ctx context.Context, in *BreakGlassRequest, opts ...grpc.CallOption) (*BreakGlassResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BreakGlassResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_BreakGlass_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) ListBreakGlass(ctx context.Context, in *ListBreakGlassRequest, opts ...grpc.CallOption) (*ListBreakGlassResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBreakGlassResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_ListBreakGlass_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) CloseBreakGlassReview(ctx context.Context, in *CloseBreakGlassReviewRequest, opts ...grpc.CallOption) (*CloseBreakGlassReviewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloseBreakGlassReviewResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_CloseBreakGlassReview_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) ExplainAccess(ctx context.Context, in *ExplainAccessRequest, opts ...grpc.CallOption) (*ExplainAccessResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExplainAccessResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_ExplainAccess_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) RecordBAA(ctx context.Context, in *RecordBAARequest, opts ...grpc.CallOption) (*RecordBAAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecordBAAResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_RecordBAA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPolicyResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_GetPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) StartReview(ctx context.Context, in *StartReviewRequest, opts ...grpc.CallOption) (*StartReviewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartReviewResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_StartReview_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) ListReviews(ctx context.Context, in *ListReviewsRequest, opts ...grpc.CallOption) (*ListReviewsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListReviewsResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_ListReviews_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) GetReview(ctx context.Context, in *GetReviewRequest, opts ...grpc.CallOption) (*GetReviewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetReviewResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_GetReview_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *governanceServiceClient) DecideReview(ctx context.Context, in *DecideReviewRequest, opts ...grpc.CallOption) (*DecideReviewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DecideReviewResponse)
+	err := c.cc.Invoke(ctx, GovernanceService_DecideReview_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GovernanceServiceServer is the server API for GovernanceService service.
 // All implementations must embed UnimplementedGovernanceServiceServer
 // for forward compatibility.
@@ -58,6 +253,36 @@ func (c *governanceServiceClient) ListGrants(ctx context.Context, in *ListGrants
 type GovernanceServiceServer interface {
 	// ListGrants lists grants, filtered by worker or system.
 	ListGrants(context.Context, *ListGrantsRequest) (*ListGrantsResponse, error)
+	// ListRequests lists access requests, filtered.
+	ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error)
+	// GetRequest returns one request with its approval stages.
+	GetRequest(context.Context, *GetRequestRequest) (*GetRequestResponse, error)
+	// Approve completes the request's current stage; the caller must be that stage's approver.
+	Approve(context.Context, *ApproveRequest) (*ApproveResponse, error)
+	// Deny ends the request; the caller must be an approver of its current stage.
+	Deny(context.Context, *DenyRequest) (*DenyResponse, error)
+	// RequestAccess asks for a package outside the worker's role, optionally time-boxed (JIT).
+	RequestAccess(context.Context, *RequestAccessRequest) (*RequestAccessResponse, error)
+	// BreakGlass grants emergency access at once, with a reason code and a short expiry.
+	BreakGlass(context.Context, *BreakGlassRequest) (*BreakGlassResponse, error)
+	// ListBreakGlass lists break-glass uses and their post-use reviews.
+	ListBreakGlass(context.Context, *ListBreakGlassRequest) (*ListBreakGlassResponse, error)
+	// CloseBreakGlassReview records the post-use review of a break-glass use.
+	CloseBreakGlassReview(context.Context, *CloseBreakGlassReviewRequest) (*CloseBreakGlassReviewResponse, error)
+	// ExplainAccess says why a worker has access to a system, or that they have none.
+	ExplainAccess(context.Context, *ExplainAccessRequest) (*ExplainAccessResponse, error)
+	// RecordBAA records that a vendor organisation has a business associate agreement on file.
+	RecordBAA(context.Context, *RecordBAARequest) (*RecordBAAResponse, error)
+	// GetPolicy returns the policy version in force.
+	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
+	// StartReview opens an access review campaign for a system.
+	StartReview(context.Context, *StartReviewRequest) (*StartReviewResponse, error)
+	// ListReviews lists review campaigns.
+	ListReviews(context.Context, *ListReviewsRequest) (*ListReviewsResponse, error)
+	// GetReview returns a campaign with its items.
+	GetReview(context.Context, *GetReviewRequest) (*GetReviewResponse, error)
+	// DecideReview records keep or revoke for one grant of a campaign.
+	DecideReview(context.Context, *DecideReviewRequest) (*DecideReviewResponse, error)
 	mustEmbedUnimplementedGovernanceServiceServer()
 }
 
@@ -70,6 +295,51 @@ type UnimplementedGovernanceServiceServer struct{}
 
 func (UnimplementedGovernanceServiceServer) ListGrants(context.Context, *ListGrantsRequest) (*ListGrantsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListGrants not implemented")
+}
+func (UnimplementedGovernanceServiceServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRequests not implemented")
+}
+func (UnimplementedGovernanceServiceServer) GetRequest(context.Context, *GetRequestRequest) (*GetRequestResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRequest not implemented")
+}
+func (UnimplementedGovernanceServiceServer) Approve(context.Context, *ApproveRequest) (*ApproveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Approve not implemented")
+}
+func (UnimplementedGovernanceServiceServer) Deny(context.Context, *DenyRequest) (*DenyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Deny not implemented")
+}
+func (UnimplementedGovernanceServiceServer) RequestAccess(context.Context, *RequestAccessRequest) (*RequestAccessResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequestAccess not implemented")
+}
+func (UnimplementedGovernanceServiceServer) BreakGlass(context.Context, *BreakGlassRequest) (*BreakGlassResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BreakGlass not implemented")
+}
+func (UnimplementedGovernanceServiceServer) ListBreakGlass(context.Context, *ListBreakGlassRequest) (*ListBreakGlassResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBreakGlass not implemented")
+}
+func (UnimplementedGovernanceServiceServer) CloseBreakGlassReview(context.Context, *CloseBreakGlassReviewRequest) (*CloseBreakGlassReviewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CloseBreakGlassReview not implemented")
+}
+func (UnimplementedGovernanceServiceServer) ExplainAccess(context.Context, *ExplainAccessRequest) (*ExplainAccessResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExplainAccess not implemented")
+}
+func (UnimplementedGovernanceServiceServer) RecordBAA(context.Context, *RecordBAARequest) (*RecordBAAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordBAA not implemented")
+}
+func (UnimplementedGovernanceServiceServer) GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPolicy not implemented")
+}
+func (UnimplementedGovernanceServiceServer) StartReview(context.Context, *StartReviewRequest) (*StartReviewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartReview not implemented")
+}
+func (UnimplementedGovernanceServiceServer) ListReviews(context.Context, *ListReviewsRequest) (*ListReviewsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListReviews not implemented")
+}
+func (UnimplementedGovernanceServiceServer) GetReview(context.Context, *GetReviewRequest) (*GetReviewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetReview not implemented")
+}
+func (UnimplementedGovernanceServiceServer) DecideReview(context.Context, *DecideReviewRequest) (*DecideReviewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DecideReview not implemented")
 }
 func (UnimplementedGovernanceServiceServer) mustEmbedUnimplementedGovernanceServiceServer() {}
 func (UnimplementedGovernanceServiceServer) testEmbeddedByValue()                           {}
@@ -110,6 +380,276 @@ func _GovernanceService_ListGrants_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GovernanceService_ListRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRequestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).ListRequests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_ListRequests_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).ListRequests(ctx, req.(*ListRequestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_GetRequest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRequestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).GetRequest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_GetRequest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).GetRequest(ctx, req.(*GetRequestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_Approve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApproveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).Approve(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_Approve_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).Approve(ctx, req.(*ApproveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_Deny_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DenyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).Deny(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_Deny_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).Deny(ctx, req.(*DenyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_RequestAccess_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RequestAccessRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).RequestAccess(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_RequestAccess_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).RequestAccess(ctx, req.(*RequestAccessRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_BreakGlass_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BreakGlassRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).BreakGlass(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_BreakGlass_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).BreakGlass(ctx, req.(*BreakGlassRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_ListBreakGlass_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBreakGlassRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).ListBreakGlass(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_ListBreakGlass_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).ListBreakGlass(ctx, req.(*ListBreakGlassRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_CloseBreakGlassReview_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloseBreakGlassReviewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).CloseBreakGlassReview(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_CloseBreakGlassReview_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).CloseBreakGlassReview(ctx, req.(*CloseBreakGlassReviewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_ExplainAccess_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExplainAccessRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).ExplainAccess(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_ExplainAccess_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).ExplainAccess(ctx, req.(*ExplainAccessRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_RecordBAA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordBAARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).RecordBAA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_RecordBAA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).RecordBAA(ctx, req.(*RecordBAARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_GetPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).GetPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_GetPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).GetPolicy(ctx, req.(*GetPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_StartReview_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartReviewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).StartReview(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_StartReview_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).StartReview(ctx, req.(*StartReviewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_ListReviews_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReviewsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).ListReviews(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_ListReviews_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).ListReviews(ctx, req.(*ListReviewsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_GetReview_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetReviewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).GetReview(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_GetReview_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).GetReview(ctx, req.(*GetReviewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GovernanceService_DecideReview_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecideReviewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GovernanceServiceServer).DecideReview(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GovernanceService_DecideReview_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GovernanceServiceServer).DecideReview(ctx, req.(*DecideReviewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GovernanceService_ServiceDesc is the grpc.ServiceDesc for GovernanceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +660,66 @@ var GovernanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListGrants",
 			Handler:    _GovernanceService_ListGrants_Handler,
+		},
+		{
+			MethodName: "ListRequests",
+			Handler:    _GovernanceService_ListRequests_Handler,
+		},
+		{
+			MethodName: "GetRequest",
+			Handler:    _GovernanceService_GetRequest_Handler,
+		},
+		{
+			MethodName: "Approve",
+			Handler:    _GovernanceService_Approve_Handler,
+		},
+		{
+			MethodName: "Deny",
+			Handler:    _GovernanceService_Deny_Handler,
+		},
+		{
+			MethodName: "RequestAccess",
+			Handler:    _GovernanceService_RequestAccess_Handler,
+		},
+		{
+			MethodName: "BreakGlass",
+			Handler:    _GovernanceService_BreakGlass_Handler,
+		},
+		{
+			MethodName: "ListBreakGlass",
+			Handler:    _GovernanceService_ListBreakGlass_Handler,
+		},
+		{
+			MethodName: "CloseBreakGlassReview",
+			Handler:    _GovernanceService_CloseBreakGlassReview_Handler,
+		},
+		{
+			MethodName: "ExplainAccess",
+			Handler:    _GovernanceService_ExplainAccess_Handler,
+		},
+		{
+			MethodName: "RecordBAA",
+			Handler:    _GovernanceService_RecordBAA_Handler,
+		},
+		{
+			MethodName: "GetPolicy",
+			Handler:    _GovernanceService_GetPolicy_Handler,
+		},
+		{
+			MethodName: "StartReview",
+			Handler:    _GovernanceService_StartReview_Handler,
+		},
+		{
+			MethodName: "ListReviews",
+			Handler:    _GovernanceService_ListReviews_Handler,
+		},
+		{
+			MethodName: "GetReview",
+			Handler:    _GovernanceService_GetReview_Handler,
+		},
+		{
+			MethodName: "DecideReview",
+			Handler:    _GovernanceService_DecideReview_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

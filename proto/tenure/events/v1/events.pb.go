@@ -1153,8 +1153,16 @@ type ProvisionResult struct {
 	Generation    int64                  `protobuf:"varint,12,opt,name=generation,proto3" json:"generation,omitempty"`
 	CompletedAt   *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
 	Entitlements  []string               `protobuf:"bytes,14,rep,name=entitlements,proto3" json:"entitlements,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Grants (approval service ids) the verified state reflects: active on the account link
+	// when the target was read back. Set only on a verified result at the link's current
+	// generation.
+	GrantIds []string `protobuf:"bytes,15,rep,name=grant_ids,json=grantIds,proto3" json:"grant_ids,omitempty"`
+	// Grants of the link that were already revoked when the target was read back: the
+	// verified state no longer carries them. The approval service takes this as the
+	// provisioner's confirmation of those revokes.
+	RevokedGrantIds []string `protobuf:"bytes,16,rep,name=revoked_grant_ids,json=revokedGrantIds,proto3" json:"revoked_grant_ids,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ProvisionResult) Reset() {
@@ -1281,6 +1289,20 @@ func (x *ProvisionResult) GetCompletedAt() *timestamppb.Timestamp {
 func (x *ProvisionResult) GetEntitlements() []string {
 	if x != nil {
 		return x.Entitlements
+	}
+	return nil
+}
+
+func (x *ProvisionResult) GetGrantIds() []string {
+	if x != nil {
+		return x.GrantIds
+	}
+	return nil
+}
+
+func (x *ProvisionResult) GetRevokedGrantIds() []string {
+	if x != nil {
+		return x.RevokedGrantIds
 	}
 	return nil
 }
@@ -1521,6 +1543,495 @@ func (x *CaseEvent) GetHrEventId() string {
 	return ""
 }
 
+// PolicyLoaded is published on tenure.access.policy_loaded by the approval service each time
+// a new policy version becomes the one that decides, so the ledger records its hash.
+type PolicyLoaded struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SHA-256 of the policy file's bytes.
+	PolicyHash string `protobuf:"bytes,1,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	// Where it was read from, when known.
+	Path     string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	LoadedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=loaded_at,json=loadedAt,proto3" json:"loaded_at,omitempty"`
+	// Hash of the version it replaced, if any.
+	PreviousHash  string `protobuf:"bytes,4,opt,name=previous_hash,json=previousHash,proto3" json:"previous_hash,omitempty"`
+	Systems       int32  `protobuf:"varint,5,opt,name=systems,proto3" json:"systems,omitempty"`
+	Packages      int32  `protobuf:"varint,6,opt,name=packages,proto3" json:"packages,omitempty"`
+	Roles         int32  `protobuf:"varint,7,opt,name=roles,proto3" json:"roles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyLoaded) Reset() {
+	*x = PolicyLoaded{}
+	mi := &file_tenure_events_v1_events_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyLoaded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyLoaded) ProtoMessage() {}
+
+func (x *PolicyLoaded) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_events_v1_events_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyLoaded.ProtoReflect.Descriptor instead.
+func (*PolicyLoaded) Descriptor() ([]byte, []int) {
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PolicyLoaded) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+func (x *PolicyLoaded) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PolicyLoaded) GetLoadedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LoadedAt
+	}
+	return nil
+}
+
+func (x *PolicyLoaded) GetPreviousHash() string {
+	if x != nil {
+		return x.PreviousHash
+	}
+	return ""
+}
+
+func (x *PolicyLoaded) GetSystems() int32 {
+	if x != nil {
+		return x.Systems
+	}
+	return 0
+}
+
+func (x *PolicyLoaded) GetPackages() int32 {
+	if x != nil {
+		return x.Packages
+	}
+	return 0
+}
+
+func (x *PolicyLoaded) GetRoles() int32 {
+	if x != nil {
+		return x.Roles
+	}
+	return 0
+}
+
+// BreakGlassAlert is published on tenure.alert.breakglass.<worker> when emergency access is
+// granted, and on tenure.alert.breakglass_review_overdue.<worker> when its post-use review is
+// overdue.
+type BreakGlassAlert struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GrantId       string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	System        string                 `protobuf:"bytes,3,opt,name=system,proto3" json:"system,omitempty"`
+	Package       string                 `protobuf:"bytes,4,opt,name=package,proto3" json:"package,omitempty"`
+	ReasonCode    string                 `protobuf:"bytes,5,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
+	Justification string                 `protobuf:"bytes,6,opt,name=justification,proto3" json:"justification,omitempty"`
+	// Principal who invoked break-glass.
+	InvokedBy     string                 `protobuf:"bytes,7,opt,name=invoked_by,json=invokedBy,proto3" json:"invoked_by,omitempty"`
+	GrantedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=granted_at,json=grantedAt,proto3" json:"granted_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ReviewId      string                 `protobuf:"bytes,10,opt,name=review_id,json=reviewId,proto3" json:"review_id,omitempty"`
+	ReviewDue     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=review_due,json=reviewDue,proto3" json:"review_due,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakGlassAlert) Reset() {
+	*x = BreakGlassAlert{}
+	mi := &file_tenure_events_v1_events_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakGlassAlert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakGlassAlert) ProtoMessage() {}
+
+func (x *BreakGlassAlert) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_events_v1_events_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakGlassAlert.ProtoReflect.Descriptor instead.
+func (*BreakGlassAlert) Descriptor() ([]byte, []int) {
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *BreakGlassAlert) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *BreakGlassAlert) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *BreakGlassAlert) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *BreakGlassAlert) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *BreakGlassAlert) GetReasonCode() string {
+	if x != nil {
+		return x.ReasonCode
+	}
+	return ""
+}
+
+func (x *BreakGlassAlert) GetJustification() string {
+	if x != nil {
+		return x.Justification
+	}
+	return ""
+}
+
+func (x *BreakGlassAlert) GetInvokedBy() string {
+	if x != nil {
+		return x.InvokedBy
+	}
+	return ""
+}
+
+func (x *BreakGlassAlert) GetGrantedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.GrantedAt
+	}
+	return nil
+}
+
+func (x *BreakGlassAlert) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *BreakGlassAlert) GetReviewId() string {
+	if x != nil {
+		return x.ReviewId
+	}
+	return ""
+}
+
+func (x *BreakGlassAlert) GetReviewDue() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReviewDue
+	}
+	return nil
+}
+
+// ReviewEvent is published by the approval service on tenure.access.review_<started|closed>.<system>
+// and on tenure.alert.review_escalated.<system> for an access review campaign.
+type ReviewEvent struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CampaignId string                 `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	System     string                 `protobuf:"bytes,2,opt,name=system,proto3" json:"system,omitempty"`
+	// started, escalated, closed.
+	Status  string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Items   int32  `protobuf:"varint,4,opt,name=items,proto3" json:"items,omitempty"`
+	Kept    int32  `protobuf:"varint,5,opt,name=kept,proto3" json:"kept,omitempty"`
+	Revoked int32  `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// Revokes confirmed by the provisioner (read back).
+	RevokesConfirmed int32                  `protobuf:"varint,7,opt,name=revokes_confirmed,json=revokesConfirmed,proto3" json:"revokes_confirmed,omitempty"`
+	StartedAt        *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	Deadline         *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	ClosedAt         *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=closed_at,json=closedAt,proto3" json:"closed_at,omitempty"`
+	StartedBy        string                 `protobuf:"bytes,11,opt,name=started_by,json=startedBy,proto3" json:"started_by,omitempty"`
+	// Items whose reviewer did not answer by the deadline (escalations).
+	UnansweredGrantIds []string `protobuf:"bytes,12,rep,name=unanswered_grant_ids,json=unansweredGrantIds,proto3" json:"unanswered_grant_ids,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ReviewEvent) Reset() {
+	*x = ReviewEvent{}
+	mi := &file_tenure_events_v1_events_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReviewEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReviewEvent) ProtoMessage() {}
+
+func (x *ReviewEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_events_v1_events_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReviewEvent.ProtoReflect.Descriptor instead.
+func (*ReviewEvent) Descriptor() ([]byte, []int) {
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ReviewEvent) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *ReviewEvent) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *ReviewEvent) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ReviewEvent) GetItems() int32 {
+	if x != nil {
+		return x.Items
+	}
+	return 0
+}
+
+func (x *ReviewEvent) GetKept() int32 {
+	if x != nil {
+		return x.Kept
+	}
+	return 0
+}
+
+func (x *ReviewEvent) GetRevoked() int32 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
+func (x *ReviewEvent) GetRevokesConfirmed() int32 {
+	if x != nil {
+		return x.RevokesConfirmed
+	}
+	return 0
+}
+
+func (x *ReviewEvent) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *ReviewEvent) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *ReviewEvent) GetClosedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ClosedAt
+	}
+	return nil
+}
+
+func (x *ReviewEvent) GetStartedBy() string {
+	if x != nil {
+		return x.StartedBy
+	}
+	return ""
+}
+
+func (x *ReviewEvent) GetUnansweredGrantIds() []string {
+	if x != nil {
+		return x.UnansweredGrantIds
+	}
+	return nil
+}
+
+// RequestEvent is published on tenure.access.request_<created|approved|denied|cancelled>.<worker>
+// so the ledger holds every request and every approval stage with who, when and the comment.
+type RequestEvent struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	WorkerId  string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Package   string                 `protobuf:"bytes,3,opt,name=package,proto3" json:"package,omitempty"`
+	System    string                 `protobuf:"bytes,4,opt,name=system,proto3" json:"system,omitempty"`
+	// created, approved, denied, cancelled, stage_approved.
+	Status        string                 `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	Kind          string                 `protobuf:"bytes,6,opt,name=kind,proto3" json:"kind,omitempty"`
+	RequestedBy   string                 `protobuf:"bytes,7,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	Justification string                 `protobuf:"bytes,8,opt,name=justification,proto3" json:"justification,omitempty"`
+	Approvals     []*Approval            `protobuf:"bytes,9,rep,name=approvals,proto3" json:"approvals,omitempty"`
+	Reason        string                 `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestEvent) Reset() {
+	*x = RequestEvent{}
+	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestEvent) ProtoMessage() {}
+
+func (x *RequestEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestEvent.ProtoReflect.Descriptor instead.
+func (*RequestEvent) Descriptor() ([]byte, []int) {
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RequestEvent) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *RequestEvent) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *RequestEvent) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *RequestEvent) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *RequestEvent) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *RequestEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RequestEvent) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
+func (x *RequestEvent) GetJustification() string {
+	if x != nil {
+		return x.Justification
+	}
+	return ""
+}
+
+func (x *RequestEvent) GetApprovals() []*Approval {
+	if x != nil {
+		return x.Approvals
+	}
+	return nil
+}
+
+func (x *RequestEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RequestEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
 var File_tenure_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_tenure_events_v1_events_proto_rawDesc = "" +
@@ -1601,7 +2112,7 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x06 \x01(\x03R\n" +
 	"generation\x12\x17\n" +
-	"\acase_id\x18\a \x01(\tR\x06caseId\"\xa0\x04\n" +
+	"\acase_id\x18\a \x01(\tR\x06caseId\"\xe9\x04\n" +
 	"\x0fProvisionResult\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1c\n" +
@@ -1620,7 +2131,9 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"generation\x18\f \x01(\x03R\n" +
 	"generation\x12=\n" +
 	"\fcompleted_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\"\n" +
-	"\fentitlements\x18\x0e \x03(\tR\fentitlements\"\xf7\x02\n" +
+	"\fentitlements\x18\x0e \x03(\tR\fentitlements\x12\x1b\n" +
+	"\tgrant_ids\x18\x0f \x03(\tR\bgrantIds\x12*\n" +
+	"\x11revoked_grant_ids\x18\x10 \x03(\tR\x0frevokedGrantIds\"\xf7\x02\n" +
 	"\n" +
 	"Revocation\x12#\n" +
 	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x124\n" +
@@ -1645,7 +2158,65 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\topened_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bopenedAt\x12=\n" +
 	"\fcompleted_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x126\n" +
 	"\bdeadline\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12\x1e\n" +
-	"\vhr_event_id\x18\t \x01(\tR\thrEventId*\xd9\x01\n" +
+	"\vhr_event_id\x18\t \x01(\tR\thrEventId\"\xed\x01\n" +
+	"\fPolicyLoaded\x12\x1f\n" +
+	"\vpolicy_hash\x18\x01 \x01(\tR\n" +
+	"policyHash\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x127\n" +
+	"\tloaded_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bloadedAt\x12#\n" +
+	"\rprevious_hash\x18\x04 \x01(\tR\fpreviousHash\x12\x18\n" +
+	"\asystems\x18\x05 \x01(\x05R\asystems\x12\x1a\n" +
+	"\bpackages\x18\x06 \x01(\x05R\bpackages\x12\x14\n" +
+	"\x05roles\x18\a \x01(\x05R\x05roles\"\xaf\x03\n" +
+	"\x0fBreakGlassAlert\x12\x19\n" +
+	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x16\n" +
+	"\x06system\x18\x03 \x01(\tR\x06system\x12\x18\n" +
+	"\apackage\x18\x04 \x01(\tR\apackage\x12\x1f\n" +
+	"\vreason_code\x18\x05 \x01(\tR\n" +
+	"reasonCode\x12$\n" +
+	"\rjustification\x18\x06 \x01(\tR\rjustification\x12\x1d\n" +
+	"\n" +
+	"invoked_by\x18\a \x01(\tR\tinvokedBy\x129\n" +
+	"\n" +
+	"granted_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tgrantedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1b\n" +
+	"\treview_id\x18\n" +
+	" \x01(\tR\breviewId\x129\n" +
+	"\n" +
+	"review_due\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\treviewDue\"\xcc\x03\n" +
+	"\vReviewEvent\x12\x1f\n" +
+	"\vcampaign_id\x18\x01 \x01(\tR\n" +
+	"campaignId\x12\x16\n" +
+	"\x06system\x18\x02 \x01(\tR\x06system\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x14\n" +
+	"\x05items\x18\x04 \x01(\x05R\x05items\x12\x12\n" +
+	"\x04kept\x18\x05 \x01(\x05R\x04kept\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\x05R\arevoked\x12+\n" +
+	"\x11revokes_confirmed\x18\a \x01(\x05R\x10revokesConfirmed\x129\n" +
+	"\n" +
+	"started_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x126\n" +
+	"\bdeadline\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x127\n" +
+	"\tclosed_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\bclosedAt\x12\x1d\n" +
+	"\n" +
+	"started_by\x18\v \x01(\tR\tstartedBy\x120\n" +
+	"\x14unanswered_grant_ids\x18\f \x03(\tR\x12unansweredGrantIds\"\xef\x02\n" +
+	"\fRequestEvent\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x18\n" +
+	"\apackage\x18\x03 \x01(\tR\apackage\x12\x16\n" +
+	"\x06system\x18\x04 \x01(\tR\x06system\x12\x16\n" +
+	"\x06status\x18\x05 \x01(\tR\x06status\x12\x12\n" +
+	"\x04kind\x18\x06 \x01(\tR\x04kind\x12!\n" +
+	"\frequested_by\x18\a \x01(\tR\vrequestedBy\x12$\n" +
+	"\rjustification\x18\b \x01(\tR\rjustification\x128\n" +
+	"\tapprovals\x18\t \x03(\v2\x1a.tenure.events.v1.ApprovalR\tapprovals\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\tR\x06reason\x12*\n" +
+	"\x02at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x02at*\xd9\x01\n" +
 	"\n" +
 	"WorkerType\x12\x1b\n" +
 	"\x17WORKER_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
@@ -1714,7 +2285,7 @@ func file_tenure_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_tenure_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_tenure_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_tenure_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_tenure_events_v1_events_proto_goTypes = []any{
 	(WorkerType)(0),               // 0: tenure.events.v1.WorkerType
 	(WorkerStatus)(0),             // 1: tenure.events.v1.WorkerStatus
@@ -1733,36 +2304,49 @@ var file_tenure_events_v1_events_proto_goTypes = []any{
 	(*ProvisionResult)(nil),       // 14: tenure.events.v1.ProvisionResult
 	(*Revocation)(nil),            // 15: tenure.events.v1.Revocation
 	(*CaseEvent)(nil),             // 16: tenure.events.v1.CaseEvent
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*PolicyLoaded)(nil),          // 17: tenure.events.v1.PolicyLoaded
+	(*BreakGlassAlert)(nil),       // 18: tenure.events.v1.BreakGlassAlert
+	(*ReviewEvent)(nil),           // 19: tenure.events.v1.ReviewEvent
+	(*RequestEvent)(nil),          // 20: tenure.events.v1.RequestEvent
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_tenure_events_v1_events_proto_depIdxs = []int32{
 	0,  // 0: tenure.events.v1.Worker.worker_type:type_name -> tenure.events.v1.WorkerType
 	1,  // 1: tenure.events.v1.Worker.status:type_name -> tenure.events.v1.WorkerStatus
 	2,  // 2: tenure.events.v1.WorkerEvent.kind:type_name -> tenure.events.v1.WorkerEventKind
 	9,  // 3: tenure.events.v1.WorkerEvent.worker:type_name -> tenure.events.v1.Worker
-	17, // 4: tenure.events.v1.WorkerEvent.effective_time:type_name -> google.protobuf.Timestamp
-	17, // 5: tenure.events.v1.WorkerEvent.received_time:type_name -> google.protobuf.Timestamp
-	17, // 6: tenure.events.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
+	21, // 4: tenure.events.v1.WorkerEvent.effective_time:type_name -> google.protobuf.Timestamp
+	21, // 5: tenure.events.v1.WorkerEvent.received_time:type_name -> google.protobuf.Timestamp
+	21, // 6: tenure.events.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
 	3,  // 7: tenure.events.v1.AccessDecision.kind:type_name -> tenure.events.v1.AccessDecisionKind
 	11, // 8: tenure.events.v1.AccessDecision.approvals:type_name -> tenure.events.v1.Approval
-	17, // 9: tenure.events.v1.AccessDecision.decided_at:type_name -> google.protobuf.Timestamp
-	17, // 10: tenure.events.v1.AccessDecision.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 9: tenure.events.v1.AccessDecision.decided_at:type_name -> google.protobuf.Timestamp
+	21, // 10: tenure.events.v1.AccessDecision.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 11: tenure.events.v1.ProvisionCommand.op:type_name -> tenure.events.v1.ProvisionOp
 	4,  // 12: tenure.events.v1.ProvisionResult.op:type_name -> tenure.events.v1.ProvisionOp
 	5,  // 13: tenure.events.v1.ProvisionResult.outcome:type_name -> tenure.events.v1.ProvisionOutcome
 	6,  // 14: tenure.events.v1.ProvisionResult.observed_state:type_name -> tenure.events.v1.AccountState
-	17, // 15: tenure.events.v1.ProvisionResult.completed_at:type_name -> google.protobuf.Timestamp
+	21, // 15: tenure.events.v1.ProvisionResult.completed_at:type_name -> google.protobuf.Timestamp
 	7,  // 16: tenure.events.v1.Revocation.kind:type_name -> tenure.events.v1.RevocationKind
-	17, // 17: tenure.events.v1.Revocation.occurred_at:type_name -> google.protobuf.Timestamp
+	21, // 17: tenure.events.v1.Revocation.occurred_at:type_name -> google.protobuf.Timestamp
 	8,  // 18: tenure.events.v1.CaseEvent.status:type_name -> tenure.events.v1.LeaverCaseStatus
-	17, // 19: tenure.events.v1.CaseEvent.opened_at:type_name -> google.protobuf.Timestamp
-	17, // 20: tenure.events.v1.CaseEvent.completed_at:type_name -> google.protobuf.Timestamp
-	17, // 21: tenure.events.v1.CaseEvent.deadline:type_name -> google.protobuf.Timestamp
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	21, // 19: tenure.events.v1.CaseEvent.opened_at:type_name -> google.protobuf.Timestamp
+	21, // 20: tenure.events.v1.CaseEvent.completed_at:type_name -> google.protobuf.Timestamp
+	21, // 21: tenure.events.v1.CaseEvent.deadline:type_name -> google.protobuf.Timestamp
+	21, // 22: tenure.events.v1.PolicyLoaded.loaded_at:type_name -> google.protobuf.Timestamp
+	21, // 23: tenure.events.v1.BreakGlassAlert.granted_at:type_name -> google.protobuf.Timestamp
+	21, // 24: tenure.events.v1.BreakGlassAlert.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 25: tenure.events.v1.BreakGlassAlert.review_due:type_name -> google.protobuf.Timestamp
+	21, // 26: tenure.events.v1.ReviewEvent.started_at:type_name -> google.protobuf.Timestamp
+	21, // 27: tenure.events.v1.ReviewEvent.deadline:type_name -> google.protobuf.Timestamp
+	21, // 28: tenure.events.v1.ReviewEvent.closed_at:type_name -> google.protobuf.Timestamp
+	11, // 29: tenure.events.v1.RequestEvent.approvals:type_name -> tenure.events.v1.Approval
+	21, // 30: tenure.events.v1.RequestEvent.at:type_name -> google.protobuf.Timestamp
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_tenure_events_v1_events_proto_init() }
@@ -1776,7 +2360,7 @@ func file_tenure_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_events_v1_events_proto_rawDesc), len(file_tenure_events_v1_events_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

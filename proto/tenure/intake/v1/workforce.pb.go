@@ -23,6 +23,116 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// HistoryEntryState says what became of an HR event.
+type HistoryEntryState int32
+
+const (
+	HistoryEntryState_HISTORY_ENTRY_STATE_UNSPECIFIED HistoryEntryState = 0
+	// It changed the current record.
+	HistoryEntryState_HISTORY_ENTRY_STATE_APPLIED HistoryEntryState = 1
+	// It was older than the current record: kept and published, the record did not change.
+	HistoryEntryState_HISTORY_ENTRY_STATE_STALE HistoryEntryState = 2
+	// Held until its effective time.
+	HistoryEntryState_HISTORY_ENTRY_STATE_SCHEDULED HistoryEntryState = 3
+	// Held, then cancelled (a rescinded termination) before it fired.
+	HistoryEntryState_HISTORY_ENTRY_STATE_CANCELLED HistoryEntryState = 4
+)
+
+// Enum value maps for HistoryEntryState.
+var (
+	HistoryEntryState_name = map[int32]string{
+		0: "HISTORY_ENTRY_STATE_UNSPECIFIED",
+		1: "HISTORY_ENTRY_STATE_APPLIED",
+		2: "HISTORY_ENTRY_STATE_STALE",
+		3: "HISTORY_ENTRY_STATE_SCHEDULED",
+		4: "HISTORY_ENTRY_STATE_CANCELLED",
+	}
+	HistoryEntryState_value = map[string]int32{
+		"HISTORY_ENTRY_STATE_UNSPECIFIED": 0,
+		"HISTORY_ENTRY_STATE_APPLIED":     1,
+		"HISTORY_ENTRY_STATE_STALE":       2,
+		"HISTORY_ENTRY_STATE_SCHEDULED":   3,
+		"HISTORY_ENTRY_STATE_CANCELLED":   4,
+	}
+)
+
+func (x HistoryEntryState) Enum() *HistoryEntryState {
+	p := new(HistoryEntryState)
+	*p = x
+	return p
+}
+
+func (x HistoryEntryState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HistoryEntryState) Descriptor() protoreflect.EnumDescriptor {
+	return file_tenure_intake_v1_workforce_proto_enumTypes[0].Descriptor()
+}
+
+func (HistoryEntryState) Type() protoreflect.EnumType {
+	return &file_tenure_intake_v1_workforce_proto_enumTypes[0]
+}
+
+func (x HistoryEntryState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HistoryEntryState.Descriptor instead.
+func (HistoryEntryState) EnumDescriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{0}
+}
+
+// RosterFormat is the encoding of a snapshot roster.
+type RosterFormat int32
+
+const (
+	RosterFormat_ROSTER_FORMAT_UNSPECIFIED RosterFormat = 0
+	RosterFormat_ROSTER_FORMAT_CSV         RosterFormat = 1
+	RosterFormat_ROSTER_FORMAT_JSON        RosterFormat = 2
+)
+
+// Enum value maps for RosterFormat.
+var (
+	RosterFormat_name = map[int32]string{
+		0: "ROSTER_FORMAT_UNSPECIFIED",
+		1: "ROSTER_FORMAT_CSV",
+		2: "ROSTER_FORMAT_JSON",
+	}
+	RosterFormat_value = map[string]int32{
+		"ROSTER_FORMAT_UNSPECIFIED": 0,
+		"ROSTER_FORMAT_CSV":         1,
+		"ROSTER_FORMAT_JSON":        2,
+	}
+)
+
+func (x RosterFormat) Enum() *RosterFormat {
+	p := new(RosterFormat)
+	*p = x
+	return p
+}
+
+func (x RosterFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RosterFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_tenure_intake_v1_workforce_proto_enumTypes[1].Descriptor()
+}
+
+func (RosterFormat) Type() protoreflect.EnumType {
+	return &file_tenure_intake_v1_workforce_proto_enumTypes[1]
+}
+
+func (x RosterFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RosterFormat.Descriptor instead.
+func (RosterFormat) EnumDescriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{1}
+}
+
 type GetWorkerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -136,6 +246,617 @@ func (x *GetWorkerResponse) GetLastEventId() string {
 	return ""
 }
 
+type ListWorkersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Filters; unset ones match everything.
+	Status     v1.WorkerStatus `protobuf:"varint,1,opt,name=status,proto3,enum=tenure.events.v1.WorkerStatus" json:"status,omitempty"`
+	WorkerType v1.WorkerType   `protobuf:"varint,2,opt,name=worker_type,json=workerType,proto3,enum=tenure.events.v1.WorkerType" json:"worker_type,omitempty"`
+	Department string          `protobuf:"bytes,3,opt,name=department,proto3" json:"department,omitempty"`
+	ManagerId  string          `protobuf:"bytes,4,opt,name=manager_id,json=managerId,proto3" json:"manager_id,omitempty"`
+	// Only workers with an end date before this date (YYYY-MM-DD).
+	EndingBefore string `protobuf:"bytes,5,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
+	// At most this many (default 100, at most 1000).
+	PageSize int32 `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page.
+	PageToken     string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkersRequest) Reset() {
+	*x = ListWorkersRequest{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkersRequest) ProtoMessage() {}
+
+func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
+func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListWorkersRequest) GetStatus() v1.WorkerStatus {
+	if x != nil {
+		return x.Status
+	}
+	return v1.WorkerStatus(0)
+}
+
+func (x *ListWorkersRequest) GetWorkerType() v1.WorkerType {
+	if x != nil {
+		return x.WorkerType
+	}
+	return v1.WorkerType(0)
+}
+
+func (x *ListWorkersRequest) GetDepartment() string {
+	if x != nil {
+		return x.Department
+	}
+	return ""
+}
+
+func (x *ListWorkersRequest) GetManagerId() string {
+	if x != nil {
+		return x.ManagerId
+	}
+	return ""
+}
+
+func (x *ListWorkersRequest) GetEndingBefore() string {
+	if x != nil {
+		return x.EndingBefore
+	}
+	return ""
+}
+
+func (x *ListWorkersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListWorkersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListWorkersResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Workers []*GetWorkerResponse   `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	// Set when more workers match.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkersResponse) Reset() {
+	*x = ListWorkersResponse{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkersResponse) ProtoMessage() {}
+
+func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
+func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListWorkersResponse) GetWorkers() []*GetWorkerResponse {
+	if x != nil {
+		return x.Workers
+	}
+	return nil
+}
+
+func (x *ListWorkersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type GetHistoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetHistoryRequest) Reset() {
+	*x = GetHistoryRequest{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHistoryRequest) ProtoMessage() {}
+
+func (x *GetHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHistoryRequest.ProtoReflect.Descriptor instead.
+func (*GetHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GetHistoryRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+type HistoryEntry struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Source  string                 `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// Canonical HR event type, e.g. "termination".
+	HrEventType string `protobuf:"bytes,3,opt,name=hr_event_type,json=hrEventType,proto3" json:"hr_event_type,omitempty"`
+	// Subject kind: joiner, mover, leaver, leave_start, leave_end, rescind.
+	Kind   string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The worker record the event produced (for scheduled events: as received).
+	Worker        *v1.Worker             `protobuf:"bytes,6,opt,name=worker,proto3" json:"worker,omitempty"`
+	EffectiveTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=effective_time,json=effectiveTime,proto3" json:"effective_time,omitempty"`
+	ReceivedTime  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=received_time,json=receivedTime,proto3" json:"received_time,omitempty"`
+	State         HistoryEntryState      `protobuf:"varint,9,opt,name=state,proto3,enum=tenure.intake.v1.HistoryEntryState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryEntry) Reset() {
+	*x = HistoryEntry{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryEntry) ProtoMessage() {}
+
+func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryEntry.ProtoReflect.Descriptor instead.
+func (*HistoryEntry) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *HistoryEntry) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *HistoryEntry) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *HistoryEntry) GetHrEventType() string {
+	if x != nil {
+		return x.HrEventType
+	}
+	return ""
+}
+
+func (x *HistoryEntry) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *HistoryEntry) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *HistoryEntry) GetWorker() *v1.Worker {
+	if x != nil {
+		return x.Worker
+	}
+	return nil
+}
+
+func (x *HistoryEntry) GetEffectiveTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EffectiveTime
+	}
+	return nil
+}
+
+func (x *HistoryEntry) GetReceivedTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReceivedTime
+	}
+	return nil
+}
+
+func (x *HistoryEntry) GetState() HistoryEntryState {
+	if x != nil {
+		return x.State
+	}
+	return HistoryEntryState_HISTORY_ENTRY_STATE_UNSPECIFIED
+}
+
+type GetHistoryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*HistoryEntry        `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetHistoryResponse) Reset() {
+	*x = GetHistoryResponse{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHistoryResponse) ProtoMessage() {}
+
+func (x *GetHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHistoryResponse.ProtoReflect.Descriptor instead.
+func (*GetHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetHistoryResponse) GetEntries() []*HistoryEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type ReconcileRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The roster file: CSV with a header row, or JSON; see docs/hr-events.md.
+	Roster []byte       `protobuf:"bytes,1,opt,name=roster,proto3" json:"roster,omitempty"`
+	Format RosterFormat `protobuf:"varint,2,opt,name=format,proto3,enum=tenure.intake.v1.RosterFormat" json:"format,omitempty"`
+	// Compute and return the differences without changing or publishing anything.
+	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Name recorded as the events' source (default "snapshot").
+	Source string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// When the roster was taken (default now): registry records changed after it are left alone.
+	AsOf          *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconcileRequest) Reset() {
+	*x = ReconcileRequest{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileRequest) ProtoMessage() {}
+
+func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileRequest.ProtoReflect.Descriptor instead.
+func (*ReconcileRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReconcileRequest) GetRoster() []byte {
+	if x != nil {
+		return x.Roster
+	}
+	return nil
+}
+
+func (x *ReconcileRequest) GetFormat() RosterFormat {
+	if x != nil {
+		return x.Format
+	}
+	return RosterFormat_ROSTER_FORMAT_UNSPECIFIED
+}
+
+func (x *ReconcileRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *ReconcileRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ReconcileRequest) GetAsOf() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AsOf
+	}
+	return nil
+}
+
+type ReconcileChange struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// joiner, mover or leaver.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Canonical HR event type of the change, e.g. "termination", "hire", "job_change".
+	HrEventType string `protobuf:"bytes,3,opt,name=hr_event_type,json=hrEventType,proto3" json:"hr_event_type,omitempty"`
+	// Attributes that differ (movers), e.g. "job_code".
+	ChangedFields []string `protobuf:"bytes,4,rep,name=changed_fields,json=changedFields,proto3" json:"changed_fields,omitempty"`
+	// The registry record before (unset for joiners) and after.
+	Before *v1.Worker `protobuf:"bytes,5,opt,name=before,proto3" json:"before,omitempty"`
+	After  *v1.Worker `protobuf:"bytes,6,opt,name=after,proto3" json:"after,omitempty"`
+	// Event id the change was published under (empty on a dry run).
+	EventId       string `protobuf:"bytes,7,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconcileChange) Reset() {
+	*x = ReconcileChange{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileChange) ProtoMessage() {}
+
+func (x *ReconcileChange) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileChange.ProtoReflect.Descriptor instead.
+func (*ReconcileChange) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReconcileChange) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ReconcileChange) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ReconcileChange) GetHrEventType() string {
+	if x != nil {
+		return x.HrEventType
+	}
+	return ""
+}
+
+func (x *ReconcileChange) GetChangedFields() []string {
+	if x != nil {
+		return x.ChangedFields
+	}
+	return nil
+}
+
+func (x *ReconcileChange) GetBefore() *v1.Worker {
+	if x != nil {
+		return x.Before
+	}
+	return nil
+}
+
+func (x *ReconcileChange) GetAfter() *v1.Worker {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *ReconcileChange) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+type ReconcileResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Changes []*ReconcileChange     `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	// Workers in the roster and in the registry.
+	RosterWorkers   int32 `protobuf:"varint,2,opt,name=roster_workers,json=rosterWorkers,proto3" json:"roster_workers,omitempty"`
+	RegistryWorkers int32 `protobuf:"varint,3,opt,name=registry_workers,json=registryWorkers,proto3" json:"registry_workers,omitempty"`
+	// Workers skipped because the registry changed after as_of.
+	SkippedNewer  int32  `protobuf:"varint,4,opt,name=skipped_newer,json=skippedNewer,proto3" json:"skipped_newer,omitempty"`
+	DryRun        bool   `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	SnapshotId    string `protobuf:"bytes,6,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconcileResponse) Reset() {
+	*x = ReconcileResponse{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileResponse) ProtoMessage() {}
+
+func (x *ReconcileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileResponse.ProtoReflect.Descriptor instead.
+func (*ReconcileResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReconcileResponse) GetChanges() []*ReconcileChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *ReconcileResponse) GetRosterWorkers() int32 {
+	if x != nil {
+		return x.RosterWorkers
+	}
+	return 0
+}
+
+func (x *ReconcileResponse) GetRegistryWorkers() int32 {
+	if x != nil {
+		return x.RegistryWorkers
+	}
+	return 0
+}
+
+func (x *ReconcileResponse) GetSkippedNewer() int32 {
+	if x != nil {
+		return x.SkippedNewer
+	}
+	return 0
+}
+
+func (x *ReconcileResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *ReconcileResponse) GetSnapshotId() string {
+	if x != nil {
+		return x.SnapshotId
+	}
+	return ""
+}
+
 var File_tenure_intake_v1_workforce_proto protoreflect.FileDescriptor
 
 const file_tenure_intake_v1_workforce_proto_rawDesc = "" +
@@ -148,9 +869,75 @@ const file_tenure_intake_v1_workforce_proto_rawDesc = "" +
 	"\x0eeffective_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveTime\x129\n" +
 	"\n" +
 	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\"\n" +
-	"\rlast_event_id\x18\x04 \x01(\tR\vlastEventId2h\n" +
+	"\rlast_event_id\x18\x04 \x01(\tR\vlastEventId\"\xab\x02\n" +
+	"\x12ListWorkersRequest\x126\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1e.tenure.events.v1.WorkerStatusR\x06status\x12=\n" +
+	"\vworker_type\x18\x02 \x01(\x0e2\x1c.tenure.events.v1.WorkerTypeR\n" +
+	"workerType\x12\x1e\n" +
+	"\n" +
+	"department\x18\x03 \x01(\tR\n" +
+	"department\x12\x1d\n" +
+	"\n" +
+	"manager_id\x18\x04 \x01(\tR\tmanagerId\x12#\n" +
+	"\rending_before\x18\x05 \x01(\tR\fendingBefore\x12\x1b\n" +
+	"\tpage_size\x18\x06 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\a \x01(\tR\tpageToken\"|\n" +
+	"\x13ListWorkersResponse\x12=\n" +
+	"\aworkers\x18\x01 \x03(\v2#.tenure.intake.v1.GetWorkerResponseR\aworkers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"0\n" +
+	"\x11GetHistoryRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\x82\x03\n" +
+	"\fHistoryEntry\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\"\n" +
+	"\rhr_event_type\x18\x03 \x01(\tR\vhrEventType\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x120\n" +
+	"\x06worker\x18\x06 \x01(\v2\x18.tenure.events.v1.WorkerR\x06worker\x12A\n" +
+	"\x0eeffective_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveTime\x12?\n" +
+	"\rreceived_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\freceivedTime\x129\n" +
+	"\x05state\x18\t \x01(\x0e2#.tenure.intake.v1.HistoryEntryStateR\x05state\"N\n" +
+	"\x12GetHistoryResponse\x128\n" +
+	"\aentries\x18\x01 \x03(\v2\x1e.tenure.intake.v1.HistoryEntryR\aentries\"\xc4\x01\n" +
+	"\x10ReconcileRequest\x12\x16\n" +
+	"\x06roster\x18\x01 \x01(\fR\x06roster\x126\n" +
+	"\x06format\x18\x02 \x01(\x0e2\x1e.tenure.intake.v1.RosterFormatR\x06format\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12/\n" +
+	"\x05as_of\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04asOf\"\x8a\x02\n" +
+	"\x0fReconcileChange\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\"\n" +
+	"\rhr_event_type\x18\x03 \x01(\tR\vhrEventType\x12%\n" +
+	"\x0echanged_fields\x18\x04 \x03(\tR\rchangedFields\x120\n" +
+	"\x06before\x18\x05 \x01(\v2\x18.tenure.events.v1.WorkerR\x06before\x12.\n" +
+	"\x05after\x18\x06 \x01(\v2\x18.tenure.events.v1.WorkerR\x05after\x12\x19\n" +
+	"\bevent_id\x18\a \x01(\tR\aeventId\"\x81\x02\n" +
+	"\x11ReconcileResponse\x12;\n" +
+	"\achanges\x18\x01 \x03(\v2!.tenure.intake.v1.ReconcileChangeR\achanges\x12%\n" +
+	"\x0eroster_workers\x18\x02 \x01(\x05R\rrosterWorkers\x12)\n" +
+	"\x10registry_workers\x18\x03 \x01(\x05R\x0fregistryWorkers\x12#\n" +
+	"\rskipped_newer\x18\x04 \x01(\x05R\fskippedNewer\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\x12\x1f\n" +
+	"\vsnapshot_id\x18\x06 \x01(\tR\n" +
+	"snapshotId*\xbe\x01\n" +
+	"\x11HistoryEntryState\x12#\n" +
+	"\x1fHISTORY_ENTRY_STATE_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bHISTORY_ENTRY_STATE_APPLIED\x10\x01\x12\x1d\n" +
+	"\x19HISTORY_ENTRY_STATE_STALE\x10\x02\x12!\n" +
+	"\x1dHISTORY_ENTRY_STATE_SCHEDULED\x10\x03\x12!\n" +
+	"\x1dHISTORY_ENTRY_STATE_CANCELLED\x10\x04*\\\n" +
+	"\fRosterFormat\x12\x1d\n" +
+	"\x19ROSTER_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11ROSTER_FORMAT_CSV\x10\x01\x12\x16\n" +
+	"\x12ROSTER_FORMAT_JSON\x10\x022\xf3\x02\n" +
 	"\x10WorkforceService\x12T\n" +
-	"\tGetWorker\x12\".tenure.intake.v1.GetWorkerRequest\x1a#.tenure.intake.v1.GetWorkerResponseB>Z<github.com/tenure-dev/tenure/proto/tenure/intake/v1;intakev1b\x06proto3"
+	"\tGetWorker\x12\".tenure.intake.v1.GetWorkerRequest\x1a#.tenure.intake.v1.GetWorkerResponse\x12Z\n" +
+	"\vListWorkers\x12$.tenure.intake.v1.ListWorkersRequest\x1a%.tenure.intake.v1.ListWorkersResponse\x12W\n" +
+	"\n" +
+	"GetHistory\x12#.tenure.intake.v1.GetHistoryRequest\x1a$.tenure.intake.v1.GetHistoryResponse\x12T\n" +
+	"\tReconcile\x12\".tenure.intake.v1.ReconcileRequest\x1a#.tenure.intake.v1.ReconcileResponseB>Z<github.com/tenure-dev/tenure/proto/tenure/intake/v1;intakev1b\x06proto3"
 
 var (
 	file_tenure_intake_v1_workforce_proto_rawDescOnce sync.Once
@@ -164,24 +951,56 @@ func file_tenure_intake_v1_workforce_proto_rawDescGZIP() []byte {
 	return file_tenure_intake_v1_workforce_proto_rawDescData
 }
 
-var file_tenure_intake_v1_workforce_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_tenure_intake_v1_workforce_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_tenure_intake_v1_workforce_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_tenure_intake_v1_workforce_proto_goTypes = []any{
-	(*GetWorkerRequest)(nil),      // 0: tenure.intake.v1.GetWorkerRequest
-	(*GetWorkerResponse)(nil),     // 1: tenure.intake.v1.GetWorkerResponse
-	(*v1.Worker)(nil),             // 2: tenure.events.v1.Worker
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(HistoryEntryState)(0),        // 0: tenure.intake.v1.HistoryEntryState
+	(RosterFormat)(0),             // 1: tenure.intake.v1.RosterFormat
+	(*GetWorkerRequest)(nil),      // 2: tenure.intake.v1.GetWorkerRequest
+	(*GetWorkerResponse)(nil),     // 3: tenure.intake.v1.GetWorkerResponse
+	(*ListWorkersRequest)(nil),    // 4: tenure.intake.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),   // 5: tenure.intake.v1.ListWorkersResponse
+	(*GetHistoryRequest)(nil),     // 6: tenure.intake.v1.GetHistoryRequest
+	(*HistoryEntry)(nil),          // 7: tenure.intake.v1.HistoryEntry
+	(*GetHistoryResponse)(nil),    // 8: tenure.intake.v1.GetHistoryResponse
+	(*ReconcileRequest)(nil),      // 9: tenure.intake.v1.ReconcileRequest
+	(*ReconcileChange)(nil),       // 10: tenure.intake.v1.ReconcileChange
+	(*ReconcileResponse)(nil),     // 11: tenure.intake.v1.ReconcileResponse
+	(*v1.Worker)(nil),             // 12: tenure.events.v1.Worker
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(v1.WorkerStatus)(0),          // 14: tenure.events.v1.WorkerStatus
+	(v1.WorkerType)(0),            // 15: tenure.events.v1.WorkerType
 }
 var file_tenure_intake_v1_workforce_proto_depIdxs = []int32{
-	2, // 0: tenure.intake.v1.GetWorkerResponse.worker:type_name -> tenure.events.v1.Worker
-	3, // 1: tenure.intake.v1.GetWorkerResponse.effective_time:type_name -> google.protobuf.Timestamp
-	3, // 2: tenure.intake.v1.GetWorkerResponse.updated_at:type_name -> google.protobuf.Timestamp
-	0, // 3: tenure.intake.v1.WorkforceService.GetWorker:input_type -> tenure.intake.v1.GetWorkerRequest
-	1, // 4: tenure.intake.v1.WorkforceService.GetWorker:output_type -> tenure.intake.v1.GetWorkerResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	12, // 0: tenure.intake.v1.GetWorkerResponse.worker:type_name -> tenure.events.v1.Worker
+	13, // 1: tenure.intake.v1.GetWorkerResponse.effective_time:type_name -> google.protobuf.Timestamp
+	13, // 2: tenure.intake.v1.GetWorkerResponse.updated_at:type_name -> google.protobuf.Timestamp
+	14, // 3: tenure.intake.v1.ListWorkersRequest.status:type_name -> tenure.events.v1.WorkerStatus
+	15, // 4: tenure.intake.v1.ListWorkersRequest.worker_type:type_name -> tenure.events.v1.WorkerType
+	3,  // 5: tenure.intake.v1.ListWorkersResponse.workers:type_name -> tenure.intake.v1.GetWorkerResponse
+	12, // 6: tenure.intake.v1.HistoryEntry.worker:type_name -> tenure.events.v1.Worker
+	13, // 7: tenure.intake.v1.HistoryEntry.effective_time:type_name -> google.protobuf.Timestamp
+	13, // 8: tenure.intake.v1.HistoryEntry.received_time:type_name -> google.protobuf.Timestamp
+	0,  // 9: tenure.intake.v1.HistoryEntry.state:type_name -> tenure.intake.v1.HistoryEntryState
+	7,  // 10: tenure.intake.v1.GetHistoryResponse.entries:type_name -> tenure.intake.v1.HistoryEntry
+	1,  // 11: tenure.intake.v1.ReconcileRequest.format:type_name -> tenure.intake.v1.RosterFormat
+	13, // 12: tenure.intake.v1.ReconcileRequest.as_of:type_name -> google.protobuf.Timestamp
+	12, // 13: tenure.intake.v1.ReconcileChange.before:type_name -> tenure.events.v1.Worker
+	12, // 14: tenure.intake.v1.ReconcileChange.after:type_name -> tenure.events.v1.Worker
+	10, // 15: tenure.intake.v1.ReconcileResponse.changes:type_name -> tenure.intake.v1.ReconcileChange
+	2,  // 16: tenure.intake.v1.WorkforceService.GetWorker:input_type -> tenure.intake.v1.GetWorkerRequest
+	4,  // 17: tenure.intake.v1.WorkforceService.ListWorkers:input_type -> tenure.intake.v1.ListWorkersRequest
+	6,  // 18: tenure.intake.v1.WorkforceService.GetHistory:input_type -> tenure.intake.v1.GetHistoryRequest
+	9,  // 19: tenure.intake.v1.WorkforceService.Reconcile:input_type -> tenure.intake.v1.ReconcileRequest
+	3,  // 20: tenure.intake.v1.WorkforceService.GetWorker:output_type -> tenure.intake.v1.GetWorkerResponse
+	5,  // 21: tenure.intake.v1.WorkforceService.ListWorkers:output_type -> tenure.intake.v1.ListWorkersResponse
+	8,  // 22: tenure.intake.v1.WorkforceService.GetHistory:output_type -> tenure.intake.v1.GetHistoryResponse
+	11, // 23: tenure.intake.v1.WorkforceService.Reconcile:output_type -> tenure.intake.v1.ReconcileResponse
+	20, // [20:24] is the sub-list for method output_type
+	16, // [16:20] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_tenure_intake_v1_workforce_proto_init() }
@@ -194,13 +1013,14 @@ func file_tenure_intake_v1_workforce_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_intake_v1_workforce_proto_rawDesc), len(file_tenure_intake_v1_workforce_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   2,
+			NumEnums:      2,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_tenure_intake_v1_workforce_proto_goTypes,
 		DependencyIndexes: file_tenure_intake_v1_workforce_proto_depIdxs,
+		EnumInfos:         file_tenure_intake_v1_workforce_proto_enumTypes,
 		MessageInfos:      file_tenure_intake_v1_workforce_proto_msgTypes,
 	}.Build()
 	File_tenure_intake_v1_workforce_proto = out.File

@@ -19,17 +19,30 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	WorkforceService_GetWorker_FullMethodName = "/tenure.intake.v1.WorkforceService/GetWorker"
+	WorkforceService_GetWorker_FullMethodName   = "/tenure.intake.v1.WorkforceService/GetWorker"
+	WorkforceService_ListWorkers_FullMethodName = "/tenure.intake.v1.WorkforceService/ListWorkers"
+	WorkforceService_GetHistory_FullMethodName  = "/tenure.intake.v1.WorkforceService/GetHistory"
+	WorkforceService_Reconcile_FullMethodName   = "/tenure.intake.v1.WorkforceService/Reconcile"
 )
 
 // WorkforceServiceClient is the client API for WorkforceService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// WorkforceService answers questions about the worker registry.
+// WorkforceService answers questions about the worker registry and reconciles it with HR
+// snapshots.
 type WorkforceServiceClient interface {
 	// GetWorker returns the current record of one worker.
 	GetWorker(ctx context.Context, in *GetWorkerRequest, opts ...grpc.CallOption) (*GetWorkerResponse, error)
+	// ListWorkers returns current records, filtered, ordered by worker id.
+	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
+	// GetHistory returns every HR event recorded for a worker, oldest effective time first,
+	// including stale events that did not change the record and events held for a future
+	// effective time.
+	GetHistory(ctx context.Context, in *GetHistoryRequest, opts ...grpc.CallOption) (*GetHistoryResponse, error)
+	// Reconcile compares an HR roster with the registry and, unless dry_run, applies and
+	// publishes the differences (leavers, joiners, movers).
+	Reconcile(ctx context.Context, in *ReconcileRequest, opts ...grpc.CallOption) (*ReconcileResponse, error)
 }
 
 type workforceServiceClient struct {
@@ -50,14 +63,54 @@ func (c *workforceServiceClient) GetWorker(ctx context.Context, in *GetWorkerReq
 	return out, nil
 }
 
+func (c *workforceServiceClient) ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWorkersResponse)
+	err := c.cc.Invoke(ctx, WorkforceService_ListWorkers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workforceServiceClient) GetHistory(ctx context.Context, in *GetHistoryRequest, opts ...grpc.CallOption) (*GetHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetHistoryResponse)
+	err := c.cc.Invoke(ctx, WorkforceService_GetHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workforceServiceClient) Reconcile(ctx context.Context, in *ReconcileRequest, opts ...grpc.CallOption) (*ReconcileResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReconcileResponse)
+	err := c.cc.Invoke(ctx, WorkforceService_Reconcile_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkforceServiceServer is the server API for WorkforceService service.
 // All implementations must embed UnimplementedWorkforceServiceServer
 // for forward compatibility.
 //
-// WorkforceService answers questions about the worker registry.
+// WorkforceService answers questions about the worker registry and reconciles it with HR
+// snapshots.
 type WorkforceServiceServer interface {
 	// GetWorker returns the current record of one worker.
 	GetWorker(context.Context, *GetWorkerRequest) (*GetWorkerResponse, error)
+	// ListWorkers returns current records, filtered, ordered by worker id.
+	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
+	// GetHistory returns every HR event recorded for a worker, oldest effective time first,
+	// including stale events that did not change the record and events held for a future
+	// effective time.
+	GetHistory(context.Context, *GetHistoryRequest) (*GetHistoryResponse, error)
+	// Reconcile compares an HR roster with the registry and, unless dry_run, applies and
+	// publishes the differences (leavers, joiners, movers).
+	Reconcile(context.Context, *ReconcileRequest) (*ReconcileResponse, error)
 	mustEmbedUnimplementedWorkforceServiceServer()
 }
 
@@ -70,6 +123,15 @@ type UnimplementedWorkforceServiceServer struct{}
 
 func (UnimplementedWorkforceServiceServer) GetWorker(context.Context, *GetWorkerRequest) (*GetWorkerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetWorker not implemented")
+}
+func (UnimplementedWorkforceServiceServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWorkers not implemented")
+}
+func (UnimplementedWorkforceServiceServer) GetHistory(context.Context, *GetHistoryRequest) (*GetHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetHistory not implemented")
+}
+func (UnimplementedWorkforceServiceServer) Reconcile(context.Context, *ReconcileRequest) (*ReconcileResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Reconcile not implemented")
 }
 func (UnimplementedWorkforceServiceServer) mustEmbedUnimplementedWorkforceServiceServer() {}
 func (UnimplementedWorkforceServiceServer) testEmbeddedByValue()                          {}
@@ -110,6 +172,60 @@ func _WorkforceService_GetWorker_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _WorkforceService_ListWorkers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWorkersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkforceServiceServer).ListWorkers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkforceService_ListWorkers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkforceServiceServer).ListWorkers(ctx, req.(*ListWorkersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WorkforceService_GetHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkforceServiceServer).GetHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkforceService_GetHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkforceServiceServer).GetHistory(ctx, req.(*GetHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WorkforceService_Reconcile_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReconcileRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkforceServiceServer).Reconcile(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkforceService_Reconcile_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkforceServiceServer).Reconcile(ctx, req.(*ReconcileRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // WorkforceService_ServiceDesc is the grpc.ServiceDesc for WorkforceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +236,18 @@ var WorkforceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetWorker",
 			Handler:    _WorkforceService_GetWorker_Handler,
+		},
+		{
+			MethodName: "ListWorkers",
+			Handler:    _WorkforceService_ListWorkers_Handler,
+		},
+		{
+			MethodName: "GetHistory",
+			Handler:    _WorkforceService_GetHistory_Handler,
+		},
+		{
+			MethodName: "Reconcile",
+			Handler:    _WorkforceService_Reconcile_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

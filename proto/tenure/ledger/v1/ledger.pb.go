@@ -355,8 +355,15 @@ type VerifyResponse struct {
 	FirstBrokenSeq int64  `protobuf:"varint,3,opt,name=first_broken_seq,json=firstBrokenSeq,proto3" json:"first_broken_seq,omitempty"`
 	Problem        string `protobuf:"bytes,4,opt,name=problem,proto3" json:"problem,omitempty"`
 	HeadHash       []byte `protobuf:"bytes,5,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Signed checkpoints checked (signature, and hash against the entry at their sequence).
+	CheckpointsChecked int64 `protobuf:"varint,6,opt,name=checkpoints_checked,json=checkpointsChecked,proto3" json:"checkpoints_checked,omitempty"`
+	// The latest valid checkpoint's sequence (0 when there is none).
+	LastCheckpointSeq int64 `protobuf:"varint,7,opt,name=last_checkpoint_seq,json=lastCheckpointSeq,proto3" json:"last_checkpoint_seq,omitempty"`
+	// Entries up to this sequence were archived and pruned; the chain is checked from the
+	// next one, anchored on the signed checkpoint at this sequence (0: nothing pruned).
+	PrunedThroughSeq int64 `protobuf:"varint,8,opt,name=pruned_through_seq,json=prunedThroughSeq,proto3" json:"pruned_through_seq,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *VerifyResponse) Reset() {
@@ -424,6 +431,787 @@ func (x *VerifyResponse) GetHeadHash() []byte {
 	return nil
 }
 
+func (x *VerifyResponse) GetCheckpointsChecked() int64 {
+	if x != nil {
+		return x.CheckpointsChecked
+	}
+	return 0
+}
+
+func (x *VerifyResponse) GetLastCheckpointSeq() int64 {
+	if x != nil {
+		return x.LastCheckpointSeq
+	}
+	return 0
+}
+
+func (x *VerifyResponse) GetPrunedThroughSeq() int64 {
+	if x != nil {
+		return x.PrunedThroughSeq
+	}
+	return 0
+}
+
+// Checkpoint is a signed statement of the chain's head: published on tenure.ledger.checkpoint.
+// signature = Ed25519 over the canonical encoding documented in services/ledger/checkpoint.go.
+type Checkpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   int64                  `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Hash of the entry at seq.
+	HeadHash []byte                 `protobuf:"bytes,2,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	SignedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=signed_at,json=signedAt,proto3" json:"signed_at,omitempty"`
+	// First 16 hex digits of SHA-256 of the public key.
+	KeyId         string `protobuf:"bytes,4,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Signature     []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Checkpoint) Reset() {
+	*x = Checkpoint{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Checkpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Checkpoint) ProtoMessage() {}
+
+func (x *Checkpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
+func (*Checkpoint) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Checkpoint) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Checkpoint) GetHeadHash() []byte {
+	if x != nil {
+		return x.HeadHash
+	}
+	return nil
+}
+
+func (x *Checkpoint) GetSignedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SignedAt
+	}
+	return nil
+}
+
+func (x *Checkpoint) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *Checkpoint) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+type ListCheckpointsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Checkpoints after this sequence (for paging).
+	AfterSeq int64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// At most this many (default 100, at most 1000).
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCheckpointsRequest) Reset() {
+	*x = ListCheckpointsRequest{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCheckpointsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCheckpointsRequest) ProtoMessage() {}
+
+func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
+func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListCheckpointsRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ListCheckpointsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListCheckpointsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoints   []*Checkpoint          `protobuf:"bytes,1,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCheckpointsResponse) Reset() {
+	*x = ListCheckpointsResponse{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCheckpointsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCheckpointsResponse) ProtoMessage() {}
+
+func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
+func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListCheckpointsResponse) GetCheckpoints() []*Checkpoint {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return nil
+}
+
+type GetPublicKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPublicKeyRequest) Reset() {
+	*x = GetPublicKeyRequest{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPublicKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPublicKeyRequest) ProtoMessage() {}
+
+func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPublicKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetPublicKeyRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
+}
+
+type GetPublicKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Raw 32-byte Ed25519 public key.
+	PublicKey []byte `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	KeyId     string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// PEM ("PUBLIC KEY", PKIX) for other tools.
+	Pem           string `protobuf:"bytes,3,opt,name=pem,proto3" json:"pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPublicKeyResponse) Reset() {
+	*x = GetPublicKeyResponse{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPublicKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPublicKeyResponse) ProtoMessage() {}
+
+func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPublicKeyResponse.ProtoReflect.Descriptor instead.
+func (*GetPublicKeyResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetPublicKeyResponse) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *GetPublicKeyResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *GetPublicKeyResponse) GetPem() string {
+	if x != nil {
+		return x.Pem
+	}
+	return ""
+}
+
+// EvidenceRequest selects one question and its scope.
+type EvidenceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// access, terminations, reviews, breakglass, temporary, elevated, thirdparty.
+	Question string `protobuf:"bytes,1,opt,name=question,proto3" json:"question,omitempty"`
+	// Period [from, to) of the events considered (default: everything).
+	From *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	// Only these workers (access, temporary, elevated, thirdparty, terminations).
+	WorkerIds []string `protobuf:"bytes,4,rep,name=worker_ids,json=workerIds,proto3" json:"worker_ids,omitempty"`
+	// A random sample of this many workers instead (0: all).
+	Sample        int32 `protobuf:"varint,5,opt,name=sample,proto3" json:"sample,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvidenceRequest) Reset() {
+	*x = EvidenceRequest{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvidenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvidenceRequest) ProtoMessage() {}
+
+func (x *EvidenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvidenceRequest.ProtoReflect.Descriptor instead.
+func (*EvidenceRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *EvidenceRequest) GetQuestion() string {
+	if x != nil {
+		return x.Question
+	}
+	return ""
+}
+
+func (x *EvidenceRequest) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *EvidenceRequest) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *EvidenceRequest) GetWorkerIds() []string {
+	if x != nil {
+		return x.WorkerIds
+	}
+	return nil
+}
+
+func (x *EvidenceRequest) GetSample() int32 {
+	if x != nil {
+		return x.Sample
+	}
+	return 0
+}
+
+// EvidenceRow is one row of cells, in the order of EvidenceResponse.columns.
+type EvidenceRow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cells         []string               `protobuf:"bytes,1,rep,name=cells,proto3" json:"cells,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvidenceRow) Reset() {
+	*x = EvidenceRow{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvidenceRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvidenceRow) ProtoMessage() {}
+
+func (x *EvidenceRow) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvidenceRow.ProtoReflect.Descriptor instead.
+func (*EvidenceRow) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *EvidenceRow) GetCells() []string {
+	if x != nil {
+		return x.Cells
+	}
+	return nil
+}
+
+type EvidenceResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Question string                 `protobuf:"bytes,1,opt,name=question,proto3" json:"question,omitempty"`
+	Title    string                 `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	Columns  []string               `protobuf:"bytes,3,rep,name=columns,proto3" json:"columns,omitempty"`
+	Rows     []*EvidenceRow         `protobuf:"bytes,4,rep,name=rows,proto3" json:"rows,omitempty"`
+	// The ledger head the answer was computed at.
+	HeadSeq       int64 `protobuf:"varint,5,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvidenceResponse) Reset() {
+	*x = EvidenceResponse{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvidenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvidenceResponse) ProtoMessage() {}
+
+func (x *EvidenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvidenceResponse.ProtoReflect.Descriptor instead.
+func (*EvidenceResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EvidenceResponse) GetQuestion() string {
+	if x != nil {
+		return x.Question
+	}
+	return ""
+}
+
+func (x *EvidenceResponse) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *EvidenceResponse) GetColumns() []string {
+	if x != nil {
+		return x.Columns
+	}
+	return nil
+}
+
+func (x *EvidenceResponse) GetRows() []*EvidenceRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *EvidenceResponse) GetHeadSeq() int64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
+type ExportEvidenceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To            *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	WorkerIds     []string               `protobuf:"bytes,3,rep,name=worker_ids,json=workerIds,proto3" json:"worker_ids,omitempty"`
+	Sample        int32                  `protobuf:"varint,4,opt,name=sample,proto3" json:"sample,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportEvidenceRequest) Reset() {
+	*x = ExportEvidenceRequest{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportEvidenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportEvidenceRequest) ProtoMessage() {}
+
+func (x *ExportEvidenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportEvidenceRequest.ProtoReflect.Descriptor instead.
+func (*ExportEvidenceRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ExportEvidenceRequest) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *ExportEvidenceRequest) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *ExportEvidenceRequest) GetWorkerIds() []string {
+	if x != nil {
+		return x.WorkerIds
+	}
+	return nil
+}
+
+func (x *ExportEvidenceRequest) GetSample() int32 {
+	if x != nil {
+		return x.Sample
+	}
+	return 0
+}
+
+// BundleFile is one file of an evidence bundle or archive.
+type BundleFile struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleFile) Reset() {
+	*x = BundleFile{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleFile) ProtoMessage() {}
+
+func (x *BundleFile) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleFile.ProtoReflect.Descriptor instead.
+func (*BundleFile) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BundleFile) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BundleFile) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+type ExportEvidenceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every file of the bundle, manifest.json and manifest.sig included.
+	Files []*BundleFile `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	// The checkpoint the bundle is tied to.
+	Checkpoint    *Checkpoint `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportEvidenceResponse) Reset() {
+	*x = ExportEvidenceResponse{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportEvidenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportEvidenceResponse) ProtoMessage() {}
+
+func (x *ExportEvidenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportEvidenceResponse.ProtoReflect.Descriptor instead.
+func (*ExportEvidenceResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ExportEvidenceResponse) GetFiles() []*BundleFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *ExportEvidenceResponse) GetCheckpoint() *Checkpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+type ArchiveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Entries recorded before this time (default: now minus the retention period).
+	Before        *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=before,proto3" json:"before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveRequest) Reset() {
+	*x = ArchiveRequest{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveRequest) ProtoMessage() {}
+
+func (x *ArchiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveRequest.ProtoReflect.Descriptor instead.
+func (*ArchiveRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ArchiveRequest) GetBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Before
+	}
+	return nil
+}
+
+type ArchiveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entries.jsonl, checkpoint.json, public_key.pem, manifest.json, manifest.sig.
+	Files         []*BundleFile `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	FirstSeq      int64         `protobuf:"varint,2,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	LastSeq       int64         `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveResponse) Reset() {
+	*x = ArchiveResponse{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveResponse) ProtoMessage() {}
+
+func (x *ArchiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveResponse.ProtoReflect.Descriptor instead.
+func (*ArchiveResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ArchiveResponse) GetFiles() []*BundleFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *ArchiveResponse) GetFirstSeq() int64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *ArchiveResponse) GetLastSeq() int64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
 var File_tenure_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_tenure_ledger_v1_ledger_proto_rawDesc = "" +
@@ -457,16 +1245,78 @@ const file_tenure_ledger_v1_ledger_proto_rawDesc = "" +
 	"\btrace_id\x18\x0f \x01(\tR\atraceId\"B\n" +
 	"\rQueryResponse\x121\n" +
 	"\aentries\x18\x01 \x03(\v2\x17.tenure.ledger.v1.EntryR\aentries\"\x0f\n" +
-	"\rVerifyRequest\"\xaa\x01\n" +
+	"\rVerifyRequest\"\xb9\x02\n" +
 	"\x0eVerifyResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12'\n" +
 	"\x0fentries_checked\x18\x02 \x01(\x03R\x0eentriesChecked\x12(\n" +
 	"\x10first_broken_seq\x18\x03 \x01(\x03R\x0efirstBrokenSeq\x12\x18\n" +
 	"\aproblem\x18\x04 \x01(\tR\aproblem\x12\x1b\n" +
-	"\thead_hash\x18\x05 \x01(\fR\bheadHash2\xa6\x01\n" +
+	"\thead_hash\x18\x05 \x01(\fR\bheadHash\x12/\n" +
+	"\x13checkpoints_checked\x18\x06 \x01(\x03R\x12checkpointsChecked\x12.\n" +
+	"\x13last_checkpoint_seq\x18\a \x01(\x03R\x11lastCheckpointSeq\x12,\n" +
+	"\x12pruned_through_seq\x18\b \x01(\x03R\x10prunedThroughSeq\"\xa9\x01\n" +
+	"\n" +
+	"Checkpoint\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x1b\n" +
+	"\thead_hash\x18\x02 \x01(\fR\bheadHash\x127\n" +
+	"\tsigned_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bsignedAt\x12\x15\n" +
+	"\x06key_id\x18\x04 \x01(\tR\x05keyId\x12\x1c\n" +
+	"\tsignature\x18\x05 \x01(\fR\tsignature\"K\n" +
+	"\x16ListCheckpointsRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x03R\bafterSeq\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"Y\n" +
+	"\x17ListCheckpointsResponse\x12>\n" +
+	"\vcheckpoints\x18\x01 \x03(\v2\x1c.tenure.ledger.v1.CheckpointR\vcheckpoints\"\x15\n" +
+	"\x13GetPublicKeyRequest\"^\n" +
+	"\x14GetPublicKeyResponse\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x10\n" +
+	"\x03pem\x18\x03 \x01(\tR\x03pem\"\xc0\x01\n" +
+	"\x0fEvidenceRequest\x12\x1a\n" +
+	"\bquestion\x18\x01 \x01(\tR\bquestion\x12.\n" +
+	"\x04from\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12\x1d\n" +
+	"\n" +
+	"worker_ids\x18\x04 \x03(\tR\tworkerIds\x12\x16\n" +
+	"\x06sample\x18\x05 \x01(\x05R\x06sample\"#\n" +
+	"\vEvidenceRow\x12\x14\n" +
+	"\x05cells\x18\x01 \x03(\tR\x05cells\"\xac\x01\n" +
+	"\x10EvidenceResponse\x12\x1a\n" +
+	"\bquestion\x18\x01 \x01(\tR\bquestion\x12\x14\n" +
+	"\x05title\x18\x02 \x01(\tR\x05title\x12\x18\n" +
+	"\acolumns\x18\x03 \x03(\tR\acolumns\x121\n" +
+	"\x04rows\x18\x04 \x03(\v2\x1d.tenure.ledger.v1.EvidenceRowR\x04rows\x12\x19\n" +
+	"\bhead_seq\x18\x05 \x01(\x03R\aheadSeq\"\xaa\x01\n" +
+	"\x15ExportEvidenceRequest\x12.\n" +
+	"\x04from\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12\x1d\n" +
+	"\n" +
+	"worker_ids\x18\x03 \x03(\tR\tworkerIds\x12\x16\n" +
+	"\x06sample\x18\x04 \x01(\x05R\x06sample\":\n" +
+	"\n" +
+	"BundleFile\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\x8a\x01\n" +
+	"\x16ExportEvidenceResponse\x122\n" +
+	"\x05files\x18\x01 \x03(\v2\x1c.tenure.ledger.v1.BundleFileR\x05files\x12<\n" +
+	"\n" +
+	"checkpoint\x18\x02 \x01(\v2\x1c.tenure.ledger.v1.CheckpointR\n" +
+	"checkpoint\"D\n" +
+	"\x0eArchiveRequest\x122\n" +
+	"\x06before\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06before\"}\n" +
+	"\x0fArchiveResponse\x122\n" +
+	"\x05files\x18\x01 \x03(\v2\x1c.tenure.ledger.v1.BundleFileR\x05files\x12\x1b\n" +
+	"\tfirst_seq\x18\x02 \x01(\x03R\bfirstSeq\x12\x19\n" +
+	"\blast_seq\x18\x03 \x01(\x03R\alastSeq2\xf5\x04\n" +
 	"\rLedgerService\x12H\n" +
 	"\x05Query\x12\x1e.tenure.ledger.v1.QueryRequest\x1a\x1f.tenure.ledger.v1.QueryResponse\x12K\n" +
-	"\x06Verify\x12\x1f.tenure.ledger.v1.VerifyRequest\x1a .tenure.ledger.v1.VerifyResponseB>Z<github.com/tenure-dev/tenure/proto/tenure/ledger/v1;ledgerv1b\x06proto3"
+	"\x06Verify\x12\x1f.tenure.ledger.v1.VerifyRequest\x1a .tenure.ledger.v1.VerifyResponse\x12f\n" +
+	"\x0fListCheckpoints\x12(.tenure.ledger.v1.ListCheckpointsRequest\x1a).tenure.ledger.v1.ListCheckpointsResponse\x12]\n" +
+	"\fGetPublicKey\x12%.tenure.ledger.v1.GetPublicKeyRequest\x1a&.tenure.ledger.v1.GetPublicKeyResponse\x12Q\n" +
+	"\bEvidence\x12!.tenure.ledger.v1.EvidenceRequest\x1a\".tenure.ledger.v1.EvidenceResponse\x12c\n" +
+	"\x0eExportEvidence\x12'.tenure.ledger.v1.ExportEvidenceRequest\x1a(.tenure.ledger.v1.ExportEvidenceResponse\x12N\n" +
+	"\aArchive\x12 .tenure.ledger.v1.ArchiveRequest\x1a!.tenure.ledger.v1.ArchiveResponseB>Z<github.com/tenure-dev/tenure/proto/tenure/ledger/v1;ledgerv1b\x06proto3"
 
 var (
 	file_tenure_ledger_v1_ledger_proto_rawDescOnce sync.Once
@@ -480,30 +1330,64 @@ func file_tenure_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_tenure_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_tenure_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_tenure_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_tenure_ledger_v1_ledger_proto_goTypes = []any{
-	(*QueryRequest)(nil),          // 0: tenure.ledger.v1.QueryRequest
-	(*Entry)(nil),                 // 1: tenure.ledger.v1.Entry
-	(*QueryResponse)(nil),         // 2: tenure.ledger.v1.QueryResponse
-	(*VerifyRequest)(nil),         // 3: tenure.ledger.v1.VerifyRequest
-	(*VerifyResponse)(nil),        // 4: tenure.ledger.v1.VerifyResponse
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*QueryRequest)(nil),            // 0: tenure.ledger.v1.QueryRequest
+	(*Entry)(nil),                   // 1: tenure.ledger.v1.Entry
+	(*QueryResponse)(nil),           // 2: tenure.ledger.v1.QueryResponse
+	(*VerifyRequest)(nil),           // 3: tenure.ledger.v1.VerifyRequest
+	(*VerifyResponse)(nil),          // 4: tenure.ledger.v1.VerifyResponse
+	(*Checkpoint)(nil),              // 5: tenure.ledger.v1.Checkpoint
+	(*ListCheckpointsRequest)(nil),  // 6: tenure.ledger.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil), // 7: tenure.ledger.v1.ListCheckpointsResponse
+	(*GetPublicKeyRequest)(nil),     // 8: tenure.ledger.v1.GetPublicKeyRequest
+	(*GetPublicKeyResponse)(nil),    // 9: tenure.ledger.v1.GetPublicKeyResponse
+	(*EvidenceRequest)(nil),         // 10: tenure.ledger.v1.EvidenceRequest
+	(*EvidenceRow)(nil),             // 11: tenure.ledger.v1.EvidenceRow
+	(*EvidenceResponse)(nil),        // 12: tenure.ledger.v1.EvidenceResponse
+	(*ExportEvidenceRequest)(nil),   // 13: tenure.ledger.v1.ExportEvidenceRequest
+	(*BundleFile)(nil),              // 14: tenure.ledger.v1.BundleFile
+	(*ExportEvidenceResponse)(nil),  // 15: tenure.ledger.v1.ExportEvidenceResponse
+	(*ArchiveRequest)(nil),          // 16: tenure.ledger.v1.ArchiveRequest
+	(*ArchiveResponse)(nil),         // 17: tenure.ledger.v1.ArchiveResponse
+	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
 }
 var file_tenure_ledger_v1_ledger_proto_depIdxs = []int32{
-	5, // 0: tenure.ledger.v1.QueryRequest.from:type_name -> google.protobuf.Timestamp
-	5, // 1: tenure.ledger.v1.QueryRequest.to:type_name -> google.protobuf.Timestamp
-	5, // 2: tenure.ledger.v1.Entry.event_time:type_name -> google.protobuf.Timestamp
-	5, // 3: tenure.ledger.v1.Entry.recorded_at:type_name -> google.protobuf.Timestamp
-	1, // 4: tenure.ledger.v1.QueryResponse.entries:type_name -> tenure.ledger.v1.Entry
-	0, // 5: tenure.ledger.v1.LedgerService.Query:input_type -> tenure.ledger.v1.QueryRequest
-	3, // 6: tenure.ledger.v1.LedgerService.Verify:input_type -> tenure.ledger.v1.VerifyRequest
-	2, // 7: tenure.ledger.v1.LedgerService.Query:output_type -> tenure.ledger.v1.QueryResponse
-	4, // 8: tenure.ledger.v1.LedgerService.Verify:output_type -> tenure.ledger.v1.VerifyResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	18, // 0: tenure.ledger.v1.QueryRequest.from:type_name -> google.protobuf.Timestamp
+	18, // 1: tenure.ledger.v1.QueryRequest.to:type_name -> google.protobuf.Timestamp
+	18, // 2: tenure.ledger.v1.Entry.event_time:type_name -> google.protobuf.Timestamp
+	18, // 3: tenure.ledger.v1.Entry.recorded_at:type_name -> google.protobuf.Timestamp
+	1,  // 4: tenure.ledger.v1.QueryResponse.entries:type_name -> tenure.ledger.v1.Entry
+	18, // 5: tenure.ledger.v1.Checkpoint.signed_at:type_name -> google.protobuf.Timestamp
+	5,  // 6: tenure.ledger.v1.ListCheckpointsResponse.checkpoints:type_name -> tenure.ledger.v1.Checkpoint
+	18, // 7: tenure.ledger.v1.EvidenceRequest.from:type_name -> google.protobuf.Timestamp
+	18, // 8: tenure.ledger.v1.EvidenceRequest.to:type_name -> google.protobuf.Timestamp
+	11, // 9: tenure.ledger.v1.EvidenceResponse.rows:type_name -> tenure.ledger.v1.EvidenceRow
+	18, // 10: tenure.ledger.v1.ExportEvidenceRequest.from:type_name -> google.protobuf.Timestamp
+	18, // 11: tenure.ledger.v1.ExportEvidenceRequest.to:type_name -> google.protobuf.Timestamp
+	14, // 12: tenure.ledger.v1.ExportEvidenceResponse.files:type_name -> tenure.ledger.v1.BundleFile
+	5,  // 13: tenure.ledger.v1.ExportEvidenceResponse.checkpoint:type_name -> tenure.ledger.v1.Checkpoint
+	18, // 14: tenure.ledger.v1.ArchiveRequest.before:type_name -> google.protobuf.Timestamp
+	14, // 15: tenure.ledger.v1.ArchiveResponse.files:type_name -> tenure.ledger.v1.BundleFile
+	0,  // 16: tenure.ledger.v1.LedgerService.Query:input_type -> tenure.ledger.v1.QueryRequest
+	3,  // 17: tenure.ledger.v1.LedgerService.Verify:input_type -> tenure.ledger.v1.VerifyRequest
+	6,  // 18: tenure.ledger.v1.LedgerService.ListCheckpoints:input_type -> tenure.ledger.v1.ListCheckpointsRequest
+	8,  // 19: tenure.ledger.v1.LedgerService.GetPublicKey:input_type -> tenure.ledger.v1.GetPublicKeyRequest
+	10, // 20: tenure.ledger.v1.LedgerService.Evidence:input_type -> tenure.ledger.v1.EvidenceRequest
+	13, // 21: tenure.ledger.v1.LedgerService.ExportEvidence:input_type -> tenure.ledger.v1.ExportEvidenceRequest
+	16, // 22: tenure.ledger.v1.LedgerService.Archive:input_type -> tenure.ledger.v1.ArchiveRequest
+	2,  // 23: tenure.ledger.v1.LedgerService.Query:output_type -> tenure.ledger.v1.QueryResponse
+	4,  // 24: tenure.ledger.v1.LedgerService.Verify:output_type -> tenure.ledger.v1.VerifyResponse
+	7,  // 25: tenure.ledger.v1.LedgerService.ListCheckpoints:output_type -> tenure.ledger.v1.ListCheckpointsResponse
+	9,  // 26: tenure.ledger.v1.LedgerService.GetPublicKey:output_type -> tenure.ledger.v1.GetPublicKeyResponse
+	12, // 27: tenure.ledger.v1.LedgerService.Evidence:output_type -> tenure.ledger.v1.EvidenceResponse
+	15, // 28: tenure.ledger.v1.LedgerService.ExportEvidence:output_type -> tenure.ledger.v1.ExportEvidenceResponse
+	17, // 29: tenure.ledger.v1.LedgerService.Archive:output_type -> tenure.ledger.v1.ArchiveResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_tenure_ledger_v1_ledger_proto_init() }
@@ -517,7 +1401,7 @@ func file_tenure_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_ledger_v1_ledger_proto_rawDesc), len(file_tenure_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,8 +19,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	LedgerService_Query_FullMethodName  = "/tenure.ledger.v1.LedgerService/Query"
-	LedgerService_Verify_FullMethodName = "/tenure.ledger.v1.LedgerService/Verify"
+	LedgerService_Query_FullMethodName           = "/tenure.ledger.v1.LedgerService/Query"
+	LedgerService_Verify_FullMethodName          = "/tenure.ledger.v1.LedgerService/Verify"
+	LedgerService_ListCheckpoints_FullMethodName = "/tenure.ledger.v1.LedgerService/ListCheckpoints"
+	LedgerService_GetPublicKey_FullMethodName    = "/tenure.ledger.v1.LedgerService/GetPublicKey"
+	LedgerService_Evidence_FullMethodName        = "/tenure.ledger.v1.LedgerService/Evidence"
+	LedgerService_ExportEvidence_FullMethodName  = "/tenure.ledger.v1.LedgerService/ExportEvidence"
+	LedgerService_Archive_FullMethodName         = "/tenure.ledger.v1.LedgerService/Archive"
 )
 
 // LedgerServiceClient is the client API for LedgerService service.
@@ -31,8 +36,19 @@ const (
 type LedgerServiceClient interface {
 	// Query returns entries in ledger order, filtered.
 	Query(ctx context.Context, in *QueryRequest, opts ...grpc.CallOption) (*QueryResponse, error)
-	// Verify walks the hash chain and reports the first broken entry.
+	// Verify walks the hash chain and the signed checkpoints and reports the first break.
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
+	// ListCheckpoints lists signed checkpoints in sequence order.
+	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
+	// GetPublicKey returns the Ed25519 public key that signs checkpoints and evidence manifests.
+	GetPublicKey(ctx context.Context, in *GetPublicKeyRequest, opts ...grpc.CallOption) (*GetPublicKeyResponse, error)
+	// Evidence answers one auditor question as a table.
+	Evidence(ctx context.Context, in *EvidenceRequest, opts ...grpc.CallOption) (*EvidenceResponse, error)
+	// ExportEvidence builds a signed evidence bundle: every question as CSV and JSON, an HTML
+	// report and a manifest of SHA-256 hashes signed with the ledger key, tied to a checkpoint.
+	ExportEvidence(ctx context.Context, in *ExportEvidenceRequest, opts ...grpc.CallOption) (*ExportEvidenceResponse, error)
+	// Archive exports the entries recorded before a cutoff as a verifiable chain segment.
+	Archive(ctx context.Context, in *ArchiveRequest, opts ...grpc.CallOption) (*ArchiveResponse, error)
 }
 
 type ledgerServiceClient struct {
@@ -63,6 +79,56 @@ func (c *ledgerServiceClient) Verify(ctx context.Context, in *VerifyRequest, opt
 	return out, nil
 }
 
+func (c *ledgerServiceClient) ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCheckpointsResponse)
+	err := c.cc.Invoke(ctx, LedgerService_ListCheckpoints_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ledgerServiceClient) GetPublicKey(ctx context.Context, in *GetPublicKeyRequest, opts ...grpc.CallOption) (*GetPublicKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPublicKeyResponse)
+	err := c.cc.Invoke(ctx, LedgerService_GetPublicKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ledgerServiceClient) Evidence(ctx context.Context, in *EvidenceRequest, opts ...grpc.CallOption) (*EvidenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EvidenceResponse)
+	err := c.cc.Invoke(ctx, LedgerService_Evidence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ledgerServiceClient) ExportEvidence(ctx context.Context, in *ExportEvidenceRequest, opts ...grpc.CallOption) (*ExportEvidenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportEvidenceResponse)
+	err := c.cc.Invoke(ctx, LedgerService_ExportEvidence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ledgerServiceClient) Archive(ctx context.Context, in *ArchiveRequest, opts ...grpc.CallOption) (*ArchiveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ArchiveResponse)
+	err := c.cc.Invoke(ctx, LedgerService_Archive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LedgerServiceServer is the server API for LedgerService service.
 // All implementations must embed UnimplementedLedgerServiceServer
 // for forward compatibility.
@@ -71,8 +137,19 @@ func (c *ledgerServiceClient) Verify(ctx context.Context, in *VerifyRequest, opt
 type LedgerServiceServer interface {
 	// Query returns entries in ledger order, filtered.
 	Query(context.Context, *QueryRequest) (*QueryResponse, error)
-	// Verify walks the hash chain and reports the first broken entry.
+	// Verify walks the hash chain and the signed checkpoints and reports the first break.
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
+	// ListCheckpoints lists signed checkpoints in sequence order.
+	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
+	// GetPublicKey returns the Ed25519 public key that signs checkpoints and evidence manifests.
+	GetPublicKey(context.Context, *GetPublicKeyRequest) (*GetPublicKeyResponse, error)
+	// Evidence answers one auditor question as a table.
+	Evidence(context.Context, *EvidenceRequest) (*EvidenceResponse, error)
+	// ExportEvidence builds a signed evidence bundle: every question as CSV and JSON, an HTML
+	// report and a manifest of SHA-256 hashes signed with the ledger key, tied to a checkpoint.
+	ExportEvidence(context.Context, *ExportEvidenceRequest) (*ExportEvidenceResponse, error)
+	// Archive exports the entries recorded before a cutoff as a verifiable chain segment.
+	Archive(context.Context, *ArchiveRequest) (*ArchiveResponse, error)
 	mustEmbedUnimplementedLedgerServiceServer()
 }
 
@@ -88,6 +165,21 @@ func (UnimplementedLedgerServiceServer) Query(context.Context, *QueryRequest) (*
 }
 func (UnimplementedLedgerServiceServer) Verify(context.Context, *VerifyRequest) (*VerifyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Verify not implemented")
+}
+func (UnimplementedLedgerServiceServer) ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCheckpoints not implemented")
+}
+func (UnimplementedLedgerServiceServer) GetPublicKey(context.Context, *GetPublicKeyRequest) (*GetPublicKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPublicKey not implemented")
+}
+func (UnimplementedLedgerServiceServer) Evidence(context.Context, *EvidenceRequest) (*EvidenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Evidence not implemented")
+}
+func (UnimplementedLedgerServiceServer) ExportEvidence(context.Context, *ExportEvidenceRequest) (*ExportEvidenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExportEvidence not implemented")
+}
+func (UnimplementedLedgerServiceServer) Archive(context.Context, *ArchiveRequest) (*ArchiveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Archive not implemented")
 }
 func (UnimplementedLedgerServiceServer) mustEmbedUnimplementedLedgerServiceServer() {}
 func (UnimplementedLedgerServiceServer) testEmbeddedByValue()                       {}
@@ -146,6 +238,96 @@ func _LedgerService_Verify_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LedgerService_ListCheckpoints_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCheckpointsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LedgerServiceServer).ListCheckpoints(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LedgerService_ListCheckpoints_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LedgerServiceServer).ListCheckpoints(ctx, req.(*ListCheckpointsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LedgerService_GetPublicKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPublicKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LedgerServiceServer).GetPublicKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LedgerService_GetPublicKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LedgerServiceServer).GetPublicKey(ctx, req.(*GetPublicKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LedgerService_Evidence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EvidenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LedgerServiceServer).Evidence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LedgerService_Evidence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LedgerServiceServer).Evidence(ctx, req.(*EvidenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LedgerService_ExportEvidence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportEvidenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LedgerServiceServer).ExportEvidence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LedgerService_ExportEvidence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LedgerServiceServer).ExportEvidence(ctx, req.(*ExportEvidenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LedgerService_Archive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ArchiveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LedgerServiceServer).Archive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LedgerService_Archive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LedgerServiceServer).Archive(ctx, req.(*ArchiveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LedgerService_ServiceDesc is the grpc.ServiceDesc for LedgerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -160,6 +342,26 @@ var LedgerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Verify",
 			Handler:    _LedgerService_Verify_Handler,
+		},
+		{
+			MethodName: "ListCheckpoints",
+			Handler:    _LedgerService_ListCheckpoints_Handler,
+		},
+		{
+			MethodName: "GetPublicKey",
+			Handler:    _LedgerService_GetPublicKey_Handler,
+		},
+		{
+			MethodName: "Evidence",
+			Handler:    _LedgerService_Evidence_Handler,
+		},
+		{
+			MethodName: "ExportEvidence",
+			Handler:    _LedgerService_ExportEvidence_Handler,
+		},
+		{
+			MethodName: "Archive",
+			Handler:    _LedgerService_Archive_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
