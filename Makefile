@@ -47,10 +47,12 @@ lint: tools
 test: lint
 	$(GO) test $(TESTFLAGS) $(MODULES)
 
-# Benchmarks: leaver fan-out latency end to end, and the ledger's append/verify rates.
+# Benchmarks: leaver fan-out latency end to end, durable webhook accepts, and the ledger's
+# append/verify rates. Figures are per run; compare medians (BENCHCOUNT runs each).
 BENCHCOUNT ?= 3
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count $(BENCHCOUNT) -timeout 60m ./test/e2e/ | tee bench.out
+	$(GO) test -run '^$$' -bench WebhookAccept -benchtime 3000x -count $(BENCHCOUNT) -timeout 30m ./services/intake/ | tee -a bench.out
 	$(GO) test -run '^$$' -bench . -count $(BENCHCOUNT) -timeout 30m ./services/ledger/ | tee -a bench.out
 
 # Starts tenure dev, sends a signed joiner and a termination, prints the case and the

@@ -151,13 +151,13 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 		slog := log
 		switch svc {
 		case "intake":
-			sources := o.Sources
-			if sources == nil {
-				if sources, err = intake.LoadSources(cfg.WebhookSources); err != nil {
-					return nil, err
-				}
+			var icfg intake.Config
+			if o.Sources != nil {
+				icfg.Sources = o.Sources
+			} else if icfg, err = intake.LoadConfig(cfg.WebhookSources); err != nil {
+				return nil, err
 			}
-			s, err := intake.New(ctx, intake.Config{Sources: sources}, intake.Deps{Pool: pool, JS: js, Log: slog})
+			s, err := intake.New(ctx, icfg, intake.Deps{Pool: pool, JS: js, Log: slog})
 			if err != nil {
 				return nil, fmt.Errorf("intake: %w", err)
 			}
@@ -232,6 +232,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 	mux.HandleFunc("GET /readyz", st.ready)
 	if st.Intake != nil {
 		mux.Handle("/webhooks/", st.Intake.Handler())
+		mux.Handle("/snapshots/", st.Intake.Handler())
 	}
 	st.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 

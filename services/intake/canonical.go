@@ -183,6 +183,9 @@ func unknownFieldPath(body []byte, t reflect.Type, name string) string {
 	}
 	var walk func(raw json.RawMessage, t reflect.Type, prefix string) string
 	walk = func(raw json.RawMessage, t reflect.Type, prefix string) string {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
 		if t.Kind() != reflect.Struct {
 			return ""
 		}
@@ -334,6 +337,9 @@ func validate(ev HREvent) (change, error) {
 	if !start.IsZero() && !end.IsZero() && end.Before(start) {
 		return change{}, Unprocessable("worker.end_date", "worker.end_date %s is before worker.start_date %s", w.EndDate, w.StartDate)
 	}
+	if err := checkWorkerRefs(out, "worker."); err != nil {
+		return change{}, err
+	}
 	c := change{hrType: ev.Type, typ: et, worker: out}
 	if ev.EffectiveTime != "" {
 		t, err := time.Parse(time.RFC3339Nano, ev.EffectiveTime)
@@ -347,6 +353,18 @@ func validate(ev HREvent) (change, error) {
 	}
 	c.reason = ev.Reason
 	return c, nil
+}
+
+// checkWorkerRefs rejects a worker who is their own manager or sponsor: HR data entry slips
+// that would make the worker approve their own access.
+func checkWorkerRefs(w *eventsv1.Worker, prefix string) error {
+	if w.ManagerId != "" && w.ManagerId == w.WorkerId {
+		return Unprocessable(prefix+"manager_id", "%smanager_id %q is the worker itself", prefix, clip(w.ManagerId))
+	}
+	if w.SponsorId != "" && w.SponsorId == w.WorkerId {
+		return Unprocessable(prefix+"sponsor_id", "%ssponsor_id %q is the worker itself", prefix, clip(w.SponsorId))
+	}
+	return nil
 }
 
 func checkID(field, s string) error {

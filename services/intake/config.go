@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -23,6 +24,17 @@ const (
 	DefaultTolerance      = webhook.DefaultTolerance
 	DefaultFormat         = FormatCanonical
 	DefaultPublishTimeout = 10 * time.Second
+	// DefaultRescindGrace is how long after a termination's effective time a
+	// termination_rescinded still restores the worker.
+	DefaultRescindGrace = 30 * 24 * time.Hour
+	// DefaultScheduleInterval is how often Run looks for held events that are due and for
+	// contracts that ended.
+	DefaultScheduleInterval = time.Second
+	// DefaultMaxSnapshotBytes caps a roster posted to /snapshots/{source}.
+	DefaultMaxSnapshotBytes = 32 << 20
+	// DefaultAPITimeout and DefaultAPIRetries apply to HRIS API fetches of thin formats.
+	DefaultAPITimeout = 10 * time.Second
+	DefaultAPIRetries = 2
 )
 
 // Config configures the intake service. The zero value is usable: no sources (every webhook
@@ -35,8 +47,38 @@ type Config struct {
 	MaxBodyBytes int64
 	// PublishTimeout bounds the wait for JetStream's PubAck. Default 10s.
 	PublishTimeout time.Duration
+	// RescindGrace: a termination_rescinded restores the worker only within this long after
+	// the termination's effective time; later ones answer 422. Default 30 days.
+	RescindGrace time.Duration
+	// ScheduleInterval is how often Run fires held events that are due and looks for ended
+	// contracts. Default 1s.
+	ScheduleInterval time.Duration
+	// Location is the time zone in which an end_date ends (at midnight after it). Default UTC.
+	Location *time.Location
+	// MaxSnapshotBytes caps a roster on POST /snapshots/{source} (413 above). Default 32 MiB.
+	MaxSnapshotBytes int64
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+}
+
+// APIConfig is how a thin format's adapter reaches the HRIS API to fetch a worker's record.
+// String and LogValue redact the token.
+type APIConfig struct {
+	// BaseURL of the API, e.g. https://api.bamboohr.com/api/gateway.php/acme/v1 or
+	// https://api.hibob.com/v1.
+	BaseURL string
+	// User and Token are the HTTP Basic credentials (BambooHR: Token is the API key, sent as
+	// the user name with the password "x"; HiBob: the service user id and its token).
+	User  string
+	Token string
+	// Timeout bounds each attempt. Default 10s.
+	Timeout time.Duration
+	// Retries after a failed attempt (network error, 429 or 5xx). Default 2.
+	Retries int
+}
+
+func (a APIConfig) String() string {
+	return fmt.Sprintf("{BaseURL:%s User:%s Token:[redacted] Timeout:%s Retries:%d}", a.BaseURL, a.User, a.Timeout, a.Retries)
 }
 
 // SourceConfig is one webhook source.
@@ -51,7 +93,14 @@ type SourceConfig struct {
 	// Tolerance is how far the webhook-timestamp may be from now. Default 5m.
 	Tolerance time.Duration
 	// Format names the adapter that decodes the body (see Formats). Default "canonical".
+	// Formats with their own signature scheme (bamboohr, hibob) take the vendor's secret as
+	// is instead of a "whsec_" secret.
 	Format string
+	// API is the HRIS API of thin formats (bamboohr, hibob).
+	API APIConfig
+
+	// now is the service clock, set by New for the adapter.
+	now func() time.Time
 }
 
 func (c SourceConfig) String() string {
@@ -63,7 +112,11 @@ func (c SourceConfig) String() string {
 	if f == "" {
 		f = DefaultFormat
 	}
-	return fmt.Sprintf("{Secrets:[%d redacted] Tolerance:%s Format:%s}", len(c.Secrets), tol, f)
+	api := ""
+	if c.API.BaseURL != "" {
+		api = " API:" + c.API.String()
+	}
+	return fmt.Sprintf("{Secrets:[%d redacted] Tolerance:%s Format:%s%s}", len(c.Secrets), tol, f, api)
 }
 
 // GoString redacts the secrets for %#v.
@@ -75,6 +128,7 @@ func (c SourceConfig) LogValue() slog.Value {
 		slog.Int("secrets", len(c.Secrets)),
 		slog.String("tolerance", c.Tolerance.String()),
 		slog.String("format", c.Format),
+		slog.String("api", c.API.BaseURL),
 	)
 }
 
@@ -92,14 +146,96 @@ func checkSourceName(name string) error {
 
 // The YAML file format, decoded strictly.
 type sourcesFile struct {
-	Sources map[string]sourceEntry `yaml:"sources"`
+	Settings settingsEntry          `yaml:"settings"`
+	Sources  map[string]sourceEntry `yaml:"sources"`
+}
+
+type settingsEntry struct {
+	RescindGrace     string `yaml:"rescind_grace"`
+	ScheduleInterval string `yaml:"schedule_interval"`
+	Timezone         string `yaml:"timezone"`
+	MaxBodyBytes     int64  `yaml:"max_body_bytes"`
+	MaxSnapshotBytes int64  `yaml:"max_snapshot_bytes"`
 }
 
 type sourceEntry struct {
-	Secrets    []string `yaml:"secrets"`
-	SecretsEnv []string `yaml:"secrets_env"`
-	Tolerance  string   `yaml:"tolerance"`
-	Format     string   `yaml:"format"`
+	Secrets    []string  `yaml:"secrets"`
+	SecretsEnv []string  `yaml:"secrets_env"`
+	Tolerance  string    `yaml:"tolerance"`
+	Format     string    `yaml:"format"`
+	API        *apiEntry `yaml:"api"`
+}
+
+type apiEntry struct {
+	BaseURL  string `yaml:"base_url"`
+	User     string `yaml:"user"`
+	UserEnv  string `yaml:"user_env"`
+	TokenEnv string `yaml:"token_env"`
+	Timeout  string `yaml:"timeout"`
+	Retries  *int   `yaml:"retries"`
+}
+
+// LoadConfig reads a sources file with its optional settings block; see ParseConfig.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("intake: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("intake: %s: %s", path, strings.TrimPrefix(err.Error(), "intake: "))
+	}
+	return c, nil
+}
+
+// ParseConfig decodes a sources file (see ParseSources) and its optional settings block:
+//
+//	settings:
+//	  rescind_grace: 720h        # default 720h (30 days)
+//	  schedule_interval: 1s      # default 1s
+//	  timezone: America/Chicago  # where end dates end; default UTC
+//	  max_body_bytes: 1048576    # default 1 MiB
+//	  max_snapshot_bytes: 33554432
+func ParseConfig(b []byte) (Config, error) {
+	f, err := decodeSourcesFile(b)
+	if err != nil {
+		return Config{}, err
+	}
+	srcs, err := parseSources(f)
+	if err != nil {
+		return Config{}, err
+	}
+	c := Config{Sources: srcs}
+	st := f.Settings
+	dur := func(field, v string, dst *time.Duration) error {
+		if v == "" {
+			return nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("intake: settings.%s: %q is not a positive duration such as 720h", field, v)
+		}
+		*dst = d
+		return nil
+	}
+	if err := dur("rescind_grace", st.RescindGrace, &c.RescindGrace); err != nil {
+		return Config{}, err
+	}
+	if err := dur("schedule_interval", st.ScheduleInterval, &c.ScheduleInterval); err != nil {
+		return Config{}, err
+	}
+	if st.Timezone != "" {
+		loc, err := time.LoadLocation(st.Timezone)
+		if err != nil {
+			return Config{}, fmt.Errorf("intake: settings.timezone: unknown time zone %q", st.Timezone)
+		}
+		c.Location = loc
+	}
+	if st.MaxBodyBytes < 0 || st.MaxSnapshotBytes < 0 {
+		return Config{}, errors.New("intake: settings: byte limits must be positive")
+	}
+	c.MaxBodyBytes, c.MaxSnapshotBytes = st.MaxBodyBytes, st.MaxSnapshotBytes
+	return c, nil
 }
 
 // LoadSources reads a webhook sources file; see ParseSources for the format. Errors name the
@@ -123,25 +259,49 @@ func LoadSources(path string) (map[string]SourceConfig, error) {
 //	    secrets: ["whsec_..."]       # inline secrets, and/or
 //	    secrets_env: [WORKDAY_WEBHOOK_SECRET, WORKDAY_WEBHOOK_SECRET_NEXT]
 //	    tolerance: 5m                # optional, default 5m
-//	    format: canonical            # optional, default canonical
+//	    format: canonical            # optional, default canonical; see Formats()
+//	  bamboo:
+//	    format: bamboohr             # vendor formats sign their own way: the vendor's key as is
+//	    secrets_env: [BAMBOOHR_WEBHOOK_KEY]
+//	    api:                         # thin formats (bamboohr, hibob) fetch the record here
+//	      base_url: https://api.bamboohr.com/api/gateway.php/acme/v1
+//	      token_env: BAMBOOHR_API_KEY  # the API credential, always from the environment
+//	      # user: or user_env:       # HiBob: the service user id (BambooHR needs none)
+//	      timeout: 10s               # per attempt, default 10s
+//	      retries: 2                 # after a network error, 429 or 5xx; default 2
 //
 // Unknown fields are errors. Each source needs at least one secret; secrets_env names
 // environment variables that must be set and non-empty. Prefer secrets_env (or a file readable
 // only by the service) to secrets inline.
 func ParseSources(b []byte) (map[string]SourceConfig, error) {
+	f, err := decodeSourcesFile(b)
+	if err != nil {
+		return nil, err
+	}
+	return parseSources(f)
+}
+
+func decodeSourcesFile(b []byte) (sourcesFile, error) {
 	var f sourcesFile
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, errors.New("intake: the file is empty; it needs a sources: map")
+			return f, errors.New("intake: the file is empty; it needs a sources: map")
 		}
-		return nil, fmt.Errorf("intake: %w", err)
+		return f, fmt.Errorf("intake: %w", err)
 	}
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, errors.New("intake: the file holds more than one YAML document")
+		return f, errors.New("intake: the file holds more than one YAML document")
 	}
+	return f, nil
+}
+
+// minRawSecret is the shortest vendor secret accepted (formats with their own signature).
+const minRawSecret = 16
+
+func parseSources(f sourcesFile) (map[string]SourceConfig, error) {
 	if len(f.Sources) == 0 {
 		return nil, errors.New("intake: sources: no webhook sources defined")
 	}
@@ -158,9 +318,28 @@ func ParseSources(b []byte) (map[string]SourceConfig, error) {
 			return nil, fmt.Errorf("intake: %s: %w", where, err)
 		}
 		sc := SourceConfig{Format: e.Format}
-		for i, s := range e.Secrets {
+		if sc.Format == "" {
+			sc.Format = DefaultFormat
+		}
+		info, ok := lookupFormat(sc.Format)
+		if !ok {
+			return nil, fmt.Errorf("intake: %s.format: unknown format %q (known: %s)", where, sc.Format, strings.Join(Formats(), ", "))
+		}
+		checkSecret := func(s string) string {
+			if info.ownSignature {
+				if len(strings.TrimSpace(s)) < minRawSecret {
+					return fmt.Sprintf("secret is too short for format %s; use the vendor's key (at least %d characters)", sc.Format, minRawSecret)
+				}
+				return ""
+			}
 			if _, err := webhook.ParseSecret(s); err != nil {
-				return nil, fmt.Errorf("intake: %s.secrets[%d]: %s", where, i, secretErr(err))
+				return secretErr(err)
+			}
+			return ""
+		}
+		for i, s := range e.Secrets {
+			if msg := checkSecret(s); msg != "" {
+				return nil, fmt.Errorf("intake: %s.secrets[%d]: %s", where, i, msg)
 			}
 			sc.Secrets = append(sc.Secrets, s)
 		}
@@ -169,8 +348,8 @@ func ParseSources(b []byte) (map[string]SourceConfig, error) {
 			if v == "" {
 				return nil, fmt.Errorf("intake: %s.secrets_env[%d]: environment variable %s is not set or empty", where, i, env)
 			}
-			if _, err := webhook.ParseSecret(v); err != nil {
-				return nil, fmt.Errorf("intake: %s.secrets_env[%d]: environment variable %s: %s", where, i, env, secretErr(err))
+			if msg := checkSecret(v); msg != "" {
+				return nil, fmt.Errorf("intake: %s.secrets_env[%d]: environment variable %s: %s", where, i, env, msg)
 			}
 			sc.Secrets = append(sc.Secrets, v)
 		}
@@ -184,18 +363,61 @@ func ParseSources(b []byte) (map[string]SourceConfig, error) {
 			}
 			sc.Tolerance = d
 		}
-		if sc.Format == "" {
-			sc.Format = DefaultFormat
-		}
-		if _, ok := lookupFormat(sc.Format); !ok {
-			return nil, fmt.Errorf("intake: %s.format: unknown format %q (known: %s)", where, sc.Format, strings.Join(Formats(), ", "))
-		}
 		if sc.Tolerance == 0 {
 			sc.Tolerance = DefaultTolerance
 		}
+		if e.API != nil {
+			api, err := parseAPI(where+".api", *e.API)
+			if err != nil {
+				return nil, err
+			}
+			sc.API = api
+		}
+		// Let the format check its own settings (e.g. a thin format needs api).
+		sc.now = time.Now
+		if _, err := info.factory(name, sc); err != nil {
+			return nil, fmt.Errorf("intake: %s: %w", where, err)
+		}
+		sc.now = nil
 		out[name] = sc
 	}
 	return out, nil
+}
+
+func parseAPI(where string, e apiEntry) (APIConfig, error) {
+	a := APIConfig{BaseURL: e.BaseURL, User: e.User, Timeout: DefaultAPITimeout, Retries: DefaultAPIRetries}
+	u, err := url.Parse(e.BaseURL)
+	if e.BaseURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return a, fmt.Errorf("intake: %s.base_url: %q is not an http(s) URL", where, e.BaseURL)
+	}
+	if e.UserEnv != "" {
+		if e.User != "" {
+			return a, fmt.Errorf("intake: %s: set user or user_env, not both", where)
+		}
+		if a.User = os.Getenv(e.UserEnv); a.User == "" {
+			return a, fmt.Errorf("intake: %s.user_env: environment variable %s is not set or empty", where, e.UserEnv)
+		}
+	}
+	if e.TokenEnv == "" {
+		return a, fmt.Errorf("intake: %s.token_env: the API credential must come from an environment variable", where)
+	}
+	if a.Token = os.Getenv(e.TokenEnv); a.Token == "" {
+		return a, fmt.Errorf("intake: %s.token_env: environment variable %s is not set or empty", where, e.TokenEnv)
+	}
+	if e.Timeout != "" {
+		d, err := time.ParseDuration(e.Timeout)
+		if err != nil || d <= 0 {
+			return a, fmt.Errorf("intake: %s.timeout: %q is not a positive duration such as 10s", where, e.Timeout)
+		}
+		a.Timeout = d
+	}
+	if e.Retries != nil {
+		if *e.Retries < 0 || *e.Retries > 10 {
+			return a, fmt.Errorf("intake: %s.retries: %d is not between 0 and 10", where, *e.Retries)
+		}
+		a.Retries = *e.Retries
+	}
+	return a, nil
 }
 
 // secretErr describes a bad secret without quoting it (webhook.ParseSecret's errors do not,

@@ -58,7 +58,7 @@ func TestLoadSources(t *testing.T) {
 		{"bad secret", "sources:\n  a:\n    secrets: [whsec_short]\n", "sources.a.secrets[0]: "},
 		{"bad tolerance", "sources:\n  a:\n    secrets_env: [INTAKE_TEST_SECRET]\n    tolerance: soon\n", `sources.a.tolerance: "soon" is not a positive duration`},
 		{"negative tolerance", "sources:\n  a:\n    secrets_env: [INTAKE_TEST_SECRET]\n    tolerance: -1m\n", "sources.a.tolerance"},
-		{"unknown format", "sources:\n  a:\n    secrets_env: [INTAKE_TEST_SECRET]\n    format: bamboohr\n", `sources.a.format: unknown format "bamboohr"`},
+		{"unknown format", "sources:\n  a:\n    secrets_env: [INTAKE_TEST_SECRET]\n    format: peoplesoft\n", `sources.a.format: unknown format "peoplesoft"`},
 		{"empty", "", "empty"},
 		{"no sources", "sources: {}\n", "no webhook sources"},
 		{"wrong type", "sources:\n  a:\n    secrets: whsec_x\n", "cannot unmarshal"},
@@ -89,7 +89,7 @@ func TestBuildSourceErrors(t *testing.T) {
 	}{
 		{"no secrets", SourceConfig{}, "no secrets"},
 		{"bad secret", SourceConfig{Secrets: []string{"whsec_!!"}}, "secrets[0]"},
-		{"unknown format", SourceConfig{Secrets: []string{webhook.NewSecret()}, Format: "workday"}, `unknown format "workday"`},
+		{"unknown format", SourceConfig{Secrets: []string{webhook.NewSecret()}, Format: "peoplesoft"}, `unknown format "peoplesoft"`},
 	}
 	for _, c := range cases {
 		if _, err := buildSource("src", c.cfg, time.Now); err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "source src") {

@@ -36,16 +36,53 @@ type Adapter interface {
 	Decode(ctx context.Context, d Delivery) (HREvent, error)
 }
 
-// AdapterFactory builds the adapter of one configured source.
+// BatchAdapter is an Adapter whose deliveries may carry several workers' events (BambooHR's
+// field-based webhooks). Each event is stored and published on its own, under the delivery id
+// plus "/" plus the worker id; the delivery answers 2xx once all of them are.
+type BatchAdapter interface {
+	Adapter
+	DecodeBatch(ctx context.Context, d Delivery) ([]HREvent, error)
+}
+
+// RequestVerifier is an Adapter whose HRIS signs deliveries its own way instead of with
+// Standard Webhooks. VerifyRequest authenticates the raw body and headers with the source's
+// secrets (taken as is, not as "whsec_" secrets) and returns an id for the delivery that stays
+// the same when the HRIS retries it (the replay guard) and the time it was signed. Errors are
+// *InputError with status 401 naming the header.
+type RequestVerifier interface {
+	VerifyRequest(h http.Header, body []byte) (id string, ts time.Time, err error)
+}
+
+// AdapterFactory builds the adapter of one configured source. It checks the source's
+// format-specific settings (such as API) and has no side effects.
 type AdapterFactory func(source string, cfg SourceConfig) (Adapter, error)
 
-// FormatCanonical is tenure's own JSON format (see HREvent).
-const FormatCanonical = "canonical"
+// Built-in formats.
+const (
+	// FormatCanonical is tenure's own JSON format (see HREvent).
+	FormatCanonical = "canonical"
+	// FormatBambooHR: BambooHR event-based (thin) and field-based webhooks, X-BambooHR-Signature.
+	FormatBambooHR = "bamboohr"
+	// FormatHiBob: HiBob webhooks v2 (thin), Bob-Signature.
+	FormatHiBob = "hibob"
+	// FormatWorkday: a Workday-style outbound worker change, Standard Webhooks signature.
+	FormatWorkday = "workday"
+)
+
+type formatInfo struct {
+	factory AdapterFactory
+	// ownSignature: the adapter is a RequestVerifier and the secrets are the vendor's.
+	ownSignature bool
+}
 
 var (
 	formatsMu sync.RWMutex
-	formats   = map[string]AdapterFactory{
-		FormatCanonical: func(string, SourceConfig) (Adapter, error) { return canonicalAdapter{}, nil },
+	// The registry: a new HRIS is one file with its adapter plus one line here.
+	formats = map[string]formatInfo{
+		FormatCanonical: {factory: func(string, SourceConfig) (Adapter, error) { return canonicalAdapter{}, nil }},
+		FormatBambooHR:  {factory: newBambooHRAdapter, ownSignature: true},
+		FormatHiBob:     {factory: newHiBobAdapter, ownSignature: true},
+		FormatWorkday:   {factory: func(string, SourceConfig) (Adapter, error) { return workdayAdapter{}, nil }},
 	}
 )
 
@@ -63,7 +100,7 @@ func RegisterFormat(name string, f AdapterFactory) {
 	if _, dup := formats[name]; dup {
 		panic(fmt.Sprintf("intake: format %q registered twice", name))
 	}
-	formats[name] = f
+	formats[name] = formatInfo{factory: f}
 }
 
 // Formats returns the registered format names, sorted.
@@ -78,7 +115,7 @@ func Formats() []string {
 	return names
 }
 
-func lookupFormat(name string) (AdapterFactory, bool) {
+func lookupFormat(name string) (formatInfo, bool) {
 	formatsMu.RLock()
 	defer formatsMu.RUnlock()
 	f, ok := formats[name]

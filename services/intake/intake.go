@@ -2,9 +2,13 @@
 // webhooks (Standard Webhooks signatures, one or more secrets per source), keeps the worker
 // registry (the current HR record per worker and its history) and publishes each event as an
 // eventsv1.WorkerEvent on tenure.hr.<kind>.<worker>, answering the webhook 2xx only once
-// JetStream has acknowledged the event. It serves WorkforceService.GetWorker over gRPC.
+// JetStream has acknowledged the event. Events effective in the future are held and fire at
+// their time, ended contracts become leavers, and HR snapshots (rosters) are reconciled with
+// the registry; those events go out through the transactional outbox. It serves
+// WorkforceService (GetWorker, ListWorkers, GetHistory, Reconcile) over gRPC.
 //
-// Source formats are pluggable (RegisterFormat); the built-in one is "canonical" (HREvent).
+// Source formats are pluggable (RegisterFormat); built in: "canonical" (HREvent), "bamboohr",
+// "hibob" and "workday".
 package intake
 
 import (
@@ -53,6 +57,9 @@ type Service struct {
 	log     *slog.Logger
 	now     func() time.Time
 	sources map[string]*source
+	relay   *pgstore.Relay
+	// wake pokes the scheduler when an event is held, so a short hold fires on time.
+	wake chan struct{}
 }
 
 // source is a configured webhook source, ready to verify and decode deliveries.
@@ -60,7 +67,10 @@ type source struct {
 	name     string
 	format   string
 	verifier *webhook.Verifier
-	adapter  Adapter
+	// ownVerifier replaces verifier for formats with the vendor's own signature.
+	ownVerifier RequestVerifier
+	adapter     Adapter
+	secrets     int
 }
 
 // ErrWorkerNotFound is returned by GetWorker for a worker the registry does not hold.
@@ -86,7 +96,21 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Service{cfg: cfg, pool: d.Pool, js: d.JS, log: d.Log.With("service", "intake"), now: cfg.Now, sources: map[string]*source{}}
+	if cfg.RescindGrace <= 0 {
+		cfg.RescindGrace = DefaultRescindGrace
+	}
+	if cfg.ScheduleInterval <= 0 {
+		cfg.ScheduleInterval = DefaultScheduleInterval
+	}
+	if cfg.Location == nil {
+		cfg.Location = time.UTC
+	}
+	if cfg.MaxSnapshotBytes <= 0 {
+		cfg.MaxSnapshotBytes = DefaultMaxSnapshotBytes
+	}
+	log := d.Log.With("service", "intake")
+	s := &Service{cfg: cfg, pool: d.Pool, js: d.JS, log: log, now: cfg.Now, sources: map[string]*source{},
+		relay: pgstore.NewRelay(d.Pool, d.JS, log), wake: make(chan struct{}, 1)}
 	names := make([]string, 0, len(cfg.Sources))
 	for name := range cfg.Sources {
 		names = append(names, name)
@@ -107,7 +131,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	}
 	for _, name := range names {
 		s.log.Info("webhook source configured", "source", name, "format", s.sources[name].format,
-			"secrets", len(s.sources[name].verifier.Keys), "tolerance", s.sources[name].verifier.Tolerance.String())
+			"secrets", s.sources[name].secrets, "tolerance", s.sources[name].verifier.Tolerance.String())
 	}
 	return s, nil
 }
@@ -127,35 +151,37 @@ func buildSource(name string, sc SourceConfig, now func() time.Time) (*source, e
 	if v.Tolerance == 0 {
 		v.Tolerance = DefaultTolerance
 	}
-	for i, sec := range sc.Secrets {
-		key, err := webhook.ParseSecret(sec)
-		if err != nil {
-			return nil, fmt.Errorf("%s: secrets[%d]: %s", where, i, secretErr(err))
-		}
-		v.Keys = append(v.Keys, key)
-	}
 	format := sc.Format
 	if format == "" {
 		format = DefaultFormat
 	}
-	factory, ok := lookupFormat(format)
+	info, ok := lookupFormat(format)
 	if !ok {
 		return nil, fmt.Errorf("%s: unknown format %q (known: %v)", where, format, Formats())
 	}
+	if !info.ownSignature {
+		for i, sec := range sc.Secrets {
+			key, err := webhook.ParseSecret(sec)
+			if err != nil {
+				return nil, fmt.Errorf("%s: secrets[%d]: %s", where, i, secretErr(err))
+			}
+			v.Keys = append(v.Keys, key)
+		}
+	}
 	sc.Format = format
 	sc.Tolerance = v.Tolerance
-	a, err := factory(name, sc)
+	sc.now = now
+	a, err := info.factory(name, sc)
 	if err != nil {
 		return nil, fmt.Errorf("%s: format %s: %w", where, format, err)
 	}
-	return &source{name: name, format: format, verifier: v, adapter: a}, nil
-}
-
-// Run blocks until ctx ends. The intake consumes nothing yet (webhooks arrive through
-// Handler); scheduled effective-dated events and snapshot reconciliation will run here.
-func (s *Service) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
+	src := &source{name: name, format: format, verifier: v, adapter: a, secrets: len(sc.Secrets)}
+	if rv, ok := a.(RequestVerifier); ok {
+		src.ownVerifier = rv
+	} else if info.ownSignature {
+		return nil, fmt.Errorf("%s: format %s does not verify its own signatures", where, format)
+	}
+	return src, nil
 }
 
 // RegisterGRPC registers WorkforceService.
@@ -165,8 +191,13 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 
 // AuthRules are the roles allowed per gRPC method.
 func (s *Service) AuthRules() authn.Rules {
+	readers := []authn.Role{authn.RoleOperator, authn.RoleApprover, authn.RoleAuditor, authn.RoleSecurity}
 	return authn.Rules{
-		intakev1.WorkforceService_GetWorker_FullMethodName: {authn.RoleOperator, authn.RoleApprover, authn.RoleAuditor, authn.RoleSecurity},
+		intakev1.WorkforceService_GetWorker_FullMethodName:   readers,
+		intakev1.WorkforceService_ListWorkers_FullMethodName: readers,
+		intakev1.WorkforceService_GetHistory_FullMethodName:  readers,
+		// Reconcile can terminate workers: operators (and admins, who pass every rule).
+		intakev1.WorkforceService_Reconcile_FullMethodName: {authn.RoleOperator, authn.RoleAdmin},
 	}
 }
 

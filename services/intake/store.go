@@ -37,27 +37,35 @@ func loadWorker(ctx context.Context, q querier, id string, forUpdate bool) (*rec
 	if forUpdate {
 		sql += " FOR UPDATE"
 	}
-	w := &eventsv1.Worker{}
-	r := &record{worker: w}
-	var wt, st string
-	err := q.QueryRow(ctx, sql, id).Scan(&w.WorkerId, &wt, &st, &w.GivenName, &w.FamilyName, &w.Email, &w.JobCode,
-		&w.Department, &w.ManagerId, &w.Location, &w.StartDate, &w.EndDate, &w.SponsorId, &w.VendorOrg,
-		&r.effectiveTime, &r.lastEventID, &r.source, &r.updatedAt)
+	r, err := scanRecord(q.QueryRow(ctx, sql, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("intake: load worker: %w", err)
 	}
+	return r, nil
+}
+
+// scanRecord reads a row of workerColumns.
+func scanRecord(row pgx.Row) (*record, error) {
+	w := &eventsv1.Worker{}
+	r := &record{worker: w}
+	var wt, st string
+	err := row.Scan(&w.WorkerId, &wt, &st, &w.GivenName, &w.FamilyName, &w.Email, &w.JobCode,
+		&w.Department, &w.ManagerId, &w.Location, &w.StartDate, &w.EndDate, &w.SponsorId, &w.VendorOrg,
+		&r.effectiveTime, &r.lastEventID, &r.source, &r.updatedAt)
+	if err != nil {
+		return nil, err
+	}
 	w.WorkerType = workerTypes[wt]
 	w.Status = statusFromToken(st)
 	return r, nil
 }
 
-// upsertWorker makes w the current record unless the stored one is newer. It reports
-// whether the row changed.
-func upsertWorker(ctx context.Context, tx pgx.Tx, w *eventsv1.Worker, eff time.Time, eventID, source string, now time.Time) (bool, error) {
-	tag, err := tx.Exec(ctx, `INSERT INTO workers (`+workerColumns+`)
+// queueUpsertWorker makes w the current record unless the stored one is newer.
+func queueUpsertWorker(b *pgx.Batch, w *eventsv1.Worker, eff time.Time, eventID, source string, now time.Time) {
+	b.Queue(`INSERT INTO workers (`+workerColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 		ON CONFLICT (worker_id) DO UPDATE SET
 			worker_type = EXCLUDED.worker_type, status = EXCLUDED.status,
@@ -71,26 +79,19 @@ func upsertWorker(ctx context.Context, tx pgx.Tx, w *eventsv1.Worker, eff time.T
 		w.WorkerId, workerTypeToken(w.WorkerType), statusToken(w.Status), w.GivenName, w.FamilyName, w.Email,
 		w.JobCode, w.Department, w.ManagerId, w.Location, w.StartDate, w.EndDate, w.SponsorId, w.VendorOrg,
 		eff, eventID, source, now)
-	if err != nil {
-		return false, fmt.Errorf("intake: upsert worker: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
 }
 
 var historyJSON = protojson.MarshalOptions{UseProtoNames: true, UseEnumNumbers: false}
 
-func appendHistory(ctx context.Context, tx pgx.Tx, c change, w *eventsv1.Worker, eventID, source string, eff, received time.Time, applied bool) error {
+func queueHistory(b *pgx.Batch, c change, w *eventsv1.Worker, eventID, source string, eff, received time.Time, applied bool) error {
 	rec, err := historyJSON.Marshal(w)
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO worker_history
+	b.Queue(`INSERT INTO worker_history
 		(worker_id, event_id, source, hr_event_type, kind, reason, record, effective_time, received_at, applied)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 		w.WorkerId, eventID, source, c.hrType, c.typ.token, c.reason, rec, eff, received, applied)
-	if err != nil {
-		return fmt.Errorf("intake: append worker history: %w", err)
-	}
 	return nil
 }
 

@@ -14,14 +14,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/webhook"
-	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 )
 
 // SubjectPrefix is the subject space of the intake's events.
@@ -38,12 +37,17 @@ const maxWebhookIDLen = 200
 //	415 Content-Type is not application/json
 //	413 body over MaxBodyBytes
 //	401 Standard Webhooks headers missing or malformed, timestamp outside the tolerance,
-//	    or no signature matching a secret of the source (verified over the raw body)
+//	    or no signature matching a secret of the source (verified over the raw body); formats
+//	    with the vendor's own scheme (bamboohr, hibob) check its headers instead
 //	400 body is not one JSON value of the source's format (unknown field, bad syntax, ...)
 //	422 the event is not valid (missing worker_id, unknown type, bad date, ...)
 //	409 the webhook-id was received before with a different body
 //	200 {"status":"duplicate","event_id":...} the webhook-id was received before
+//	200 {"status":"ignored"} an authentic delivery with nothing for tenure (vendor ping, ...)
 //	202 {"status":"accepted","event_id":...,"subject":...,"stream_seq":...}
+//	202 {"status":"scheduled","event_id":...,"effective_time":...} held until its effective time
+//	202 {"status":"accepted","stale":true,...} older than the registry: recorded, not published
+//	422 also: a rescind outside the grace window or of a worker who is not terminated
 //	503 JetStream or Postgres unavailable: nothing was stored, the sender should retry
 //
 // The handler is wrapped in otelhttp, so a trace starts at the webhook (or continues the
@@ -52,11 +56,15 @@ func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	// No method in the pattern: an unknown source must answer 404 before the method is checked.
 	mux.HandleFunc("/webhooks/{source}", s.serveWebhook)
+	mux.HandleFunc("/snapshots/{source}", s.serveSnapshot)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, errorBody{Error: "no such endpoint; webhooks are POST /webhooks/{source}"})
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "no such endpoint; webhooks are POST /webhooks/{source}, rosters POST /snapshots/{source}"})
 	})
 	return otelhttp.NewHandler(mux, "intake.webhook",
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			if strings.HasPrefix(r.URL.Path, "/snapshots/") {
+				return r.Method + " /snapshots/{source}"
+			}
 			return r.Method + " /webhooks/{source}"
 		}))
 }
@@ -71,9 +79,13 @@ type acceptedBody struct {
 	EventID   string `json:"event_id"`
 	Subject   string `json:"subject,omitempty"`
 	StreamSeq uint64 `json:"stream_seq,omitempty"`
-	// Stale is true when the event was older than the registry's record: it was recorded in
-	// the history and published, but the current record did not change.
+	// Stale is true when the event was older than the registry's record and changed nothing:
+	// it was recorded in the history, not published.
 	Stale bool `json:"stale,omitempty"`
+	// EffectiveTime of a held (status "scheduled") event: it fires then.
+	EffectiveTime string `json:"effective_time,omitempty"`
+	// Events of a delivery that carried several (BambooHR field-based webhooks).
+	Events []acceptedBody `json:"events,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -111,15 +123,20 @@ func (s *Service) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	if o.reason != "" {
 		attrs = append(attrs, "reason", o.reason)
 	}
-	level := slog.LevelInfo
-	switch {
-	case o.status >= 500:
-		level = slog.LevelError
+	if o.status >= 500 {
 		attrs = append(attrs, "err", o.err)
-	case o.status >= 400:
-		level = slog.LevelWarn
 	}
-	s.log.Log(ctx, level, "webhook", attrs...)
+	s.log.Log(ctx, levelOf(o.status), "webhook", attrs...)
+}
+
+func levelOf(status int) slog.Level {
+	switch {
+	case status >= 500:
+		return slog.LevelError
+	case status >= 400:
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
 }
 
 // fail answers an error and returns the outcome to log.
@@ -160,59 +177,156 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 	}
 
 	// Verify the signature over the raw bytes, before anything looks inside them.
-	o.webhookID = r.Header.Get(webhook.HeaderID)
-	ts, err := src.verifier.Verify(o.webhookID, r.Header.Get(webhook.HeaderTimestamp), r.Header.Get(webhook.HeaderSignature), body)
-	if err != nil {
-		return fail(w, o, http.StatusUnauthorized, signatureField(err), err.Error())
+	d, vo, ok := s.verify(w, r, src, body, o)
+	if !ok {
+		return vo
 	}
-	if len(o.webhookID) > maxWebhookIDLen {
-		return fail(w, o, http.StatusBadRequest, webhook.HeaderID, fmt.Sprintf("webhook-id is longer than %d bytes", maxWebhookIDLen))
-	}
-	if err := checkText(webhook.HeaderID, o.webhookID, maxWebhookIDLen); err != nil {
-		return fail(w, o, http.StatusBadRequest, webhook.HeaderID, err.Error())
-	}
+	o = vo
 
-	d := Delivery{Source: name, WebhookID: o.webhookID, Timestamp: ts, Received: s.now(), Body: body}
-	ev, err := src.adapter.Decode(r.Context(), d)
+	evs, err := decodeAll(r.Context(), src.adapter, d)
+	if errors.Is(err, ErrIgnored) {
+		writeJSON(w, http.StatusOK, acceptedBody{Status: "ignored"})
+		o.status, o.outcome = http.StatusOK, "ignored"
+		return o
+	}
 	if err != nil {
 		return s.inputFailure(w, o, err)
 	}
-	o.workerID = clip(ev.Worker.WorkerID)
-	c, err := validate(ev)
-	if err != nil {
-		return s.inputFailure(w, o, err)
+	// Validate every event before storing any, so a bad delivery stores nothing.
+	changes := make([]change, len(evs))
+	for i, ev := range evs {
+		o.workerID = clip(ev.Worker.WorkerID)
+		if changes[i], err = validate(ev); err != nil {
+			if len(evs) > 1 {
+				err = prefixField(err, fmt.Sprintf("events[%d]", i))
+			}
+			return s.inputFailure(w, o, err)
+		}
 	}
 
 	// A client that hangs up must not abort the transaction between PubAck and commit, so
 	// ingest runs on a context that keeps the trace but not the request's cancellation.
 	ictx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.PublishTimeout+30*time.Second)
 	defer cancel()
-	res, err := s.ingest(ictx, d, c)
-	o.eventID = eventID(name, o.webhookID)
-	switch {
-	case errors.Is(err, errConflict):
-		o.outcome = "conflict"
-		return fail(w, o, http.StatusConflict, webhook.HeaderID,
-			fmt.Sprintf("webhook-id %q was already received from source %s with a different body", clip(o.webhookID), name))
-	case err != nil:
-		o.outcome, o.err = "unavailable", err
-		w.Header().Set("Retry-After", "30")
-		msg := "the event could not be stored; nothing was recorded, retry later"
-		if errors.Is(err, errPublish) {
-			msg = "the event stream is unavailable; nothing was recorded, retry later"
+	results := make([]acceptedBody, 0, len(changes))
+	allDup, anyStale := true, false
+	for _, c := range changes {
+		dd := d
+		if len(changes) > 1 {
+			dd.WebhookID = d.WebhookID + "/" + c.worker.WorkerId
 		}
-		return fail(w, o, http.StatusServiceUnavailable, "", msg)
-	case res.duplicate:
-		writeJSON(w, http.StatusOK, acceptedBody{Status: "duplicate", EventID: res.eventID, Subject: res.subject, StreamSeq: res.seq})
-		o.status, o.outcome = http.StatusOK, "duplicate"
-		return o
+		res, err := s.ingest(ictx, dd, c)
+		o.eventID = eventID(name, dd.WebhookID)
+		var ie *InputError
+		switch {
+		case errors.Is(err, errConflict):
+			o.outcome = "conflict"
+			return fail(w, o, http.StatusConflict, webhook.HeaderID,
+				fmt.Sprintf("webhook-id %q was already received from source %s with a different body", clip(dd.WebhookID), name))
+		case errors.As(err, &ie):
+			return s.inputFailure(w, o, err)
+		case err != nil:
+			o.outcome, o.err = "unavailable", err
+			w.Header().Set("Retry-After", "30")
+			msg := "the event could not be stored; nothing was recorded, retry later"
+			if errors.Is(err, errPublish) {
+				msg = "the event stream is unavailable; nothing was recorded, retry later"
+			}
+			return fail(w, o, http.StatusServiceUnavailable, "", msg)
+		}
+		b := acceptedBody{Status: "accepted", EventID: res.eventID, Subject: res.subject, StreamSeq: res.seq, Stale: res.stale}
+		switch {
+		case res.duplicate:
+			b.Status = "duplicate"
+		case res.scheduled:
+			b.Status, b.EffectiveTime = "scheduled", res.effective.UTC().Format(time.RFC3339Nano)
+		}
+		allDup = allDup && res.duplicate
+		anyStale = anyStale || res.stale
+		results = append(results, b)
 	}
-	writeJSON(w, http.StatusAccepted, acceptedBody{Status: "accepted", EventID: res.eventID, Subject: res.subject, StreamSeq: res.seq, Stale: res.stale})
-	o.status, o.outcome = http.StatusAccepted, "accepted"
-	if res.stale {
+	code := http.StatusAccepted
+	if allDup {
+		code = http.StatusOK
+	}
+	if len(results) == 1 {
+		writeJSON(w, code, results[0])
+		o.outcome = results[0].Status
+	} else {
+		status := "accepted"
+		if allDup {
+			status = "duplicate"
+		}
+		writeJSON(w, code, acceptedBody{Status: status, Events: results})
+		o.outcome = status
+	}
+	o.status = code
+	if anyStale {
 		o.outcome = "accepted_stale"
 	}
 	return o
+}
+
+// decodeAll runs the adapter: every event of a batch format, or the one event.
+func decodeAll(ctx context.Context, a Adapter, d Delivery) ([]HREvent, error) {
+	if b, ok := a.(BatchAdapter); ok {
+		evs, err := b.DecodeBatch(ctx, d)
+		if err == nil && len(evs) == 0 {
+			return nil, Unprocessable("", "the delivery holds no event")
+		}
+		return evs, err
+	}
+	ev, err := a.Decode(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	return []HREvent{ev}, nil
+}
+
+func prefixField(err error, prefix string) error {
+	var ie *InputError
+	if !errors.As(err, &ie) {
+		return err
+	}
+	out := *ie
+	if out.Field != "" {
+		out.Field = prefix + "." + out.Field
+	} else {
+		out.Field = prefix
+	}
+	out.Message = prefix + ": " + out.Message
+	return &out
+}
+
+// verify authenticates a delivery with the source's scheme (Standard Webhooks, or the
+// vendor's own) and returns it; ok is false when the answer has been written.
+func (s *Service) verify(w http.ResponseWriter, r *http.Request, src *source, body []byte, o outcome) (Delivery, outcome, bool) {
+	var ts time.Time
+	if src.ownVerifier != nil {
+		id, t, err := src.ownVerifier.VerifyRequest(r.Header, body)
+		if err != nil {
+			var ie *InputError
+			if errors.As(err, &ie) {
+				return Delivery{}, fail(w, o, ie.Status, ie.Field, ie.Error()), false
+			}
+			return Delivery{}, fail(w, o, http.StatusUnauthorized, "", err.Error()), false
+		}
+		o.webhookID, ts = id, t
+	} else {
+		o.webhookID = r.Header.Get(webhook.HeaderID)
+		t, err := src.verifier.Verify(o.webhookID, r.Header.Get(webhook.HeaderTimestamp), r.Header.Get(webhook.HeaderSignature), body)
+		if err != nil {
+			return Delivery{}, fail(w, o, http.StatusUnauthorized, signatureField(err), err.Error()), false
+		}
+		ts = t
+	}
+	if len(o.webhookID) > maxWebhookIDLen {
+		return Delivery{}, fail(w, o, http.StatusBadRequest, webhook.HeaderID, fmt.Sprintf("webhook-id is longer than %d bytes", maxWebhookIDLen)), false
+	}
+	if err := checkText(webhook.HeaderID, o.webhookID, maxWebhookIDLen); err != nil {
+		return Delivery{}, fail(w, o, http.StatusBadRequest, webhook.HeaderID, err.Error()), false
+	}
+	return Delivery{Source: src.name, WebhookID: o.webhookID, Timestamp: ts, Received: s.now(), Body: body}, o, true
 }
 
 func (s *Service) inputFailure(w http.ResponseWriter, o outcome, err error) outcome {
@@ -265,6 +379,8 @@ var (
 type ingestResult struct {
 	duplicate bool
 	stale     bool
+	scheduled bool
+	effective time.Time
 	eventID   string
 	subject   string
 	seq       uint64
@@ -273,8 +389,9 @@ type ingestResult struct {
 // ingest records and publishes one validated event, all or nothing.
 //
 // Everything happens in one Postgres transaction: the receipt row (whose primary key is the
-// replay guard), the registry update and the history row; then the event is published to
-// JetStream and the transaction commits only after the PubAck. So:
+// replay guard) and the worker's row lock in one round trip; the event is computed and
+// published to JetStream; the registry update, the history row and the stream sequence go in
+// one more round trip; the transaction commits only after the PubAck. So:
 //   - publish fails → rollback, 503: nothing is stored and the HRIS retries later.
 //   - commit fails after the PubAck → 503 too, and the event is in the stream but not in
 //     Postgres. The HRIS retries with the same webhook-id, so the retry is processed again and
@@ -285,6 +402,10 @@ type ingestResult struct {
 //   - concurrent deliveries of one webhook-id: the second INSERT of the receipt waits on the
 //     first one's uncommitted row and then sees the conflict (→ 200 duplicate), or inserts if
 //     the first rolled back. Only one of them publishes.
+//
+// An event effective in the future is not applied now: it is held in scheduled_events (in the
+// same transaction as its receipt) and Run applies and publishes it, through the outbox, when
+// its time comes. A stale event that changes nothing is recorded but not published.
 //
 // The transaction stays open while publishing; that holds one connection and the worker's row
 // lock for at most PublishTimeout.
@@ -300,11 +421,27 @@ func (s *Service) ingest(ctx context.Context, d Delivery, c change) (res ingestR
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 
-	tag, err := tx.Exec(ctx, `INSERT INTO receipts (source, webhook_id, body_sha256, event_id, worker_id, subject, received_at)
+	// The receipt (the replay guard) and the worker's row lock in one round trip.
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO receipts (source, webhook_id, body_sha256, event_id, worker_id, subject, received_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, webhook_id) DO NOTHING`,
 		d.Source, d.WebhookID, sum[:], res.eventID, c.worker.WorkerId, res.subject, d.Received)
+	b.Queue("SELECT "+workerColumns+" FROM workers WHERE worker_id = $1 FOR UPDATE", c.worker.WorkerId)
+	br := tx.SendBatch(ctx, b)
+	tag, err := br.Exec()
 	if err != nil {
+		br.Close()
 		return res, fmt.Errorf("intake: insert receipt: %w", err)
+	}
+	cur, err := scanRecord(br.QueryRow())
+	if errors.Is(err, pgx.ErrNoRows) {
+		cur, err = nil, nil
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return res, fmt.Errorf("intake: load worker: %w", err)
 	}
 	if tag.RowsAffected() == 0 {
 		var prev []byte
@@ -324,66 +461,56 @@ func (s *Service) ingest(ctx context.Context, d Delivery, c change) (res ingestR
 		return res, nil
 	}
 
-	cur, err := loadWorker(ctx, tx, c.worker.WorkerId, true)
-	if err != nil {
-		return res, err
-	}
-	w := c.worker
-	var curStatus eventsv1.WorkerStatus
-	if cur != nil {
-		curStatus = cur.worker.Status
-		if !et.full {
-			fill(w, cur.worker)
-		}
-	}
-	w.Status = statusAfter(et, curStatus)
 	eff := c.effectiveTime
 	if eff.IsZero() {
 		eff = d.Received
 	}
-	res.stale = cur != nil && eff.Before(cur.effectiveTime)
-	applied := false
-	if !res.stale {
-		if applied, err = upsertWorker(ctx, tx, w, eff, res.eventID, d.Source, d.Received); err != nil {
+	if eff.After(s.now()) {
+		if err := holdEvent(ctx, tx, d, c, res.eventID, eff); err != nil {
 			return res, err
 		}
-		res.stale = !applied
-	}
-	if err := appendHistory(ctx, tx, c, w, res.eventID, d.Source, eff, d.Received, applied); err != nil {
-		return res, err
+		if err := tx.Commit(ctx); err != nil {
+			return res, fmt.Errorf("intake: commit: %w", err)
+		}
+		res.scheduled, res.effective = true, eff
+		s.wakeScheduler()
+		return res, nil
 	}
 
-	msg, err := events.Msg(ctx, events.Event{
-		ID:       res.eventID,
-		Subject:  res.subject,
-		Source:   "tenure/intake/" + d.Source,
-		WorkerID: w.WorkerId,
-		Actor:    "hris:" + d.Source,
-		Time:     d.Received,
-		Payload: &eventsv1.WorkerEvent{
-			EventId:       d.WebhookID,
-			Source:        d.Source,
-			Kind:          et.kind,
-			HrEventType:   c.hrType,
-			Worker:        w,
-			EffectiveTime: timestamppb.New(eff),
-			ReceivedTime:  timestamppb.New(d.Received),
-		},
-	})
+	publish := func(ev events.Event) (func(*pgx.Batch), error) {
+		msg, err := events.Msg(ctx, ev)
+		if err != nil {
+			return nil, err
+		}
+		pctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
+		ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(natsx.EventsStream))
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", errPublish, ev.Subject, err)
+		}
+		res.seq = ack.Sequence
+		return func(b *pgx.Batch) {
+			b.Queue(`UPDATE receipts SET stream_seq = $3, subject = $4 WHERE source = $1 AND webhook_id = $2`,
+				d.Source, d.WebhookID, int64(ack.Sequence), ev.Subject)
+		}, nil
+	}
+	ar, err := s.apply(ctx, tx, pending{source: d.Source, sourceEventID: d.WebhookID, eventID: res.eventID, c: c,
+		eff: eff, received: d.Received, actor: "hris:" + d.Source, cur: cur, loaded: true, beforeWrite: publish})
 	if err != nil {
 		return res, err
 	}
-	pctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
-	ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(natsx.EventsStream))
-	cancel()
-	if err != nil {
-		return res, fmt.Errorf("%w: %s: %w", errPublish, res.subject, err)
+	res.stale = !ar.publish
+	if !ar.publish {
+		res.subject = ""
+		if _, err := tx.Exec(ctx, `UPDATE receipts SET subject = '' WHERE source = $1 AND webhook_id = $2`, d.Source, d.WebhookID); err != nil {
+			return res, fmt.Errorf("intake: update receipt: %w", err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return res, fmt.Errorf("intake: commit: %w", err)
+		}
+		return res, nil
 	}
-	res.seq = ack.Sequence
-	if _, err := tx.Exec(ctx, `UPDATE receipts SET stream_seq = $3 WHERE source = $1 AND webhook_id = $2`,
-		d.Source, d.WebhookID, int64(ack.Sequence)); err != nil {
-		return res, fmt.Errorf("intake: record stream sequence (event %s is published; the retry is deduplicated): %w", res.eventID, err)
-	}
+	res.subject = ar.ev.Subject
 	if err := tx.Commit(ctx); err != nil {
 		return res, fmt.Errorf("intake: commit (event %s is published; the retry is deduplicated): %w", res.eventID, err)
 	}

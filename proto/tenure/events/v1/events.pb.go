@@ -699,6 +699,9 @@ type WorkerEvent struct {
 	Worker        *Worker                `protobuf:"bytes,5,opt,name=worker,proto3" json:"worker,omitempty"`
 	EffectiveTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=effective_time,json=effectiveTime,proto3" json:"effective_time,omitempty"`
 	ReceivedTime  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=received_time,json=receivedTime,proto3" json:"received_time,omitempty"`
+	// Why, as HR or tenure gave it: free text from the HRIS, or "snapshot" / "contract_end"
+	// for events tenure generated.
+	Reason        string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -780,6 +783,13 @@ func (x *WorkerEvent) GetReceivedTime() *timestamppb.Timestamp {
 		return x.ReceivedTime
 	}
 	return nil
+}
+
+func (x *WorkerEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // Approval is one completed approval stage.
@@ -2061,7 +2071,7 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"sponsor_id\x18\r \x01(\tR\tsponsorId\x12\x1d\n" +
 	"\n" +
-	"vendor_org\x18\x0e \x01(\tR\tvendorOrg\"\xd1\x02\n" +
+	"vendor_org\x18\x0e \x01(\tR\tvendorOrg\"\xe9\x02\n" +
 	"\vWorkerEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x125\n" +
@@ -2069,7 +2079,8 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\rhr_event_type\x18\x04 \x01(\tR\vhrEventType\x120\n" +
 	"\x06worker\x18\x05 \x01(\v2\x18.tenure.events.v1.WorkerR\x06worker\x12A\n" +
 	"\x0eeffective_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveTime\x12?\n" +
-	"\rreceived_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\freceivedTime\"\xaf\x01\n" +
+	"\rreceived_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\freceivedTime\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\"\xaf\x01\n" +
 	"\bApproval\x12\x14\n" +
 	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x1a\n" +
 	"\bapprover\x18\x02 \x01(\tR\bapprover\x129\n" +

@@ -1,0 +1,246 @@
+package intake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tenure-dev/tenure/pkg/events"
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+)
+
+// pending is one validated HR event about to be applied to the registry, whatever brought it:
+// a webhook, a held event whose time came, an ended contract or a snapshot.
+type pending struct {
+	source        string
+	sourceEventID string // WorkerEvent.event_id: the webhook-id or a derived id
+	eventID       string // ce-id and Nats-Msg-Id
+	c             change
+	eff           time.Time
+	received      time.Time
+	actor         string
+	// cur is the worker's record, already read FOR UPDATE in tx when loaded is true.
+	cur    *record
+	loaded bool
+	// beforeWrite, when set, is called with the event to publish before the registry writes;
+	// it returns a statement to add to their batch.
+	beforeWrite func(events.Event) (func(*pgx.Batch), error)
+}
+
+// outcomeOf an apply.
+type applyResult struct {
+	ev events.Event
+	// publish is false for a stale event that changed nothing: it is kept in the history but
+	// not published, so nothing downstream can read an old state as news.
+	publish bool
+	stale   bool
+	worker  *eventsv1.Worker
+}
+
+// apply applies one event to the registry and history in tx, in effective-time order:
+//
+//   - an event at or after the current record's effective time applies;
+//   - an older (stale) event does not change the record and is not published — except a
+//     leaver: a termination effective before the current record still terminates the worker
+//     (retroactively, keeping the newer attributes), unless a hire, rehire or rescind applied
+//     after it. So a late job change or joiner never re-activates a leaver, and a late
+//     termination is never lost;
+//   - a termination_rescinded cancels held terminations of the worker and, if the worker is
+//     terminated and the termination is within Config.RescindGrace, restores the record the
+//     worker had before it. Otherwise it is a 422.
+func (s *Service) apply(ctx context.Context, tx pgx.Tx, p pending) (applyResult, error) {
+	et := p.c.typ
+	w := proto.Clone(p.c.worker).(*eventsv1.Worker)
+	id := w.WorkerId
+	cur := p.cur
+	if !p.loaded {
+		var err error
+		if cur, err = loadWorker(ctx, tx, id, true); err != nil {
+			return applyResult{}, err
+		}
+	}
+	eff := p.eff
+	var curStatus eventsv1.WorkerStatus
+	if cur != nil {
+		curStatus = cur.worker.Status
+	}
+	res := applyResult{publish: true}
+	writeEff := eff
+	switch {
+	case p.c.hrType == "termination_rescinded":
+		base, err := s.rescind(ctx, tx, id, cur, p.received)
+		if err != nil {
+			return applyResult{}, err
+		}
+		fill(w, base)
+		w.Status = base.Status
+		if cur != nil && eff.Before(cur.effectiveTime) {
+			// A rescind undoes the termination now, whatever date HR put on it.
+			eff = cur.effectiveTime
+		}
+		writeEff = eff
+	case cur != nil && eff.Before(cur.effectiveTime):
+		res.stale = true
+		if !et.full {
+			fill(w, cur.worker)
+		}
+		w.Status = statusAfter(et, curStatus)
+		if et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER && curStatus != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
+			back, err := reactivatedAfter(ctx, tx, id, eff)
+			if err != nil {
+				return applyResult{}, err
+			}
+			if !back {
+				// Retroactive termination: the newer attributes stay, the worker leaves.
+				res.stale = false
+				nw := proto.Clone(cur.worker).(*eventsv1.Worker)
+				nw.Status = eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED
+				if p.c.worker.EndDate != "" {
+					nw.EndDate = p.c.worker.EndDate
+				}
+				w = nw
+				writeEff = cur.effectiveTime
+			}
+		}
+	default:
+		if cur != nil && !et.full {
+			fill(w, cur.worker)
+		}
+		w.Status = statusAfter(et, curStatus)
+	}
+
+	res.publish = !res.stale
+	if res.stale {
+		res.worker = cur.worker
+	} else {
+		res.worker = w
+		res.ev = events.Event{
+			ID:       p.eventID,
+			Subject:  events.Subject(SubjectPrefix, et.token, id),
+			Source:   "tenure/intake/" + p.source,
+			WorkerID: id,
+			Actor:    p.actor,
+			Time:     p.received,
+			Payload: &eventsv1.WorkerEvent{
+				EventId:       p.sourceEventID,
+				Source:        p.source,
+				Kind:          et.kind,
+				HrEventType:   p.c.hrType,
+				Reason:        p.c.reason,
+				Worker:        w,
+				EffectiveTime: timestamppb.New(eff),
+				ReceivedTime:  timestamppb.New(p.received),
+			},
+		}
+	}
+	// The webhook path publishes here, before the writes, and adds a statement (the stream
+	// sequence) to their batch; the transaction still commits only after the PubAck.
+	var extra func(*pgx.Batch)
+	if p.beforeWrite != nil && res.publish {
+		var err error
+		if extra, err = p.beforeWrite(res.ev); err != nil {
+			return applyResult{}, err
+		}
+	}
+	// The record, the history row (and extra) go in one round trip. Under the row lock an
+	// event that is not stale always applies (writeEff is never before the stored one).
+	b := &pgx.Batch{}
+	if !res.stale {
+		queueUpsertWorker(b, w, writeEff, p.eventID, p.source, p.received)
+	}
+	if err := queueHistory(b, p.c, w, p.eventID, p.source, eff, p.received, !res.stale); err != nil {
+		return applyResult{}, err
+	}
+	if extra != nil {
+		extra(b)
+	}
+	br := tx.SendBatch(ctx, b)
+	defer br.Close()
+	if !res.stale {
+		tag, err := br.Exec()
+		if err != nil {
+			return applyResult{}, fmt.Errorf("intake: upsert worker: %w", err)
+		}
+		if tag.RowsAffected() != 1 {
+			return applyResult{}, fmt.Errorf("intake: upsert worker %s: a newer record appeared under the row lock", id)
+		}
+	}
+	if _, err := br.Exec(); err != nil {
+		return applyResult{}, fmt.Errorf("intake: append worker history: %w", err)
+	}
+	if extra != nil {
+		if _, err := br.Exec(); err != nil {
+			return applyResult{}, fmt.Errorf("intake: record stream sequence (event %s is published; the retry is deduplicated): %w", p.eventID, err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return applyResult{}, err
+	}
+	return res, nil
+}
+
+// reactivatedAfter reports whether an event that brings a worker back applied after t.
+func reactivatedAfter(ctx context.Context, tx pgx.Tx, id string, t time.Time) (bool, error) {
+	var back bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM worker_history WHERE worker_id = $1 AND applied
+		AND effective_time > $2 AND hr_event_type IN ('hire', 'rehire', 'termination_rescinded'))`, id, t).Scan(&back)
+	if err != nil {
+		return false, fmt.Errorf("intake: read history: %w", err)
+	}
+	return back, nil
+}
+
+// rescind cancels held terminations of the worker and returns the record to restore.
+func (s *Service) rescind(ctx context.Context, tx pgx.Tx, id string, cur *record, now time.Time) (*eventsv1.Worker, error) {
+	tag, err := tx.Exec(ctx, `UPDATE scheduled_events SET state = 'cancelled', done_at = $2, error = 'rescinded'
+		WHERE worker_id = $1 AND state = 'scheduled' AND hr_event_type IN ('termination', 'contract_end')`, id, now)
+	if err != nil {
+		return nil, fmt.Errorf("intake: cancel held terminations: %w", err)
+	}
+	cancelled := tag.RowsAffected()
+	if cur == nil || cur.worker.Status != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
+		if cancelled > 0 && cur != nil {
+			return cur.worker, nil
+		}
+		if cancelled > 0 {
+			return &eventsv1.Worker{WorkerId: id, Status: eventsv1.WorkerStatus_WORKER_STATUS_ACTIVE}, nil
+		}
+		return nil, Unprocessable("worker.worker_id", "worker %q has no termination to rescind", clip(id))
+	}
+	var termEff time.Time
+	err = tx.QueryRow(ctx, `SELECT effective_time FROM worker_history WHERE worker_id = $1 AND applied AND kind = 'leaver'
+		ORDER BY effective_time DESC, seq DESC LIMIT 1`, id).Scan(&termEff)
+	if errors.Is(err, pgx.ErrNoRows) {
+		termEff = cur.effectiveTime
+	} else if err != nil {
+		return nil, fmt.Errorf("intake: read history: %w", err)
+	}
+	if now.Sub(termEff) > s.cfg.RescindGrace {
+		return nil, Unprocessable("type", "the termination of worker %q took effect %s, more than the rescind grace window (%s) ago; send a rehire instead",
+			clip(id), termEff.UTC().Format(time.RFC3339), s.cfg.RescindGrace)
+	}
+	// Restore the record from before the termination.
+	var raw []byte
+	err = tx.QueryRow(ctx, `SELECT record FROM worker_history WHERE worker_id = $1 AND applied AND kind <> 'leaver'
+		AND effective_time <= $2 ORDER BY effective_time DESC, seq DESC LIMIT 1`, id, termEff).Scan(&raw)
+	prior := proto.Clone(cur.worker).(*eventsv1.Worker)
+	prior.EndDate = ""
+	if err == nil {
+		pw := &eventsv1.Worker{}
+		if protojson.Unmarshal(raw, pw) == nil {
+			prior = pw
+		}
+	} else if !errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("intake: read history: %w", err)
+	}
+	if prior.Status != eventsv1.WorkerStatus_WORKER_STATUS_ON_LEAVE {
+		prior.Status = eventsv1.WorkerStatus_WORKER_STATUS_ACTIVE
+	}
+	return prior, nil
+}
