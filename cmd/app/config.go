@@ -46,6 +46,12 @@ type ServeConfig struct {
 	LogLevel       string            `yaml:"log_level"`
 	ConnectTimeout time.Duration     `yaml:"connect_timeout"`
 	CaseDeadline   time.Duration     `yaml:"case_deadline"`
+	// LedgerKeyFile holds the ledger's Ed25519 checkpoint key (created if missing); every
+	// ledger replica uses the same file.
+	LedgerKeyFile string `yaml:"ledger_key_file"`
+	// LedgerWriterRole is the database role the ledger runs as: it may only INSERT and
+	// SELECT its entries; `tenure setup` migrates the schema as its owner.
+	LedgerWriterRole string `yaml:"ledger_writer_role"`
 }
 
 // option binds one setting to its flag and environment variable.
@@ -79,6 +85,8 @@ func (c *ServeConfig) options() []option {
 		{flag: "log-format", env: "TENURE_LOG_FORMAT", usage: "text or json", str: &c.LogFormat},
 		{flag: "log-level", env: "TENURE_LOG_LEVEL", usage: "debug, info, warn, error", str: &c.LogLevel},
 		{flag: "connect-timeout", env: "TENURE_CONNECT_TIMEOUT", usage: "how long to wait for NATS and PostgreSQL at start", dur: &c.ConnectTimeout},
+		{flag: "ledger-key-file", env: "TENURE_LEDGER_KEY_FILE", usage: "ledger checkpoint signing key (Ed25519, PEM; created if missing)", str: &c.LedgerKeyFile},
+		{flag: "ledger-writer-role", env: "TENURE_LEDGER_WRITER_ROLE", usage: "database role the ledger runs as (INSERT/SELECT only; schema migrated by `tenure setup`)", str: &c.LedgerWriterRole},
 		{flag: "case-deadline", env: "TENURE_CASE_DEADLINE", usage: "leaver case deadline before an overdue alert", dur: &c.CaseDeadline},
 	}
 }
@@ -87,6 +95,7 @@ func defaultServeConfig() ServeConfig {
 	return ServeConfig{
 		NATSURL: "nats://127.0.0.1:4222", HTTPAddr: ":8080", GRPCAddr: ":9090", StreamReplicas: 1,
 		LogFormat: "text", LogLevel: "info", ConnectTimeout: 10 * time.Second, CaseDeadline: 5 * time.Minute,
+		LedgerWriterRole: "tenure_ledger",
 	}
 }
 
@@ -232,6 +241,9 @@ func (c *ServeConfig) Validate() error {
 	}
 	if slices.Contains(svcs, "provisioner") && c.Connectors == "" {
 		probs = append(probs, "provisioner needs --connectors")
+	}
+	if slices.Contains(svcs, "ledger") && c.LedgerKeyFile == "" {
+		probs = append(probs, "ledger needs --ledger-key-file (its checkpoint signing key)")
 	}
 	if slices.Contains(svcs, "intake") && c.WebhookSources == "" {
 		probs = append(probs, "intake needs --webhook-sources")

@@ -111,7 +111,7 @@ func StartDev(ctx context.Context, o DevOptions) (_ *Dev, err error) {
 		return nil, err
 	}
 	d.DatabaseURL = tenureURL
-	if err := pgstore.Bootstrap(ctx, tenureURL, Targets, nil); err != nil {
+	if err := SetupDatabase(ctx, tenureURL, nil); err != nil {
 		return nil, err
 	}
 	targetURL, err := EnsureTargetRole(ctx, tenureURL, "")
@@ -132,6 +132,7 @@ func StartDev(ctx context.Context, o DevOptions) (_ *Dev, err error) {
 	cfg.EnsureStreams = true
 	cfg.HTTPAddr, cfg.GRPCAddr = or(o.HTTPAddr, "127.0.0.1:8080"), or(o.GRPCAddr, "127.0.0.1:9090")
 	cfg.TokensFile, cfg.WebhookSources, cfg.Policy, cfg.Connectors = files["tokens"], files["sources"], files["policy"], files["connectors"]
+	cfg.LedgerKeyFile = filepath.Join(dir, "ledger.key")
 	if o.CaseDeadline > 0 {
 		cfg.CaseDeadline = o.CaseDeadline
 	}

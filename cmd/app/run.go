@@ -185,7 +185,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			st.Provisioner = s
 			runners, grpcs = append(runners, s), append(grpcs, s)
 		case "ledger":
-			s, err := ledger.New(ctx, ledger.Config{}, ledger.Deps{Pool: pool, JS: js, Log: slog})
+			s, err := ledger.New(ctx, ledger.Config{KeyFile: cfg.LedgerKeyFile, WriterRole: cfg.LedgerWriterRole}, ledger.Deps{Pool: pool, JS: js, Log: slog})
 			if err != nil {
 				return nil, fmt.Errorf("ledger: %w", err)
 			}
@@ -261,6 +261,25 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 	ok = true
 	log.Info("tenure serving", "services", strings.Join(svcs, ","), "http", st.HTTPAddr, "grpc", st.GRPCAddr, "nats", nc.ConnectedUrlRedacted())
 	return st, nil
+}
+
+// SetupDatabase creates, as a database admin, the per-service roles and schemas, and
+// migrates the ledger as the owner of its schema so the ledger's own role may only INSERT
+// and SELECT. passwords maps a service to its role's password (optional). `tenure setup` and
+// `tenure dev` run it; it is idempotent.
+func SetupDatabase(ctx context.Context, adminURL string, passwords map[string]string) error {
+	if err := pgstore.Bootstrap(ctx, adminURL, []string{"intake", "approval", "provisioner"}, passwords); err != nil {
+		return err
+	}
+	if err := pgstore.BootstrapSplit(ctx, adminURL, "ledger", passwords["ledger"]); err != nil {
+		return err
+	}
+	owner, err := pgstore.Connect(ctx, pgstore.AsRole(adminURL, pgstore.OwnerRoleName("ledger")), "ledger")
+	if err != nil {
+		return fmt.Errorf("ledger owner: %w", err)
+	}
+	defer owner.Close()
+	return ledger.Setup(ctx, owner, pgstore.RoleName("ledger"))
 }
 
 // onlyFileProblems lets in-process callers (tenure dev, tests) pass objects instead of files.

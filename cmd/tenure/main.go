@@ -24,6 +24,7 @@ import (
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
 	"github.com/tenure-dev/tenure/pkg/telemetry"
+	"github.com/tenure-dev/tenure/services/ledger"
 )
 
 const usage = `tenure: HR lifecycle events to provable workforce access.
@@ -34,6 +35,8 @@ Usage:
                                 (T: intake, approval, provisioner, ledger, a comma list, or all)
   tenure setup                  create JetStream streams and per-service database roles
   tenure healthcheck --url U    exit 0 when U answers 200 (container health checks)
+  tenure ledger-prune --archive DIR --pubkey F --database-url ADMIN
+                                delete ledger entries past retention that a verified archive holds
   tenure version
 
 Run 'tenure <command> -h' for the flags of a command.
@@ -67,6 +70,8 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return setup(ctx, args[1:], stdout, stderr)
 	case "healthcheck":
 		return healthcheck(args[1:], stderr)
+	case "ledger-prune":
+		return ledgerPrune(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "tenure", version)
 		return nil
@@ -195,10 +200,11 @@ func setup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, svc := range app.Targets {
 		pw[svc] = os.Getenv("TENURE_DB_PASSWORD_" + strings.ToUpper(svc))
 	}
-	if err := pgstore.Bootstrap(cctx, *dbURL, app.Targets, pw); err != nil {
+	if err := app.SetupDatabase(cctx, *dbURL, pw); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "database roles %s ready, each owning its schema\n", strings.Join(roleNames(), ", "))
+	fmt.Fprintf(stdout, "database roles %s ready, each confined to its schema; ledger migrated as %s\n",
+		strings.Join(roleNames(), ", "), pgstore.OwnerRoleName("ledger"))
 	if pw := os.Getenv("TENURE_DB_PASSWORD_TARGET"); pw != "" || *targetRole {
 		// The demo targets' role (PostgreSQL roles as accounts): CREATEROLE, nothing more.
 		if _, err := app.EnsureTargetRole(cctx, *dbURL, pw); err != nil {
@@ -206,6 +212,42 @@ func setup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintln(stdout, "database role tenure_target ready (demo connectors)")
 	}
+	return nil
+}
+
+// ledgerPrune deletes archived ledger entries older than the retention period. It needs the
+// schema owner's rights (the ledger's own role cannot delete), so it runs here, not over gRPC.
+func ledgerPrune(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("tenure ledger-prune", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dbURL := fs.String("database-url", os.Getenv("TENURE_DATABASE_URL"), "PostgreSQL admin URL of the tenure database (env TENURE_DATABASE_URL)")
+	archive := fs.String("archive", "", "archive directory written by `tenurectl ledger archive`")
+	pubFile := fs.String("pubkey", "", "the ledger's public key (PEM, from `tenurectl ledger pubkey`)")
+	retention := fs.Duration("retention", ledger.DefaultRetention, "keep entries younger than this (HIPAA: 6 years)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dbURL == "" || *archive == "" || *pubFile == "" {
+		return errors.New("--database-url, --archive and --pubkey are required")
+	}
+	pem, err := os.ReadFile(*pubFile)
+	if err != nil {
+		return err
+	}
+	pub, err := ledger.ParsePublicKeyPEM(pem)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *pubFile, err)
+	}
+	owner, err := pgstore.Connect(ctx, pgstore.AsRole(*dbURL, pgstore.OwnerRoleName("ledger")), "ledger")
+	if err != nil {
+		return err
+	}
+	defer owner.Close()
+	n, err := ledger.Prune(ctx, owner, *archive, pub, *retention)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "pruned %d ledger entries held by the verified archive %s\n", n, *archive)
 	return nil
 }
 

@@ -351,7 +351,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		if err := x.print(res, func(tw *tabwriter.Writer) {
 			if res.Ok {
-				fmt.Fprintf(tw, "ledger intact: %d entries, head %x\n", res.EntriesChecked, res.HeadHash)
+				fmt.Fprintf(tw, "ledger intact: %d entries, %d signed checkpoints (last at entry %d), head %x\n", res.EntriesChecked, res.CheckpointsChecked, res.LastCheckpointSeq, res.HeadHash)
+				if res.PrunedThroughSeq > 0 {
+					fmt.Fprintf(tw, "entries through %d were archived and pruned; verified from that signed anchor\n", res.PrunedThroughSeq)
+				}
 			} else {
 				fmt.Fprintf(tw, "LEDGER BROKEN at entry %d: %s (%d entries checked)\n", res.FirstBrokenSeq, res.Problem, res.EntriesChecked)
 			}

@@ -20,8 +20,8 @@
 --   tenure_intake       intake       everything in intake (owner: runs its own migrations)
 --   tenure_approval     approval     everything in approval
 --   tenure_provisioner  provisioner  everything in provisioner
---   tenure_ledger       ledger       everything in ledger; the ledger's migration adds the
---                                    trigger that rejects UPDATE and DELETE on entries
+--   tenure_ledger       ledger       INSERT and SELECT on its entries only; the schema belongs to
+--                                    tenure_ledger_owner (NOLOGIN), as which `tenure setup` migrates
 --   tenure_target       (none)       CREATEROLE: create, disable (NOLOGIN) and drop the demo
 --                                    target's account roles and end their sessions
 -- No role has rights in another service's schema; none may create in public; services talk
@@ -92,11 +92,21 @@ ALTER ROLE tenure_ledger      SET search_path = ledger;
 CREATE SCHEMA IF NOT EXISTS intake      AUTHORIZATION tenure_intake;
 CREATE SCHEMA IF NOT EXISTS approval    AUTHORIZATION tenure_approval;
 CREATE SCHEMA IF NOT EXISTS provisioner AUTHORIZATION tenure_provisioner;
-CREATE SCHEMA IF NOT EXISTS ledger      AUTHORIZATION tenure_ledger;
+-- The ledger's schema belongs to a NOLOGIN owner, so the ledger's own role can never drop or
+-- disable its append-only triggers; `tenure setup` migrates it as that owner and grants
+-- tenure_ledger INSERT and SELECT only.
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenure_ledger_owner') THEN
+    CREATE ROLE tenure_ledger_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+  END IF;
+END $$;
+GRANT tenure_ledger_owner TO CURRENT_USER;
+CREATE SCHEMA IF NOT EXISTS ledger      AUTHORIZATION tenure_ledger_owner;
 ALTER SCHEMA intake      OWNER TO tenure_intake;
 ALTER SCHEMA approval    OWNER TO tenure_approval;
 ALTER SCHEMA provisioner OWNER TO tenure_provisioner;
-ALTER SCHEMA ledger      OWNER TO tenure_ledger;
+ALTER SCHEMA ledger      OWNER TO tenure_ledger_owner;
+REASSIGN OWNED BY tenure_ledger TO tenure_ledger_owner;
 REVOKE ALL ON SCHEMA intake, approval, provisioner, ledger FROM PUBLIC;
 
 -- Connect: the services and the target's role only (PUBLIC's default CONNECT is revoked above,

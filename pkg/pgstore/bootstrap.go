@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -96,4 +97,70 @@ func firstWords(s string) string {
 		}
 	}
 	return s
+}
+
+// OwnerRoleName is the role that owns a schema whose login role must not: "tenure_<schema>_owner".
+func OwnerRoleName(schema string) string { return "tenure_" + schema + "_owner" }
+
+// BootstrapSplit prepares a schema whose login role may not own it (the ledger: its role
+// may only INSERT and SELECT, so it can never drop its own append-only triggers). The schema
+// is owned by a NOLOGIN role, tenure_<schema>_owner, that the admin may act as; the login
+// role tenure_<schema> gets its rights from the service's setup, run as that owner. Objects
+// an earlier bootstrap gave the login role are handed to the owner.
+func BootstrapSplit(ctx context.Context, adminURL, schema, password string) error {
+	if !identRE.MatchString(schema) {
+		return fmt.Errorf("pgstore: invalid schema name %q", schema)
+	}
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return fmt.Errorf("pgstore: bootstrap: connect as admin: %w", err)
+	}
+	defer conn.Close(ctx)
+	var db string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		return err
+	}
+	login, owner := pgx.Identifier{RoleName(schema)}.Sanitize(), pgx.Identifier{OwnerRoleName(schema)}.Sanitize()
+	var stmts []string
+	for _, r := range []struct{ name, create string }{
+		{RoleName(schema), "CREATE ROLE " + login + " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"},
+		{OwnerRoleName(schema), "CREATE ROLE " + owner + " NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"},
+	} {
+		var exists bool
+		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", r.name).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			stmts = append(stmts, r.create)
+		}
+	}
+	if password != "" {
+		stmts = append(stmts, "ALTER ROLE "+login+" PASSWORD "+quoteLiteral(password))
+	}
+	sc := pgx.Identifier{schema}.Sanitize()
+	stmts = append(stmts,
+		// The admin acts as the owner to migrate (a superuser could anyway; a managed-cloud
+		// admin needs the membership).
+		"GRANT "+owner+" TO CURRENT_USER",
+		"GRANT CONNECT, TEMPORARY ON DATABASE "+pgx.Identifier{db}.Sanitize()+" TO "+login,
+		"CREATE SCHEMA IF NOT EXISTS "+sc+" AUTHORIZATION "+owner,
+		"ALTER SCHEMA "+sc+" OWNER TO "+owner,
+		"REASSIGN OWNED BY "+login+" TO "+owner,
+	)
+	for _, st := range stmts {
+		if _, err := conn.Exec(ctx, st); err != nil {
+			return fmt.Errorf("pgstore: bootstrap: %s: %w", firstWords(st), err)
+		}
+	}
+	return nil
+}
+
+// AsRole returns url with a connection option that makes each session act as role (SET ROLE),
+// so objects it creates belong to that role.
+func AsRole(dbURL, role string) string {
+	sep := "?"
+	if strings.Contains(dbURL, "?") {
+		sep = "&"
+	}
+	return dbURL + sep + "options=" + strings.ReplaceAll(url.QueryEscape("-c role="+role), "+", "%20")
 }

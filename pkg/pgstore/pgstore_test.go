@@ -306,3 +306,40 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestBootstrapSplitOwnerAndLogin(t *testing.T) {
+	ctx := context.Background()
+	admin := pgtest.NewDatabase(t)
+	for i := 0; i < 2; i++ {
+		if err := BootstrapSplit(ctx, admin, "vault", ""); err != nil {
+			t.Fatalf("bootstrap %d: %v", i, err)
+		}
+	}
+	owner, err := Connect(ctx, AsRole(admin, OwnerRoleName("vault")), "vault")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	if _, err := owner.Exec(ctx, "CREATE TABLE vault.items (x int); GRANT USAGE ON SCHEMA vault TO tenure_vault; GRANT SELECT, INSERT ON vault.items TO tenure_vault"); err != nil {
+		t.Fatal(err)
+	}
+	var tableOwner string
+	owner.QueryRow(ctx, "SELECT tableowner FROM pg_tables WHERE tablename = 'items'").Scan(&tableOwner)
+	if tableOwner != "tenure_vault_owner" {
+		t.Fatalf("table owned by %q", tableOwner)
+	}
+	loginURL, _ := ServiceURL(admin, "vault", "")
+	login, err := Connect(ctx, loginURL, "vault")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer login.Close()
+	if _, err := login.Exec(ctx, "INSERT INTO items VALUES (1)"); err != nil {
+		t.Fatalf("login role cannot insert: %v", err)
+	}
+	for _, stmt := range []string{"DELETE FROM items", "ALTER TABLE items DISABLE TRIGGER ALL", "DROP TABLE items", "CREATE TABLE vault.x (y int)"} {
+		if _, err := login.Exec(ctx, stmt); err == nil {
+			t.Errorf("login role could %s", stmt)
+		}
+	}
+}

@@ -84,6 +84,12 @@ func TestFutureTerminationHeldAcrossRestart(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- svc2.Run(ctx) }()
 	h.waitMsgs("tenure.hr.leaver.>", 1)
+	// The relay deletes the outbox row right after the PubAck: let it finish before stopping.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if n, _ := pgstore.Pending(context.Background(), h.pool); n == 0 {
+			break
+		}
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

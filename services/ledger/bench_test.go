@@ -2,9 +2,18 @@ package ledger
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
+	"os"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenure-dev/tenure/pkg/pgstore"
+	"github.com/tenure-dev/tenure/pkg/pgtest"
 
 	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/natsx/natstest"
@@ -78,4 +87,119 @@ func BenchmarkVerify(b *testing.B) {
 		checked += res.EntriesChecked
 	}
 	b.ReportMetric(float64(checked)/b.Elapsed().Seconds(), "entries/s")
+}
+
+// BenchmarkVerify1M measures Verify over a chain of TENURE_LEDGER_BENCH_ENTRIES entries
+// (default 1,000,000) with a signed checkpoint every 1,000. The chain is built once per test
+// binary, fast: entries are hashed in Go and written with COPY as the superuser, as a
+// restore would, rather than through the appender.
+func BenchmarkVerify1M(b *testing.B) {
+	size := 1_000_000
+	if v := os.Getenv("TENURE_LEDGER_BENCH_ENTRIES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			b.Fatalf("TENURE_LEDGER_BENCH_ENTRIES=%q", v)
+		}
+		size = n
+	}
+	s := bigChain(b, size)
+	b.ResetTimer()
+	var checked int64
+	for b.Loop() {
+		res, err := s.Verify(context.Background())
+		if err != nil || !res.Ok || res.EntriesChecked != int64(size) {
+			b.Fatalf("Verify = %v, %v", res, err)
+		}
+		checked += res.EntriesChecked
+	}
+	b.ReportMetric(float64(checked)/b.Elapsed().Seconds(), "entries/s")
+	b.ReportMetric(b.Elapsed().Seconds()/float64(checked)*1e6, "s/1M")
+}
+
+var (
+	bigOnce  sync.Once
+	bigURL   string
+	bigErr   error
+	bigBuilt int
+)
+
+// bigChain returns a service over a database holding a valid chain of size entries.
+func bigChain(b *testing.B, size int) *Service {
+	bigOnce.Do(func() {
+		start := time.Now()
+		bigURL, bigErr = buildBigChain(b, size)
+		bigBuilt = size
+		b.Logf("built a chain of %d entries in %s", size, time.Since(start).Round(time.Millisecond))
+	})
+	if bigErr != nil {
+		b.Fatal(bigErr)
+	}
+	if bigBuilt != size {
+		b.Fatalf("chain built with %d entries, want %d", bigBuilt, size)
+	}
+	cfg := Config{}
+	cfg.VerifyPageSize, _ = strconv.Atoi(os.Getenv("TENURE_LEDGER_BENCH_PAGE"))
+	cfg.VerifyWorkers, _ = strconv.Atoi(os.Getenv("TENURE_LEDGER_BENCH_WORKERS"))
+	return newService(b, cfg, connect(b, bigURL), nil)
+}
+
+func buildBigChain(b *testing.B, size int) (string, error) {
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, pgtest.AdminURL(b))
+	if err != nil {
+		return "", err
+	}
+	defer admin.Close(ctx)
+	name := fmt.Sprintf("bench_verify_%d", os.Getpid())
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", err
+	}
+	url := pgtest.WithDatabase(pgtest.AdminURL(b), name)
+	pool, err := pgstore.Connect(ctx, url, Schema)
+	if err != nil {
+		return "", err
+	}
+	defer pool.Close()
+	s, err := New(ctx, Config{SigningKey: testKey}, Deps{Pool: pool})
+	if err != nil {
+		return "", err
+	}
+	tmpl := sampleEntries(b, "tmpl", 3)
+	prev := genesis
+	recorded := time.Now().UTC().Truncate(time.Microsecond)
+	const chunk = 20000
+	rows := make([][]any, 0, chunk)
+	var cps [][]any
+	for i := 1; i <= size; i++ {
+		e := *tmpl[i%3]
+		e.Seq = int64(i)
+		e.MsgID = "bench-" + strconv.Itoa(i)
+		e.WorkerID = "w" + strconv.Itoa(i%5000)
+		e.EventTime = dbTime(t0.Add(time.Duration(i) * time.Second))
+		e.RecordedAt = recorded
+		e.StreamSeq = int64(i)
+		e.PrevHash = prev
+		e.Hash = chainHash(prev, &e)
+		prev = e.Hash
+		rows = append(rows, rowOf(&e))
+		if i%1000 == 0 || i == size {
+			cps = append(cps, []any{e.Seq, e.Hash, recorded, KeyID(s.PublicKey()), ed25519.Sign(s.key, checkpointMessage(e.Seq, e.Hash, recorded))})
+		}
+		if len(rows) == chunk || i == size {
+			if _, err := pool.CopyFrom(ctx, pgx.Identifier{"entries"}, entryColumns, pgx.CopyFromRows(rows)); err != nil {
+				return "", err
+			}
+			rows = rows[:0]
+		}
+	}
+	if _, err := pool.CopyFrom(ctx, pgx.Identifier{"checkpoints"}, []string{"seq", "head_hash", "signed_at", "key_id", "signature"}, pgx.CopyFromRows(cps)); err != nil {
+		return "", err
+	}
+	if _, err := pool.Exec(ctx, "UPDATE head SET seq = $1, hash = $2", size, prev); err != nil {
+		return "", err
+	}
+	if _, err := pool.Exec(ctx, "VACUUM ANALYZE entries"); err != nil {
+		return "", err
+	}
+	return url, nil
 }

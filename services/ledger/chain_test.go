@@ -3,6 +3,7 @@ package ledger
 import (
 	"bytes"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -117,5 +118,35 @@ func TestEntryFrom(t *testing.T) {
 	}
 	if got := likePrefix(`a_b%c\`); got != `a\_b\%c\\%` {
 		t.Errorf("likePrefix = %q", got)
+	}
+}
+
+// Verify's jsonb header parser must hash exactly what chainHash hashed at append time,
+// whatever the headers hold.
+func TestVerifyHashesOddHeaders(t *testing.T) {
+	s := newService(t, Config{VerifyPageSize: 3}, newPool(t), nil)
+	heads := []map[string][]string{
+		{},
+		{"a": {}},
+		{"q": {`say "hi"`, `back\slash`, "tab\there", "new\nline", "ctl\u0001"}},
+		{"uni": {"héllo", "日本", "emoji 🩺", "\u00e9"}},
+		{"x": {"1"}, "X": {"2"}, "xx": {""}, "b": {"", ""}},
+		{"sp ace": {" lead", "trail "}, "{}": {"[]", ":", ","}},
+	}
+	var es []*entry
+	for i, h := range heads {
+		e := goldenEntry()
+		e.MsgID = fmt.Sprint("odd-", i)
+		e.Headers = h
+		es = append(es, e)
+	}
+	appendAll(t, s, es, 2)
+	verifyOK(t, s, int64(len(es)))
+	hs, err := parseHeaders(nil, []byte(`{"b": ["1"], "a": ["2", "3"], "a": ["4"]}`))
+	if err != nil || len(hs) != 2 || string(hs[0].name) != "a" || len(hs[0].vals) != 1 {
+		t.Errorf("duplicate names: %v, %v", hs, err)
+	}
+	if _, err := parseHeaders(nil, []byte(`{"a": "not a list"}`)); err == nil {
+		t.Error("a header that is not a list parsed")
 	}
 }

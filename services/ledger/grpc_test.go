@@ -68,7 +68,35 @@ func TestGRPCAuthorization(t *testing.T) {
 			t.Errorf("%s Verify: %v", tok, err)
 		}
 	}
+	if pk, err := auditor.GetPublicKey(ctx, &ledgerv1.GetPublicKeyRequest{}); err != nil || pk.KeyId != KeyID(s.PublicKey()) {
+		t.Errorf("auditor GetPublicKey = %v, %v", pk, err)
+	}
+	if ev, err := auditor.Evidence(ctx, &ledgerv1.EvidenceRequest{Question: "access"}); err != nil || len(ev.Rows) != 3 {
+		t.Errorf("auditor Evidence = %v, %v", ev, err)
+	}
+	if _, err := auditor.ExportEvidence(ctx, &ledgerv1.ExportEvidenceRequest{}); err != nil {
+		t.Errorf("auditor ExportEvidence: %v", err)
+	}
+	if cps, err := auditor.ListCheckpoints(ctx, &ledgerv1.ListCheckpointsRequest{}); err != nil || len(cps.Checkpoints) != 1 {
+		t.Errorf("auditor ListCheckpoints = %v, %v", cps, err)
+	}
+	if _, err := client("sec-token").Archive(ctx, &ledgerv1.ArchiveRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("security Archive: err %v, want PermissionDenied", err)
+	}
 	approver := client("approve-token")
+	for name, call := range map[string]func() error{
+		"Evidence": func() error {
+			_, err := approver.Evidence(ctx, &ledgerv1.EvidenceRequest{Question: "access"})
+			return err
+		},
+		"ExportEvidence": func() error { _, err := approver.ExportEvidence(ctx, &ledgerv1.ExportEvidenceRequest{}); return err },
+		"GetPublicKey":   func() error { _, err := approver.GetPublicKey(ctx, &ledgerv1.GetPublicKeyRequest{}); return err },
+		"Archive":        func() error { _, err := approver.Archive(ctx, &ledgerv1.ArchiveRequest{}); return err },
+	} {
+		if err := call(); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("approver %s: err %v, want PermissionDenied", name, err)
+		}
+	}
 	if _, err := approver.Query(ctx, &ledgerv1.QueryRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("approver Query: err %v, want PermissionDenied", err)
 	}

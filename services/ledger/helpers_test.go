@@ -2,6 +2,8 @@ package ledger
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
 	"os"
 	"testing"
@@ -36,8 +38,14 @@ func connect(t testing.TB, url string) *pgxpool.Pool {
 	return pool
 }
 
+// testKey signs the checkpoints of every test service (replicas share their key).
+var testKey = ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+
 func newService(t testing.TB, cfg Config, pool *pgxpool.Pool, js jetstream.JetStream) *Service {
 	t.Helper()
+	if cfg.SigningKey == nil {
+		cfg.SigningKey = testKey
+	}
 	s, err := New(context.Background(), cfg, Deps{Pool: pool, JS: js})
 	if err != nil {
 		t.Fatal(err)
@@ -139,6 +147,16 @@ func headSeq(t testing.TB, pool *pgxpool.Pool) int64 {
 	return seq
 }
 
+// eventCount counts the entries that are not the ledger's own checkpoint events.
+func eventCount(t testing.TB, pool *pgxpool.Pool) int64 {
+	t.Helper()
+	var n int64
+	if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM entries WHERE type <> $1", checkpointType).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
@@ -201,3 +219,5 @@ func pgxTx(t testing.TB, pool *pgxpool.Pool, sqls ...string) error {
 	}
 	return nil
 }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -75,6 +76,8 @@ func TestRecordsEveryEventOnceInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A checkpoint signed when Run started may have landed among the events.
+	res.Entries = slices.DeleteFunc(res.Entries, func(e *ledgerv1.Entry) bool { return e.Type == checkpointType })
 	type want struct{ msgID, subject, typ, worker, system string }
 	wants := []want{
 		{"intake:workday:h1", "tenure.hr.joiner.w%2E1", "tenure.hr.joiner", "w.1", ""},
@@ -94,7 +97,7 @@ func TestRecordsEveryEventOnceInOrder(t *testing.T) {
 	for i, w := range wants {
 		e := res.Entries[i]
 		got := want{e.MsgId, e.Subject, e.Type, e.WorkerId, e.System}
-		if e.Seq != int64(i+1) || got != w {
+		if got != w {
 			t.Errorf("entry %d = seq %d %+v, want seq %d %+v", i, e.Seq, got, i+1, w)
 		}
 	}
@@ -117,7 +120,7 @@ func TestRecordsEveryEventOnceInOrder(t *testing.T) {
 	}
 	var streamSeq int64
 	var oddHeader []string
-	if err := pool.QueryRow(ctx, "SELECT stream_seq, headers->'X-Odd' FROM entries WHERE seq = 6").Scan(&streamSeq, &oddHeader); err != nil {
+	if err := pool.QueryRow(ctx, "SELECT stream_seq, headers->'X-Odd' FROM entries WHERE msg_id = $1", fmt.Sprintf("stream:%d", rawSeq)).Scan(&streamSeq, &oddHeader); err != nil {
 		t.Fatal(err)
 	}
 	if streamSeq != int64(rawSeq) || len(oddHeader) != 1 || oddHeader[0] != "bad\uFFFD\uFFFDbyte" {
@@ -128,7 +131,7 @@ func TestRecordsEveryEventOnceInOrder(t *testing.T) {
 	if msgIDHeaders != 0 {
 		t.Errorf("%d entries kept the volatile Nats-Msg-Id header", msgIDHeaders)
 	}
-	verifyOK(t, s, int64(len(wants)))
+	verifyOK(t, s, headSeq(t, pool))
 }
 
 func TestQuery(t *testing.T) {
@@ -392,14 +395,14 @@ func TestReplicasShareOneChain(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("publish timed out")
 	}
-	waitFor(t, "all events recorded", 30*time.Second, func() bool { return headSeq(t, r1.pool) >= n })
+	waitFor(t, "all events recorded", 30*time.Second, func() bool { return eventCount(t, r1.pool) >= n })
 	waitAcked(t, ns.JS, 20*time.Second)
 	var distinct int64
-	r1.pool.QueryRow(ctx, "SELECT count(DISTINCT msg_id) FROM entries").Scan(&distinct)
-	if distinct != n || headSeq(t, r1.pool) != n {
-		t.Fatalf("%d distinct events, head %d; want %d", distinct, headSeq(t, r1.pool), n)
+	r1.pool.QueryRow(ctx, "SELECT count(DISTINCT msg_id) FROM entries WHERE type <> $1", checkpointType).Scan(&distinct)
+	if distinct != n || eventCount(t, r1.pool) != n {
+		t.Fatalf("%d distinct events, %d events; want %d", distinct, eventCount(t, r1.pool), n)
 	}
-	verifyOK(t, r2, n)
+	verifyOK(t, r2, headSeq(t, r1.pool))
 }
 
 // If the durable consumer disappears (an operator deleted it), the ledger recreates it:
@@ -418,15 +421,19 @@ func TestRecreatesDeletedConsumer(t *testing.T) {
 	}
 	publish("e1", "w1")
 	publish("e2", "w2")
-	waitFor(t, "two entries", 10*time.Second, func() bool { return headSeq(t, pool) == 2 })
+	waitFor(t, "two entries", 10*time.Second, func() bool { return eventCount(t, pool) == 2 })
 	if err := ns.JS.DeleteConsumer(ctx, "TENURE_EVENTS", Durable); err != nil {
 		t.Fatal(err)
 	}
 	publish("e3", "w3")
-	waitFor(t, "the third entry", 20*time.Second, func() bool { return headSeq(t, pool) >= 3 })
+	waitFor(t, "the third entry", 20*time.Second, func() bool { return eventCount(t, pool) >= 3 })
 	waitAcked(t, ns.JS, 10*time.Second)
-	if n := headSeq(t, pool); n != 3 {
-		t.Fatalf("head at %d, want 3", n)
+	if n := eventCount(t, pool); n != 3 {
+		r, _ := s.Query(ctx, &ledgerv1.QueryRequest{})
+		for _, e := range r.Entries {
+			t.Logf("%d %s %s", e.Seq, e.MsgId, e.Subject)
+		}
+		t.Fatalf("%d events, want 3", n)
 	}
-	verifyOK(t, s, 3)
+	verifyOK(t, s, headSeq(t, pool))
 }

@@ -1,11 +1,9 @@
 package ledger
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -112,89 +110,6 @@ func (s *Service) Query(ctx context.Context, req *ledgerv1.QueryRequest) (*ledge
 	return resp, nil
 }
 
-// Verify walks the whole chain in seq order, in one consistent snapshot, and checks that the
-// sequence is gapless from 1, that each entry links to the previous hash (genesis: 32 zero
-// bytes), that each hash is SHA-256(prev_hash || canonical(entry)) and that the head row
-// names the last entry. It stops at the first problem. An error means the check could not
-// run (the database failed), not that the chain is broken.
-func (s *Service) Verify(ctx context.Context) (*ledgerv1.VerifyResponse, error) {
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return nil, fmt.Errorf("ledger: verify: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	var (
-		headSeq  int64
-		headHash []byte
-	)
-	if err := tx.QueryRow(ctx, "SELECT seq, hash FROM head").Scan(&headSeq, &headHash); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return &ledgerv1.VerifyResponse{Problem: "the head row is missing", FirstBrokenSeq: 1}, nil
-		}
-		return nil, fmt.Errorf("ledger: verify: read head: %w", err)
-	}
-	res := &ledgerv1.VerifyResponse{HeadHash: headHash}
-	broken := func(seq int64, format string, args ...any) (*ledgerv1.VerifyResponse, error) {
-		res.Ok = false
-		res.FirstBrokenSeq = seq
-		res.Problem = fmt.Sprintf(format, args...)
-		return res, nil
-	}
-	prev := genesis
-	var last int64
-	for {
-		rows, err := tx.Query(ctx, entrySelect+" WHERE seq > $1 ORDER BY seq LIMIT $2", last, s.cfg.VerifyPageSize)
-		if err != nil {
-			return nil, fmt.Errorf("ledger: verify: %w", err)
-		}
-		n := 0
-		for rows.Next() {
-			n++
-			e, rawHeaders, err := scanEntry(rows)
-			if err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("ledger: verify: %w", err)
-			}
-			want := last + 1
-			if e.Seq != want {
-				rows.Close()
-				return broken(want, "entry %d is missing: the entry after %d is %d", want, last, e.Seq)
-			}
-			if !bytes.Equal(e.PrevHash, prev) {
-				rows.Close()
-				return broken(e.Seq, "entry %d: prev_hash %s does not match the hash of entry %d (%s)", e.Seq, short(e.PrevHash), last, short(prev))
-			}
-			if err := json.Unmarshal(rawHeaders, &e.Headers); err != nil {
-				rows.Close()
-				return broken(e.Seq, "entry %d: headers are not a map of string lists: %v", e.Seq, err)
-			}
-			if got := chainHash(prev, &e); !bytes.Equal(got, e.Hash) {
-				rows.Close()
-				return broken(e.Seq, "entry %d: stored hash %s does not match its content (computed %s)", e.Seq, short(e.Hash), short(got))
-			}
-			prev, last = e.Hash, e.Seq
-			res.EntriesChecked++
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("ledger: verify: %w", err)
-		}
-		if n < s.cfg.VerifyPageSize {
-			break
-		}
-	}
-	switch {
-	case last < headSeq:
-		return broken(last+1, "the chain ends at entry %d but the head is at %d: %s missing", last, headSeq, span(last+1, headSeq, "is", "are"))
-	case last > headSeq:
-		return broken(headSeq+1, "%s beyond the head (seq %d): not appended by the ledger", span(headSeq+1, last, "lies", "lie"), headSeq)
-	case !bytes.Equal(headHash, prev):
-		return broken(max(headSeq, 1), "the head hash %s does not match the hash of entry %d (%s)", short(headHash), last, short(prev))
-	}
-	res.Ok = true
-	return res, nil
-}
-
 // scanEntry reads one row of entrySelect; the headers come back raw (JSON).
 func scanEntry(rows pgx.Rows) (entry, []byte, error) {
 	var e entry
@@ -263,4 +178,24 @@ func (g *grpcServer) Verify(ctx context.Context, _ *ledgerv1.VerifyRequest) (*le
 		return nil, g.s.internal(ctx, "verify", err)
 	}
 	return res, nil
+}
+
+func (g *grpcServer) ListCheckpoints(ctx context.Context, req *ledgerv1.ListCheckpointsRequest) (*ledgerv1.ListCheckpointsResponse, error) {
+	return g.s.ListCheckpoints(ctx, req)
+}
+
+func (g *grpcServer) GetPublicKey(ctx context.Context, req *ledgerv1.GetPublicKeyRequest) (*ledgerv1.GetPublicKeyResponse, error) {
+	return g.s.GetPublicKey(ctx, req)
+}
+
+func (g *grpcServer) Evidence(ctx context.Context, req *ledgerv1.EvidenceRequest) (*ledgerv1.EvidenceResponse, error) {
+	return g.s.Evidence(ctx, req)
+}
+
+func (g *grpcServer) ExportEvidence(ctx context.Context, req *ledgerv1.ExportEvidenceRequest) (*ledgerv1.ExportEvidenceResponse, error) {
+	return g.s.ExportEvidence(ctx, req)
+}
+
+func (g *grpcServer) Archive(ctx context.Context, req *ledgerv1.ArchiveRequest) (*ledgerv1.ArchiveResponse, error) {
+	return g.s.Archive(ctx, req)
 }

@@ -72,7 +72,8 @@ func (e *serveEnv) serve(t *testing.T, target string, extraEnv ...string) (httpA
 	ctx, cancel := context.WithCancel(context.Background())
 	c := e.cmd(ctx, e.tenure, "serve", "--target="+target, "--nats-url", e.natsURL, "--http-addr", httpAddr, "--grpc-addr", grpcAddr,
 		"--tokens-file", filepath.Join(e.dir, "tokens.yaml"), "--webhook-sources", filepath.Join(e.dir, "sources.yaml"),
-		"--policy", filepath.Join(e.dir, "policy.yaml"), "--connectors", filepath.Join(e.dir, "connectors.yaml"))
+		"--policy", filepath.Join(e.dir, "policy.yaml"), "--connectors", filepath.Join(e.dir, "connectors.yaml"),
+		"--ledger-key-file", filepath.Join(e.dir, "ledger.key"))
 	for _, svc := range strings.Split(target, ",") {
 		// Each service connects as its own database role.
 		u, _ := pgstore.ServiceURL(e.adminURL, svc, "")
@@ -195,15 +196,17 @@ func TestServeProcessesWorkTogether(t *testing.T) {
 func TestServeFailsFast(t *testing.T) {
 	e := newServeEnv(t, "", "reports")
 	tokens := filepath.Join(e.dir, "tokens.yaml")
+	key := filepath.Join(e.dir, "ledger.key")
 	cases := []struct {
 		name string
 		args []string
 		want string
 	}{
-		{"streams missing", []string{"--target=ledger", "--nats-url", e.natsURL, "--tokens-file", tokens, "--database-url", e.adminURL}, "tenure setup"},
-		{"database unreachable", []string{"--target=ledger", "--ensure-streams", "--nats-url", e.natsURL, "--tokens-file", tokens, "--database-url", "postgres://tenure_ledger:pw-secret@127.0.0.1:1/tenure?sslmode=disable"}, "unreachable"},
-		{"no database", []string{"--target=ledger", "--nats-url", e.natsURL, "--tokens-file", tokens}, "ledger needs a database"},
-		{"NATS unreachable", []string{"--target=ledger", "--nats-url", "nats://127.0.0.1:1", "--tokens-file", tokens, "--database-url", e.adminURL}, "NATS at nats://127.0.0.1:1 unreachable"},
+		{"streams missing", []string{"--target=ledger", "--ledger-key-file", key, "--nats-url", e.natsURL, "--tokens-file", tokens, "--database-url", e.adminURL}, "tenure setup"},
+		{"database unreachable", []string{"--target=ledger", "--ledger-key-file", key, "--ensure-streams", "--nats-url", e.natsURL, "--tokens-file", tokens, "--database-url", "postgres://tenure_ledger:pw-secret@127.0.0.1:1/tenure?sslmode=disable"}, "unreachable"},
+		{"no database", []string{"--target=ledger", "--ledger-key-file", key, "--nats-url", e.natsURL, "--tokens-file", tokens}, "ledger needs a database"},
+		{"NATS unreachable", []string{"--target=ledger", "--ledger-key-file", key, "--nats-url", "nats://127.0.0.1:1", "--tokens-file", tokens, "--database-url", e.adminURL}, "NATS at nats://127.0.0.1:1 unreachable"},
+		{"no ledger key", []string{"--target=ledger", "--nats-url", e.natsURL, "--tokens-file", tokens, "--database-url", e.adminURL}, "ledger needs --ledger-key-file"},
 		{"unknown target", []string{"--target=billing", "--nats-url", e.natsURL}, `unknown target "billing"`},
 	}
 	for _, tc := range cases {
