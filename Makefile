@@ -12,7 +12,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 MODULES := ./proto/... ./pkg/... ./services/intake/... ./services/approval/... ./services/provisioner/... ./services/ledger/... ./cmd/... ./test/e2e/...
 TESTFLAGS ?= -shuffle=on -count=1 -timeout=20m
 
-.PHONY: all build tools proto lint test bench demo dev clean
+.PHONY: all build tools proto lint test fuzz bench demo dev clean
 
 all: build
 
@@ -43,9 +43,21 @@ lint: tools
 	@bad=$$(gofmt -l pkg services cmd test); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(MODULES)
 
-# Every test: real PostgreSQL (started by the tests), embedded nats-server.
+# Every test: real PostgreSQL (started by the tests), embedded nats-server, real slapd and a
+# SCIM server from npm; then a brief fuzzing run of the webhook verifiers and HRIS adapters.
 test: lint
 	$(GO) test $(TESTFLAGS) $(MODULES)
+	$(MAKE) fuzz
+
+FUZZTIME ?= 3s
+FUZZ_INTAKE := FuzzStandardWebhooksVerify FuzzBambooHRVerify FuzzHiBobVerify FuzzCanonicalDecode \
+	FuzzBambooHRDecode FuzzHiBobDecode FuzzWorkdayDecode FuzzRoster
+fuzz:
+	@for f in $(FUZZ_INTAKE); do \
+		echo "fuzz $$f ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./services/intake/ >/tmp/tenure-fuzz.log 2>&1 \
+			|| { cat /tmp/tenure-fuzz.log; exit 1; }; \
+	done
 
 # Benchmarks: leaver fan-out latency end to end, durable webhook accepts, and the ledger's
 # append/verify rates. Figures are per run; compare medians (BENCHCOUNT runs each).

@@ -482,6 +482,17 @@ func TestReviewCampaignClosesOnProvisionerConfirmation(t *testing.T) {
 	if res.Campaign.Status != "open" {
 		t.Fatalf("campaign closed before the provisioner confirmed: %v", res.Campaign)
 	}
+	// Each decision, keep included, reaches the ledger with who decided and why.
+	eventuallyT(t, "keep decision published", func() error {
+		var d eventsv1.ReviewDecision
+		if err := g.lastOn(t, "tenure.access.review_decided."+keep.WorkerId, &d); err != nil {
+			return err
+		}
+		if d.Decision != "keep" || d.Reviewer != "it-owner" || d.Comment != "still on the ward" || d.CampaignId != c.CampaignId || d.GrantId != keep.GrantId {
+			return fmt.Errorf("decision %v", &d)
+		}
+		return nil
+	})
 	eventuallyT(t, "campaign closed on confirmation", func() error {
 		r, err := g.svc.GetReview(ctx, &approvalv1.GetReviewRequest{CampaignId: c.CampaignId})
 		if err != nil {

@@ -205,7 +205,14 @@ func (s *Service) DecideReview(ctx context.Context, req *approvalv1.DecideReview
 			req.GetCampaignId(), req.GetGrantId(), req.GetDecision(), req.GetComment(), who); err != nil {
 			return err
 		}
-		var out []events.Event
+		var pkg, sys string
+		if err := tx.QueryRow(ctx, "SELECT package, system FROM grants WHERE grant_id = $1", req.GetGrantId()).Scan(&pkg, &sys); err != nil {
+			return err
+		}
+		// Every decision goes to the ledger: auditors ask who kept what, not only what was revoked.
+		out := []events.Event{{ID: events.NewID(), Subject: events.Subject("tenure.access", "review_decided", worker), Source: source, WorkerID: worker, Actor: who,
+			Payload: &eventsv1.ReviewDecision{CampaignId: req.GetCampaignId(), System: sys, GrantId: req.GetGrantId(), WorkerId: worker, Package: pkg,
+				Reviewer: who, Decision: req.GetDecision(), Comment: req.GetComment(), DecidedAt: timestamppb.Now(), Escalated: escalated != nil}}}
 		if req.GetDecision() == "revoke" {
 			evs, err := s.revokeGrantID(ctx, tx, req.GetGrantId(), fmt.Sprintf("access review %s: revoked by %s: %s", req.GetCampaignId(), who, req.GetComment()), who)
 			if err != nil {

@@ -623,10 +623,11 @@ func (m *model) terminations(sc *scope) *table {
 
 func (m *model) reviews(sc *scope) *table {
 	t := &table{cols: []string{"campaign_id", "system", "started_by", "started_at", "deadline", "status", "items", "kept", "revoked",
-		"revokes_confirmed", "escalated_items", "closed_at", "remediation_complete", "revoke_decisions"}}
+		"revokes_confirmed", "escalated_items", "closed_at", "remediation_complete", "revoke_decisions", "reviewer_decisions"}}
 	type camp struct {
 		started, last *rec
 		escalated     []string
+		decided       []string
 	}
 	camps := map[string]*camp{}
 	var order []string
@@ -640,6 +641,19 @@ func (m *model) reviews(sc *scope) *table {
 			c = &camp{}
 			camps[id] = c
 			order = append(order, id)
+		}
+		if strings.Contains(r.typ, "review_decided") {
+			// One reviewer's keep or revoke (tenure.access.review_decided.<worker>).
+			d := fmt.Sprintf("%s:%s %s by %s at %s", r.str("worker_id"), r.str("package"), r.str("decision"),
+				firstNonEmpty(r.str("reviewer"), r.actor), fmtTime(firstTime(r.time("decided_at"), r.at)))
+			if r.str("escalated") == "true" {
+				d += " (escalated)"
+			}
+			if cm := r.str("comment"); cm != "" {
+				d += ": " + cm
+			}
+			c.decided = append(c.decided, d)
+			continue
 		}
 		if c.started == nil {
 			c.started = r
@@ -684,7 +698,8 @@ func (m *model) reviews(sc *scope) *table {
 		remediated := closed && l.str("revoked") == l.str("revokes_confirmed")
 		slices.Sort(c.escalated)
 		t.add(id, l.str("system"), c.started.str("started_by"), fmtTime(started), fmtTime(l.time("deadline")), st, l.str("items"), l.str("kept"), l.str("revoked"),
-			l.str("revokes_confirmed"), strings.Join(slices.Compact(c.escalated), " "), fmtTime(l.time("closed_at")), yes(remediated), strings.Join(decisions, "; "))
+			l.str("revokes_confirmed"), strings.Join(slices.Compact(c.escalated), " "), fmtTime(l.time("closed_at")), yes(remediated), strings.Join(decisions, "; "),
+			strings.Join(c.decided, "; "))
 	}
 	return t
 }

@@ -98,6 +98,10 @@ func evidenceScenario(t *testing.T) *Service {
 		Status: "started", Items: 3, StartedAt: ts(at(100 * time.Hour)), Deadline: ts(at(400 * time.Hour)), StartedBy: "sec1"})
 	pub(events.Subject("tenure.alert", "review_escalated", "wiki"), "", "approval", at(120*time.Hour), &eventsv1.ReviewEvent{CampaignId: "rc-1", System: "wiki",
 		Status: "escalated", UnansweredGrantIds: []string{"g-other"}})
+	pub(events.Subject("tenure.access", "review_decided", "cy"), "cy", "it-owner", at(110*time.Hour), &eventsv1.ReviewDecision{CampaignId: "rc-1", System: "wiki",
+		GrantId: "g-cy-wiki", WorkerId: "cy", Package: "wiki-basic", Reviewer: "it-owner", Decision: "keep", Comment: "still on the ward", DecidedAt: ts(at(110 * time.Hour))})
+	pub(events.Subject("tenure.access", "review_decided", "ada"), "ada", "sec1", at(129*time.Hour), &eventsv1.ReviewDecision{CampaignId: "rc-1", System: "wiki",
+		GrantId: "g-wiki", WorkerId: "ada", Package: "wiki-basic", Reviewer: "sec1", Decision: "revoke", Comment: "moved away", DecidedAt: ts(at(129 * time.Hour)), Escalated: true})
 	revoke(130*time.Hour, "ada", "g-wiki", "wiki", "wiki-basic", "access review rc-1: revoke")
 	result(131*time.Hour, "ada", "pg-wiki", eventsv1.ProvisionOp_PROVISION_OP_ENSURE, "l-ada-wiki", "", nil, []string{"g-wiki"})
 	pub(events.Subject("tenure.access", "review_closed", "wiki"), "", "approval", at(140*time.Hour), &eventsv1.ReviewEvent{CampaignId: "rc-1", System: "wiki",
@@ -226,7 +230,8 @@ func TestEvidenceAnswers(t *testing.T) {
 
 	reviews := rowsOf(t, s, "reviews", nil)
 	expect(t, "review", find(reviews, "campaign_id", "rc-1"), map[string]string{"system": "wiki", "started_by": "sec1", "status": "closed", "kept": "2",
-		"revoked": "1", "revokes_confirmed": "1", "escalated_items": "g-other", "remediation_complete": "yes", "revoke_decisions": "ada:wiki-basic revoked by approval, verified " + ft(131*time.Hour)})
+		"revoked": "1", "revokes_confirmed": "1", "escalated_items": "g-other", "remediation_complete": "yes", "revoke_decisions": "ada:wiki-basic revoked by approval, verified " + ft(131*time.Hour),
+		"reviewer_decisions": "cy:wiki-basic keep by it-owner at " + ft(110*time.Hour) + ": still on the ward; ada:wiki-basic revoke by sec1 at " + ft(129*time.Hour) + " (escalated): moved away"})
 
 	term := rowsOf(t, s, "terminations", &ledgerv1.EvidenceRequest{From: timestamppb.New(t0.Add(199 * time.Hour)), To: timestamppb.New(t0.Add(201 * time.Hour))})
 	expect(t, "bob ehr", find(term, "connector", "pg-ehr"), map[string]string{"worker": "bob", "terminated_at": ft(200 * time.Hour), "case_id": "case-1",

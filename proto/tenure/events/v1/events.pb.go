@@ -1915,6 +1915,127 @@ func (x *ReviewEvent) GetUnansweredGrantIds() []string {
 	return nil
 }
 
+// ReviewDecision is published on tenure.access.review_decided.<worker> for each keep or revoke
+// a reviewer gives in an access review campaign, so the ledger holds who decided what and why.
+type ReviewDecision struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CampaignId string                 `protobuf:"bytes,1,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	System     string                 `protobuf:"bytes,2,opt,name=system,proto3" json:"system,omitempty"`
+	GrantId    string                 `protobuf:"bytes,3,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	WorkerId   string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Package    string                 `protobuf:"bytes,5,opt,name=package,proto3" json:"package,omitempty"`
+	// The reviewer who decided (principal name).
+	Reviewer string `protobuf:"bytes,6,opt,name=reviewer,proto3" json:"reviewer,omitempty"`
+	// keep or revoke.
+	Decision  string                 `protobuf:"bytes,7,opt,name=decision,proto3" json:"decision,omitempty"`
+	Comment   string                 `protobuf:"bytes,8,opt,name=comment,proto3" json:"comment,omitempty"`
+	DecidedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	// The item had been escalated to security because its reviewer did not answer in time.
+	Escalated     bool `protobuf:"varint,10,opt,name=escalated,proto3" json:"escalated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReviewDecision) Reset() {
+	*x = ReviewDecision{}
+	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReviewDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReviewDecision) ProtoMessage() {}
+
+func (x *ReviewDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReviewDecision.ProtoReflect.Descriptor instead.
+func (*ReviewDecision) Descriptor() ([]byte, []int) {
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ReviewDecision) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *ReviewDecision) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *ReviewDecision) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *ReviewDecision) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ReviewDecision) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *ReviewDecision) GetReviewer() string {
+	if x != nil {
+		return x.Reviewer
+	}
+	return ""
+}
+
+func (x *ReviewDecision) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *ReviewDecision) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *ReviewDecision) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *ReviewDecision) GetEscalated() bool {
+	if x != nil {
+		return x.Escalated
+	}
+	return false
+}
+
 // RequestEvent is published on tenure.access.request_<created|approved|denied|cancelled>.<worker>
 // so the ledger holds every request and every approval stage with who, when and the comment.
 type RequestEvent struct {
@@ -1937,7 +2058,7 @@ type RequestEvent struct {
 
 func (x *RequestEvent) Reset() {
 	*x = RequestEvent{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1949,7 +2070,7 @@ func (x *RequestEvent) String() string {
 func (*RequestEvent) ProtoMessage() {}
 
 func (x *RequestEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1962,7 +2083,7 @@ func (x *RequestEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestEvent.ProtoReflect.Descriptor instead.
 func (*RequestEvent) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RequestEvent) GetRequestId() string {
@@ -2213,7 +2334,21 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\bclosedAt\x12\x1d\n" +
 	"\n" +
 	"started_by\x18\v \x01(\tR\tstartedBy\x120\n" +
-	"\x14unanswered_grant_ids\x18\f \x03(\tR\x12unansweredGrantIds\"\xef\x02\n" +
+	"\x14unanswered_grant_ids\x18\f \x03(\tR\x12unansweredGrantIds\"\xc6\x02\n" +
+	"\x0eReviewDecision\x12\x1f\n" +
+	"\vcampaign_id\x18\x01 \x01(\tR\n" +
+	"campaignId\x12\x16\n" +
+	"\x06system\x18\x02 \x01(\tR\x06system\x12\x19\n" +
+	"\bgrant_id\x18\x03 \x01(\tR\agrantId\x12\x1b\n" +
+	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\x18\n" +
+	"\apackage\x18\x05 \x01(\tR\apackage\x12\x1a\n" +
+	"\breviewer\x18\x06 \x01(\tR\breviewer\x12\x1a\n" +
+	"\bdecision\x18\a \x01(\tR\bdecision\x12\x18\n" +
+	"\acomment\x18\b \x01(\tR\acomment\x129\n" +
+	"\n" +
+	"decided_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x1c\n" +
+	"\tescalated\x18\n" +
+	" \x01(\bR\tescalated\"\xef\x02\n" +
 	"\fRequestEvent\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1b\n" +
@@ -2296,7 +2431,7 @@ func file_tenure_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_tenure_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_tenure_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_tenure_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_tenure_events_v1_events_proto_goTypes = []any{
 	(WorkerType)(0),               // 0: tenure.events.v1.WorkerType
 	(WorkerStatus)(0),             // 1: tenure.events.v1.WorkerStatus
@@ -2318,46 +2453,48 @@ var file_tenure_events_v1_events_proto_goTypes = []any{
 	(*PolicyLoaded)(nil),          // 17: tenure.events.v1.PolicyLoaded
 	(*BreakGlassAlert)(nil),       // 18: tenure.events.v1.BreakGlassAlert
 	(*ReviewEvent)(nil),           // 19: tenure.events.v1.ReviewEvent
-	(*RequestEvent)(nil),          // 20: tenure.events.v1.RequestEvent
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*ReviewDecision)(nil),        // 20: tenure.events.v1.ReviewDecision
+	(*RequestEvent)(nil),          // 21: tenure.events.v1.RequestEvent
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_tenure_events_v1_events_proto_depIdxs = []int32{
 	0,  // 0: tenure.events.v1.Worker.worker_type:type_name -> tenure.events.v1.WorkerType
 	1,  // 1: tenure.events.v1.Worker.status:type_name -> tenure.events.v1.WorkerStatus
 	2,  // 2: tenure.events.v1.WorkerEvent.kind:type_name -> tenure.events.v1.WorkerEventKind
 	9,  // 3: tenure.events.v1.WorkerEvent.worker:type_name -> tenure.events.v1.Worker
-	21, // 4: tenure.events.v1.WorkerEvent.effective_time:type_name -> google.protobuf.Timestamp
-	21, // 5: tenure.events.v1.WorkerEvent.received_time:type_name -> google.protobuf.Timestamp
-	21, // 6: tenure.events.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
+	22, // 4: tenure.events.v1.WorkerEvent.effective_time:type_name -> google.protobuf.Timestamp
+	22, // 5: tenure.events.v1.WorkerEvent.received_time:type_name -> google.protobuf.Timestamp
+	22, // 6: tenure.events.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
 	3,  // 7: tenure.events.v1.AccessDecision.kind:type_name -> tenure.events.v1.AccessDecisionKind
 	11, // 8: tenure.events.v1.AccessDecision.approvals:type_name -> tenure.events.v1.Approval
-	21, // 9: tenure.events.v1.AccessDecision.decided_at:type_name -> google.protobuf.Timestamp
-	21, // 10: tenure.events.v1.AccessDecision.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 9: tenure.events.v1.AccessDecision.decided_at:type_name -> google.protobuf.Timestamp
+	22, // 10: tenure.events.v1.AccessDecision.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 11: tenure.events.v1.ProvisionCommand.op:type_name -> tenure.events.v1.ProvisionOp
 	4,  // 12: tenure.events.v1.ProvisionResult.op:type_name -> tenure.events.v1.ProvisionOp
 	5,  // 13: tenure.events.v1.ProvisionResult.outcome:type_name -> tenure.events.v1.ProvisionOutcome
 	6,  // 14: tenure.events.v1.ProvisionResult.observed_state:type_name -> tenure.events.v1.AccountState
-	21, // 15: tenure.events.v1.ProvisionResult.completed_at:type_name -> google.protobuf.Timestamp
+	22, // 15: tenure.events.v1.ProvisionResult.completed_at:type_name -> google.protobuf.Timestamp
 	7,  // 16: tenure.events.v1.Revocation.kind:type_name -> tenure.events.v1.RevocationKind
-	21, // 17: tenure.events.v1.Revocation.occurred_at:type_name -> google.protobuf.Timestamp
+	22, // 17: tenure.events.v1.Revocation.occurred_at:type_name -> google.protobuf.Timestamp
 	8,  // 18: tenure.events.v1.CaseEvent.status:type_name -> tenure.events.v1.LeaverCaseStatus
-	21, // 19: tenure.events.v1.CaseEvent.opened_at:type_name -> google.protobuf.Timestamp
-	21, // 20: tenure.events.v1.CaseEvent.completed_at:type_name -> google.protobuf.Timestamp
-	21, // 21: tenure.events.v1.CaseEvent.deadline:type_name -> google.protobuf.Timestamp
-	21, // 22: tenure.events.v1.PolicyLoaded.loaded_at:type_name -> google.protobuf.Timestamp
-	21, // 23: tenure.events.v1.BreakGlassAlert.granted_at:type_name -> google.protobuf.Timestamp
-	21, // 24: tenure.events.v1.BreakGlassAlert.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 25: tenure.events.v1.BreakGlassAlert.review_due:type_name -> google.protobuf.Timestamp
-	21, // 26: tenure.events.v1.ReviewEvent.started_at:type_name -> google.protobuf.Timestamp
-	21, // 27: tenure.events.v1.ReviewEvent.deadline:type_name -> google.protobuf.Timestamp
-	21, // 28: tenure.events.v1.ReviewEvent.closed_at:type_name -> google.protobuf.Timestamp
-	11, // 29: tenure.events.v1.RequestEvent.approvals:type_name -> tenure.events.v1.Approval
-	21, // 30: tenure.events.v1.RequestEvent.at:type_name -> google.protobuf.Timestamp
-	31, // [31:31] is the sub-list for method output_type
-	31, // [31:31] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	22, // 19: tenure.events.v1.CaseEvent.opened_at:type_name -> google.protobuf.Timestamp
+	22, // 20: tenure.events.v1.CaseEvent.completed_at:type_name -> google.protobuf.Timestamp
+	22, // 21: tenure.events.v1.CaseEvent.deadline:type_name -> google.protobuf.Timestamp
+	22, // 22: tenure.events.v1.PolicyLoaded.loaded_at:type_name -> google.protobuf.Timestamp
+	22, // 23: tenure.events.v1.BreakGlassAlert.granted_at:type_name -> google.protobuf.Timestamp
+	22, // 24: tenure.events.v1.BreakGlassAlert.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 25: tenure.events.v1.BreakGlassAlert.review_due:type_name -> google.protobuf.Timestamp
+	22, // 26: tenure.events.v1.ReviewEvent.started_at:type_name -> google.protobuf.Timestamp
+	22, // 27: tenure.events.v1.ReviewEvent.deadline:type_name -> google.protobuf.Timestamp
+	22, // 28: tenure.events.v1.ReviewEvent.closed_at:type_name -> google.protobuf.Timestamp
+	22, // 29: tenure.events.v1.ReviewDecision.decided_at:type_name -> google.protobuf.Timestamp
+	11, // 30: tenure.events.v1.RequestEvent.approvals:type_name -> tenure.events.v1.Approval
+	22, // 31: tenure.events.v1.RequestEvent.at:type_name -> google.protobuf.Timestamp
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_tenure_events_v1_events_proto_init() }
@@ -2371,7 +2508,7 @@ func file_tenure_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_events_v1_events_proto_rawDesc), len(file_tenure_events_v1_events_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
