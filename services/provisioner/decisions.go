@@ -306,11 +306,13 @@ func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, sta
 
 var unsafeUser = regexp.MustCompile(`[^a-z0-9._-]+`)
 
-// linkFor returns the worker's link in a target, creating it with a username that was never
-// used in that target before (links are never deleted, so they are the tombstones).
+// linkFor returns the worker's tenure-managed link in a target, creating it with a username
+// that was never used in that target before (links are never deleted, so they are the
+// tombstones). Accounts found by reconciliation are never adopted for grants: an orphaned
+// admin account must not become the one tenure manages; it is only ever disabled.
 func (s *Service) linkFor(ctx context.Context, tx pgx.Tx, worker, conn, email, given, family string) (string, error) {
 	var id string
-	err := tx.QueryRow(ctx, "SELECT link_id FROM links WHERE worker_id = $1 AND connector = $2 ORDER BY created_at LIMIT 1", worker, conn).Scan(&id)
+	err := tx.QueryRow(ctx, "SELECT link_id FROM links WHERE worker_id = $1 AND connector = $2 AND origin = 'provisioned' ORDER BY created_at LIMIT 1", worker, conn).Scan(&id)
 	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
 		return id, err
 	}
