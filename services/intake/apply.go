@@ -28,9 +28,6 @@ type pending struct {
 	// cur is the worker's record, already read FOR UPDATE in tx when loaded is true.
 	cur    *record
 	loaded bool
-	// beforeWrite, when set, is called with the event to publish before the registry writes;
-	// it returns a statement to add to their batch.
-	beforeWrite func(events.Event) (func(*pgx.Batch), error)
 }
 
 // outcomeOf an apply.
@@ -41,6 +38,16 @@ type applyResult struct {
 	publish bool
 	stale   bool
 	worker  *eventsv1.Worker
+}
+
+// applyPlan is what apply decided for one event, before anything is written: the result, and
+// the record and history rows to write.
+type applyPlan struct {
+	applyResult
+	p        pending
+	w        *eventsv1.Worker
+	eff      time.Time // the event's effective time, kept in the history
+	writeEff time.Time // the effective time of the record written
 }
 
 // apply applies one event to the registry and history in tx, in effective-time order:
@@ -55,6 +62,28 @@ type applyResult struct {
 //     terminated and the termination is within Config.RescindGrace, restores the record the
 //     worker had before it. Otherwise it is a 422.
 func (s *Service) apply(ctx context.Context, tx pgx.Tx, p pending) (applyResult, error) {
+	pl, err := s.plan(ctx, tx, p)
+	if err != nil {
+		return applyResult{}, err
+	}
+	b := &pgx.Batch{}
+	if err := pl.queueWrites(b); err != nil {
+		return applyResult{}, err
+	}
+	br := tx.SendBatch(ctx, b)
+	defer br.Close()
+	if err := pl.readWrites(br); err != nil {
+		return applyResult{}, err
+	}
+	if err := br.Close(); err != nil {
+		return applyResult{}, err
+	}
+	return pl.applyResult, nil
+}
+
+// plan decides how an event applies (see apply) without writing the record or the history;
+// it may read the history, and a rescind cancels held terminations in tx.
+func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, error) {
 	et := p.c.typ
 	w := proto.Clone(p.c.worker).(*eventsv1.Worker)
 	id := w.WorkerId
@@ -62,7 +91,7 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, p pending) (applyResult,
 	if !p.loaded {
 		var err error
 		if cur, err = loadWorker(ctx, tx, id, true); err != nil {
-			return applyResult{}, err
+			return applyPlan{}, err
 		}
 	}
 	eff := p.eff
@@ -76,7 +105,7 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, p pending) (applyResult,
 	case p.c.hrType == "termination_rescinded":
 		base, err := s.rescind(ctx, tx, id, cur, p.received)
 		if err != nil {
-			return applyResult{}, err
+			return applyPlan{}, err
 		}
 		fill(w, base)
 		w.Status = base.Status
@@ -94,7 +123,7 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, p pending) (applyResult,
 		if et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER && curStatus != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
 			back, err := reactivatedAfter(ctx, tx, id, eff)
 			if err != nil {
-				return applyResult{}, err
+				return applyPlan{}, err
 			}
 			if !back {
 				// Retroactive termination: the newer attributes stay, the worker leaves.
@@ -139,50 +168,34 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, p pending) (applyResult,
 			},
 		}
 	}
-	// The webhook path publishes here, before the writes, and adds a statement (the stream
-	// sequence) to their batch; the transaction still commits only after the PubAck.
-	var extra func(*pgx.Batch)
-	if p.beforeWrite != nil && res.publish {
-		var err error
-		if extra, err = p.beforeWrite(res.ev); err != nil {
-			return applyResult{}, err
-		}
+	return applyPlan{applyResult: res, p: p, w: w, eff: eff, writeEff: writeEff}, nil
+}
+
+// queueWrites adds the record (unless stale) and the history row to b; readWrites reads
+// their results back, in the same order. Under the row lock an event that is not stale
+// always applies (writeEff is never before the stored one).
+func (pl *applyPlan) queueWrites(b *pgx.Batch) error {
+	p := pl.p
+	if !pl.stale {
+		queueUpsertWorker(b, pl.w, pl.writeEff, p.eventID, p.source, p.received)
 	}
-	// The record, the history row (and extra) go in one round trip. Under the row lock an
-	// event that is not stale always applies (writeEff is never before the stored one).
-	b := &pgx.Batch{}
-	if !res.stale {
-		queueUpsertWorker(b, w, writeEff, p.eventID, p.source, p.received)
-	}
-	if err := queueHistory(b, p.c, w, p.eventID, p.source, eff, p.received, !res.stale); err != nil {
-		return applyResult{}, err
-	}
-	if extra != nil {
-		extra(b)
-	}
-	br := tx.SendBatch(ctx, b)
-	defer br.Close()
-	if !res.stale {
+	return queueHistory(b, p.c, pl.w, p.eventID, p.source, pl.eff, p.received, !pl.stale)
+}
+
+func (pl *applyPlan) readWrites(br pgx.BatchResults) error {
+	if !pl.stale {
 		tag, err := br.Exec()
 		if err != nil {
-			return applyResult{}, fmt.Errorf("intake: upsert worker: %w", err)
+			return fmt.Errorf("intake: upsert worker: %w", err)
 		}
 		if tag.RowsAffected() != 1 {
-			return applyResult{}, fmt.Errorf("intake: upsert worker %s: a newer record appeared under the row lock", id)
+			return fmt.Errorf("intake: upsert worker %s: a newer record appeared under the row lock", pl.w.WorkerId)
 		}
 	}
 	if _, err := br.Exec(); err != nil {
-		return applyResult{}, fmt.Errorf("intake: append worker history: %w", err)
+		return fmt.Errorf("intake: append worker history: %w", err)
 	}
-	if extra != nil {
-		if _, err := br.Exec(); err != nil {
-			return applyResult{}, fmt.Errorf("intake: record stream sequence (event %s is published; the retry is deduplicated): %w", p.eventID, err)
-		}
-	}
-	if err := br.Close(); err != nil {
-		return applyResult{}, err
-	}
-	return res, nil
+	return nil
 }
 
 // reactivatedAfter reports whether an event that brings a worker back applied after t.

@@ -60,6 +60,8 @@ type Service struct {
 	relay   *pgstore.Relay
 	// wake pokes the scheduler when an event is held, so a short hold fires on time.
 	wake chan struct{}
+	// commits group-commits webhook deliveries (commit.go).
+	commits *committer
 }
 
 // source is a configured webhook source, ready to verify and decode deliveries.
@@ -111,6 +113,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	log := d.Log.With("service", "intake")
 	s := &Service{cfg: cfg, pool: d.Pool, js: d.JS, log: log, now: cfg.Now, sources: map[string]*source{},
 		relay: pgstore.NewRelay(d.Pool, d.JS, log), wake: make(chan struct{}, 1)}
+	s.commits = &committer{s: s}
 	names := make([]string, 0, len(cfg.Sources))
 	for name := range cfg.Sources {
 		names = append(names, name)

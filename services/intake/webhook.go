@@ -1,9 +1,7 @@
 package intake
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,12 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
-	"github.com/tenure-dev/tenure/pkg/events"
-	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/webhook"
 )
 
@@ -384,135 +378,4 @@ type ingestResult struct {
 	eventID   string
 	subject   string
 	seq       uint64
-}
-
-// ingest records and publishes one validated event, all or nothing.
-//
-// Everything happens in one Postgres transaction: the receipt row (whose primary key is the
-// replay guard) and the worker's row lock in one round trip; the event is computed and
-// published to JetStream; the registry update, the history row and the stream sequence go in
-// one more round trip; the transaction commits only after the PubAck. So:
-//   - publish fails → rollback, 503: nothing is stored and the HRIS retries later.
-//   - commit fails after the PubAck → 503 too, and the event is in the stream but not in
-//     Postgres. The HRIS retries with the same webhook-id, so the retry is processed again and
-//     republished with the same event id (ce-id and Nats-Msg-Id "intake:<source>:<webhook-id>"):
-//     within the stream's duplicate window JetStream drops it (the PubAck says Duplicate and
-//     carries the original sequence); after it, consumers drop it in their Postgres inbox,
-//     which is keyed on ce-id. Either way each consumer acts once.
-//   - concurrent deliveries of one webhook-id: the second INSERT of the receipt waits on the
-//     first one's uncommitted row and then sees the conflict (→ 200 duplicate), or inserts if
-//     the first rolled back. Only one of them publishes.
-//
-// An event effective in the future is not applied now: it is held in scheduled_events (in the
-// same transaction as its receipt) and Run applies and publishes it, through the outbox, when
-// its time comes. A stale event that changes nothing is recorded but not published.
-//
-// The transaction stays open while publishing; that holds one connection and the worker's row
-// lock for at most PublishTimeout.
-func (s *Service) ingest(ctx context.Context, d Delivery, c change) (res ingestResult, err error) {
-	et := c.typ
-	res.eventID = eventID(d.Source, d.WebhookID)
-	res.subject = events.Subject(SubjectPrefix, et.token, c.worker.WorkerId)
-	sum := sha256.Sum256(d.Body)
-
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return res, fmt.Errorf("intake: begin: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-
-	// The receipt (the replay guard) and the worker's row lock in one round trip.
-	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO receipts (source, webhook_id, body_sha256, event_id, worker_id, subject, received_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, webhook_id) DO NOTHING`,
-		d.Source, d.WebhookID, sum[:], res.eventID, c.worker.WorkerId, res.subject, d.Received)
-	b.Queue("SELECT "+workerColumns+" FROM workers WHERE worker_id = $1 FOR UPDATE", c.worker.WorkerId)
-	br := tx.SendBatch(ctx, b)
-	tag, err := br.Exec()
-	if err != nil {
-		br.Close()
-		return res, fmt.Errorf("intake: insert receipt: %w", err)
-	}
-	cur, err := scanRecord(br.QueryRow())
-	if errors.Is(err, pgx.ErrNoRows) {
-		cur, err = nil, nil
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return res, fmt.Errorf("intake: load worker: %w", err)
-	}
-	if tag.RowsAffected() == 0 {
-		var prev []byte
-		var seq *int64
-		err := tx.QueryRow(ctx, `SELECT body_sha256, event_id, subject, stream_seq FROM receipts WHERE source = $1 AND webhook_id = $2`,
-			d.Source, d.WebhookID).Scan(&prev, &res.eventID, &res.subject, &seq)
-		if err != nil {
-			return res, fmt.Errorf("intake: read receipt: %w", err)
-		}
-		if !bytes.Equal(prev, sum[:]) {
-			return res, errConflict
-		}
-		if seq != nil {
-			res.seq = uint64(*seq)
-		}
-		res.duplicate = true
-		return res, nil
-	}
-
-	eff := c.effectiveTime
-	if eff.IsZero() {
-		eff = d.Received
-	}
-	if eff.After(s.now()) {
-		if err := holdEvent(ctx, tx, d, c, res.eventID, eff); err != nil {
-			return res, err
-		}
-		if err := tx.Commit(ctx); err != nil {
-			return res, fmt.Errorf("intake: commit: %w", err)
-		}
-		res.scheduled, res.effective = true, eff
-		s.wakeScheduler()
-		return res, nil
-	}
-
-	publish := func(ev events.Event) (func(*pgx.Batch), error) {
-		msg, err := events.Msg(ctx, ev)
-		if err != nil {
-			return nil, err
-		}
-		pctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
-		ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(natsx.EventsStream))
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", errPublish, ev.Subject, err)
-		}
-		res.seq = ack.Sequence
-		return func(b *pgx.Batch) {
-			b.Queue(`UPDATE receipts SET stream_seq = $3, subject = $4 WHERE source = $1 AND webhook_id = $2`,
-				d.Source, d.WebhookID, int64(ack.Sequence), ev.Subject)
-		}, nil
-	}
-	ar, err := s.apply(ctx, tx, pending{source: d.Source, sourceEventID: d.WebhookID, eventID: res.eventID, c: c,
-		eff: eff, received: d.Received, actor: "hris:" + d.Source, cur: cur, loaded: true, beforeWrite: publish})
-	if err != nil {
-		return res, err
-	}
-	res.stale = !ar.publish
-	if !ar.publish {
-		res.subject = ""
-		if _, err := tx.Exec(ctx, `UPDATE receipts SET subject = '' WHERE source = $1 AND webhook_id = $2`, d.Source, d.WebhookID); err != nil {
-			return res, fmt.Errorf("intake: update receipt: %w", err)
-		}
-		if err := tx.Commit(ctx); err != nil {
-			return res, fmt.Errorf("intake: commit: %w", err)
-		}
-		return res, nil
-	}
-	res.subject = ar.ev.Subject
-	if err := tx.Commit(ctx); err != nil {
-		return res, fmt.Errorf("intake: commit (event %s is published; the retry is deduplicated): %w", res.eventID, err)
-	}
-	return res, nil
 }

@@ -1,0 +1,426 @@
+package intake
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tenure-dev/tenure/pkg/events"
+	"github.com/tenure-dev/tenure/pkg/natsx"
+)
+
+// Group commit.
+//
+// Webhook deliveries that arrive while batches are being stored wait in a queue; the next
+// batch takes them all (up to maxGroup) and stores them together: one Postgres transaction, three
+// round trips (receipts and row locks; the events published to JetStream asynchronously, all
+// in flight at once; the registry and history writes), one commit. Each delivery still gets its
+// own answer: 2xx only after its PubAck and the commit, 409/422 for its own bad input, 503 when
+// its publish failed. A single delivery waits for nobody: the batch starts as soon as the
+// previous one ends, so under light load a batch holds one delivery.
+//
+// Per delivery, the guarantees are the ones a transaction of its own would give:
+//   - the receipt row (primary key source + webhook-id) is the replay guard; a second delivery
+//     of a webhook-id, in the same batch or a later one, sees it and is a duplicate (or a 409
+//     when its body differs);
+//   - the worker's row is locked FOR UPDATE before the event is computed, and a batch holds at
+//     most one delivery per worker, so events of one worker apply in arrival order, each
+//     seeing the previous one's record;
+//   - a delivery whose publish fails has its receipt removed in the same transaction and
+//     nothing else written: it answers 503 and the HRIS retry is processed afresh;
+//   - commit fails after PubAcks → every delivery of the batch answers 503 and the retries are
+//     deduplicated by event id (Nats-Msg-Id "intake:<source>:<webhook-id>" in JetStream's
+//     window, ce-id in each consumer's inbox after it), as before.
+//
+// A termination_rescinded travels alone: it cancels held terminations before it knows whether
+// it is acceptable, and only a transaction of its own can take that back.
+const maxGroup = 128
+
+// ingestItem is one validated event of a delivery waiting for its batch.
+type ingestItem struct {
+	ctx  context.Context // the request's, for its trace context
+	d    Delivery
+	c    change
+	res  ingestResult
+	err  error
+	done chan struct{}
+
+	sum      [32]byte
+	inserted bool // its receipt is new: not a duplicate
+	plan     applyPlan
+	planned  bool      // plan holds what to write
+	msg      *nats.Msg // its event, when it has one to publish
+	undo     bool      // remove its receipt: it failed alone
+}
+
+// committer queues deliveries and stores them in batches, at most maxBatches at once so one
+// batch's Postgres work overlaps another's wait for its PubAcks. Batches in flight never share
+// a worker: a worker's next event waits until the batch holding its previous one committed.
+type committer struct {
+	s       *Service
+	mu      sync.Mutex
+	queue   []*ingestItem
+	running int
+	busy    map[string]bool // workers of the batches in flight
+}
+
+const maxBatches = 2
+
+// ingest records and publishes one validated event, all or nothing, in a group commit.
+func (s *Service) ingest(ctx context.Context, d Delivery, c change) (ingestResult, error) {
+	it := &ingestItem{ctx: ctx, d: d, c: c, done: make(chan struct{})}
+	s.commits.submit(it)
+	<-it.done
+	return it.res, it.err
+}
+
+func (g *committer) submit(it *ingestItem) {
+	g.mu.Lock()
+	g.queue = append(g.queue, it)
+	start := g.running < maxBatches
+	if start {
+		g.running++
+	}
+	g.mu.Unlock()
+	if start {
+		go g.lead()
+	}
+}
+
+// lead stores batches until nothing in the queue can go.
+func (g *committer) lead() {
+	var prev []*ingestItem
+	for {
+		g.mu.Lock()
+		for _, it := range prev {
+			delete(g.busy, it.c.worker.WorkerId)
+		}
+		batch := g.take()
+		if len(batch) == 0 {
+			g.running--
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		g.s.commitBatch(batch)
+		for _, it := range batch {
+			close(it.done)
+		}
+		prev = batch
+	}
+}
+
+// take removes the next batch from the queue: in arrival order, at most one event per worker
+// and none of a worker busy in another batch (a worker's later events wait, keeping their
+// order), a rescind alone. Called with mu held.
+func (g *committer) take() []*ingestItem {
+	if g.busy == nil {
+		g.busy = map[string]bool{}
+	}
+	var batch, rest []*ingestItem
+	held := map[string]bool{}
+	for i, it := range g.queue {
+		id := it.c.worker.WorkerId
+		rescind := it.c.hrType == "termination_rescinded"
+		switch {
+		case len(batch) == maxGroup:
+			rest = append(rest, g.queue[i:]...)
+			g.queue = rest
+			return g.claim(batch)
+		case held[id] || g.busy[id]:
+			held[id] = true
+			rest = append(rest, it)
+		case rescind && len(batch) > 0:
+			held[id] = true
+			rest = append(rest, it)
+		case rescind:
+			g.queue = append(rest, g.queue[i+1:]...)
+			return g.claim([]*ingestItem{it})
+		default:
+			held[id] = true
+			batch = append(batch, it)
+		}
+	}
+	g.queue = rest
+	return g.claim(batch)
+}
+
+func (g *committer) claim(batch []*ingestItem) []*ingestItem {
+	for _, it := range batch {
+		g.busy[it.c.worker.WorkerId] = true
+	}
+	return batch
+}
+
+// commitBatch stores and publishes a batch; every item ends with res or err set.
+func (s *Service) commitBatch(batch []*ingestItem) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout+30*time.Second)
+	defer cancel()
+	if err := s.storeBatch(ctx, batch); err != nil {
+		for _, it := range batch {
+			if it.err == nil || len(batch) == 1 {
+				it.err = err
+			}
+		}
+	}
+}
+
+func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("intake: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+
+	// Round trip 1: the receipts (the replay guard) and the workers' row locks, taken in
+	// worker-id order.
+	b := &pgx.Batch{}
+	ids := make([]string, len(batch))
+	for i, it := range batch {
+		d, id := it.d, it.c.worker.WorkerId
+		ids[i] = id
+		it.sum = sha256.Sum256(d.Body)
+		it.res.eventID = eventID(d.Source, d.WebhookID)
+		it.res.subject = events.Subject(SubjectPrefix, it.c.typ.token, id)
+		b.Queue(`INSERT INTO receipts (source, webhook_id, body_sha256, event_id, worker_id, subject, received_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, webhook_id) DO NOTHING`,
+			d.Source, d.WebhookID, it.sum[:], it.res.eventID, id, it.res.subject, d.Received)
+	}
+	b.Queue("SELECT "+workerColumns+" FROM workers WHERE worker_id = ANY($1) ORDER BY worker_id FOR UPDATE", ids)
+	cur := map[string]*record{}
+	err = func() error {
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		for _, it := range batch {
+			tag, err := br.Exec()
+			if err != nil {
+				return fmt.Errorf("intake: insert receipt: %w", err)
+			}
+			it.inserted = tag.RowsAffected() == 1
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return fmt.Errorf("intake: load workers: %w", err)
+		}
+		for rows.Next() {
+			r, err := scanRecord(rows)
+			if err != nil {
+				return fmt.Errorf("intake: load workers: %w", err)
+			}
+			cur[r.worker.WorkerId] = r
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("intake: load workers: %w", err)
+		}
+		return br.Close()
+	}()
+	if err != nil {
+		return err
+	}
+	if err := readDuplicates(ctx, tx, batch); err != nil {
+		return err
+	}
+
+	// Decide each event; publish the ones that changed something, all in flight together.
+	now, woke := s.now(), false
+	for _, it := range batch {
+		if !it.inserted {
+			continue
+		}
+		d, c := it.d, it.c
+		eff := c.effectiveTime
+		if eff.IsZero() {
+			eff = d.Received
+		}
+		if eff.After(now) {
+			// Held until its effective time; Run publishes it through the outbox.
+			if err := holdEvent(trace.ContextWithSpan(ctx, trace.SpanFromContext(it.ctx)), tx, d, c, it.res.eventID, eff); err != nil {
+				return err
+			}
+			it.res.scheduled, it.res.effective, woke = true, eff, true
+			continue
+		}
+		pl, err := s.plan(ctx, tx, pending{source: d.Source, sourceEventID: d.WebhookID, eventID: it.res.eventID, c: c,
+			eff: eff, received: d.Received, actor: "hris:" + d.Source, cur: cur[c.worker.WorkerId], loaded: true})
+		var ie *InputError
+		if errors.As(err, &ie) && len(batch) > 1 {
+			// Only plans without writes of their own fail like this in a shared batch.
+			it.err, it.undo = err, true
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		it.plan, it.planned = pl, true
+		if !pl.publish {
+			continue
+		}
+		if it.msg, err = events.Msg(it.ctx, pl.ev); err != nil {
+			return err
+		}
+		it.msg.Header.Set(jetstream.ExpectedStreamHeader, natsx.EventsStream)
+	}
+	s.publishAll(batch)
+
+	// Round trip 3: the registry and history writes, and the receipts' final state.
+	b = &pgx.Batch{}
+	for _, it := range batch {
+		d := it.d
+		switch {
+		case it.undo:
+			b.Queue(`DELETE FROM receipts WHERE source = $1 AND webhook_id = $2`, d.Source, d.WebhookID)
+		case it.planned:
+			if err := it.plan.queueWrites(b); err != nil {
+				return err
+			}
+			if it.plan.publish {
+				b.Queue(`UPDATE receipts SET stream_seq = $3, subject = $4 WHERE source = $1 AND webhook_id = $2`,
+					d.Source, d.WebhookID, int64(it.res.seq), it.plan.ev.Subject)
+			} else {
+				b.Queue(`UPDATE receipts SET subject = '' WHERE source = $1 AND webhook_id = $2`, d.Source, d.WebhookID)
+			}
+		}
+	}
+	if b.Len() > 0 {
+		err = func() error {
+			br := tx.SendBatch(ctx, b)
+			defer br.Close()
+			for _, it := range batch {
+				if it.planned && !it.undo {
+					if err := it.plan.readWrites(br); err != nil {
+						return err
+					}
+				}
+				if it.undo || it.planned {
+					if _, err := br.Exec(); err != nil {
+						return fmt.Errorf("intake: update receipt: %w", err)
+					}
+				}
+			}
+			return br.Close()
+		}()
+		if err != nil {
+			return fmt.Errorf("%w (published events are deduplicated on retry)", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("intake: commit (published events are deduplicated on retry): %w", err)
+	}
+	for _, it := range batch {
+		if it.planned {
+			it.res.stale = !it.plan.publish
+			if it.res.stale {
+				it.res.subject = ""
+			} else {
+				it.res.subject = it.plan.ev.Subject
+			}
+		}
+	}
+	if woke {
+		s.wakeScheduler()
+	}
+	return nil
+}
+
+// readDuplicates answers the items whose receipt already existed: a duplicate with the
+// original's event, or errConflict when the body differs.
+func readDuplicates(ctx context.Context, tx pgx.Tx, batch []*ingestItem) error {
+	b := &pgx.Batch{}
+	for _, it := range batch {
+		if !it.inserted {
+			b.Queue(`SELECT body_sha256, event_id, subject, stream_seq FROM receipts WHERE source = $1 AND webhook_id = $2`,
+				it.d.Source, it.d.WebhookID)
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	br := tx.SendBatch(ctx, b)
+	defer br.Close()
+	for _, it := range batch {
+		if it.inserted {
+			continue
+		}
+		var prev []byte
+		var seq *int64
+		if err := br.QueryRow().Scan(&prev, &it.res.eventID, &it.res.subject, &seq); err != nil {
+			return fmt.Errorf("intake: read receipt: %w", err)
+		}
+		if !bytes.Equal(prev, it.sum[:]) {
+			it.err = errConflict
+			continue
+		}
+		if seq != nil {
+			it.res.seq = uint64(*seq)
+		}
+		it.res.duplicate = true
+	}
+	return br.Close()
+}
+
+// publishAll publishes the batch's events, all in flight at once, and sets each item's stream
+// sequence; an item whose publish failed is undone (503, nothing of it stored).
+//
+// (JetStream's atomic batch publish would store them with one fsync, but it stages each batch
+// in a store of its own on disk first; measured here it was slower than this for batches of
+// the sizes a webhook load produces.)
+func (s *Service) publishAll(batch []*ingestItem) {
+	var pub []*ingestItem
+	for _, it := range batch {
+		if it.msg != nil && !it.undo {
+			pub = append(pub, it)
+		}
+	}
+	acks := make([]jetstream.PubAckFuture, len(pub))
+	for i, it := range pub {
+		var err error
+		if acks[i], err = s.js.PublishMsgAsync(it.msg); err != nil {
+			it.fail(err)
+		}
+	}
+	// Wait for the answers, at most PublishTimeout in all.
+	timeout := time.NewTimer(s.cfg.PublishTimeout)
+	defer timeout.Stop()
+	expired := false
+	for i, it := range pub {
+		if acks[i] == nil {
+			continue
+		}
+		var err error
+		if expired {
+			// Past the deadline: take what has arrived, wait for nothing more.
+			select {
+			case a := <-acks[i].Ok():
+				it.res.seq = a.Sequence
+			case err = <-acks[i].Err():
+			default:
+				err = context.DeadlineExceeded
+			}
+		} else {
+			select {
+			case a := <-acks[i].Ok():
+				it.res.seq = a.Sequence
+			case err = <-acks[i].Err():
+			case <-timeout.C:
+				expired, err = true, context.DeadlineExceeded
+			}
+		}
+		if err != nil {
+			it.fail(err)
+		}
+	}
+}
+
+// fail marks an item whose publish failed: it answers 503 and its receipt is removed.
+func (it *ingestItem) fail(err error) {
+	it.err, it.undo, it.planned = fmt.Errorf("%w: %s: %w", errPublish, it.msg.Subject, err), true, false
+}
