@@ -385,3 +385,61 @@ sources:
 	}
 	_ = context.Background
 }
+
+// BambooHR's "Form Post" encoding of both structures maps like the JSON; a malformed form is a
+// 400 naming the key, and other sources still refuse form bodies.
+func TestBambooHRFormPost(t *testing.T) {
+	h, _ := vendorHarness(t)
+	form := func(body []byte) delivery {
+		d := bambooDelivery(body, time.Now())
+		d.contentType = "application/x-www-form-urlencoded"
+		return d
+	}
+	a := h.post(form(readTestdata(t, "bamboohr/event_updated.form")))
+	if a.Status != http.StatusAccepted || a.Subject != "tenure.hr.mover.67890" {
+		t.Fatalf("event-based form: %d %s", a.Status, a.Raw)
+	}
+	_, ev := h.lastMsg("tenure.hr.mover.67890")
+	if ev.GetHrEventType() != "job_change" || ev.GetWorker().GetJobCode() != "Charge Nurse" {
+		t.Fatalf("event-based form mapped %v", ev)
+	}
+	a = h.post(form(readTestdata(t, "bamboohr/field_based.form")))
+	if a.Status != http.StatusAccepted || !strings.Contains(a.Raw, "tenure.hr.leaver.10") {
+		t.Fatalf("field-based form: %d %s", a.Status, a.Raw)
+	}
+	_, ev = h.lastMsg("tenure.hr.mover.9")
+	if ev.GetWorker().GetDepartment() != "Pathology" || ev.GetWorker().GetGivenName() != "Robert" {
+		t.Fatalf("field-based form mapped %v", ev)
+	}
+	before := h.count("receipts")
+	for _, tt := range []struct{ body, field string }{
+		{"type=employee.updated&data[employeeId]=1&data[employeeId]=2", "data[employeeId]"},
+		{"type=employee.updated&data[employeeId=1", "data[employeeId"},
+		{"type=employee.updated&data=1&data[employeeId]=1", "data[employeeId]"},
+		{"type=employee.updated&data[employeeId]=%zz", "body"},
+	} {
+		if a := h.post(form([]byte(tt.body))); a.Status != http.StatusBadRequest || a.Field != tt.field {
+			t.Errorf("%q: %d %s; want 400 naming %s", tt.body, a.Status, a.Raw, tt.field)
+		}
+	}
+	if h.count("receipts") != before {
+		t.Fatal("a malformed form stored a receipt")
+	}
+	d := delivery{id: "form_1", body: "type=hire", secret: acmeSecret, contentType: "application/x-www-form-urlencoded"}
+	if a := h.post(d); a.Status != http.StatusUnsupportedMediaType || a.Field != "Content-Type" {
+		t.Fatalf("form to a canonical source: %d %s", a.Status, a.Raw)
+	}
+}
+
+func TestFormToJSON(t *testing.T) {
+	got, err := formToJSON([]byte("a[0]=x&a[1]=y&b[c][d]=1&b[10]=z&e=%C3%A9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"a":["x","y"],"b":{"10":"z","c":{"d":"1"}},"e":"é"}`; string(got) != want {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+	if _, err := formToJSON([]byte("a" + strings.Repeat("[x]", 9) + "=1")); err == nil {
+		t.Fatal("nesting deeper than the limit accepted")
+	}
+}

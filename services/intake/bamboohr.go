@@ -26,6 +26,9 @@ import (
 //     "changedFields":["Job Title"],"fields":{"First Name":"Ada",...}}]}; the record is in the
 //     payload, one or more employees per delivery.
 //
+// Either comes as JSON or, when the webhook is set to "Form Post", form-encoded with bracket
+// nesting (data[employeeId]=67890&data[changedFields][0]=jobTitle; form.go).
+//
 // Deliveries are signed with the webhook's private key: X-BambooHR-Signature is the hex
 // HMAC-SHA256 of the raw body followed by the X-BambooHR-Timestamp value (Unix seconds).
 // The mapping is in docs/hris-adapters.md.
@@ -46,6 +49,7 @@ type bambooHRAdapter struct {
 var (
 	_ RequestVerifier = (*bambooHRAdapter)(nil)
 	_ BatchAdapter    = (*bambooHRAdapter)(nil)
+	_ FormAdapter     = (*bambooHRAdapter)(nil)
 )
 
 func newBambooHRAdapter(_ string, sc SourceConfig) (Adapter, error) {
@@ -155,9 +159,16 @@ func (a *bambooHRAdapter) Decode(ctx context.Context, d Delivery) (HREvent, erro
 	return evs[0], nil
 }
 
+// AcceptsForm: BambooHR posts either structure as JSON or as a form ("Form Post").
+func (a *bambooHRAdapter) AcceptsForm() {}
+
 func (a *bambooHRAdapter) DecodeBatch(ctx context.Context, d Delivery) ([]HREvent, error) {
+	body, err := formOrJSON(d)
+	if err != nil {
+		return nil, err
+	}
 	var p bambooPayload
-	if err := decodeLenientJSON(d.Body, &p); err != nil {
+	if err := decodeLenientJSON(body, &p); err != nil {
 		return nil, err
 	}
 	switch {

@@ -22,6 +22,9 @@ type Delivery struct {
 	Received time.Time
 	// Body holds the raw bytes the signature covered.
 	Body []byte
+	// ContentType is the body's media type: application/json, or
+	// application/x-www-form-urlencoded for a FormAdapter's sources.
+	ContentType string
 }
 
 // An Adapter turns the body of one delivery in its source's format into a canonical HREvent.

@@ -2,6 +2,7 @@ package intake
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -204,6 +205,20 @@ func FuzzRoster(f *testing.F) {
 		for _, row := range r.Workers {
 			_, err := validate(HREvent{Type: "job_change", Worker: row.worker()})
 			inputErrorOnly(t, err)
+		}
+	})
+}
+
+// FuzzFormToJSON: any form body converts to valid JSON or is a 4xx naming what is wrong.
+func FuzzFormToJSON(f *testing.F) {
+	f.Add(readTestdata(f, "bamboohr/event_updated.form"))
+	f.Add(readTestdata(f, "bamboohr/field_based.form"))
+	f.Add([]byte("a[0]=1&a[1]=2&a[b]=3&=x&[]=y&a[=z"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		out, err := formToJSON(body)
+		inputErrorOnly(t, err)
+		if err == nil && !json.Valid(out) {
+			t.Fatalf("%q converted to invalid JSON %q", body, out)
 		}
 	})
 }

@@ -153,7 +153,9 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 		w.Header().Set("Allow", http.MethodPost)
 		return fail(w, o, http.StatusMethodNotAllowed, "method", fmt.Sprintf("method %s not allowed; use POST", r.Method))
 	}
-	if msg := checkContentType(r.Header.Get("Content-Type")); msg != "" {
+	_, form := src.adapter.(FormAdapter)
+	mediaType, msg := checkContentType(r.Header.Get("Content-Type"), form)
+	if msg != "" {
 		return fail(w, o, http.StatusUnsupportedMediaType, "Content-Type", msg)
 	}
 	limit := s.cfg.MaxBodyBytes
@@ -176,6 +178,7 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 		return vo
 	}
 	o = vo
+	d.ContentType = mediaType
 
 	evs, err := decodeAll(r.Context(), src.adapter, d)
 	if errors.Is(err, ErrIgnored) {
@@ -334,18 +337,24 @@ func (s *Service) inputFailure(w http.ResponseWriter, o outcome, err error) outc
 	return fail(w, o, http.StatusServiceUnavailable, "", "the event could not be decoded right now; retry later")
 }
 
-func checkContentType(ct string) string {
+// checkContentType returns the body's media type, or a message saying why it is refused:
+// JSON, or form encoding for the sources whose adapter reads it, in UTF-8.
+func checkContentType(ct string, form bool) (string, string) {
+	want := "application/json"
+	if form {
+		want += " or " + contentTypeForm
+	}
 	if ct == "" {
-		return "Content-Type is missing; send application/json"
+		return "", "Content-Type is missing; send " + want
 	}
 	mt, params, err := mime.ParseMediaType(ct)
-	if err != nil || mt != "application/json" {
-		return fmt.Sprintf("Content-Type %q is not supported; send application/json", clip(ct))
+	if err != nil || (mt != "application/json" && (!form || mt != contentTypeForm)) {
+		return "", fmt.Sprintf("Content-Type %q is not supported; send %s", clip(ct), want)
 	}
 	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
-		return fmt.Sprintf("charset %q is not supported; send UTF-8", clip(cs))
+		return "", fmt.Sprintf("charset %q is not supported; send UTF-8", clip(cs))
 	}
-	return ""
+	return mt, ""
 }
 
 func signatureField(err error) string {
