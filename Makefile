@@ -9,7 +9,7 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-MODULES := ./proto/... ./pkg/... ./services/intake/... ./services/approval/... ./services/provisioner/... ./services/ledger/... ./cmd/... ./test/e2e/...
+MODULES := ./proto/... ./pkg/... ./services/intake/... ./services/approval/... ./services/provisioner/... ./services/ledger/... ./cmd/... ./test/e2e/... ./examples/connector-inventory/...
 TESTFLAGS ?= -shuffle=on -count=1 -timeout=20m
 
 .PHONY: all build tools proto lint test fuzz bench demo dev clean
@@ -51,7 +51,7 @@ test: lint
 
 FUZZTIME ?= 3s
 FUZZ_INTAKE := FuzzStandardWebhooksVerify FuzzBambooHRVerify FuzzHiBobVerify FuzzCanonicalDecode \
-	FuzzBambooHRDecode FuzzHiBobDecode FuzzWorkdayDecode FuzzRoster
+	FuzzBambooHRDecode FuzzHiBobDecode FuzzWorkdayDecode FuzzRoster FuzzFormToJSON
 fuzz:
 	@for f in $(FUZZ_INTAKE); do \
 		echo "fuzz $$f ($(FUZZTIME))"; \
@@ -59,13 +59,14 @@ fuzz:
 			|| { cat /tmp/tenure-fuzz.log; exit 1; }; \
 	done
 
-# Benchmarks: leaver fan-out latency end to end, durable webhook accepts, and the ledger's
-# append/verify rates. Figures are per run; compare medians (BENCHCOUNT runs each).
+# Benchmarks: leaver fan-out latency end to end, revocation → SSF SET push latency (end to
+# end and the transmitter alone), durable webhook accepts, and the ledger's append/verify
+# rates. Figures are per run; compare medians (BENCHCOUNT runs each).
 BENCHCOUNT ?= 3
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count $(BENCHCOUNT) -timeout 60m ./test/e2e/ | tee bench.out
 	$(GO) test -run '^$$' -bench WebhookAccept -benchtime 3000x -count $(BENCHCOUNT) -timeout 30m ./services/intake/ | tee -a bench.out
-	$(GO) test -run '^$$' -bench . -count $(BENCHCOUNT) -timeout 30m ./services/ledger/ | tee -a bench.out
+	$(GO) test -run '^$$' -bench . -count $(BENCHCOUNT) -timeout 30m ./services/ledger/... | tee -a bench.out
 
 # Starts tenure dev, sends a signed joiner and a termination, prints the case and the
 # ledger entries, then stops. `make dev` keeps it running.

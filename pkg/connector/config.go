@@ -19,6 +19,8 @@ import (
 //	    config:
 //	      url: {env: TENURE_EHR_DB_URL}
 //	      role_prefix: ehr_
+//	    policy:               # optional; see Policy
+//	      rate: 20
 type Config struct {
 	// Name identifies this connector instance. It is a NATS subject token
 	// (tenure.provision.<name>.<op>), so it is limited to [a-z0-9_-].
@@ -31,6 +33,8 @@ type Config struct {
 	// Config is decoded by the connector type's factory when the connector is opened, so its
 	// errors keep their line numbers in the file.
 	Config yaml.Node `yaml:"config"`
+	// Policy is how the host drives the target (rate, concurrency, retries); see Policy.
+	Policy Policy `yaml:"policy"`
 
 	file string // for error messages; empty when parsed from bytes
 	line int
@@ -131,6 +135,9 @@ func parseConfigs(data []byte, file string) ([]Config, error) {
 		}
 		if c.System == "" {
 			c.System = c.Name
+		}
+		if err := c.Policy.Validate(); err != nil {
+			bad("connector %q: %w", c.Name, err)
 		}
 		switch c.Config.Kind {
 		case 0, yaml.MappingNode:

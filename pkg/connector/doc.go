@@ -110,7 +110,17 @@
 // leaves access in place, so the safe default is to try again and let the dead-letter queue
 // catch what never succeeds. Use Permanent for what no retry can fix (a bad request, a
 // missing permission, an unknown entitlement, an invalid username), so an operator sees it
-// at once. ErrUnsupported says the connector cannot do what was asked at all.
+// at once. ErrUnsupported says the connector cannot do what was asked at all. ErrPending
+// (Pending) says the work was handed to a person through the host's TaskQueue and will be
+// confirmed by their attestation, not by a retry (the manual connector).
+//
+// # What the host does with them
+//
+// Runner is the host's execution policy, one per target, configured by Policy (the
+// connectors file's `policy:` block): a rate limit (token bucket), a concurrency limit, a
+// timeout per call, retries of retryable errors with exponential back-off and jitter up to
+// MaxAttempts, a target's Retry-After honoured for every call to that target, and a span and
+// metrics per call and per operation. Permanent and not-found errors are not retried.
 //
 // # Testing
 //

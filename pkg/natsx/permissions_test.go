@@ -343,7 +343,7 @@ func TestNATSPermissions(t *testing.T) {
 	allowed := map[string][]string{
 		"intake":      {"tenure.hr.joiner.w1", "tenure.dlq.intake"},
 		"approval":    {"tenure.access.grant.w1", "tenure.alert.breakglass.w1", "tenure.dlq.approval"},
-		"provisioner": {"tenure.provision.demo-ehr.create", "tenure.result.demo-ehr.ok", "tenure.revocation.disable.w1", "tenure.case.opened.w1", "tenure.alert.case-overdue.w1", "tenure.dlq.provisioner"},
+		"provisioner": {"tenure.provision.demo-ehr.create", "tenure.result.demo-ehr.ok", "tenure.revocation.disable.w1", "tenure.case.opened.w1", "tenure.alert.case-overdue.w1", "tenure.reconcile.finding.demo-ehr", "tenure.dlq.provisioner"},
 		"ledger":      {"tenure.ledger.checkpoint.1", "tenure.dlq.ledger"},
 	}
 	t.Run("services publish their own subjects", func(t *testing.T) {

@@ -24,6 +24,7 @@ var EventSubjects = []string{
 	"tenure.revocation.>", // provisioner: revocation stream for security teams
 	"tenure.case.>",       // provisioner: leaver case lifecycle
 	"tenure.alert.>",      // approval, provisioner: break-glass, overdue cases
+	"tenure.reconcile.>",  // provisioner: reconciliation findings
 	"tenure.ledger.>",     // ledger: checkpoints
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -29,27 +30,33 @@ const (
 // handleEvent converges desired state from HR events and access decisions, in one
 // transaction with the inbox claim and the commands it emits.
 func (s *Service) handleEvent(ctx context.Context, msg jetstream.Msg) error {
-	meta := events.MetaOf(msg.Headers())
+	return s.applyEvent(ctx, msg.Subject(), msg.Headers(), msg.Data())
+}
+
+// applyEvent is handleEvent on the parts of a message, so a dead-lettered event can be
+// re-applied from its stored copy.
+func (s *Service) applyEvent(ctx context.Context, subject string, headers nats.Header, data []byte) error {
+	meta := events.MetaOf(headers)
 	var out []events.Event
 	var err error
 	err = pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		first, err := pgstore.Claim(ctx, tx, durable, meta.ID, msg.Subject())
+		first, err := pgstore.Claim(ctx, tx, durable, meta.ID, subject)
 		if err != nil || !first {
 			return err
 		}
 		switch {
-		case strings.HasPrefix(msg.Subject(), "tenure.hr."):
+		case strings.HasPrefix(subject, "tenure.hr."):
 			var ev eventsv1.WorkerEvent
-			if err := proto.Unmarshal(msg.Data(), &ev); err != nil {
-				return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))
+			if err := proto.Unmarshal(data, &ev); err != nil {
+				return natsx.Permanent(fmt.Errorf("decode %s: %w", subject, err))
 			}
 			out, err = s.onHR(ctx, tx, meta, &ev)
-		case strings.HasPrefix(msg.Subject(), "tenure.access.grant."), strings.HasPrefix(msg.Subject(), "tenure.access.revoke."):
+		case strings.HasPrefix(subject, "tenure.access.grant."), strings.HasPrefix(subject, "tenure.access.revoke."):
 			// Only grant and revoke carry AccessDecisions; the approval service's other
 			// facts (policy_loaded, request_*, review_*) are for the ledger.
 			var d eventsv1.AccessDecision
-			if err := proto.Unmarshal(msg.Data(), &d); err != nil {
-				return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))
+			if err := proto.Unmarshal(data, &d); err != nil {
+				return natsx.Permanent(fmt.Errorf("decode %s: %w", subject, err))
 			}
 			out, err = s.onDecision(ctx, tx, &d)
 		}
@@ -100,6 +107,8 @@ func (s *Service) onHR(ctx context.Context, tx pgx.Tx, meta events.Meta, ev *eve
 		return s.setWorkerLinks(ctx, tx, w.GetWorkerId(), stateDisabled, "")
 	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_END:
 		return s.setWorkerLinks(ctx, tx, w.GetWorkerId(), stateEnabled, "")
+	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_RESCIND:
+		return s.rescind(ctx, tx, w.GetWorkerId())
 	}
 	return nil, nil
 }
@@ -108,7 +117,7 @@ func (s *Service) onHR(ctx context.Context, tx pgx.Tx, meta events.Meta, ev *eve
 // (leave of absence: disable, keep links).
 func (s *Service) setWorkerLinks(ctx context.Context, tx pgx.Tx, worker, state, caseID string) ([]events.Event, error) {
 	rows, err := tx.Query(ctx, `UPDATE links SET desired_state = $2, generation = generation + 1
-		WHERE worker_id = $1 AND ($2 = 'disabled' OR EXISTS (SELECT 1 FROM link_grants g WHERE g.link_id = links.link_id AND g.active))
+		WHERE worker_id = $1 AND desired_state <> 'absent' AND ($2 = 'disabled' OR EXISTS (SELECT 1 FROM link_grants g WHERE g.link_id = links.link_id AND g.active))
 		RETURNING link_id, connector, generation`, worker, state)
 	if err != nil {
 		return nil, err
@@ -170,6 +179,20 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 	if err != nil {
 		return nil, err
 	}
+	// A person needs longer than a connector: a case with a manual account gets the manual
+	// target's task deadline (default 1 hour) when that is later.
+	caseDeadline := deadline
+	for _, c := range out {
+		if t := s.targets[c.Payload.(*eventsv1.ProvisionCommand).Connector]; t != nil && opened.Add(t.taskDeadline).After(caseDeadline) {
+			caseDeadline = opened.Add(t.taskDeadline)
+		}
+	}
+	if caseDeadline.After(deadline) {
+		deadline = caseDeadline
+		if _, err := tx.Exec(ctx, "UPDATE cases SET deadline = $2 WHERE case_id = $1", caseID, deadline); err != nil {
+			return nil, err
+		}
+	}
 	for _, c := range out {
 		cmd := c.Payload.(*eventsv1.ProvisionCommand)
 		if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation) VALUES ($1, $2, $3)
@@ -184,6 +207,11 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 		events.Event{ID: events.NewID(), Subject: events.Subject("tenure.revocation", "worker_terminated", worker), Source: source, WorkerID: worker, Actor: "provisioner",
 			Payload: &eventsv1.Revocation{RevocationId: events.NewID(), Kind: eventsv1.RevocationKind_REVOCATION_KIND_WORKER_TERMINATED, WorkerId: worker, Email: email, CaseId: caseID, OccurredAt: timestamppb.New(now)}},
 	)
+	dels, err := s.scheduleDeletions(ctx, tx, caseID, now, out)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, dels...)
 	done, err := s.maybeComplete(ctx, tx, caseID)
 	if err != nil {
 		return nil, err
@@ -280,6 +308,10 @@ func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, sta
 	if err := tx.QueryRow(ctx, "SELECT connector, desired_state, desired_entitlements, generation FROM links WHERE link_id = $1 FOR UPDATE", linkID).Scan(&conn, &curState, &curEnts, &gen); err != nil {
 		return nil, err
 	}
+	if curState == stateAbsent {
+		// A deleted account stays deleted; its username is a tombstone.
+		return nil, nil
+	}
 	var ents []string
 	if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT e ORDER BY e), '{}') FROM link_grants g, unnest(g.entitlements) e
 		WHERE g.link_id = $1 AND g.active`, linkID).Scan(&ents); err != nil {
@@ -312,7 +344,10 @@ var unsafeUser = regexp.MustCompile(`[^a-z0-9._-]+`)
 // admin account must not become the one tenure manages; it is only ever disabled.
 func (s *Service) linkFor(ctx context.Context, tx pgx.Tx, worker, conn, email, given, family string) (string, error) {
 	var id string
-	err := tx.QueryRow(ctx, "SELECT link_id FROM links WHERE worker_id = $1 AND connector = $2 AND origin = 'provisioned' ORDER BY created_at LIMIT 1", worker, conn).Scan(&id)
+	// A deleted account is never recreated: a rehired worker gets a new link and a username
+	// nobody had before.
+	err := tx.QueryRow(ctx, `SELECT link_id FROM links WHERE worker_id = $1 AND connector = $2 AND origin = 'provisioned' AND desired_state <> 'absent'
+		ORDER BY created_at LIMIT 1`, worker, conn).Scan(&id)
 	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
 		return id, err
 	}
@@ -379,6 +414,15 @@ func (s *Service) LinkAccount(ctx context.Context, worker, conn, username, accou
 				return err
 			}
 			out = append(out, command(worker, conn, id, gen, eventsv1.ProvisionOp_PROVISION_OP_DISABLE, caseID))
+			var opened time.Time
+			if err := tx.QueryRow(ctx, "SELECT opened_at FROM cases WHERE case_id = $1", caseID).Scan(&opened); err != nil {
+				return err
+			}
+			dels, err := s.scheduleDeletions(ctx, tx, caseID, opened, out)
+			if err != nil {
+				return err
+			}
+			out = append(out, dels...)
 		} else if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}

@@ -7,12 +7,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/tenure-dev/tenure/pkg/natsx"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -44,10 +42,10 @@ func (s *Service) GetLeaverCase(ctx context.Context, req *provisionerv1.GetLeave
 	var c provisionerv1.LeaverCase
 	var st string
 	var opened, deadline time.Time
-	var completed *time.Time
-	err := s.pool.QueryRow(ctx, `SELECT case_id, worker_id, hr_event_id, status, opened_at, deadline, completed_at FROM cases
+	var completed, rescinded *time.Time
+	err := s.pool.QueryRow(ctx, `SELECT case_id, worker_id, hr_event_id, status, opened_at, deadline, completed_at, rescinded_at FROM cases
 		WHERE ($1 = '' OR case_id = $1) AND ($2 = '' OR worker_id = $2) ORDER BY opened_at DESC LIMIT 1`, req.GetCaseId(), req.GetWorkerId()).
-		Scan(&c.CaseId, &c.WorkerId, &c.HrEventId, &st, &opened, &deadline, &completed)
+		Scan(&c.CaseId, &c.WorkerId, &c.HrEventId, &st, &opened, &deadline, &completed, &rescinded)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Errorf(codes.NotFound, "no leaver case for worker %q case %q", req.GetWorkerId(), req.GetCaseId())
 	}
@@ -55,10 +53,29 @@ func (s *Service) GetLeaverCase(ctx context.Context, req *provisionerv1.GetLeave
 		return nil, status.Errorf(codes.Internal, "get case: %v", err)
 	}
 	c.Status = eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_OPEN
-	if st == "completed" {
+	if st == "completed" || st == "rescinded" {
 		c.Status = eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED
 	}
-	c.OpenedAt, c.Deadline, c.CompletedAt = timestamppb.New(opened), timestamppb.New(deadline), ts(completed)
+	if st == "rescinded" && completed == nil {
+		completed = rescinded
+	}
+	c.OpenedAt, c.Deadline, c.CompletedAt, c.RescindedAt = timestamppb.New(opened), timestamppb.New(deadline), ts(completed), ts(rescinded)
+	drows, err := s.pool.Query(ctx, `SELECT d.deletion_id, d.link_id, d.connector, l.username, d.status, d.due_at, d.completed_at, d.reason
+		FROM deletions d JOIN links l USING (link_id) WHERE d.case_id = $1 ORDER BY d.connector, l.username, d.scheduled_at`, c.CaseId)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "get case deletions: %v", err)
+	}
+	c.Deletions, err = pgx.CollectRows(drows, func(r pgx.CollectableRow) (*provisionerv1.Deletion, error) {
+		var d provisionerv1.Deletion
+		var due time.Time
+		var done *time.Time
+		err := r.Scan(&d.DeletionId, &d.LinkId, &d.Connector, &d.Username, &d.Status, &due, &done, &d.Reason)
+		d.DueAt, d.CompletedAt = timestamppb.New(due), ts(done)
+		return &d, err
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "get case deletions: %v", err)
+	}
 	rows, err := s.pool.Query(ctx, `SELECT a.link_id, l.connector, l.username, a.status, a.attempts, a.last_error, a.verified_at, a.observed_state
 		FROM case_accounts a JOIN links l USING (link_id) WHERE a.case_id = $1 ORDER BY l.connector, l.username`, c.CaseId)
 	if err != nil {
@@ -81,26 +98,44 @@ func (s *Service) GetLeaverCase(ctx context.Context, req *provisionerv1.GetLeave
 // ListQueues reports each connector's work queue from its JetStream consumer and the
 // dead-letter stream.
 func (s *Service) ListQueues(ctx context.Context, _ *provisionerv1.ListQueuesRequest) (*provisionerv1.ListQueuesResponse, error) {
+	// Dead letters an operator has not re-driven yet (copied from the dead-letter stream).
 	dead := map[string]uint64{}
-	if dlq, err := s.js.Stream(ctx, natsx.DLQStream); err == nil {
-		if info, err := dlq.Info(ctx, jetstream.WithSubjectFilter(natsx.DLQPrefix+".>")); err == nil {
-			for subj, n := range info.State.Subjects {
-				dead[subj] = n
-			}
-		}
+	rows, err := s.pool.Query(ctx, "SELECT connector, count(*) FROM dead_letters WHERE status = 'open' GROUP BY connector")
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "count dead letters: %v", err)
 	}
+	for rows.Next() {
+		var conn string
+		var n int64
+		if err := rows.Scan(&conn, &n); err != nil {
+			rows.Close()
+			return nil, status.Errorf(codes.Internal, "count dead letters: %v", err)
+		}
+		dead[conn] = uint64(n)
+	}
+	rows.Close()
+	// Accounts whose last attempt failed and that have not verified since.
+	failed := map[string]uint64{}
+	rows, err = s.pool.Query(ctx, "SELECT connector, count(*) FROM links WHERE last_error <> '' AND attempts > 0 GROUP BY connector")
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "count failed accounts: %v", err)
+	}
+	for rows.Next() {
+		var conn string
+		var n int64
+		if err := rows.Scan(&conn, &n); err != nil {
+			rows.Close()
+			return nil, status.Errorf(codes.Internal, "count failed accounts: %v", err)
+		}
+		failed[conn] = uint64(n)
+	}
+	rows.Close()
 	var out []*provisionerv1.Queue
 	for _, t := range s.targets {
-		q := &provisionerv1.Queue{Connector: t.Name, ConnectorType: t.Type, DeadLetters: dead[natsx.DLQPrefix+"."+workDurable(t.Name)]}
-		c, err := s.js.Consumer(ctx, natsx.EventsStream, workDurable(t.Name))
-		if err != nil {
+		q := &provisionerv1.Queue{Connector: t.Name, ConnectorType: t.Type, DeadLetters: dead[t.Name], Failed: failed[t.Name]}
+		if err := s.queueStats(ctx, t, q); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "queue %s: %v", t.Name, err)
 		}
-		info, err := c.Info(ctx)
-		if err != nil {
-			return nil, status.Errorf(codes.Unavailable, "queue %s: %v", t.Name, err)
-		}
-		q.Pending, q.InFlight, q.Redelivered = info.NumPending, uint64(info.NumAckPending), uint64(info.NumRedelivered)
 		out = append(out, q)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Connector < out[j].Connector })

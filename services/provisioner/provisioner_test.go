@@ -66,19 +66,28 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
+	// A lying target is retried until it behaves: attempts are cheap and many here.
+	fast := connector.Policy{BackoffInitial: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond, MaxAttempts: 1000}
+	svc, js := run(t, pool, Config{Targets: []Target{{Name: "demo", Type: "postgres", System: "reporting", Conn: target, Policy: fast}}})
+	return &env{svc: svc, pool: pool, js: js, target: target, prefix: prefix}
+}
+
+// run starts a provisioner with cfg on a fresh embedded NATS server until the test ends.
+func run(t *testing.T, pool *pgxpool.Pool, cfg Config) (*Service, jetstream.JetStream) {
+	t.Helper()
 	ns := natstest.Start(t)
-	svc, err := New(ctx, Config{
-		Targets: []Target{{Name: "demo", Type: "postgres", System: "reporting", Conn: target}},
-		BackOff: []time.Duration{50 * time.Millisecond}, MaxDeliver: 1000,
-	}, Deps{Pool: pool, JS: ns.JS})
+	if cfg.BackOff == nil {
+		cfg.BackOff, cfg.MaxDeliver = []time.Duration{50 * time.Millisecond}, 1000
+	}
+	svc, err := New(context.Background(), cfg, Deps{Pool: pool, JS: ns.JS})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
+	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { svc.Run(rctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return &env{svc: svc, pool: pool, js: ns.JS, target: target, prefix: prefix}
+	return svc, ns.JS
 }
 
 func (e *env) publish(t *testing.T, subject, worker string, payload proto.Message) {

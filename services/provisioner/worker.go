@@ -36,20 +36,22 @@ func (s *Service) loadLink(ctx context.Context, id string) (link, error) {
 	return l, err
 }
 
+// errSuperseded stops the retries of a command whose link moved on to a newer generation.
+var errSuperseded = connector.Permanent(errors.New("superseded by a newer decision"))
+
 // work runs one provisioning command against its target: converge the account to the link's
 // desired state, read it back, and record the outcome. The command only names the link and
 // the generation it was issued for; a command older than the link's generation is skipped,
-// so a late command never undoes a newer decision.
+// so a late command never undoes a newer decision. The target's runner owns the retries:
+// each failed attempt is recorded where operators see it, and a command that fails for good
+// (a permanent error, or every attempt used) is dead-lettered and its case account marked
+// failed, never retried for ever.
 func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error {
 	var cmd eventsv1.ProvisionCommand
 	if err := proto.Unmarshal(msg.Data(), &cmd); err != nil {
 		return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))
 	}
 	meta := events.MetaOf(msg.Headers())
-	attempt := 1
-	if md, err := msg.Metadata(); err == nil {
-		attempt = int(md.NumDelivered)
-	}
 	l, err := s.loadLink(ctx, cmd.GetLinkId())
 	if errors.Is(err, pgx.ErrNoRows) {
 		return natsx.Permanent(fmt.Errorf("command %s: unknown link %s", cmd.GetCommandId(), cmd.GetLinkId()))
@@ -58,59 +60,132 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 		return err
 	}
 	if cmd.GetGeneration() < l.generation {
-		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, attempt, nil)
+		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, 1, nil)
 	}
-	acct, sessionsRevoked, opErr := s.apply(ctx, t, l)
-	if opErr == nil {
-		opErr = verify(l, acct)
-	}
-	if opErr != nil {
-		if connector.KindOf(opErr) == connector.KindPermanent {
-			opErr = natsx.Permanent(opErr)
+	// Waits for a slot or a retry end with the service; JetStream then redelivers.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.stop, cancel)()
+	var acct connector.Account
+	var sessionsRevoked bool
+	attempts := 0
+	opErr := t.runner.Do(ctx, msg.Subject(), func(ctx context.Context, n int) error {
+		attempts = n
+		if n > 1 {
+			cur, err := s.loadLink(ctx, l.id)
+			if err != nil {
+				return err
+			}
+			if cur.generation > cmd.GetGeneration() {
+				return errSuperseded
+			}
+			l = cur
 		}
-		if ferr := s.fail(ctx, &cmd, l, attempt, opErr); ferr != nil {
-			s.log.WarnContext(ctx, "record failure", "err", ferr)
+		a, sessions, err := s.apply(ctx, t, l)
+		if err == nil {
+			err = verify(l, a)
 		}
+		acct, sessionsRevoked = a, sessions
+		return err
+	}, connector.Hooks{
+		Failed: func(n int, err error, retryIn time.Duration) {
+			if retryIn == 0 {
+				return // the last failure is recorded below, with its outcome
+			}
+			if ferr := s.fail(ctx, &cmd, l, n, err, false); ferr != nil {
+				s.log.WarnContext(ctx, "record failure", "err", ferr)
+			}
+		},
+		Heartbeat:      func() { msg.InProgress() },
+		HeartbeatEvery: ackWait / 3,
+	})
+	switch {
+	case opErr == nil:
+		return s.finish(ctx, meta, msg.Subject(), &cmd, l, &acct, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, attempts, &sessionsRevoked)
+	case errors.Is(opErr, errSuperseded):
+		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, attempts, nil)
+	case errors.Is(opErr, connector.ErrPending):
+		// A person does this one; the attestation issues the command that reads it back.
+		return s.waiting(ctx, &cmd, l, opErr)
+	case s.stop.Err() != nil:
 		return opErr
 	}
-	return s.finish(ctx, meta, msg.Subject(), &cmd, l, &acct, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, attempt, &sessionsRevoked)
+	if err := s.fail(ctx, &cmd, l, attempts, opErr, true); err != nil {
+		// Keep the message until the failure is on record.
+		return fmt.Errorf("record failure: %w (command failed: %w)", err, opErr)
+	}
+	return natsx.Permanent(opErr)
 }
 
 // apply makes the target match the link's desired state and returns the account as read
-// back afterwards.
+// back afterwards. Every call to the target goes through the target's runner (rate limit,
+// Retry-After pause, timeout, span, metrics).
 func (s *Service) apply(ctx context.Context, t *Target, l link) (connector.Account, bool, error) {
 	ref := connector.AccountRef{ID: l.accountID, Username: l.username}
 	c := t.Conn
+	call := t.runner.Call
+	get := func() (connector.Account, error) {
+		var a connector.Account
+		err := call(ctx, "get", func(ctx context.Context) (err error) {
+			a, err = c.GetAccount(ctx, ref)
+			return err
+		})
+		return a, err
+	}
 	switch l.desired {
+	case stateAbsent:
+		d, ok := c.(connector.Deleter)
+		if !ok {
+			return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot delete accounts", t.Name, t.Type))
+		}
+		if err := call(ctx, connector.CapDelete, func(ctx context.Context) error { return d.DeleteAccount(ctx, ref) }); err != nil && !errors.Is(err, connector.ErrNotFound) {
+			return connector.Account{}, false, fmt.Errorf("delete: %w", err)
+		}
+		// The read-back that counts: the target no longer knows the account.
+		acct, err := get()
+		if errors.Is(err, connector.ErrNotFound) {
+			return connector.Account{ID: l.accountID, Username: l.username, State: connector.StateAbsent}, false, nil
+		}
+		return acct, false, err
 	case stateDisabled:
 		sessions := false
 		if r, ok := c.(connector.SessionRevoker); ok {
-			if err := r.RevokeSessions(ctx, ref); err != nil && !errors.Is(err, connector.ErrNotFound) {
+			err := call(ctx, connector.CapSessions, func(ctx context.Context) error { return r.RevokeSessions(ctx, ref) })
+			switch {
+			case err == nil || errors.Is(err, connector.ErrNotFound):
+				sessions = true
+			case errors.Is(err, errors.ErrUnsupported):
+				// The target cannot end sessions (a webhook receiver answering 501): the
+				// disable still counts, without a session revocation.
+			default:
 				return connector.Account{}, false, fmt.Errorf("revoke sessions: %w", err)
 			}
-			sessions = true
 		}
 		d, ok := c.(connector.Disabler)
 		if !ok {
 			return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot disable accounts", t.Name, t.Type))
 		}
-		if err := d.DisableAccount(ctx, ref); err != nil && !errors.Is(err, connector.ErrNotFound) {
+		if err := call(ctx, connector.CapDisable, func(ctx context.Context) error { return d.DisableAccount(ctx, ref) }); err != nil && !errors.Is(err, connector.ErrNotFound) {
 			return connector.Account{}, false, fmt.Errorf("disable: %w", err)
 		}
-		acct, err := c.GetAccount(ctx, ref)
+		acct, err := get()
 		if errors.Is(err, connector.ErrNotFound) {
 			return connector.Account{Username: l.username, State: connector.StateAbsent}, sessions, nil
 		}
 		return acct, sessions, err
 	default:
-		acct, err := c.GetAccount(ctx, ref)
+		acct, err := get()
 		if errors.Is(err, connector.ErrNotFound) {
 			cr, ok := c.(connector.Creator)
 			if !ok {
 				return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot create accounts", t.Name, t.Type))
 			}
-			acct, err = cr.CreateAccount(ctx, connector.AccountSpec{WorkerID: l.worker, Username: l.username, Email: l.email,
-				GivenName: l.given, FamilyName: l.family, DisplayName: l.given + " " + l.family, Entitlements: l.entitlements})
+			spec := connector.AccountSpec{WorkerID: l.worker, Username: l.username, Email: l.email,
+				GivenName: l.given, FamilyName: l.family, DisplayName: l.given + " " + l.family, Entitlements: l.entitlements}
+			err = call(ctx, connector.CapCreate, func(ctx context.Context) (err error) {
+				acct, err = cr.CreateAccount(ctx, spec)
+				return err
+			})
 			if err != nil {
 				return connector.Account{}, false, fmt.Errorf("create: %w", err)
 			}
@@ -123,27 +198,27 @@ func (s *Service) apply(ctx context.Context, t *Target, l link) (connector.Accou
 			if !ok {
 				return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot enable accounts", t.Name, t.Type))
 			}
-			if err := e.EnableAccount(ctx, ref); err != nil {
+			if err := call(ctx, connector.CapEnable, func(ctx context.Context) error { return e.EnableAccount(ctx, ref) }); err != nil {
 				return connector.Account{}, false, fmt.Errorf("enable: %w", err)
 			}
 		}
 		if g, ok := c.(connector.EntitlementGranter); ok {
 			for _, e := range l.entitlements {
 				if !slices.Contains(acct.Entitlements, e) {
-					if err := g.GrantEntitlement(ctx, ref, e); err != nil {
+					if err := call(ctx, "grant", func(ctx context.Context) error { return g.GrantEntitlement(ctx, ref, e) }); err != nil {
 						return connector.Account{}, false, fmt.Errorf("grant %s: %w", e, err)
 					}
 				}
 			}
 			for _, e := range acct.Entitlements {
 				if !slices.Contains(l.entitlements, e) {
-					if err := g.RevokeEntitlement(ctx, ref, e); err != nil {
+					if err := call(ctx, "revoke", func(ctx context.Context) error { return g.RevokeEntitlement(ctx, ref, e) }); err != nil {
 						return connector.Account{}, false, fmt.Errorf("revoke %s: %w", e, err)
 					}
 				}
 			}
 		}
-		acct, err = c.GetAccount(ctx, ref)
+		acct, err = get()
 		return acct, false, err
 	}
 }
@@ -152,6 +227,10 @@ func (s *Service) apply(ctx context.Context, t *Target, l link) (connector.Accou
 // "ok" but did not change is caught here and retried.
 func verify(l link, a connector.Account) error {
 	switch l.desired {
+	case stateAbsent:
+		if a.State != connector.StateAbsent {
+			return connector.Retryable(fmt.Errorf("read-back: account %s is still there (%s), want deleted", l.username, a.State))
+		}
 	case stateDisabled:
 		if a.State != connector.StateDisabled && a.State != connector.StateAbsent {
 			return connector.Retryable(fmt.Errorf("read-back: account %s is %s, want disabled", l.username, a.State))
@@ -205,20 +284,25 @@ func result(cmd *eventsv1.ProvisionCommand, l link, outcome eventsv1.ProvisionOu
 		WorkerID: l.worker, Actor: "provisioner", Payload: r}
 }
 
-// fail records a failed attempt where operators see it; the command is retried by redelivery.
-func (s *Service) fail(ctx context.Context, cmd *eventsv1.ProvisionCommand, l link, attempt int, cause error) error {
+// fail records a failed attempt where operators see it: the link's and the case account's
+// attempts and last error, and a result event. dead says the command is given up (it goes to
+// the dead-letter stream): the case account is then marked failed until an operator
+// re-drives it.
+func (s *Service) fail(ctx context.Context, cmd *eventsv1.ProvisionCommand, l link, attempt int, cause error, dead bool) error {
 	err := pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "UPDATE links SET attempts = attempts + 1, last_error = $2 WHERE link_id = $1", l.id, cause.Error()); err != nil {
 			return err
 		}
 		if cmd.GetCaseId() != "" {
-			if _, err := tx.Exec(ctx, "UPDATE case_accounts SET attempts = attempts + 1, last_error = $3 WHERE case_id = $1 AND link_id = $2",
-				cmd.GetCaseId(), l.id, cause.Error()); err != nil {
+			if _, err := tx.Exec(ctx, `UPDATE case_accounts SET attempts = attempts + 1, last_error = $3,
+				  status = CASE WHEN $4 THEN 'failed' ELSE 'pending' END
+				WHERE case_id = $1 AND link_id = $2 AND status <> 'verified'`,
+				cmd.GetCaseId(), l.id, cause.Error(), dead); err != nil {
 				return err
 			}
 		}
 		outcome := eventsv1.ProvisionOutcome_PROVISION_OUTCOME_FAILED
-		if errors.Is(cause, natsx.ErrPermanent) || attempt >= s.cfg.MaxDeliver {
+		if dead {
 			outcome = eventsv1.ProvisionOutcome_PROVISION_OUTCOME_DEAD_LETTERED
 		}
 		return pgstore.Enqueue(ctx, tx, result(cmd, l, outcome, attempt, nil, cause.Error()))
@@ -227,6 +311,19 @@ func (s *Service) fail(ctx context.Context, cmd *eventsv1.ProvisionCommand, l li
 		s.relay.Poke()
 	}
 	return err
+}
+
+// waiting records that a person has the command's work (a manual task); the case account
+// shows it until the operator's attestation verifies the account.
+func (s *Service) waiting(ctx context.Context, cmd *eventsv1.ProvisionCommand, l link, cause error) error {
+	return pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "UPDATE links SET last_error = $2 WHERE link_id = $1", l.id, cause.Error()); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE case_accounts a SET status = 'waiting', last_error = $2
+			FROM cases c WHERE a.case_id = c.case_id AND c.status = 'open' AND a.link_id = $1 AND a.status <> 'verified'`, l.id, cause.Error())
+		return err
+	})
 }
 
 // finish records a verified (or superseded) command in one transaction with its inbox claim:
@@ -256,6 +353,16 @@ func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, 
 			return err
 		}
 		if tag.RowsAffected() == 1 {
+			if err := resolveDeadLetters(ctx, tx, l.id); err != nil {
+				return err
+			}
+			if l.desired == stateAbsent {
+				dels, err := s.deleted(ctx, tx, l.id)
+				if err != nil {
+					return err
+				}
+				out = append(out, dels...)
+			}
 			// The link is still at the verified generation, so its grants are what the target
 			// now reflects: the approval service matches these ids to confirm grants and revokes.
 			if err := grantIDs(ctx, tx, l.id, res.Payload.(*eventsv1.ProvisionResult)); err != nil {
@@ -278,7 +385,7 @@ func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, 
 			// open case task issued for it at this generation or before, whichever command
 			// carried the case id.
 			rows, err := tx.Query(ctx, `UPDATE case_accounts a SET status = 'verified', verified_at = $3, observed_state = $4, attempts = a.attempts + 1
-				FROM cases c WHERE a.case_id = c.case_id AND c.status = 'open' AND a.link_id = $1 AND a.status = 'pending' AND a.generation <= $2
+				FROM cases c WHERE a.case_id = c.case_id AND c.status = 'open' AND a.link_id = $1 AND a.status <> 'verified' AND a.generation <= $2
 				RETURNING a.case_id`, l.id, cmd.GetGeneration(), now, acct.State.String())
 			if err != nil {
 				return err
@@ -331,9 +438,10 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// watchOverdue raises tenure.alert.deprovision_overdue once for each case past its deadline.
+// watchOverdue raises tenure.alert.deprovision_overdue once for each case past its deadline
+// and tenure.alert.task_overdue once for each manual task past its own.
 func (s *Service) watchOverdue(ctx context.Context) error {
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTicker(s.cfg.OverdueInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -343,6 +451,9 @@ func (s *Service) watchOverdue(ctx context.Context) error {
 		}
 		if err := s.alertOverdue(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("overdue check", "err", err)
+		}
+		if err := s.alertOverdueTasks(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("overdue task check", "err", err)
 		}
 	}
 }

@@ -2163,6 +2163,321 @@ func (x *RequestEvent) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// ReconcileFinding is published on tenure.reconcile.finding.<connector> by the provisioner when
+// a reconciliation of the connector's target finds something (status open) and when a later
+// reconciliation no longer sees it (status resolved).
+type ReconcileFinding struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	FindingId string                 `protobuf:"bytes,1,opt,name=finding_id,json=findingId,proto3" json:"finding_id,omitempty"`
+	Connector string                 `protobuf:"bytes,2,opt,name=connector,proto3" json:"connector,omitempty"`
+	System    string                 `protobuf:"bytes,3,opt,name=system,proto3" json:"system,omitempty"`
+	// orphan (no account link, or linked to a worker who is not active), shared (a generic
+	// name, or one account linked to several workers) or drift (entitlements on the target
+	// that no grant explains).
+	Kind      string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	Username  string `protobuf:"bytes,5,opt,name=username,proto3" json:"username,omitempty"`
+	AccountId string `protobuf:"bytes,6,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// The workers the account is linked to, if any.
+	WorkerIds []string `protobuf:"bytes,7,rep,name=worker_ids,json=workerIds,proto3" json:"worker_ids,omitempty"`
+	LinkId    string   `protobuf:"bytes,8,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	// Why, in words: "no account link", "linked to worker E1 (WORKER_STATUS_TERMINATED)",
+	// "name matches frontdesk*", "linked to 2 workers".
+	Detail string `protobuf:"bytes,9,opt,name=detail,proto3" json:"detail,omitempty"`
+	// drift: the entitlements no grant explains.
+	Entitlements []string `protobuf:"bytes,10,rep,name=entitlements,proto3" json:"entitlements,omitempty"`
+	// open or resolved.
+	Status        string                 `protobuf:"bytes,11,opt,name=status,proto3" json:"status,omitempty"`
+	ObservedState AccountState           `protobuf:"varint,12,opt,name=observed_state,json=observedState,proto3,enum=tenure.events.v1.AccountState" json:"observed_state,omitempty"`
+	FirstSeen     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	ResolvedAt    *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=resolved_at,json=resolvedAt,proto3" json:"resolved_at,omitempty"`
+	// The reconciliation run that last saw (or resolved) it.
+	RunId string `protobuf:"bytes,16,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// The orphan was disabled by policy (disable_orphans): a command was issued through the
+	// ordinary path, with read-back.
+	DisableIssued bool `protobuf:"varint,17,opt,name=disable_issued,json=disableIssued,proto3" json:"disable_issued,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconcileFinding) Reset() {
+	*x = ReconcileFinding{}
+	mi := &file_tenure_events_v1_events_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileFinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileFinding) ProtoMessage() {}
+
+func (x *ReconcileFinding) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_events_v1_events_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileFinding.ProtoReflect.Descriptor instead.
+func (*ReconcileFinding) Descriptor() ([]byte, []int) {
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReconcileFinding) GetFindingId() string {
+	if x != nil {
+		return x.FindingId
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetWorkerIds() []string {
+	if x != nil {
+		return x.WorkerIds
+	}
+	return nil
+}
+
+func (x *ReconcileFinding) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetEntitlements() []string {
+	if x != nil {
+		return x.Entitlements
+	}
+	return nil
+}
+
+func (x *ReconcileFinding) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetObservedState() AccountState {
+	if x != nil {
+		return x.ObservedState
+	}
+	return AccountState_ACCOUNT_STATE_UNSPECIFIED
+}
+
+func (x *ReconcileFinding) GetFirstSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeen
+	}
+	return nil
+}
+
+func (x *ReconcileFinding) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *ReconcileFinding) GetResolvedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResolvedAt
+	}
+	return nil
+}
+
+func (x *ReconcileFinding) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *ReconcileFinding) GetDisableIssued() bool {
+	if x != nil {
+		return x.DisableIssued
+	}
+	return false
+}
+
+// AccountDeletion is published on tenure.case.deletion_<scheduled|deleted|cancelled>.<worker>
+// by the provisioner: a leaver's disabled account is deleted after the target's grace period
+// (policy delete_after) unless HR rescinds the termination first.
+type AccountDeletion struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	DeletionId string                 `protobuf:"bytes,1,opt,name=deletion_id,json=deletionId,proto3" json:"deletion_id,omitempty"`
+	WorkerId   string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Connector  string                 `protobuf:"bytes,3,opt,name=connector,proto3" json:"connector,omitempty"`
+	System     string                 `protobuf:"bytes,4,opt,name=system,proto3" json:"system,omitempty"`
+	LinkId     string                 `protobuf:"bytes,5,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	Username   string                 `protobuf:"bytes,6,opt,name=username,proto3" json:"username,omitempty"`
+	CaseId     string                 `protobuf:"bytes,7,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	// scheduled, issued, deleted or cancelled.
+	Status string                 `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
+	DueAt  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=due_at,json=dueAt,proto3" json:"due_at,omitempty"`
+	At     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=at,proto3" json:"at,omitempty"`
+	// Why it was cancelled (e.g. "termination rescinded").
+	Reason        string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccountDeletion) Reset() {
+	*x = AccountDeletion{}
+	mi := &file_tenure_events_v1_events_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountDeletion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountDeletion) ProtoMessage() {}
+
+func (x *AccountDeletion) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_events_v1_events_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountDeletion.ProtoReflect.Descriptor instead.
+func (*AccountDeletion) Descriptor() ([]byte, []int) {
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AccountDeletion) GetDeletionId() string {
+	if x != nil {
+		return x.DeletionId
+	}
+	return ""
+}
+
+func (x *AccountDeletion) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *AccountDeletion) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *AccountDeletion) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *AccountDeletion) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *AccountDeletion) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *AccountDeletion) GetCaseId() string {
+	if x != nil {
+		return x.CaseId
+	}
+	return ""
+}
+
+func (x *AccountDeletion) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *AccountDeletion) GetDueAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DueAt
+	}
+	return nil
+}
+
+func (x *AccountDeletion) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *AccountDeletion) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_tenure_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_tenure_events_v1_events_proto_rawDesc = "" +
@@ -2362,7 +2677,45 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\tapprovals\x18\t \x03(\v2\x1a.tenure.events.v1.ApprovalR\tapprovals\x12\x16\n" +
 	"\x06reason\x18\n" +
 	" \x01(\tR\x06reason\x12*\n" +
-	"\x02at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x02at*\xd9\x01\n" +
+	"\x02at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xf8\x04\n" +
+	"\x10ReconcileFinding\x12\x1d\n" +
+	"\n" +
+	"finding_id\x18\x01 \x01(\tR\tfindingId\x12\x1c\n" +
+	"\tconnector\x18\x02 \x01(\tR\tconnector\x12\x16\n" +
+	"\x06system\x18\x03 \x01(\tR\x06system\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x1a\n" +
+	"\busername\x18\x05 \x01(\tR\busername\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x06 \x01(\tR\taccountId\x12\x1d\n" +
+	"\n" +
+	"worker_ids\x18\a \x03(\tR\tworkerIds\x12\x17\n" +
+	"\alink_id\x18\b \x01(\tR\x06linkId\x12\x16\n" +
+	"\x06detail\x18\t \x01(\tR\x06detail\x12\"\n" +
+	"\fentitlements\x18\n" +
+	" \x03(\tR\fentitlements\x12\x16\n" +
+	"\x06status\x18\v \x01(\tR\x06status\x12E\n" +
+	"\x0eobserved_state\x18\f \x01(\x0e2\x1e.tenure.events.v1.AccountStateR\robservedState\x129\n" +
+	"\n" +
+	"first_seen\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x127\n" +
+	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12;\n" +
+	"\vresolved_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"resolvedAt\x12\x15\n" +
+	"\x06run_id\x18\x10 \x01(\tR\x05runId\x12%\n" +
+	"\x0edisable_issued\x18\x11 \x01(\bR\rdisableIssued\"\xe2\x02\n" +
+	"\x0fAccountDeletion\x12\x1f\n" +
+	"\vdeletion_id\x18\x01 \x01(\tR\n" +
+	"deletionId\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1c\n" +
+	"\tconnector\x18\x03 \x01(\tR\tconnector\x12\x16\n" +
+	"\x06system\x18\x04 \x01(\tR\x06system\x12\x17\n" +
+	"\alink_id\x18\x05 \x01(\tR\x06linkId\x12\x1a\n" +
+	"\busername\x18\x06 \x01(\tR\busername\x12\x17\n" +
+	"\acase_id\x18\a \x01(\tR\x06caseId\x12\x16\n" +
+	"\x06status\x18\b \x01(\tR\x06status\x121\n" +
+	"\x06due_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x05dueAt\x12*\n" +
+	"\x02at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
+	"\x06reason\x18\v \x01(\tR\x06reason*\xd9\x01\n" +
 	"\n" +
 	"WorkerType\x12\x1b\n" +
 	"\x17WORKER_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
@@ -2431,7 +2784,7 @@ func file_tenure_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_tenure_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_tenure_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_tenure_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_tenure_events_v1_events_proto_goTypes = []any{
 	(WorkerType)(0),               // 0: tenure.events.v1.WorkerType
 	(WorkerStatus)(0),             // 1: tenure.events.v1.WorkerStatus
@@ -2455,46 +2808,54 @@ var file_tenure_events_v1_events_proto_goTypes = []any{
 	(*ReviewEvent)(nil),           // 19: tenure.events.v1.ReviewEvent
 	(*ReviewDecision)(nil),        // 20: tenure.events.v1.ReviewDecision
 	(*RequestEvent)(nil),          // 21: tenure.events.v1.RequestEvent
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*ReconcileFinding)(nil),      // 22: tenure.events.v1.ReconcileFinding
+	(*AccountDeletion)(nil),       // 23: tenure.events.v1.AccountDeletion
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_tenure_events_v1_events_proto_depIdxs = []int32{
 	0,  // 0: tenure.events.v1.Worker.worker_type:type_name -> tenure.events.v1.WorkerType
 	1,  // 1: tenure.events.v1.Worker.status:type_name -> tenure.events.v1.WorkerStatus
 	2,  // 2: tenure.events.v1.WorkerEvent.kind:type_name -> tenure.events.v1.WorkerEventKind
 	9,  // 3: tenure.events.v1.WorkerEvent.worker:type_name -> tenure.events.v1.Worker
-	22, // 4: tenure.events.v1.WorkerEvent.effective_time:type_name -> google.protobuf.Timestamp
-	22, // 5: tenure.events.v1.WorkerEvent.received_time:type_name -> google.protobuf.Timestamp
-	22, // 6: tenure.events.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
+	24, // 4: tenure.events.v1.WorkerEvent.effective_time:type_name -> google.protobuf.Timestamp
+	24, // 5: tenure.events.v1.WorkerEvent.received_time:type_name -> google.protobuf.Timestamp
+	24, // 6: tenure.events.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
 	3,  // 7: tenure.events.v1.AccessDecision.kind:type_name -> tenure.events.v1.AccessDecisionKind
 	11, // 8: tenure.events.v1.AccessDecision.approvals:type_name -> tenure.events.v1.Approval
-	22, // 9: tenure.events.v1.AccessDecision.decided_at:type_name -> google.protobuf.Timestamp
-	22, // 10: tenure.events.v1.AccessDecision.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 9: tenure.events.v1.AccessDecision.decided_at:type_name -> google.protobuf.Timestamp
+	24, // 10: tenure.events.v1.AccessDecision.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 11: tenure.events.v1.ProvisionCommand.op:type_name -> tenure.events.v1.ProvisionOp
 	4,  // 12: tenure.events.v1.ProvisionResult.op:type_name -> tenure.events.v1.ProvisionOp
 	5,  // 13: tenure.events.v1.ProvisionResult.outcome:type_name -> tenure.events.v1.ProvisionOutcome
 	6,  // 14: tenure.events.v1.ProvisionResult.observed_state:type_name -> tenure.events.v1.AccountState
-	22, // 15: tenure.events.v1.ProvisionResult.completed_at:type_name -> google.protobuf.Timestamp
+	24, // 15: tenure.events.v1.ProvisionResult.completed_at:type_name -> google.protobuf.Timestamp
 	7,  // 16: tenure.events.v1.Revocation.kind:type_name -> tenure.events.v1.RevocationKind
-	22, // 17: tenure.events.v1.Revocation.occurred_at:type_name -> google.protobuf.Timestamp
+	24, // 17: tenure.events.v1.Revocation.occurred_at:type_name -> google.protobuf.Timestamp
 	8,  // 18: tenure.events.v1.CaseEvent.status:type_name -> tenure.events.v1.LeaverCaseStatus
-	22, // 19: tenure.events.v1.CaseEvent.opened_at:type_name -> google.protobuf.Timestamp
-	22, // 20: tenure.events.v1.CaseEvent.completed_at:type_name -> google.protobuf.Timestamp
-	22, // 21: tenure.events.v1.CaseEvent.deadline:type_name -> google.protobuf.Timestamp
-	22, // 22: tenure.events.v1.PolicyLoaded.loaded_at:type_name -> google.protobuf.Timestamp
-	22, // 23: tenure.events.v1.BreakGlassAlert.granted_at:type_name -> google.protobuf.Timestamp
-	22, // 24: tenure.events.v1.BreakGlassAlert.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 25: tenure.events.v1.BreakGlassAlert.review_due:type_name -> google.protobuf.Timestamp
-	22, // 26: tenure.events.v1.ReviewEvent.started_at:type_name -> google.protobuf.Timestamp
-	22, // 27: tenure.events.v1.ReviewEvent.deadline:type_name -> google.protobuf.Timestamp
-	22, // 28: tenure.events.v1.ReviewEvent.closed_at:type_name -> google.protobuf.Timestamp
-	22, // 29: tenure.events.v1.ReviewDecision.decided_at:type_name -> google.protobuf.Timestamp
+	24, // 19: tenure.events.v1.CaseEvent.opened_at:type_name -> google.protobuf.Timestamp
+	24, // 20: tenure.events.v1.CaseEvent.completed_at:type_name -> google.protobuf.Timestamp
+	24, // 21: tenure.events.v1.CaseEvent.deadline:type_name -> google.protobuf.Timestamp
+	24, // 22: tenure.events.v1.PolicyLoaded.loaded_at:type_name -> google.protobuf.Timestamp
+	24, // 23: tenure.events.v1.BreakGlassAlert.granted_at:type_name -> google.protobuf.Timestamp
+	24, // 24: tenure.events.v1.BreakGlassAlert.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 25: tenure.events.v1.BreakGlassAlert.review_due:type_name -> google.protobuf.Timestamp
+	24, // 26: tenure.events.v1.ReviewEvent.started_at:type_name -> google.protobuf.Timestamp
+	24, // 27: tenure.events.v1.ReviewEvent.deadline:type_name -> google.protobuf.Timestamp
+	24, // 28: tenure.events.v1.ReviewEvent.closed_at:type_name -> google.protobuf.Timestamp
+	24, // 29: tenure.events.v1.ReviewDecision.decided_at:type_name -> google.protobuf.Timestamp
 	11, // 30: tenure.events.v1.RequestEvent.approvals:type_name -> tenure.events.v1.Approval
-	22, // 31: tenure.events.v1.RequestEvent.at:type_name -> google.protobuf.Timestamp
-	32, // [32:32] is the sub-list for method output_type
-	32, // [32:32] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	24, // 31: tenure.events.v1.RequestEvent.at:type_name -> google.protobuf.Timestamp
+	6,  // 32: tenure.events.v1.ReconcileFinding.observed_state:type_name -> tenure.events.v1.AccountState
+	24, // 33: tenure.events.v1.ReconcileFinding.first_seen:type_name -> google.protobuf.Timestamp
+	24, // 34: tenure.events.v1.ReconcileFinding.last_seen:type_name -> google.protobuf.Timestamp
+	24, // 35: tenure.events.v1.ReconcileFinding.resolved_at:type_name -> google.protobuf.Timestamp
+	24, // 36: tenure.events.v1.AccountDeletion.due_at:type_name -> google.protobuf.Timestamp
+	24, // 37: tenure.events.v1.AccountDeletion.at:type_name -> google.protobuf.Timestamp
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_tenure_events_v1_events_proto_init() }
@@ -2508,7 +2869,7 @@ func file_tenure_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_events_v1_events_proto_rawDesc), len(file_tenure_events_v1_events_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

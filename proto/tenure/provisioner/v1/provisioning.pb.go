@@ -10,6 +10,7 @@ import (
 	v1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -80,7 +81,8 @@ type CaseAccount struct {
 	LinkId    string                 `protobuf:"bytes,1,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
 	Connector string                 `protobuf:"bytes,2,opt,name=connector,proto3" json:"connector,omitempty"`
 	Username  string                 `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
-	// PENDING, VERIFIED or FAILED.
+	// pending, waiting (a manual task is open), verified, or failed (dead-lettered: an
+	// operator re-drives it with RetryAccount).
 	Status        string                 `protobuf:"bytes,4,opt,name=status,proto3" json:"status,omitempty"`
 	Attempts      int32                  `protobuf:"varint,5,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	LastError     string                 `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
@@ -177,15 +179,20 @@ func (x *CaseAccount) GetObservedState() v1.AccountState {
 }
 
 type LeaverCase struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	CaseId        string                 `protobuf:"bytes,1,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Status        v1.LeaverCaseStatus    `protobuf:"varint,3,opt,name=status,proto3,enum=tenure.events.v1.LeaverCaseStatus" json:"status,omitempty"`
-	HrEventId     string                 `protobuf:"bytes,4,opt,name=hr_event_id,json=hrEventId,proto3" json:"hr_event_id,omitempty"`
-	OpenedAt      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
-	CompletedAt   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
-	Deadline      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	Accounts      []*CaseAccount         `protobuf:"bytes,8,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	CaseId      string                 `protobuf:"bytes,1,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	WorkerId    string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Status      v1.LeaverCaseStatus    `protobuf:"varint,3,opt,name=status,proto3,enum=tenure.events.v1.LeaverCaseStatus" json:"status,omitempty"`
+	HrEventId   string                 `protobuf:"bytes,4,opt,name=hr_event_id,json=hrEventId,proto3" json:"hr_event_id,omitempty"`
+	OpenedAt    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
+	CompletedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	Deadline    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Accounts    []*CaseAccount         `protobuf:"bytes,8,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	// Set when HR rescinded the termination: an open case closes then (status COMPLETED with
+	// rescinded_at set) and the accounts the leaver disabled are re-enabled.
+	RescindedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=rescinded_at,json=rescindedAt,proto3" json:"rescinded_at,omitempty"`
+	// Deletions of the case's accounts (targets whose policy deletes after a grace period).
+	Deletions     []*Deletion `protobuf:"bytes,10,rep,name=deletions,proto3" json:"deletions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -276,6 +283,123 @@ func (x *LeaverCase) GetAccounts() []*CaseAccount {
 	return nil
 }
 
+func (x *LeaverCase) GetRescindedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RescindedAt
+	}
+	return nil
+}
+
+func (x *LeaverCase) GetDeletions() []*Deletion {
+	if x != nil {
+		return x.Deletions
+	}
+	return nil
+}
+
+// Deletion is a leaver's disabled account due for deletion after its target's grace period.
+type Deletion struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	DeletionId string                 `protobuf:"bytes,1,opt,name=deletion_id,json=deletionId,proto3" json:"deletion_id,omitempty"`
+	LinkId     string                 `protobuf:"bytes,2,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	Connector  string                 `protobuf:"bytes,3,opt,name=connector,proto3" json:"connector,omitempty"`
+	Username   string                 `protobuf:"bytes,4,opt,name=username,proto3" json:"username,omitempty"`
+	// scheduled, issued (the delete command is out), deleted (read back as not found) or
+	// cancelled (the termination was rescinded).
+	Status        string                 `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	DueAt         *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=due_at,json=dueAt,proto3" json:"due_at,omitempty"`
+	CompletedAt   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	Reason        string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Deletion) Reset() {
+	*x = Deletion{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Deletion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Deletion) ProtoMessage() {}
+
+func (x *Deletion) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Deletion.ProtoReflect.Descriptor instead.
+func (*Deletion) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Deletion) GetDeletionId() string {
+	if x != nil {
+		return x.DeletionId
+	}
+	return ""
+}
+
+func (x *Deletion) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *Deletion) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *Deletion) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *Deletion) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *Deletion) GetDueAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DueAt
+	}
+	return nil
+}
+
+func (x *Deletion) GetCompletedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompletedAt
+	}
+	return nil
+}
+
+func (x *Deletion) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type GetLeaverCaseResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LeaverCase    *LeaverCase            `protobuf:"bytes,1,opt,name=leaver_case,json=leaverCase,proto3" json:"leaver_case,omitempty"`
@@ -285,7 +409,7 @@ type GetLeaverCaseResponse struct {
 
 func (x *GetLeaverCaseResponse) Reset() {
 	*x = GetLeaverCaseResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +421,7 @@ func (x *GetLeaverCaseResponse) String() string {
 func (*GetLeaverCaseResponse) ProtoMessage() {}
 
 func (x *GetLeaverCaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +434,7 @@ func (x *GetLeaverCaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeaverCaseResponse.ProtoReflect.Descriptor instead.
 func (*GetLeaverCaseResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{3}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetLeaverCaseResponse) GetLeaverCase() *LeaverCase {
@@ -328,7 +452,7 @@ type ListQueuesRequest struct {
 
 func (x *ListQueuesRequest) Reset() {
 	*x = ListQueuesRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -340,7 +464,7 @@ func (x *ListQueuesRequest) String() string {
 func (*ListQueuesRequest) ProtoMessage() {}
 
 func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -353,7 +477,7 @@ func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{4}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{5}
 }
 
 type Queue struct {
@@ -366,15 +490,21 @@ type Queue struct {
 	InFlight uint64 `protobuf:"varint,4,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
 	// Messages delivered more than once.
 	Redelivered uint64 `protobuf:"varint,5,opt,name=redelivered,proto3" json:"redelivered,omitempty"`
-	// Commands in the dead-letter stream for this connector.
-	DeadLetters   uint64 `protobuf:"varint,6,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	// Commands in the dead-letter stream for this connector not yet re-driven.
+	DeadLetters uint64 `protobuf:"varint,6,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	// Age of the oldest command not yet acknowledged (0 when the queue is empty; unset when it
+	// could not be read).
+	OldestAge *durationpb.Duration `protobuf:"bytes,7,opt,name=oldest_age,json=oldestAge,proto3" json:"oldest_age,omitempty"`
+	// Accounts whose last attempt failed and that are not verified since (being retried or
+	// dead-lettered).
+	Failed        uint64 `protobuf:"varint,8,opt,name=failed,proto3" json:"failed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Queue) Reset() {
 	*x = Queue{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +516,7 @@ func (x *Queue) String() string {
 func (*Queue) ProtoMessage() {}
 
 func (x *Queue) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +529,7 @@ func (x *Queue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Queue.ProtoReflect.Descriptor instead.
 func (*Queue) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{5}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Queue) GetConnector() string {
@@ -444,6 +574,20 @@ func (x *Queue) GetDeadLetters() uint64 {
 	return 0
 }
 
+func (x *Queue) GetOldestAge() *durationpb.Duration {
+	if x != nil {
+		return x.OldestAge
+	}
+	return nil
+}
+
+func (x *Queue) GetFailed() uint64 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
 type ListQueuesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queues        []*Queue               `protobuf:"bytes,1,rep,name=queues,proto3" json:"queues,omitempty"`
@@ -453,7 +597,7 @@ type ListQueuesResponse struct {
 
 func (x *ListQueuesResponse) Reset() {
 	*x = ListQueuesResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +609,7 @@ func (x *ListQueuesResponse) String() string {
 func (*ListQueuesResponse) ProtoMessage() {}
 
 func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +622,7 @@ func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesResponse.ProtoReflect.Descriptor instead.
 func (*ListQueuesResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{6}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListQueuesResponse) GetQueues() []*Queue {
@@ -497,7 +641,7 @@ type ListAccountsRequest struct {
 
 func (x *ListAccountsRequest) Reset() {
 	*x = ListAccountsRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +653,7 @@ func (x *ListAccountsRequest) String() string {
 func (*ListAccountsRequest) ProtoMessage() {}
 
 func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +666,7 @@ func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{7}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListAccountsRequest) GetWorkerId() string {
@@ -550,7 +694,7 @@ type Account struct {
 
 func (x *Account) Reset() {
 	*x = Account{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +706,7 @@ func (x *Account) String() string {
 func (*Account) ProtoMessage() {}
 
 func (x *Account) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +719,7 @@ func (x *Account) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Account.ProtoReflect.Descriptor instead.
 func (*Account) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{8}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Account) GetLinkId() string {
@@ -657,7 +801,7 @@ type ListAccountsResponse struct {
 
 func (x *ListAccountsResponse) Reset() {
 	*x = ListAccountsResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +813,7 @@ func (x *ListAccountsResponse) String() string {
 func (*ListAccountsResponse) ProtoMessage() {}
 
 func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +826,7 @@ func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{9}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListAccountsResponse) GetAccounts() []*Account {
@@ -692,11 +836,1742 @@ func (x *ListAccountsResponse) GetAccounts() []*Account {
 	return nil
 }
 
+// Attestation is an operator's statement that a manual task was done.
+type Attestation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The authenticated caller who completed the task.
+	CompletedBy string                 `protobuf:"bytes,1,opt,name=completed_by,json=completedBy,proto3" json:"completed_by,omitempty"`
+	CompletedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	// What the operator did and saw (a ticket number, a screenshot description).
+	Evidence string `protobuf:"bytes,3,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	// Lowercase hex SHA-256 of an evidence file kept outside tenure.
+	EvidenceSha256   string `protobuf:"bytes,4,opt,name=evidence_sha256,json=evidenceSha256,proto3" json:"evidence_sha256,omitempty"`
+	EvidenceFileName string `protobuf:"bytes,5,opt,name=evidence_file_name,json=evidenceFileName,proto3" json:"evidence_file_name,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Attestation) Reset() {
+	*x = Attestation{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attestation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attestation) ProtoMessage() {}
+
+func (x *Attestation) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attestation.ProtoReflect.Descriptor instead.
+func (*Attestation) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Attestation) GetCompletedBy() string {
+	if x != nil {
+		return x.CompletedBy
+	}
+	return ""
+}
+
+func (x *Attestation) GetCompletedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompletedAt
+	}
+	return nil
+}
+
+func (x *Attestation) GetEvidence() string {
+	if x != nil {
+		return x.Evidence
+	}
+	return ""
+}
+
+func (x *Attestation) GetEvidenceSha256() string {
+	if x != nil {
+		return x.EvidenceSha256
+	}
+	return ""
+}
+
+func (x *Attestation) GetEvidenceFileName() string {
+	if x != nil {
+		return x.EvidenceFileName
+	}
+	return ""
+}
+
+// ManualTask asks a human to change an account in a system tenure cannot reach.
+type ManualTask struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	TaskId    string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Connector string                 `protobuf:"bytes,2,opt,name=connector,proto3" json:"connector,omitempty"`
+	System    string                 `protobuf:"bytes,3,opt,name=system,proto3" json:"system,omitempty"`
+	WorkerId  string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	LinkId    string                 `protobuf:"bytes,5,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	Username  string                 `protobuf:"bytes,6,opt,name=username,proto3" json:"username,omitempty"`
+	// create, enable, disable or delete.
+	Operation    string `protobuf:"bytes,7,opt,name=operation,proto3" json:"operation,omitempty"`
+	Instructions string `protobuf:"bytes,8,opt,name=instructions,proto3" json:"instructions,omitempty"`
+	// The leaver case the task belongs to, if any.
+	CaseId string `protobuf:"bytes,9,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	// open, completed or superseded (a newer decision replaced it before anyone did it).
+	Status    string                 `protobuf:"bytes,10,opt,name=status,proto3" json:"status,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Deadline  *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Overdue   bool                   `protobuf:"varint,13,opt,name=overdue,proto3" json:"overdue,omitempty"`
+	// Set once completed.
+	Attestation *Attestation `protobuf:"bytes,14,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	// The link generation the task was issued for.
+	Generation    int64 `protobuf:"varint,15,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ManualTask) Reset() {
+	*x = ManualTask{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ManualTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ManualTask) ProtoMessage() {}
+
+func (x *ManualTask) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ManualTask.ProtoReflect.Descriptor instead.
+func (*ManualTask) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ManualTask) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *ManualTask) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *ManualTask) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *ManualTask) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ManualTask) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *ManualTask) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *ManualTask) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *ManualTask) GetInstructions() string {
+	if x != nil {
+		return x.Instructions
+	}
+	return ""
+}
+
+func (x *ManualTask) GetCaseId() string {
+	if x != nil {
+		return x.CaseId
+	}
+	return ""
+}
+
+func (x *ManualTask) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ManualTask) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *ManualTask) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *ManualTask) GetOverdue() bool {
+	if x != nil {
+		return x.Overdue
+	}
+	return false
+}
+
+func (x *ManualTask) GetAttestation() *Attestation {
+	if x != nil {
+		return x.Attestation
+	}
+	return nil
+}
+
+func (x *ManualTask) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type ListTasksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// open (the default), overdue, completed or all.
+	Status    string `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	Connector string `protobuf:"bytes,2,opt,name=connector,proto3" json:"connector,omitempty"`
+	WorkerId  string `protobuf:"bytes,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// At most this many, newest first; 0 means 500.
+	Limit         int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTasksRequest) Reset() {
+	*x = ListTasksRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksRequest) ProtoMessage() {}
+
+func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
+func (*ListTasksRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListTasksRequest) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListTasksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tasks         []*ManualTask          `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTasksResponse) Reset() {
+	*x = ListTasksResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksResponse) ProtoMessage() {}
+
+func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
+func (*ListTasksResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListTasksResponse) GetTasks() []*ManualTask {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+type CompleteManualTaskRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// At least one of evidence and evidence_sha256 is required.
+	Evidence         string `protobuf:"bytes,2,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	EvidenceSha256   string `protobuf:"bytes,3,opt,name=evidence_sha256,json=evidenceSha256,proto3" json:"evidence_sha256,omitempty"`
+	EvidenceFileName string `protobuf:"bytes,4,opt,name=evidence_file_name,json=evidenceFileName,proto3" json:"evidence_file_name,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *CompleteManualTaskRequest) Reset() {
+	*x = CompleteManualTaskRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteManualTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteManualTaskRequest) ProtoMessage() {}
+
+func (x *CompleteManualTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteManualTaskRequest.ProtoReflect.Descriptor instead.
+func (*CompleteManualTaskRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CompleteManualTaskRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *CompleteManualTaskRequest) GetEvidence() string {
+	if x != nil {
+		return x.Evidence
+	}
+	return ""
+}
+
+func (x *CompleteManualTaskRequest) GetEvidenceSha256() string {
+	if x != nil {
+		return x.EvidenceSha256
+	}
+	return ""
+}
+
+func (x *CompleteManualTaskRequest) GetEvidenceFileName() string {
+	if x != nil {
+		return x.EvidenceFileName
+	}
+	return ""
+}
+
+type CompleteManualTaskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *ManualTask            `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteManualTaskResponse) Reset() {
+	*x = CompleteManualTaskResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteManualTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteManualTaskResponse) ProtoMessage() {}
+
+func (x *CompleteManualTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteManualTaskResponse.ProtoReflect.Descriptor instead.
+func (*CompleteManualTaskResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CompleteManualTaskResponse) GetTask() *ManualTask {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// DeadLetter is a message the provisioner gave up on, as recorded from the dead-letter stream.
+type DeadLetter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The message's sequence in the dead-letter stream.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The durable consumer that gave up: provisioner-<connector>, or provisioner for events.
+	Consumer  string `protobuf:"bytes,2,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	Connector string `protobuf:"bytes,3,opt,name=connector,proto3" json:"connector,omitempty"`
+	// The original subject.
+	Subject   string                 `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	Error     string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	Delivered int32                  `protobuf:"varint,6,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	DeadAt    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=dead_at,json=deadAt,proto3" json:"dead_at,omitempty"`
+	WorkerId  string                 `protobuf:"bytes,8,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	LinkId    string                 `protobuf:"bytes,9,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	CommandId string                 `protobuf:"bytes,10,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	CaseId    string                 `protobuf:"bytes,11,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	// open, retried (an operator re-drove it) or resolved (a later command verified the account).
+	Status        string                 `protobuf:"bytes,12,opt,name=status,proto3" json:"status,omitempty"`
+	RetriedBy     string                 `protobuf:"bytes,13,opt,name=retried_by,json=retriedBy,proto3" json:"retried_by,omitempty"`
+	RetriedAt     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=retried_at,json=retriedAt,proto3" json:"retried_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLetter) Reset() {
+	*x = DeadLetter{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetter) ProtoMessage() {}
+
+func (x *DeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
+func (*DeadLetter) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeadLetter) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetDelivered() int32 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetDeadAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeadAt
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetCaseId() string {
+	if x != nil {
+		return x.CaseId
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetRetriedBy() string {
+	if x != nil {
+		return x.RetriedBy
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetRetriedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetriedAt
+	}
+	return nil
+}
+
+type ListDeadLettersRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Connector string                 `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	// Also list dead letters already re-driven.
+	IncludeRetried bool `protobuf:"varint,2,opt,name=include_retried,json=includeRetried,proto3" json:"include_retried,omitempty"`
+	// At most this many, newest first; 0 means 500.
+	Limit         int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersRequest) Reset() {
+	*x = ListDeadLettersRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersRequest) ProtoMessage() {}
+
+func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListDeadLettersRequest) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *ListDeadLettersRequest) GetIncludeRetried() bool {
+	if x != nil {
+		return x.IncludeRetried
+	}
+	return false
+}
+
+func (x *ListDeadLettersRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListDeadLettersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeadLetters   []*DeadLetter          `protobuf:"bytes,1,rep,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersResponse) Reset() {
+	*x = ListDeadLettersResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersResponse) ProtoMessage() {}
+
+func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
+	if x != nil {
+		return x.DeadLetters
+	}
+	return nil
+}
+
+type RetryDeadLetterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryDeadLetterRequest) Reset() {
+	*x = RetryDeadLetterRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryDeadLetterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryDeadLetterRequest) ProtoMessage() {}
+
+func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryDeadLetterRequest.ProtoReflect.Descriptor instead.
+func (*RetryDeadLetterRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RetryDeadLetterRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type RetryDeadLetterResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	DeadLetter *DeadLetter            `protobuf:"bytes,1,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	// The fresh command issued for a provisioning dead letter; empty for a re-applied event.
+	CommandId     string `protobuf:"bytes,2,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryDeadLetterResponse) Reset() {
+	*x = RetryDeadLetterResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryDeadLetterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryDeadLetterResponse) ProtoMessage() {}
+
+func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryDeadLetterResponse.ProtoReflect.Descriptor instead.
+func (*RetryDeadLetterResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RetryDeadLetterResponse) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
+func (x *RetryDeadLetterResponse) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+type RetryAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LinkId        string                 `protobuf:"bytes,1,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryAccountRequest) Reset() {
+	*x = RetryAccountRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryAccountRequest) ProtoMessage() {}
+
+func (x *RetryAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryAccountRequest.ProtoReflect.Descriptor instead.
+func (*RetryAccountRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RetryAccountRequest) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+type RetryAccountResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CommandId     string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	Generation    int64                  `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryAccountResponse) Reset() {
+	*x = RetryAccountResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryAccountResponse) ProtoMessage() {}
+
+func (x *RetryAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryAccountResponse.ProtoReflect.Descriptor instead.
+func (*RetryAccountResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RetryAccountResponse) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *RetryAccountResponse) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type RetryTaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Give one of them: an account link (tenurectl case WORKER shows them) or a leaver case,
+	// whose pending and failed accounts are all re-driven.
+	LinkId        string `protobuf:"bytes,1,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	CaseId        string `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryTaskRequest) Reset() {
+	*x = RetryTaskRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryTaskRequest) ProtoMessage() {}
+
+func (x *RetryTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryTaskRequest.ProtoReflect.Descriptor instead.
+func (*RetryTaskRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RetryTaskRequest) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *RetryTaskRequest) GetCaseId() string {
+	if x != nil {
+		return x.CaseId
+	}
+	return ""
+}
+
+type RetryTaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The commands issued, one per account re-driven.
+	CommandIds    []string `protobuf:"bytes,1,rep,name=command_ids,json=commandIds,proto3" json:"command_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryTaskResponse) Reset() {
+	*x = RetryTaskResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryTaskResponse) ProtoMessage() {}
+
+func (x *RetryTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryTaskResponse.ProtoReflect.Descriptor instead.
+func (*RetryTaskResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RetryTaskResponse) GetCommandIds() []string {
+	if x != nil {
+		return x.CommandIds
+	}
+	return nil
+}
+
+type ListConnectorsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConnectorsRequest) Reset() {
+	*x = ListConnectorsRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConnectorsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConnectorsRequest) ProtoMessage() {}
+
+func (x *ListConnectorsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConnectorsRequest.ProtoReflect.Descriptor instead.
+func (*ListConnectorsRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{26}
+}
+
+// ConnectorPolicy summarises how the host drives a target.
+type ConnectorPolicy struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Rate        float64                `protobuf:"fixed64,1,opt,name=rate,proto3" json:"rate,omitempty"`
+	Burst       int32                  `protobuf:"varint,2,opt,name=burst,proto3" json:"burst,omitempty"`
+	Concurrency int32                  `protobuf:"varint,3,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
+	MaxAttempts int32                  `protobuf:"varint,4,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	Timeout     *durationpb.Duration   `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// 0: accounts are never deleted.
+	DeleteAfter *durationpb.Duration `protobuf:"bytes,6,opt,name=delete_after,json=deleteAfter,proto3" json:"delete_after,omitempty"`
+	// 0: no scheduled reconciliation.
+	ReconcileInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=reconcile_interval,json=reconcileInterval,proto3" json:"reconcile_interval,omitempty"`
+	DisableOrphans    bool                 `protobuf:"varint,8,opt,name=disable_orphans,json=disableOrphans,proto3" json:"disable_orphans,omitempty"`
+	SharedPatterns    []string             `protobuf:"bytes,9,rep,name=shared_patterns,json=sharedPatterns,proto3" json:"shared_patterns,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ConnectorPolicy) Reset() {
+	*x = ConnectorPolicy{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorPolicy) ProtoMessage() {}
+
+func (x *ConnectorPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorPolicy.ProtoReflect.Descriptor instead.
+func (*ConnectorPolicy) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ConnectorPolicy) GetRate() float64 {
+	if x != nil {
+		return x.Rate
+	}
+	return 0
+}
+
+func (x *ConnectorPolicy) GetBurst() int32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+func (x *ConnectorPolicy) GetConcurrency() int32 {
+	if x != nil {
+		return x.Concurrency
+	}
+	return 0
+}
+
+func (x *ConnectorPolicy) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *ConnectorPolicy) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *ConnectorPolicy) GetDeleteAfter() *durationpb.Duration {
+	if x != nil {
+		return x.DeleteAfter
+	}
+	return nil
+}
+
+func (x *ConnectorPolicy) GetReconcileInterval() *durationpb.Duration {
+	if x != nil {
+		return x.ReconcileInterval
+	}
+	return nil
+}
+
+func (x *ConnectorPolicy) GetDisableOrphans() bool {
+	if x != nil {
+		return x.DisableOrphans
+	}
+	return false
+}
+
+func (x *ConnectorPolicy) GetSharedPatterns() []string {
+	if x != nil {
+		return x.SharedPatterns
+	}
+	return nil
+}
+
+type ConnectorHealth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The probe (a read of an account that does not exist) reached the target.
+	Healthy   bool                   `protobuf:"varint,1,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	CheckedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=checked_at,json=checkedAt,proto3" json:"checked_at,omitempty"`
+	Latency   *durationpb.Duration   `protobuf:"bytes,3,opt,name=latency,proto3" json:"latency,omitempty"`
+	// The last failed probe, kept after the target recovers.
+	LastError     string                 `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastErrorAt   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectorHealth) Reset() {
+	*x = ConnectorHealth{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorHealth) ProtoMessage() {}
+
+func (x *ConnectorHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorHealth.ProtoReflect.Descriptor instead.
+func (*ConnectorHealth) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ConnectorHealth) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *ConnectorHealth) GetCheckedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CheckedAt
+	}
+	return nil
+}
+
+func (x *ConnectorHealth) GetLatency() *durationpb.Duration {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+func (x *ConnectorHealth) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *ConnectorHealth) GetLastErrorAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastErrorAt
+	}
+	return nil
+}
+
+type ConnectorInfo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Type   string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	System string                 `protobuf:"bytes,3,opt,name=system,proto3" json:"system,omitempty"`
+	// get, create, disable, enable, delete, entitlements, sessions, list.
+	Capabilities     []string               `protobuf:"bytes,4,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Policy           *ConnectorPolicy       `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	Health           *ConnectorHealth       `protobuf:"bytes,6,opt,name=health,proto3" json:"health,omitempty"`
+	LastReconciledAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_reconciled_at,json=lastReconciledAt,proto3" json:"last_reconciled_at,omitempty"`
+	NextReconcileAt  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=next_reconcile_at,json=nextReconcileAt,proto3" json:"next_reconcile_at,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ConnectorInfo) Reset() {
+	*x = ConnectorInfo{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorInfo) ProtoMessage() {}
+
+func (x *ConnectorInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorInfo.ProtoReflect.Descriptor instead.
+func (*ConnectorInfo) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ConnectorInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConnectorInfo) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ConnectorInfo) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *ConnectorInfo) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
+}
+
+func (x *ConnectorInfo) GetPolicy() *ConnectorPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *ConnectorInfo) GetHealth() *ConnectorHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
+func (x *ConnectorInfo) GetLastReconciledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastReconciledAt
+	}
+	return nil
+}
+
+func (x *ConnectorInfo) GetNextReconcileAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextReconcileAt
+	}
+	return nil
+}
+
+type ListConnectorsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connectors    []*ConnectorInfo       `protobuf:"bytes,1,rep,name=connectors,proto3" json:"connectors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConnectorsResponse) Reset() {
+	*x = ListConnectorsResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConnectorsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConnectorsResponse) ProtoMessage() {}
+
+func (x *ListConnectorsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConnectorsResponse.ProtoReflect.Descriptor instead.
+func (*ListConnectorsResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListConnectorsResponse) GetConnectors() []*ConnectorInfo {
+	if x != nil {
+		return x.Connectors
+	}
+	return nil
+}
+
+type ReconcileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connector     string                 `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconcileRequest) Reset() {
+	*x = ReconcileRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileRequest) ProtoMessage() {}
+
+func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileRequest.ProtoReflect.Descriptor instead.
+func (*ReconcileRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ReconcileRequest) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+// ReconcileRun is one listing of a target compared with the account links.
+type ReconcileRun struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RunId      string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	Connector  string                 `protobuf:"bytes,2,opt,name=connector,proto3" json:"connector,omitempty"`
+	StartedAt  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// Accounts listed in the target.
+	Accounts int32 `protobuf:"varint,5,opt,name=accounts,proto3" json:"accounts,omitempty"`
+	// Findings the run saw (open after it), new among them, and resolved by it.
+	Findings    int32 `protobuf:"varint,6,opt,name=findings,proto3" json:"findings,omitempty"`
+	NewFindings int32 `protobuf:"varint,7,opt,name=new_findings,json=newFindings,proto3" json:"new_findings,omitempty"`
+	Resolved    int32 `protobuf:"varint,8,opt,name=resolved,proto3" json:"resolved,omitempty"`
+	// Orphans disabled by policy in this run.
+	Disabled int32 `protobuf:"varint,9,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// manual (an operator's Reconcile) or schedule.
+	Trigger       string `protobuf:"bytes,10,opt,name=trigger,proto3" json:"trigger,omitempty"`
+	Error         string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconcileRun) Reset() {
+	*x = ReconcileRun{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileRun) ProtoMessage() {}
+
+func (x *ReconcileRun) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileRun.ProtoReflect.Descriptor instead.
+func (*ReconcileRun) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ReconcileRun) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *ReconcileRun) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *ReconcileRun) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *ReconcileRun) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *ReconcileRun) GetAccounts() int32 {
+	if x != nil {
+		return x.Accounts
+	}
+	return 0
+}
+
+func (x *ReconcileRun) GetFindings() int32 {
+	if x != nil {
+		return x.Findings
+	}
+	return 0
+}
+
+func (x *ReconcileRun) GetNewFindings() int32 {
+	if x != nil {
+		return x.NewFindings
+	}
+	return 0
+}
+
+func (x *ReconcileRun) GetResolved() int32 {
+	if x != nil {
+		return x.Resolved
+	}
+	return 0
+}
+
+func (x *ReconcileRun) GetDisabled() int32 {
+	if x != nil {
+		return x.Disabled
+	}
+	return 0
+}
+
+func (x *ReconcileRun) GetTrigger() string {
+	if x != nil {
+		return x.Trigger
+	}
+	return ""
+}
+
+func (x *ReconcileRun) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type ReconcileResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Run   *ReconcileRun          `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// The open findings of the connector after the run.
+	Findings      []*v1.ReconcileFinding `protobuf:"bytes,2,rep,name=findings,proto3" json:"findings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconcileResponse) Reset() {
+	*x = ReconcileResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileResponse) ProtoMessage() {}
+
+func (x *ReconcileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileResponse.ProtoReflect.Descriptor instead.
+func (*ReconcileResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ReconcileResponse) GetRun() *ReconcileRun {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
+func (x *ReconcileResponse) GetFindings() []*v1.ReconcileFinding {
+	if x != nil {
+		return x.Findings
+	}
+	return nil
+}
+
+type ListFindingsRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Connector string                 `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	// orphan, shared or drift; empty for all.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// open (the default), resolved or all.
+	Status string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	// At most this many, newest first; 0 means 500.
+	Limit         int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFindingsRequest) Reset() {
+	*x = ListFindingsRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFindingsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFindingsRequest) ProtoMessage() {}
+
+func (x *ListFindingsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFindingsRequest.ProtoReflect.Descriptor instead.
+func (*ListFindingsRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListFindingsRequest) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *ListFindingsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ListFindingsRequest) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ListFindingsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListFindingsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Findings      []*v1.ReconcileFinding `protobuf:"bytes,1,rep,name=findings,proto3" json:"findings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFindingsResponse) Reset() {
+	*x = ListFindingsResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFindingsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFindingsResponse) ProtoMessage() {}
+
+func (x *ListFindingsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFindingsResponse.ProtoReflect.Descriptor instead.
+func (*ListFindingsResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListFindingsResponse) GetFindings() []*v1.ReconcileFinding {
+	if x != nil {
+		return x.Findings
+	}
+	return nil
+}
+
 var File_tenure_provisioner_v1_provisioning_proto protoreflect.FileDescriptor
 
 const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\n" +
-	"(tenure/provisioner/v1/provisioning.proto\x12\x15tenure.provisioner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtenure/events/v1/events.proto\"L\n" +
+	"(tenure/provisioner/v1/provisioning.proto\x12\x15tenure.provisioner.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtenure/events/v1/events.proto\"L\n" +
 	"\x14GetLeaverCaseRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x17\n" +
 	"\acase_id\x18\x02 \x01(\tR\x06caseId\"\xb7\x02\n" +
@@ -710,7 +2585,7 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"last_error\x18\x06 \x01(\tR\tlastError\x12;\n" +
 	"\vverified_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"verifiedAt\x12E\n" +
-	"\x0eobserved_state\x18\b \x01(\x0e2\x1e.tenure.events.v1.AccountStateR\robservedState\"\x8e\x03\n" +
+	"\x0eobserved_state\x18\b \x01(\x0e2\x1e.tenure.events.v1.AccountStateR\robservedState\"\x8c\x04\n" +
 	"\n" +
 	"LeaverCase\x12\x17\n" +
 	"\acase_id\x18\x01 \x01(\tR\x06caseId\x12\x1b\n" +
@@ -720,18 +2595,34 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\topened_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bopenedAt\x12=\n" +
 	"\fcompleted_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x126\n" +
 	"\bdeadline\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12>\n" +
-	"\baccounts\x18\b \x03(\v2\".tenure.provisioner.v1.CaseAccountR\baccounts\"[\n" +
+	"\baccounts\x18\b \x03(\v2\".tenure.provisioner.v1.CaseAccountR\baccounts\x12=\n" +
+	"\frescinded_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vrescindedAt\x12=\n" +
+	"\tdeletions\x18\n" +
+	" \x03(\v2\x1f.tenure.provisioner.v1.DeletionR\tdeletions\"\xa0\x02\n" +
+	"\bDeletion\x12\x1f\n" +
+	"\vdeletion_id\x18\x01 \x01(\tR\n" +
+	"deletionId\x12\x17\n" +
+	"\alink_id\x18\x02 \x01(\tR\x06linkId\x12\x1c\n" +
+	"\tconnector\x18\x03 \x01(\tR\tconnector\x12\x1a\n" +
+	"\busername\x18\x04 \x01(\tR\busername\x12\x16\n" +
+	"\x06status\x18\x05 \x01(\tR\x06status\x121\n" +
+	"\x06due_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05dueAt\x12=\n" +
+	"\fcompleted_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\"[\n" +
 	"\x15GetLeaverCaseResponse\x12B\n" +
 	"\vleaver_case\x18\x01 \x01(\v2!.tenure.provisioner.v1.LeaverCaseR\n" +
 	"leaverCase\"\x13\n" +
-	"\x11ListQueuesRequest\"\xc8\x01\n" +
+	"\x11ListQueuesRequest\"\x9a\x02\n" +
 	"\x05Queue\x12\x1c\n" +
 	"\tconnector\x18\x01 \x01(\tR\tconnector\x12%\n" +
 	"\x0econnector_type\x18\x02 \x01(\tR\rconnectorType\x12\x18\n" +
 	"\apending\x18\x03 \x01(\x04R\apending\x12\x1b\n" +
 	"\tin_flight\x18\x04 \x01(\x04R\binFlight\x12 \n" +
 	"\vredelivered\x18\x05 \x01(\x04R\vredelivered\x12!\n" +
-	"\fdead_letters\x18\x06 \x01(\x04R\vdeadLetters\"J\n" +
+	"\fdead_letters\x18\x06 \x01(\x04R\vdeadLetters\x128\n" +
+	"\n" +
+	"oldest_age\x18\a \x01(\v2\x19.google.protobuf.DurationR\toldestAge\x12\x16\n" +
+	"\x06failed\x18\b \x01(\x04R\x06failed\"J\n" +
 	"\x12ListQueuesResponse\x124\n" +
 	"\x06queues\x18\x01 \x03(\v2\x1c.tenure.provisioner.v1.QueueR\x06queues\"2\n" +
 	"\x13ListAccountsRequest\x12\x1b\n" +
@@ -752,12 +2643,169 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"verifiedAt\"R\n" +
 	"\x14ListAccountsResponse\x12:\n" +
-	"\baccounts\x18\x01 \x03(\v2\x1e.tenure.provisioner.v1.AccountR\baccounts2\xcd\x02\n" +
+	"\baccounts\x18\x01 \x03(\v2\x1e.tenure.provisioner.v1.AccountR\baccounts\"\xe2\x01\n" +
+	"\vAttestation\x12!\n" +
+	"\fcompleted_by\x18\x01 \x01(\tR\vcompletedBy\x12=\n" +
+	"\fcompleted_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\x1a\n" +
+	"\bevidence\x18\x03 \x01(\tR\bevidence\x12'\n" +
+	"\x0fevidence_sha256\x18\x04 \x01(\tR\x0eevidenceSha256\x12,\n" +
+	"\x12evidence_file_name\x18\x05 \x01(\tR\x10evidenceFileName\"\x93\x04\n" +
+	"\n" +
+	"ManualTask\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
+	"\tconnector\x18\x02 \x01(\tR\tconnector\x12\x16\n" +
+	"\x06system\x18\x03 \x01(\tR\x06system\x12\x1b\n" +
+	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\x17\n" +
+	"\alink_id\x18\x05 \x01(\tR\x06linkId\x12\x1a\n" +
+	"\busername\x18\x06 \x01(\tR\busername\x12\x1c\n" +
+	"\toperation\x18\a \x01(\tR\toperation\x12\"\n" +
+	"\finstructions\x18\b \x01(\tR\finstructions\x12\x17\n" +
+	"\acase_id\x18\t \x01(\tR\x06caseId\x12\x16\n" +
+	"\x06status\x18\n" +
+	" \x01(\tR\x06status\x129\n" +
+	"\n" +
+	"created_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x126\n" +
+	"\bdeadline\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12\x18\n" +
+	"\aoverdue\x18\r \x01(\bR\aoverdue\x12D\n" +
+	"\vattestation\x18\x0e \x01(\v2\".tenure.provisioner.v1.AttestationR\vattestation\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x0f \x01(\x03R\n" +
+	"generation\"{\n" +
+	"\x10ListTasksRequest\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\tR\x06status\x12\x1c\n" +
+	"\tconnector\x18\x02 \x01(\tR\tconnector\x12\x1b\n" +
+	"\tworker_id\x18\x03 \x01(\tR\bworkerId\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\"L\n" +
+	"\x11ListTasksResponse\x127\n" +
+	"\x05tasks\x18\x01 \x03(\v2!.tenure.provisioner.v1.ManualTaskR\x05tasks\"\xa7\x01\n" +
+	"\x19CompleteManualTaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1a\n" +
+	"\bevidence\x18\x02 \x01(\tR\bevidence\x12'\n" +
+	"\x0fevidence_sha256\x18\x03 \x01(\tR\x0eevidenceSha256\x12,\n" +
+	"\x12evidence_file_name\x18\x04 \x01(\tR\x10evidenceFileName\"S\n" +
+	"\x1aCompleteManualTaskResponse\x125\n" +
+	"\x04task\x18\x01 \x01(\v2!.tenure.provisioner.v1.ManualTaskR\x04task\"\xb9\x03\n" +
+	"\n" +
+	"DeadLetter\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1a\n" +
+	"\bconsumer\x18\x02 \x01(\tR\bconsumer\x12\x1c\n" +
+	"\tconnector\x18\x03 \x01(\tR\tconnector\x12\x18\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12\x1c\n" +
+	"\tdelivered\x18\x06 \x01(\x05R\tdelivered\x123\n" +
+	"\adead_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x06deadAt\x12\x1b\n" +
+	"\tworker_id\x18\b \x01(\tR\bworkerId\x12\x17\n" +
+	"\alink_id\x18\t \x01(\tR\x06linkId\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\n" +
+	" \x01(\tR\tcommandId\x12\x17\n" +
+	"\acase_id\x18\v \x01(\tR\x06caseId\x12\x16\n" +
+	"\x06status\x18\f \x01(\tR\x06status\x12\x1d\n" +
+	"\n" +
+	"retried_by\x18\r \x01(\tR\tretriedBy\x129\n" +
+	"\n" +
+	"retried_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tretriedAt\"u\n" +
+	"\x16ListDeadLettersRequest\x12\x1c\n" +
+	"\tconnector\x18\x01 \x01(\tR\tconnector\x12'\n" +
+	"\x0finclude_retried\x18\x02 \x01(\bR\x0eincludeRetried\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"_\n" +
+	"\x17ListDeadLettersResponse\x12D\n" +
+	"\fdead_letters\x18\x01 \x03(\v2!.tenure.provisioner.v1.DeadLetterR\vdeadLetters\"(\n" +
+	"\x16RetryDeadLetterRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"|\n" +
+	"\x17RetryDeadLetterResponse\x12B\n" +
+	"\vdead_letter\x18\x01 \x01(\v2!.tenure.provisioner.v1.DeadLetterR\n" +
+	"deadLetter\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x02 \x01(\tR\tcommandId\".\n" +
+	"\x13RetryAccountRequest\x12\x17\n" +
+	"\alink_id\x18\x01 \x01(\tR\x06linkId\"U\n" +
+	"\x14RetryAccountResponse\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x03R\n" +
+	"generation\"D\n" +
+	"\x10RetryTaskRequest\x12\x17\n" +
+	"\alink_id\x18\x01 \x01(\tR\x06linkId\x12\x17\n" +
+	"\acase_id\x18\x02 \x01(\tR\x06caseId\"4\n" +
+	"\x11RetryTaskResponse\x12\x1f\n" +
+	"\vcommand_ids\x18\x01 \x03(\tR\n" +
+	"commandIds\"\x17\n" +
+	"\x15ListConnectorsRequest\"\x8f\x03\n" +
+	"\x0fConnectorPolicy\x12\x12\n" +
+	"\x04rate\x18\x01 \x01(\x01R\x04rate\x12\x14\n" +
+	"\x05burst\x18\x02 \x01(\x05R\x05burst\x12 \n" +
+	"\vconcurrency\x18\x03 \x01(\x05R\vconcurrency\x12!\n" +
+	"\fmax_attempts\x18\x04 \x01(\x05R\vmaxAttempts\x123\n" +
+	"\atimeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
+	"\fdelete_after\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vdeleteAfter\x12H\n" +
+	"\x12reconcile_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11reconcileInterval\x12'\n" +
+	"\x0fdisable_orphans\x18\b \x01(\bR\x0edisableOrphans\x12'\n" +
+	"\x0fshared_patterns\x18\t \x03(\tR\x0esharedPatterns\"\xfa\x01\n" +
+	"\x0fConnectorHealth\x12\x18\n" +
+	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x129\n" +
+	"\n" +
+	"checked_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcheckedAt\x123\n" +
+	"\alatency\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\x12>\n" +
+	"\rlast_error_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vlastErrorAt\"\x85\x03\n" +
+	"\rConnectorInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x16\n" +
+	"\x06system\x18\x03 \x01(\tR\x06system\x12\"\n" +
+	"\fcapabilities\x18\x04 \x03(\tR\fcapabilities\x12>\n" +
+	"\x06policy\x18\x05 \x01(\v2&.tenure.provisioner.v1.ConnectorPolicyR\x06policy\x12>\n" +
+	"\x06health\x18\x06 \x01(\v2&.tenure.provisioner.v1.ConnectorHealthR\x06health\x12H\n" +
+	"\x12last_reconciled_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x10lastReconciledAt\x12F\n" +
+	"\x11next_reconcile_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextReconcileAt\"^\n" +
+	"\x16ListConnectorsResponse\x12D\n" +
+	"\n" +
+	"connectors\x18\x01 \x03(\v2$.tenure.provisioner.v1.ConnectorInfoR\n" +
+	"connectors\"0\n" +
+	"\x10ReconcileRequest\x12\x1c\n" +
+	"\tconnector\x18\x01 \x01(\tR\tconnector\"\xfe\x02\n" +
+	"\fReconcileRun\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x1c\n" +
+	"\tconnector\x18\x02 \x01(\tR\tconnector\x129\n" +
+	"\n" +
+	"started_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vfinished_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\x12\x1a\n" +
+	"\baccounts\x18\x05 \x01(\x05R\baccounts\x12\x1a\n" +
+	"\bfindings\x18\x06 \x01(\x05R\bfindings\x12!\n" +
+	"\fnew_findings\x18\a \x01(\x05R\vnewFindings\x12\x1a\n" +
+	"\bresolved\x18\b \x01(\x05R\bresolved\x12\x1a\n" +
+	"\bdisabled\x18\t \x01(\x05R\bdisabled\x12\x18\n" +
+	"\atrigger\x18\n" +
+	" \x01(\tR\atrigger\x12\x14\n" +
+	"\x05error\x18\v \x01(\tR\x05error\"\x8a\x01\n" +
+	"\x11ReconcileResponse\x125\n" +
+	"\x03run\x18\x01 \x01(\v2#.tenure.provisioner.v1.ReconcileRunR\x03run\x12>\n" +
+	"\bfindings\x18\x02 \x03(\v2\".tenure.events.v1.ReconcileFindingR\bfindings\"u\n" +
+	"\x13ListFindingsRequest\x12\x1c\n" +
+	"\tconnector\x18\x01 \x01(\tR\tconnector\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\"V\n" +
+	"\x14ListFindingsResponse\x12>\n" +
+	"\bfindings\x18\x01 \x03(\v2\".tenure.events.v1.ReconcileFindingR\bfindings2\x8d\n" +
+	"\n" +
 	"\x13ProvisioningService\x12j\n" +
 	"\rGetLeaverCase\x12+.tenure.provisioner.v1.GetLeaverCaseRequest\x1a,.tenure.provisioner.v1.GetLeaverCaseResponse\x12a\n" +
 	"\n" +
 	"ListQueues\x12(.tenure.provisioner.v1.ListQueuesRequest\x1a).tenure.provisioner.v1.ListQueuesResponse\x12g\n" +
-	"\fListAccounts\x12*.tenure.provisioner.v1.ListAccountsRequest\x1a+.tenure.provisioner.v1.ListAccountsResponseBHZFgithub.com/tenure-dev/tenure/proto/tenure/provisioner/v1;provisionerv1b\x06proto3"
+	"\fListAccounts\x12*.tenure.provisioner.v1.ListAccountsRequest\x1a+.tenure.provisioner.v1.ListAccountsResponse\x12^\n" +
+	"\tListTasks\x12'.tenure.provisioner.v1.ListTasksRequest\x1a(.tenure.provisioner.v1.ListTasksResponse\x12y\n" +
+	"\x12CompleteManualTask\x120.tenure.provisioner.v1.CompleteManualTaskRequest\x1a1.tenure.provisioner.v1.CompleteManualTaskResponse\x12^\n" +
+	"\tRetryTask\x12'.tenure.provisioner.v1.RetryTaskRequest\x1a(.tenure.provisioner.v1.RetryTaskResponse\x12m\n" +
+	"\x0eListConnectors\x12,.tenure.provisioner.v1.ListConnectorsRequest\x1a-.tenure.provisioner.v1.ListConnectorsResponse\x12^\n" +
+	"\tReconcile\x12'.tenure.provisioner.v1.ReconcileRequest\x1a(.tenure.provisioner.v1.ReconcileResponse\x12g\n" +
+	"\fListFindings\x12*.tenure.provisioner.v1.ListFindingsRequest\x1a+.tenure.provisioner.v1.ListFindingsResponse\x12p\n" +
+	"\x0fListDeadLetters\x12-.tenure.provisioner.v1.ListDeadLettersRequest\x1a..tenure.provisioner.v1.ListDeadLettersResponse\x12p\n" +
+	"\x0fRetryDeadLetter\x12-.tenure.provisioner.v1.RetryDeadLetterRequest\x1a..tenure.provisioner.v1.RetryDeadLetterResponse\x12g\n" +
+	"\fRetryAccount\x12*.tenure.provisioner.v1.RetryAccountRequest\x1a+.tenure.provisioner.v1.RetryAccountResponseBHZFgithub.com/tenure-dev/tenure/proto/tenure/provisioner/v1;provisionerv1b\x06proto3"
 
 var (
 	file_tenure_provisioner_v1_provisioning_proto_rawDescOnce sync.Once
@@ -771,47 +2819,124 @@ func file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP() []byte {
 	return file_tenure_provisioner_v1_provisioning_proto_rawDescData
 }
 
-var file_tenure_provisioner_v1_provisioning_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_tenure_provisioner_v1_provisioning_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_tenure_provisioner_v1_provisioning_proto_goTypes = []any{
-	(*GetLeaverCaseRequest)(nil),  // 0: tenure.provisioner.v1.GetLeaverCaseRequest
-	(*CaseAccount)(nil),           // 1: tenure.provisioner.v1.CaseAccount
-	(*LeaverCase)(nil),            // 2: tenure.provisioner.v1.LeaverCase
-	(*GetLeaverCaseResponse)(nil), // 3: tenure.provisioner.v1.GetLeaverCaseResponse
-	(*ListQueuesRequest)(nil),     // 4: tenure.provisioner.v1.ListQueuesRequest
-	(*Queue)(nil),                 // 5: tenure.provisioner.v1.Queue
-	(*ListQueuesResponse)(nil),    // 6: tenure.provisioner.v1.ListQueuesResponse
-	(*ListAccountsRequest)(nil),   // 7: tenure.provisioner.v1.ListAccountsRequest
-	(*Account)(nil),               // 8: tenure.provisioner.v1.Account
-	(*ListAccountsResponse)(nil),  // 9: tenure.provisioner.v1.ListAccountsResponse
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(v1.AccountState)(0),          // 11: tenure.events.v1.AccountState
-	(v1.LeaverCaseStatus)(0),      // 12: tenure.events.v1.LeaverCaseStatus
+	(*GetLeaverCaseRequest)(nil),       // 0: tenure.provisioner.v1.GetLeaverCaseRequest
+	(*CaseAccount)(nil),                // 1: tenure.provisioner.v1.CaseAccount
+	(*LeaverCase)(nil),                 // 2: tenure.provisioner.v1.LeaverCase
+	(*Deletion)(nil),                   // 3: tenure.provisioner.v1.Deletion
+	(*GetLeaverCaseResponse)(nil),      // 4: tenure.provisioner.v1.GetLeaverCaseResponse
+	(*ListQueuesRequest)(nil),          // 5: tenure.provisioner.v1.ListQueuesRequest
+	(*Queue)(nil),                      // 6: tenure.provisioner.v1.Queue
+	(*ListQueuesResponse)(nil),         // 7: tenure.provisioner.v1.ListQueuesResponse
+	(*ListAccountsRequest)(nil),        // 8: tenure.provisioner.v1.ListAccountsRequest
+	(*Account)(nil),                    // 9: tenure.provisioner.v1.Account
+	(*ListAccountsResponse)(nil),       // 10: tenure.provisioner.v1.ListAccountsResponse
+	(*Attestation)(nil),                // 11: tenure.provisioner.v1.Attestation
+	(*ManualTask)(nil),                 // 12: tenure.provisioner.v1.ManualTask
+	(*ListTasksRequest)(nil),           // 13: tenure.provisioner.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),          // 14: tenure.provisioner.v1.ListTasksResponse
+	(*CompleteManualTaskRequest)(nil),  // 15: tenure.provisioner.v1.CompleteManualTaskRequest
+	(*CompleteManualTaskResponse)(nil), // 16: tenure.provisioner.v1.CompleteManualTaskResponse
+	(*DeadLetter)(nil),                 // 17: tenure.provisioner.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),     // 18: tenure.provisioner.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),    // 19: tenure.provisioner.v1.ListDeadLettersResponse
+	(*RetryDeadLetterRequest)(nil),     // 20: tenure.provisioner.v1.RetryDeadLetterRequest
+	(*RetryDeadLetterResponse)(nil),    // 21: tenure.provisioner.v1.RetryDeadLetterResponse
+	(*RetryAccountRequest)(nil),        // 22: tenure.provisioner.v1.RetryAccountRequest
+	(*RetryAccountResponse)(nil),       // 23: tenure.provisioner.v1.RetryAccountResponse
+	(*RetryTaskRequest)(nil),           // 24: tenure.provisioner.v1.RetryTaskRequest
+	(*RetryTaskResponse)(nil),          // 25: tenure.provisioner.v1.RetryTaskResponse
+	(*ListConnectorsRequest)(nil),      // 26: tenure.provisioner.v1.ListConnectorsRequest
+	(*ConnectorPolicy)(nil),            // 27: tenure.provisioner.v1.ConnectorPolicy
+	(*ConnectorHealth)(nil),            // 28: tenure.provisioner.v1.ConnectorHealth
+	(*ConnectorInfo)(nil),              // 29: tenure.provisioner.v1.ConnectorInfo
+	(*ListConnectorsResponse)(nil),     // 30: tenure.provisioner.v1.ListConnectorsResponse
+	(*ReconcileRequest)(nil),           // 31: tenure.provisioner.v1.ReconcileRequest
+	(*ReconcileRun)(nil),               // 32: tenure.provisioner.v1.ReconcileRun
+	(*ReconcileResponse)(nil),          // 33: tenure.provisioner.v1.ReconcileResponse
+	(*ListFindingsRequest)(nil),        // 34: tenure.provisioner.v1.ListFindingsRequest
+	(*ListFindingsResponse)(nil),       // 35: tenure.provisioner.v1.ListFindingsResponse
+	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
+	(v1.AccountState)(0),               // 37: tenure.events.v1.AccountState
+	(v1.LeaverCaseStatus)(0),           // 38: tenure.events.v1.LeaverCaseStatus
+	(*durationpb.Duration)(nil),        // 39: google.protobuf.Duration
+	(*v1.ReconcileFinding)(nil),        // 40: tenure.events.v1.ReconcileFinding
 }
 var file_tenure_provisioner_v1_provisioning_proto_depIdxs = []int32{
-	10, // 0: tenure.provisioner.v1.CaseAccount.verified_at:type_name -> google.protobuf.Timestamp
-	11, // 1: tenure.provisioner.v1.CaseAccount.observed_state:type_name -> tenure.events.v1.AccountState
-	12, // 2: tenure.provisioner.v1.LeaverCase.status:type_name -> tenure.events.v1.LeaverCaseStatus
-	10, // 3: tenure.provisioner.v1.LeaverCase.opened_at:type_name -> google.protobuf.Timestamp
-	10, // 4: tenure.provisioner.v1.LeaverCase.completed_at:type_name -> google.protobuf.Timestamp
-	10, // 5: tenure.provisioner.v1.LeaverCase.deadline:type_name -> google.protobuf.Timestamp
+	36, // 0: tenure.provisioner.v1.CaseAccount.verified_at:type_name -> google.protobuf.Timestamp
+	37, // 1: tenure.provisioner.v1.CaseAccount.observed_state:type_name -> tenure.events.v1.AccountState
+	38, // 2: tenure.provisioner.v1.LeaverCase.status:type_name -> tenure.events.v1.LeaverCaseStatus
+	36, // 3: tenure.provisioner.v1.LeaverCase.opened_at:type_name -> google.protobuf.Timestamp
+	36, // 4: tenure.provisioner.v1.LeaverCase.completed_at:type_name -> google.protobuf.Timestamp
+	36, // 5: tenure.provisioner.v1.LeaverCase.deadline:type_name -> google.protobuf.Timestamp
 	1,  // 6: tenure.provisioner.v1.LeaverCase.accounts:type_name -> tenure.provisioner.v1.CaseAccount
-	2,  // 7: tenure.provisioner.v1.GetLeaverCaseResponse.leaver_case:type_name -> tenure.provisioner.v1.LeaverCase
-	5,  // 8: tenure.provisioner.v1.ListQueuesResponse.queues:type_name -> tenure.provisioner.v1.Queue
-	11, // 9: tenure.provisioner.v1.Account.desired_state:type_name -> tenure.events.v1.AccountState
-	11, // 10: tenure.provisioner.v1.Account.observed_state:type_name -> tenure.events.v1.AccountState
-	10, // 11: tenure.provisioner.v1.Account.verified_at:type_name -> google.protobuf.Timestamp
-	8,  // 12: tenure.provisioner.v1.ListAccountsResponse.accounts:type_name -> tenure.provisioner.v1.Account
-	0,  // 13: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:input_type -> tenure.provisioner.v1.GetLeaverCaseRequest
-	4,  // 14: tenure.provisioner.v1.ProvisioningService.ListQueues:input_type -> tenure.provisioner.v1.ListQueuesRequest
-	7,  // 15: tenure.provisioner.v1.ProvisioningService.ListAccounts:input_type -> tenure.provisioner.v1.ListAccountsRequest
-	3,  // 16: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:output_type -> tenure.provisioner.v1.GetLeaverCaseResponse
-	6,  // 17: tenure.provisioner.v1.ProvisioningService.ListQueues:output_type -> tenure.provisioner.v1.ListQueuesResponse
-	9,  // 18: tenure.provisioner.v1.ProvisioningService.ListAccounts:output_type -> tenure.provisioner.v1.ListAccountsResponse
-	16, // [16:19] is the sub-list for method output_type
-	13, // [13:16] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	36, // 7: tenure.provisioner.v1.LeaverCase.rescinded_at:type_name -> google.protobuf.Timestamp
+	3,  // 8: tenure.provisioner.v1.LeaverCase.deletions:type_name -> tenure.provisioner.v1.Deletion
+	36, // 9: tenure.provisioner.v1.Deletion.due_at:type_name -> google.protobuf.Timestamp
+	36, // 10: tenure.provisioner.v1.Deletion.completed_at:type_name -> google.protobuf.Timestamp
+	2,  // 11: tenure.provisioner.v1.GetLeaverCaseResponse.leaver_case:type_name -> tenure.provisioner.v1.LeaverCase
+	39, // 12: tenure.provisioner.v1.Queue.oldest_age:type_name -> google.protobuf.Duration
+	6,  // 13: tenure.provisioner.v1.ListQueuesResponse.queues:type_name -> tenure.provisioner.v1.Queue
+	37, // 14: tenure.provisioner.v1.Account.desired_state:type_name -> tenure.events.v1.AccountState
+	37, // 15: tenure.provisioner.v1.Account.observed_state:type_name -> tenure.events.v1.AccountState
+	36, // 16: tenure.provisioner.v1.Account.verified_at:type_name -> google.protobuf.Timestamp
+	9,  // 17: tenure.provisioner.v1.ListAccountsResponse.accounts:type_name -> tenure.provisioner.v1.Account
+	36, // 18: tenure.provisioner.v1.Attestation.completed_at:type_name -> google.protobuf.Timestamp
+	36, // 19: tenure.provisioner.v1.ManualTask.created_at:type_name -> google.protobuf.Timestamp
+	36, // 20: tenure.provisioner.v1.ManualTask.deadline:type_name -> google.protobuf.Timestamp
+	11, // 21: tenure.provisioner.v1.ManualTask.attestation:type_name -> tenure.provisioner.v1.Attestation
+	12, // 22: tenure.provisioner.v1.ListTasksResponse.tasks:type_name -> tenure.provisioner.v1.ManualTask
+	12, // 23: tenure.provisioner.v1.CompleteManualTaskResponse.task:type_name -> tenure.provisioner.v1.ManualTask
+	36, // 24: tenure.provisioner.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
+	36, // 25: tenure.provisioner.v1.DeadLetter.retried_at:type_name -> google.protobuf.Timestamp
+	17, // 26: tenure.provisioner.v1.ListDeadLettersResponse.dead_letters:type_name -> tenure.provisioner.v1.DeadLetter
+	17, // 27: tenure.provisioner.v1.RetryDeadLetterResponse.dead_letter:type_name -> tenure.provisioner.v1.DeadLetter
+	39, // 28: tenure.provisioner.v1.ConnectorPolicy.timeout:type_name -> google.protobuf.Duration
+	39, // 29: tenure.provisioner.v1.ConnectorPolicy.delete_after:type_name -> google.protobuf.Duration
+	39, // 30: tenure.provisioner.v1.ConnectorPolicy.reconcile_interval:type_name -> google.protobuf.Duration
+	36, // 31: tenure.provisioner.v1.ConnectorHealth.checked_at:type_name -> google.protobuf.Timestamp
+	39, // 32: tenure.provisioner.v1.ConnectorHealth.latency:type_name -> google.protobuf.Duration
+	36, // 33: tenure.provisioner.v1.ConnectorHealth.last_error_at:type_name -> google.protobuf.Timestamp
+	27, // 34: tenure.provisioner.v1.ConnectorInfo.policy:type_name -> tenure.provisioner.v1.ConnectorPolicy
+	28, // 35: tenure.provisioner.v1.ConnectorInfo.health:type_name -> tenure.provisioner.v1.ConnectorHealth
+	36, // 36: tenure.provisioner.v1.ConnectorInfo.last_reconciled_at:type_name -> google.protobuf.Timestamp
+	36, // 37: tenure.provisioner.v1.ConnectorInfo.next_reconcile_at:type_name -> google.protobuf.Timestamp
+	29, // 38: tenure.provisioner.v1.ListConnectorsResponse.connectors:type_name -> tenure.provisioner.v1.ConnectorInfo
+	36, // 39: tenure.provisioner.v1.ReconcileRun.started_at:type_name -> google.protobuf.Timestamp
+	36, // 40: tenure.provisioner.v1.ReconcileRun.finished_at:type_name -> google.protobuf.Timestamp
+	32, // 41: tenure.provisioner.v1.ReconcileResponse.run:type_name -> tenure.provisioner.v1.ReconcileRun
+	40, // 42: tenure.provisioner.v1.ReconcileResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
+	40, // 43: tenure.provisioner.v1.ListFindingsResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
+	0,  // 44: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:input_type -> tenure.provisioner.v1.GetLeaverCaseRequest
+	5,  // 45: tenure.provisioner.v1.ProvisioningService.ListQueues:input_type -> tenure.provisioner.v1.ListQueuesRequest
+	8,  // 46: tenure.provisioner.v1.ProvisioningService.ListAccounts:input_type -> tenure.provisioner.v1.ListAccountsRequest
+	13, // 47: tenure.provisioner.v1.ProvisioningService.ListTasks:input_type -> tenure.provisioner.v1.ListTasksRequest
+	15, // 48: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:input_type -> tenure.provisioner.v1.CompleteManualTaskRequest
+	24, // 49: tenure.provisioner.v1.ProvisioningService.RetryTask:input_type -> tenure.provisioner.v1.RetryTaskRequest
+	26, // 50: tenure.provisioner.v1.ProvisioningService.ListConnectors:input_type -> tenure.provisioner.v1.ListConnectorsRequest
+	31, // 51: tenure.provisioner.v1.ProvisioningService.Reconcile:input_type -> tenure.provisioner.v1.ReconcileRequest
+	34, // 52: tenure.provisioner.v1.ProvisioningService.ListFindings:input_type -> tenure.provisioner.v1.ListFindingsRequest
+	18, // 53: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:input_type -> tenure.provisioner.v1.ListDeadLettersRequest
+	20, // 54: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:input_type -> tenure.provisioner.v1.RetryDeadLetterRequest
+	22, // 55: tenure.provisioner.v1.ProvisioningService.RetryAccount:input_type -> tenure.provisioner.v1.RetryAccountRequest
+	4,  // 56: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:output_type -> tenure.provisioner.v1.GetLeaverCaseResponse
+	7,  // 57: tenure.provisioner.v1.ProvisioningService.ListQueues:output_type -> tenure.provisioner.v1.ListQueuesResponse
+	10, // 58: tenure.provisioner.v1.ProvisioningService.ListAccounts:output_type -> tenure.provisioner.v1.ListAccountsResponse
+	14, // 59: tenure.provisioner.v1.ProvisioningService.ListTasks:output_type -> tenure.provisioner.v1.ListTasksResponse
+	16, // 60: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:output_type -> tenure.provisioner.v1.CompleteManualTaskResponse
+	25, // 61: tenure.provisioner.v1.ProvisioningService.RetryTask:output_type -> tenure.provisioner.v1.RetryTaskResponse
+	30, // 62: tenure.provisioner.v1.ProvisioningService.ListConnectors:output_type -> tenure.provisioner.v1.ListConnectorsResponse
+	33, // 63: tenure.provisioner.v1.ProvisioningService.Reconcile:output_type -> tenure.provisioner.v1.ReconcileResponse
+	35, // 64: tenure.provisioner.v1.ProvisioningService.ListFindings:output_type -> tenure.provisioner.v1.ListFindingsResponse
+	19, // 65: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:output_type -> tenure.provisioner.v1.ListDeadLettersResponse
+	21, // 66: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:output_type -> tenure.provisioner.v1.RetryDeadLetterResponse
+	23, // 67: tenure.provisioner.v1.ProvisioningService.RetryAccount:output_type -> tenure.provisioner.v1.RetryAccountResponse
+	56, // [56:68] is the sub-list for method output_type
+	44, // [44:56] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_tenure_provisioner_v1_provisioning_proto_init() }
@@ -825,7 +2950,7 @@ func file_tenure_provisioner_v1_provisioning_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_provisioner_v1_provisioning_proto_rawDesc), len(file_tenure_provisioner_v1_provisioning_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,16 +19,26 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ProvisioningService_GetLeaverCase_FullMethodName = "/tenure.provisioner.v1.ProvisioningService/GetLeaverCase"
-	ProvisioningService_ListQueues_FullMethodName    = "/tenure.provisioner.v1.ProvisioningService/ListQueues"
-	ProvisioningService_ListAccounts_FullMethodName  = "/tenure.provisioner.v1.ProvisioningService/ListAccounts"
+	ProvisioningService_GetLeaverCase_FullMethodName      = "/tenure.provisioner.v1.ProvisioningService/GetLeaverCase"
+	ProvisioningService_ListQueues_FullMethodName         = "/tenure.provisioner.v1.ProvisioningService/ListQueues"
+	ProvisioningService_ListAccounts_FullMethodName       = "/tenure.provisioner.v1.ProvisioningService/ListAccounts"
+	ProvisioningService_ListTasks_FullMethodName          = "/tenure.provisioner.v1.ProvisioningService/ListTasks"
+	ProvisioningService_CompleteManualTask_FullMethodName = "/tenure.provisioner.v1.ProvisioningService/CompleteManualTask"
+	ProvisioningService_RetryTask_FullMethodName          = "/tenure.provisioner.v1.ProvisioningService/RetryTask"
+	ProvisioningService_ListConnectors_FullMethodName     = "/tenure.provisioner.v1.ProvisioningService/ListConnectors"
+	ProvisioningService_Reconcile_FullMethodName          = "/tenure.provisioner.v1.ProvisioningService/Reconcile"
+	ProvisioningService_ListFindings_FullMethodName       = "/tenure.provisioner.v1.ProvisioningService/ListFindings"
+	ProvisioningService_ListDeadLetters_FullMethodName    = "/tenure.provisioner.v1.ProvisioningService/ListDeadLetters"
+	ProvisioningService_RetryDeadLetter_FullMethodName    = "/tenure.provisioner.v1.ProvisioningService/RetryDeadLetter"
+	ProvisioningService_RetryAccount_FullMethodName       = "/tenure.provisioner.v1.ProvisioningService/RetryAccount"
 )
 
 // ProvisioningServiceClient is the client API for ProvisioningService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// ProvisioningService shows operators leaver cases, accounts and queues.
+// ProvisioningService shows operators leaver cases, accounts, queues, manual tasks and dead
+// letters, and lets them finish manual tasks and re-drive failed work.
 type ProvisioningServiceClient interface {
 	// GetLeaverCase returns the newest leaver case of a worker, or a case by id.
 	GetLeaverCase(ctx context.Context, in *GetLeaverCaseRequest, opts ...grpc.CallOption) (*GetLeaverCaseResponse, error)
@@ -36,6 +46,29 @@ type ProvisioningServiceClient interface {
 	ListQueues(ctx context.Context, in *ListQueuesRequest, opts ...grpc.CallOption) (*ListQueuesResponse, error)
 	// ListAccounts returns the account links of a worker.
 	ListAccounts(ctx context.Context, in *ListAccountsRequest, opts ...grpc.CallOption) (*ListAccountsResponse, error)
+	// ListTasks returns manual tasks (work a human does in a system without an API).
+	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
+	// CompleteManualTask finishes a manual task with the caller's attestation. The attestation
+	// is the task's read-back: only it makes the account verified.
+	CompleteManualTask(ctx context.Context, in *CompleteManualTaskRequest, opts ...grpc.CallOption) (*CompleteManualTaskResponse, error)
+	// RetryTask re-drives provisioning work that failed: one account link, or every failed or
+	// pending account of a leaver case.
+	RetryTask(ctx context.Context, in *RetryTaskRequest, opts ...grpc.CallOption) (*RetryTaskResponse, error)
+	// ListConnectors returns each connector with its type, system, capabilities, policy and
+	// health (a cheap probe of the target, made by this call).
+	ListConnectors(ctx context.Context, in *ListConnectorsRequest, opts ...grpc.CallOption) (*ListConnectorsResponse, error)
+	// Reconcile lists a connector's target accounts now and records the findings.
+	Reconcile(ctx context.Context, in *ReconcileRequest, opts ...grpc.CallOption) (*ReconcileResponse, error)
+	// ListFindings returns reconciliation findings.
+	ListFindings(ctx context.Context, in *ListFindingsRequest, opts ...grpc.CallOption) (*ListFindingsResponse, error)
+	// ListDeadLetters returns provisioning work that failed for good (a permanent error or
+	// every attempt used).
+	ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error)
+	// RetryDeadLetter re-drives one dead letter.
+	RetryDeadLetter(ctx context.Context, in *RetryDeadLetterRequest, opts ...grpc.CallOption) (*RetryDeadLetterResponse, error)
+	// RetryAccount issues a fresh command that converges one account link to its desired
+	// state, e.g. a failed account of a leaver case.
+	RetryAccount(ctx context.Context, in *RetryAccountRequest, opts ...grpc.CallOption) (*RetryAccountResponse, error)
 }
 
 type provisioningServiceClient struct {
@@ -76,11 +109,102 @@ func (c *provisioningServiceClient) ListAccounts(ctx context.Context, in *ListAc
 	return out, nil
 }
 
+func (c *provisioningServiceClient) ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTasksResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_ListTasks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *provisioningServiceClient) CompleteManualTask(ctx context.Context, in *CompleteManualTaskRequest, opts ...grpc.CallOption) (*CompleteManualTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CompleteManualTaskResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_CompleteManualTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *provisioningServiceClient) RetryTask(ctx context.Context, in *RetryTaskRequest, opts ...grpc.CallOption) (*RetryTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryTaskResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_RetryTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *provisioningServiceClient) ListConnectors(ctx context.Context, in *ListConnectorsRequest, opts ...grpc.CallOption) (*ListConnectorsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConnectorsResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_ListConnectors_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *provisioningServiceClient) Reconcile(ctx context.Context, in *ReconcileRequest, opts ...grpc.CallOption) (*ReconcileResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReconcileResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_Reconcile_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *provisioningServiceClient) ListFindings(ctx context.Context, in *ListFindingsRequest, opts ...grpc.CallOption) (*ListFindingsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFindingsResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_ListFindings_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *provisioningServiceClient) ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeadLettersResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_ListDeadLetters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *provisioningServiceClient) RetryDeadLetter(ctx context.Context, in *RetryDeadLetterRequest, opts ...grpc.CallOption) (*RetryDeadLetterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryDeadLetterResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_RetryDeadLetter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *provisioningServiceClient) RetryAccount(ctx context.Context, in *RetryAccountRequest, opts ...grpc.CallOption) (*RetryAccountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryAccountResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_RetryAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProvisioningServiceServer is the server API for ProvisioningService service.
 // All implementations must embed UnimplementedProvisioningServiceServer
 // for forward compatibility.
 //
-// ProvisioningService shows operators leaver cases, accounts and queues.
+// ProvisioningService shows operators leaver cases, accounts, queues, manual tasks and dead
+// letters, and lets them finish manual tasks and re-drive failed work.
 type ProvisioningServiceServer interface {
 	// GetLeaverCase returns the newest leaver case of a worker, or a case by id.
 	GetLeaverCase(context.Context, *GetLeaverCaseRequest) (*GetLeaverCaseResponse, error)
@@ -88,6 +212,29 @@ type ProvisioningServiceServer interface {
 	ListQueues(context.Context, *ListQueuesRequest) (*ListQueuesResponse, error)
 	// ListAccounts returns the account links of a worker.
 	ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error)
+	// ListTasks returns manual tasks (work a human does in a system without an API).
+	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
+	// CompleteManualTask finishes a manual task with the caller's attestation. The attestation
+	// is the task's read-back: only it makes the account verified.
+	CompleteManualTask(context.Context, *CompleteManualTaskRequest) (*CompleteManualTaskResponse, error)
+	// RetryTask re-drives provisioning work that failed: one account link, or every failed or
+	// pending account of a leaver case.
+	RetryTask(context.Context, *RetryTaskRequest) (*RetryTaskResponse, error)
+	// ListConnectors returns each connector with its type, system, capabilities, policy and
+	// health (a cheap probe of the target, made by this call).
+	ListConnectors(context.Context, *ListConnectorsRequest) (*ListConnectorsResponse, error)
+	// Reconcile lists a connector's target accounts now and records the findings.
+	Reconcile(context.Context, *ReconcileRequest) (*ReconcileResponse, error)
+	// ListFindings returns reconciliation findings.
+	ListFindings(context.Context, *ListFindingsRequest) (*ListFindingsResponse, error)
+	// ListDeadLetters returns provisioning work that failed for good (a permanent error or
+	// every attempt used).
+	ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error)
+	// RetryDeadLetter re-drives one dead letter.
+	RetryDeadLetter(context.Context, *RetryDeadLetterRequest) (*RetryDeadLetterResponse, error)
+	// RetryAccount issues a fresh command that converges one account link to its desired
+	// state, e.g. a failed account of a leaver case.
+	RetryAccount(context.Context, *RetryAccountRequest) (*RetryAccountResponse, error)
 	mustEmbedUnimplementedProvisioningServiceServer()
 }
 
@@ -106,6 +253,33 @@ func (UnimplementedProvisioningServiceServer) ListQueues(context.Context, *ListQ
 }
 func (UnimplementedProvisioningServiceServer) ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAccounts not implemented")
+}
+func (UnimplementedProvisioningServiceServer) ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTasks not implemented")
+}
+func (UnimplementedProvisioningServiceServer) CompleteManualTask(context.Context, *CompleteManualTaskRequest) (*CompleteManualTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CompleteManualTask not implemented")
+}
+func (UnimplementedProvisioningServiceServer) RetryTask(context.Context, *RetryTaskRequest) (*RetryTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryTask not implemented")
+}
+func (UnimplementedProvisioningServiceServer) ListConnectors(context.Context, *ListConnectorsRequest) (*ListConnectorsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConnectors not implemented")
+}
+func (UnimplementedProvisioningServiceServer) Reconcile(context.Context, *ReconcileRequest) (*ReconcileResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Reconcile not implemented")
+}
+func (UnimplementedProvisioningServiceServer) ListFindings(context.Context, *ListFindingsRequest) (*ListFindingsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFindings not implemented")
+}
+func (UnimplementedProvisioningServiceServer) ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeadLetters not implemented")
+}
+func (UnimplementedProvisioningServiceServer) RetryDeadLetter(context.Context, *RetryDeadLetterRequest) (*RetryDeadLetterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryDeadLetter not implemented")
+}
+func (UnimplementedProvisioningServiceServer) RetryAccount(context.Context, *RetryAccountRequest) (*RetryAccountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryAccount not implemented")
 }
 func (UnimplementedProvisioningServiceServer) mustEmbedUnimplementedProvisioningServiceServer() {}
 func (UnimplementedProvisioningServiceServer) testEmbeddedByValue()                             {}
@@ -182,6 +356,168 @@ func _ProvisioningService_ListAccounts_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProvisioningService_ListTasks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTasksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).ListTasks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_ListTasks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).ListTasks(ctx, req.(*ListTasksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProvisioningService_CompleteManualTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompleteManualTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).CompleteManualTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_CompleteManualTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).CompleteManualTask(ctx, req.(*CompleteManualTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProvisioningService_RetryTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).RetryTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_RetryTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).RetryTask(ctx, req.(*RetryTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProvisioningService_ListConnectors_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConnectorsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).ListConnectors(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_ListConnectors_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).ListConnectors(ctx, req.(*ListConnectorsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProvisioningService_Reconcile_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReconcileRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).Reconcile(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_Reconcile_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).Reconcile(ctx, req.(*ReconcileRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProvisioningService_ListFindings_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFindingsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).ListFindings(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_ListFindings_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).ListFindings(ctx, req.(*ListFindingsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProvisioningService_ListDeadLetters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeadLettersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).ListDeadLetters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_ListDeadLetters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).ListDeadLetters(ctx, req.(*ListDeadLettersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProvisioningService_RetryDeadLetter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryDeadLetterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).RetryDeadLetter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_RetryDeadLetter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).RetryDeadLetter(ctx, req.(*RetryDeadLetterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProvisioningService_RetryAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).RetryAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_RetryAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).RetryAccount(ctx, req.(*RetryAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ProvisioningService_ServiceDesc is the grpc.ServiceDesc for ProvisioningService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -200,6 +536,42 @@ var ProvisioningService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAccounts",
 			Handler:    _ProvisioningService_ListAccounts_Handler,
+		},
+		{
+			MethodName: "ListTasks",
+			Handler:    _ProvisioningService_ListTasks_Handler,
+		},
+		{
+			MethodName: "CompleteManualTask",
+			Handler:    _ProvisioningService_CompleteManualTask_Handler,
+		},
+		{
+			MethodName: "RetryTask",
+			Handler:    _ProvisioningService_RetryTask_Handler,
+		},
+		{
+			MethodName: "ListConnectors",
+			Handler:    _ProvisioningService_ListConnectors_Handler,
+		},
+		{
+			MethodName: "Reconcile",
+			Handler:    _ProvisioningService_Reconcile_Handler,
+		},
+		{
+			MethodName: "ListFindings",
+			Handler:    _ProvisioningService_ListFindings_Handler,
+		},
+		{
+			MethodName: "ListDeadLetters",
+			Handler:    _ProvisioningService_ListDeadLetters_Handler,
+		},
+		{
+			MethodName: "RetryDeadLetter",
+			Handler:    _ProvisioningService_RetryDeadLetter_Handler,
+		},
+		{
+			MethodName: "RetryAccount",
+			Handler:    _ProvisioningService_RetryAccount_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

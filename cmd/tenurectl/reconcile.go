@@ -1,0 +1,132 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
+)
+
+func init() {
+	commands["reconcile"] = command{
+		usage: "reconcile CONNECTOR                        list the target's accounts now and report orphans, shared accounts, drift",
+		run:   reconcile,
+	}
+	commands["findings"] = command{
+		usage: "findings [--connector C] [--kind orphan|shared|drift] [--status open|resolved|all]   reconciliation findings",
+		run:   findings,
+	}
+	commands["connectors"] = command{
+		usage: "connectors                                 connectors: type, system, capabilities, policy, health (probed now)",
+		run:   connectors,
+	}
+}
+
+func reconcile(e *env) error {
+	if err := e.parse(); err != nil {
+		return err
+	}
+	if len(e.pos()) != 1 {
+		return errors.New("usage: tenurectl reconcile CONNECTOR")
+	}
+	x, err := e.connect()
+	if err != nil {
+		return err
+	}
+	res, err := provisionerv1.NewProvisioningServiceClient(x.conn).Reconcile(e.ctx, &provisionerv1.ReconcileRequest{Connector: e.pos()[0]})
+	if err != nil {
+		return err
+	}
+	return x.print(res, func(tw *tabwriter.Writer) {
+		r := res.Run
+		fmt.Fprintf(tw, "reconciled %s: %d accounts, %d findings open (%d new), %d resolved, %d orphans disabled (run %s)\n\n",
+			r.Connector, r.Accounts, r.Findings, r.NewFindings, r.Resolved, r.Disabled, r.RunId)
+		findingsTable(tw, res.Findings)
+	})
+}
+
+func findings(e *env) error {
+	conn := e.fs.String("connector", "", "only this connector")
+	kind := e.fs.String("kind", "", "orphan, shared or drift")
+	st := e.fs.String("status", "open", "open, resolved or all")
+	limit := e.fs.Int("limit", 0, "at most this many (default 500)")
+	if err := e.parse(); err != nil {
+		return err
+	}
+	if len(e.pos()) != 0 {
+		return errors.New("usage: tenurectl findings [flags]")
+	}
+	x, err := e.connect()
+	if err != nil {
+		return err
+	}
+	res, err := provisionerv1.NewProvisioningServiceClient(x.conn).ListFindings(e.ctx, &provisionerv1.ListFindingsRequest{
+		Connector: *conn, Kind: *kind, Status: *st, Limit: int32(*limit)})
+	if err != nil {
+		return err
+	}
+	return x.print(res, func(tw *tabwriter.Writer) { findingsTable(tw, res.Findings) })
+}
+
+func findingsTable(tw *tabwriter.Writer, fs []*eventsv1.ReconcileFinding) {
+	fmt.Fprintln(tw, "CONNECTOR\tKIND\tACCOUNT\tSTATE\tWORKERS\tSTATUS\tFIRST SEEN\tLAST SEEN\tDETAIL")
+	for _, f := range fs {
+		st := f.Status
+		if f.DisableIssued {
+			st += " (disabled by policy)"
+		}
+		workers := strings.Join(f.WorkerIds, ",")
+		if workers == "" {
+			workers = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Connector, f.Kind, f.Username, state(f.ObservedState.String()), workers, st,
+			when(f.FirstSeen), when(f.LastSeen), f.Detail)
+	}
+}
+
+func connectors(e *env) error {
+	if err := e.parse(); err != nil {
+		return err
+	}
+	if len(e.pos()) != 0 {
+		return errors.New("usage: tenurectl connectors")
+	}
+	x, err := e.connect()
+	if err != nil {
+		return err
+	}
+	res, err := provisionerv1.NewProvisioningServiceClient(x.conn).ListConnectors(e.ctx, &provisionerv1.ListConnectorsRequest{})
+	if err != nil {
+		return err
+	}
+	return x.print(res, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "NAME\tTYPE\tSYSTEM\tHEALTH\tLATENCY\tLAST ERROR\tDELETE AFTER\tRECONCILE\tLAST RECONCILED\tCAPABILITIES")
+		for _, c := range res.Connectors {
+			h := c.GetHealth()
+			health := "down"
+			if h.GetHealthy() {
+				health = "ok"
+			}
+			lastErr := "-"
+			if h.GetLastError() != "" {
+				lastErr = when(h.GetLastErrorAt()) + " " + h.GetLastError()
+			}
+			p := c.GetPolicy()
+			del, rec := "never", "off"
+			if d := p.GetDeleteAfter().AsDuration(); d > 0 {
+				del = d.String()
+			}
+			if d := p.GetReconcileInterval().AsDuration(); d > 0 {
+				rec = "every " + d.String()
+				if p.GetDisableOrphans() {
+					rec += ", disables orphans"
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Type, c.System, health, h.GetLatency().AsDuration(), lastErr, del, rec,
+				when(c.LastReconciledAt), strings.Join(c.Capabilities, ","))
+		}
+	})
+}

@@ -1,0 +1,301 @@
+package webhook_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tenure-dev/tenure/pkg/connector"
+	"github.com/tenure-dev/tenure/pkg/connector/connectortest"
+	"github.com/tenure-dev/tenure/pkg/connectors/webhook"
+	stdwebhook "github.com/tenure-dev/tenure/pkg/webhook"
+)
+
+// receiver is a tiny account system behind a webhook endpoint, the way a target's owner
+// would write one: it verifies the Standard Webhooks signature, rejects replays, and keeps
+// accounts in a connectortest.Memory.
+type receiver struct {
+	*httptest.Server
+	store *connectortest.Memory
+	keys  [][]byte
+
+	mu       sync.Mutex
+	seen     map[string]bool
+	override func(op string) (status int, header http.Header) // answers instead of the store when it returns a status
+	requests []webhook.Request
+}
+
+func newReceiver(t *testing.T, secret string) *receiver {
+	t.Helper()
+	key, err := stdwebhook.ParseSecret(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &receiver{store: connectortest.NewMemory("read", "write"), keys: [][]byte{key}, seen: map[string]bool{}}
+	r.Server = httptest.NewServer(http.HandlerFunc(r.serve))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(req.Body, 1<<20))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	v := stdwebhook.Verifier{Keys: r.keys}
+	id := req.Header.Get(stdwebhook.HeaderID)
+	if _, err := v.Verify(id, req.Header.Get(stdwebhook.HeaderTimestamp), req.Header.Get(stdwebhook.HeaderSignature), body); err != nil {
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	var in webhook.Request
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	r.mu.Lock()
+	replay := r.seen[id]
+	r.seen[id] = true
+	r.requests = append(r.requests, in)
+	override := r.override
+	r.mu.Unlock()
+	if replay {
+		http.Error(w, "replayed webhook-id", http.StatusConflict)
+		return
+	}
+	if override != nil {
+		if code, h := override(in.Operation); code != 0 {
+			for k, v := range h {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(code)
+			fmt.Fprintf(w, "injected %d for %s", code, in.Operation)
+			return
+		}
+	}
+	ctx := req.Context()
+	var ref connector.AccountRef
+	if in.Account != nil {
+		ref = connector.AccountRef{ID: in.Account.ID, Username: in.Account.Username}
+	}
+	var out *webhook.Response
+	switch in.Operation {
+	case webhook.OpGet:
+		var a connector.Account
+		if a, err = r.store.GetAccount(ctx, ref); err == nil {
+			acc := webhook.FromAccount(a)
+			out = &webhook.Response{Account: &acc}
+		}
+	case webhook.OpCreate:
+		s := in.Spec
+		var a connector.Account
+		if a, err = r.store.CreateAccount(ctx, connector.AccountSpec{WorkerID: s.WorkerID, Username: s.Username, Email: s.Email, GivenName: s.GivenName,
+			FamilyName: s.FamilyName, DisplayName: s.DisplayName, Entitlements: s.Entitlements}); err == nil {
+			acc := webhook.FromAccount(a)
+			out = &webhook.Response{Account: &acc}
+		}
+	case webhook.OpDisable:
+		err = r.store.DisableAccount(ctx, ref)
+	case webhook.OpEnable:
+		err = r.store.EnableAccount(ctx, ref)
+	case webhook.OpDelete:
+		err = r.store.DeleteAccount(ctx, ref)
+	case webhook.OpGrant:
+		err = r.store.GrantEntitlement(ctx, ref, in.Entitlement)
+	case webhook.OpRevoke:
+		err = r.store.RevokeEntitlement(ctx, ref, in.Entitlement)
+	case webhook.OpRevokeSessions:
+		err = r.store.RevokeSessions(ctx, ref)
+	case webhook.OpList:
+		var accts []connector.Account
+		var next string
+		if accts, next, err = r.store.ListAccounts(ctx, in.PageToken); err == nil {
+			out = &webhook.Response{Accounts: []webhook.Account{}, NextPageToken: next}
+			for _, a := range accts {
+				out.Accounts = append(out.Accounts, webhook.FromAccount(a))
+			}
+		}
+	default:
+		http.Error(w, "unknown operation "+in.Operation, http.StatusNotImplemented)
+		return
+	}
+	switch {
+	case errors.Is(err, connector.ErrNotFound):
+		http.Error(w, "no such account", http.StatusNotFound)
+	case err != nil && connector.KindOf(err) == connector.KindPermanent:
+		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	case out != nil:
+		w.Header().Set("content-type", "application/json")
+		json.NewEncoder(w).Encode(out)
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" // 24 bytes, fixed so failures reproduce
+
+// open opens the connector the way the provisioner does: by type name from YAML.
+func open(t *testing.T, url, secret string) connector.Connector {
+	t.Helper()
+	c, err := connector.Open(context.Background(), webhook.TypeName, []byte(fmt.Sprintf("url: %s\nsecret: %q\nheaders: {x-api-key: k-123}\n", url, secret)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestConformance(t *testing.T) {
+	r := newReceiver(t, testSecret)
+	connectortest.Run(t, connectortest.Harness{
+		New: func(t *testing.T) connector.Connector { return open(t, r.URL, testSecret) },
+		Features: connectortest.Features{Create: true, Disable: true, Enable: true, Delete: true,
+			Entitlements: true, Sessions: true, List: true, Profile: true},
+		Entitlements: []string{"read", "write"},
+	})
+}
+
+// A receiver holding another secret refuses tenure's signature, and that is permanent: no
+// retry fixes a wrong secret.
+func TestWrongSecretIsPermanent(t *testing.T) {
+	r := newReceiver(t, stdwebhook.NewSecret())
+	c := open(t, r.URL, testSecret)
+	_, err := c.GetAccount(context.Background(), connector.AccountRef{Username: "ada"})
+	if connector.KindOf(err) != connector.KindPermanent || !strings.Contains(err.Error(), "HTTP 401") {
+		t.Fatalf("GetAccount with a wrong secret = %v (kind %v)", err, connector.KindOf(err))
+	}
+	if strings.Contains(err.Error(), strings.TrimPrefix(testSecret, "whsec_")) {
+		t.Fatal("the error shows the secret")
+	}
+}
+
+func TestStatusCodesAreErrorClasses(t *testing.T) {
+	r := newReceiver(t, testSecret)
+	c := open(t, r.URL, testSecret)
+	ctx := context.Background()
+	if _, err := c.(connector.Creator).CreateAccount(ctx, connector.AccountSpec{Username: "ada", WorkerID: "w1"}); err != nil {
+		t.Fatal(err)
+	}
+	ref := connector.AccountRef{Username: "ada"}
+	date := time.Now().Add(3 * time.Second).UTC().Format(http.TimeFormat)
+	for _, tc := range []struct {
+		name   string
+		status int
+		header http.Header
+		call   func() error
+		kind   connector.ErrorKind
+		after  time.Duration // minimum Retry-After
+		unsup  bool
+	}{
+		{"429 with seconds", 429, http.Header{"Retry-After": {"7"}}, func() error { return c.(connector.Disabler).DisableAccount(ctx, ref) }, connector.KindRetryable, 7 * time.Second, false},
+		{"503 with a date", 503, http.Header{"Retry-After": {date}}, func() error { return c.(connector.Disabler).DisableAccount(ctx, ref) }, connector.KindRetryable, time.Second, false},
+		{"503 without a hint", 503, nil, func() error { return c.(connector.Enabler).EnableAccount(ctx, ref) }, connector.KindRetryable, 0, false},
+		{"500", 500, nil, func() error { return c.(connector.Disabler).DisableAccount(ctx, ref) }, connector.KindRetryable, 0, false},
+		{"403", 403, nil, func() error { return c.(connector.Disabler).DisableAccount(ctx, ref) }, connector.KindPermanent, 0, false},
+		{"400", 400, nil, func() error { return c.(connector.EntitlementGranter).GrantEntitlement(ctx, ref, "read") }, connector.KindPermanent, 0, false},
+		{"404 on get", 404, nil, func() error { _, err := c.GetAccount(ctx, ref); return err }, connector.KindNotFound, 0, false},
+		{"501", 501, nil, func() error { return c.(connector.SessionRevoker).RevokeSessions(ctx, ref) }, connector.KindPermanent, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r.mu.Lock()
+			r.override = func(string) (int, http.Header) { return tc.status, tc.header }
+			r.mu.Unlock()
+			defer func() { r.mu.Lock(); r.override = nil; r.mu.Unlock() }()
+			err := tc.call()
+			if err == nil || connector.KindOf(err) != tc.kind {
+				t.Fatalf("error %v: kind %v, want %v", err, connector.KindOf(err), tc.kind)
+			}
+			if ra := connector.RetryAfterOf(err); ra < tc.after || (tc.after == 0 && ra != 0) {
+				t.Errorf("Retry-After %s, want at least %s", ra, tc.after)
+			}
+			if errors.Is(err, connector.ErrUnsupported) != tc.unsup {
+				t.Errorf("ErrUnsupported: %v", err)
+			}
+			if !strings.Contains(err.Error(), fmt.Sprintf("injected %d", tc.status)) {
+				t.Errorf("error %q does not show the receiver's answer", err)
+			}
+		})
+	}
+	// 404 on delete: already gone is success.
+	r.override = func(op string) (int, http.Header) { return 404, nil }
+	if err := c.(connector.Deleter).DeleteAccount(ctx, ref); err != nil {
+		t.Fatalf("delete of an absent account: %v", err)
+	}
+	// 409 on create: the account exists and is read back unchanged.
+	r.override = func(op string) (int, http.Header) {
+		if op == webhook.OpCreate {
+			return 409, nil
+		}
+		return 0, nil
+	}
+	a, err := c.(connector.Creator).CreateAccount(ctx, connector.AccountSpec{Username: "ada"})
+	if err != nil || a.Username != "ada" || a.State != connector.StateEnabled {
+		t.Fatalf("create after 409 = %+v, %v", a, err)
+	}
+	r.override = nil
+	// Every request was signed and fresh (the receiver refuses replays).
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.requests) < 10 {
+		t.Fatalf("receiver saw %d requests", len(r.requests))
+	}
+}
+
+// A down receiver is retryable.
+func TestUnreachableIsRetryable(t *testing.T) {
+	r := newReceiver(t, testSecret)
+	url := r.URL
+	r.Close()
+	_, err := open(t, url, testSecret).GetAccount(context.Background(), connector.AccountRef{Username: "x"})
+	if err == nil || connector.KindOf(err) != connector.KindRetryable {
+		t.Fatalf("GetAccount of a closed server = %v", err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Setenv("WH_SECRET", testSecret)
+	for _, tc := range []struct {
+		name, config string
+		want         []string
+	}{
+		{"nothing", "{}", []string{"url: is required", "secret: is required"}},
+		{"plain http to a remote host", "url: http://hooks.example.org/x\nsecret: {env: WH_SECRET}", []string{"url: must be https"}},
+		{"credentials in the URL", "url: https://u:p@hooks.example.org/x\nsecret: {env: WH_SECRET}", []string{"url: must not hold credentials"}},
+		{"not a whsec secret", "url: https://hooks.example.org/x\nsecret: short", []string{"secret (value)"}},
+		{"missing env", "url: https://hooks.example.org/x\nsecret: {env: NOT_SET_ANYWHERE_42}", []string{"secret:", "NOT_SET_ANYWHERE_42"}},
+		{"reserved header", "url: https://hooks.example.org/x\nsecret: {env: WH_SECRET}\nheaders: {webhook-signature: x}", []string{"headers: webhook-signature is set by tenure"}},
+		{"unknown field", "url: https://hooks.example.org/x\nsecret: {env: WH_SECRET}\ntimeout: 5s", []string{`line 3: unknown field "timeout"`}},
+		{"bad ca file", "url: https://hooks.example.org/x\nsecret: {env: WH_SECRET}\nca_file: /nonexistent/ca.pem", []string{"ca_file:"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := connector.Open(context.Background(), webhook.TypeName, []byte(tc.config))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "MfKQ9r8GKYqr") {
+				t.Errorf("error shows the secret: %v", err)
+			}
+		})
+	}
+	if _, err := connector.Open(context.Background(), webhook.TypeName, []byte("url: https://hooks.example.org/x\nsecret: {env: WH_SECRET}")); err != nil {
+		t.Fatalf("good config: %v", err)
+	}
+}
