@@ -15,8 +15,9 @@
 //
 // # Writing a connector
 //
-// A connector is one package under pkg/connectors/ (or an out-of-process gRPC service, not
-// covered here). Skeleton:
+// A connector is one package under pkg/connectors/, or a process of its own speaking the gRPC
+// ConnectorService (package plugin serves any Connector that way; docs/connectors.md).
+// Skeleton:
 //
 //	package acme
 //
