@@ -52,6 +52,14 @@ type ServeConfig struct {
 	// LedgerWriterRole is the database role the ledger runs as: it may only INSERT and
 	// SELECT its entries; `tenure setup` migrates the schema as its owner.
 	LedgerWriterRole string `yaml:"ledger_writer_role"`
+	// SSFIssuer is the public https URL of the ledger's OpenID Shared Signals transmitter
+	// (default: http on the HTTP address, for local use).
+	SSFIssuer string `yaml:"ssf_issuer"`
+	// SSFKeyFile holds the RSA key that signs Security Event Tokens (created if missing;
+	// default ssf.key beside the ledger key file).
+	SSFKeyFile string `yaml:"ssf_key_file"`
+	// SSFTenant, when set, is sent as the tenant of complex subjects.
+	SSFTenant string `yaml:"ssf_tenant"`
 }
 
 // option binds one setting to its flag and environment variable.
@@ -87,6 +95,9 @@ func (c *ServeConfig) options() []option {
 		{flag: "connect-timeout", env: "TENURE_CONNECT_TIMEOUT", usage: "how long to wait for NATS and PostgreSQL at start", dur: &c.ConnectTimeout},
 		{flag: "ledger-key-file", env: "TENURE_LEDGER_KEY_FILE", usage: "ledger checkpoint signing key (Ed25519, PEM; created if missing)", str: &c.LedgerKeyFile},
 		{flag: "ledger-writer-role", env: "TENURE_LEDGER_WRITER_ROLE", usage: "database role the ledger runs as (INSERT/SELECT only; schema migrated by `tenure setup`)", str: &c.LedgerWriterRole},
+		{flag: "ssf-issuer", env: "TENURE_SSF_ISSUER", usage: "public https URL of the Shared Signals transmitter (ledger); default http on --http-addr", str: &c.SSFIssuer},
+		{flag: "ssf-key-file", env: "TENURE_SSF_KEY_FILE", usage: "RSA key that signs Security Event Tokens (PEM; created if missing; default ssf.key beside the ledger key)", str: &c.SSFKeyFile},
+		{flag: "ssf-tenant", env: "TENURE_SSF_TENANT", usage: "tenant id sent in complex SSF subjects (optional)", str: &c.SSFTenant},
 		{flag: "case-deadline", env: "TENURE_CASE_DEADLINE", usage: "leaver case deadline before an overdue alert", dur: &c.CaseDeadline},
 	}
 }

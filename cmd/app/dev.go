@@ -190,14 +190,24 @@ func (d *Dev) PrintEndpoints(w io.Writer) {
   webhooks   POST http://%s/webhooks/%s   (Standard Webhooks, secret in %s)
   health     http://%s/healthz  http://%s/readyz
   gRPC       %s   (tokens in %s)
+  SSF        %s   (Shared Signals transmitter: revocations as SETs; security token)
   NATS       %s   (JetStream store %s)
   Postgres   %s
   tenurectl  reads %s
 Try: tenurectl webhook send --type hire --worker w-1001 --job-code RN --email ada@clinic.example
      tenurectl case w-1001
+     tenurectl revocations watch
 Stop with Ctrl-C.
 `, d.HTTPAddr, d.Secrets.WebhookSource, filepath.Join(d.DataDir, "secrets.yaml"), d.HTTPAddr, d.HTTPAddr, d.GRPCAddr,
-		filepath.Join(d.DataDir, "secrets.yaml"), d.NATSURL, filepath.Join(d.DataDir, "nats"), redactURL(d.DatabaseURL), d.CtlConfigPath)
+		filepath.Join(d.DataDir, "secrets.yaml"), d.SSFURL(), d.NATSURL, filepath.Join(d.DataDir, "nats"), redactURL(d.DatabaseURL), d.CtlConfigPath)
+}
+
+// SSFURL is the transmitter's discovery document.
+func (d *Dev) SSFURL() string {
+	if d.SSF == nil {
+		return "(not running)"
+	}
+	return d.SSF.URL()
 }
 
 func redactURL(s string) string {

@@ -23,13 +23,17 @@ import (
 	"github.com/tenure-dev/tenure/pkg/connector"
 	// Built-in connector types register themselves.
 	_ "github.com/tenure-dev/tenure/pkg/connectors/ldap"
+	_ "github.com/tenure-dev/tenure/pkg/connectors/manual"
 	_ "github.com/tenure-dev/tenure/pkg/connectors/pgrole"
+	_ "github.com/tenure-dev/tenure/pkg/connectors/remote"
 	_ "github.com/tenure-dev/tenure/pkg/connectors/scim"
+	_ "github.com/tenure-dev/tenure/pkg/connectors/webhook"
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
 	"github.com/tenure-dev/tenure/services/approval"
 	"github.com/tenure-dev/tenure/services/intake"
 	"github.com/tenure-dev/tenure/services/ledger"
+	"github.com/tenure-dev/tenure/services/ledger/ssf"
 	"github.com/tenure-dev/tenure/services/provisioner"
 )
 
@@ -49,6 +53,8 @@ type Stack struct {
 	Approval    *approval.Service
 	Provisioner *provisioner.Service
 	Ledger      *ledger.Service
+	// SSF is the OpenID Shared Signals transmitter that runs with the ledger.
+	SSF *ssf.Transmitter
 	// HTTPAddr and GRPCAddr are the bound addresses (useful with port 0).
 	HTTPAddr, GRPCAddr string
 	NATS               *nats.Conn
@@ -143,6 +149,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 	}
 	var runners []runner
 	var grpcs []grpcService
+	var ledgerPool *pgxpool.Pool
 	for _, svc := range svcs {
 		pool, err := connect(svc)
 		if err != nil {
@@ -189,7 +196,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			if err != nil {
 				return nil, fmt.Errorf("ledger: %w", err)
 			}
-			st.Ledger = s
+			st.Ledger, ledgerPool = s, pool
 			runners, grpcs = append(runners, s), append(grpcs, s)
 		}
 	}
@@ -234,6 +241,16 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 		mux.Handle("/webhooks/", st.Intake.Handler())
 		mux.Handle("/snapshots/", st.Intake.Handler())
 	}
+	if st.Ledger != nil {
+		t, err := startSSF(ctx, cfg, ledgerPool, js, auth, log, st.HTTPAddr, mux)
+		if err != nil {
+			gl.Close()
+			hl.Close()
+			return nil, fmt.Errorf("ssf: %w", err)
+		}
+		st.SSF = t
+		runners = append(runners, t)
+	}
 	st.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 
 	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -264,9 +281,9 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 }
 
 // SetupDatabase creates, as a database admin, the per-service roles and schemas, and
-// migrates the ledger as the owner of its schema so the ledger's own role may only INSERT
-// and SELECT. passwords maps a service to its role's password (optional). `tenure setup` and
-// `tenure dev` run it; it is idempotent.
+// migrates the ledger (and its SSF transmitter's schema) as the owner of its schema so the
+// ledger's own role may only INSERT and SELECT entries. passwords maps a service to its
+// role's password (optional). `tenure setup` and `tenure dev` run it; it is idempotent.
 func SetupDatabase(ctx context.Context, adminURL string, passwords map[string]string) error {
 	if err := pgstore.Bootstrap(ctx, adminURL, []string{"intake", "approval", "provisioner"}, passwords); err != nil {
 		return err
@@ -279,7 +296,10 @@ func SetupDatabase(ctx context.Context, adminURL string, passwords map[string]st
 		return fmt.Errorf("ledger owner: %w", err)
 	}
 	defer owner.Close()
-	return ledger.Setup(ctx, owner, pgstore.RoleName("ledger"))
+	if err := ledger.Setup(ctx, owner, pgstore.RoleName("ledger")); err != nil {
+		return err
+	}
+	return setupSSFDatabase(ctx, adminURL, owner)
 }
 
 // onlyFileProblems lets in-process callers (tenure dev, tests) pass objects instead of files.
@@ -397,7 +417,7 @@ func OpenTargets(ctx context.Context, path string) ([]provisioner.Target, error)
 		if sys == "" {
 			sys = c.Name
 		}
-		out = append(out, provisioner.Target{Name: c.Name, Type: c.Type, System: sys, Conn: conn})
+		out = append(out, provisioner.Target{Name: c.Name, Type: c.Type, System: sys, Conn: conn, Policy: c.Policy})
 	}
 	return out, nil
 }

@@ -22,6 +22,9 @@
 --   tenure_provisioner  provisioner  everything in provisioner
 --   tenure_ledger       ledger       INSERT and SELECT on its entries only; the schema belongs to
 --                                    tenure_ledger_owner (NOLOGIN), as which `tenure setup` migrates
+--                       ssf          read and write on the Shared Signals transmitter's streams,
+--                                    subjects and pending SETs (working state, a separate grant);
+--                                    also owned by tenure_ledger_owner
 --   tenure_target       (none)       CREATEROLE: create, disable (NOLOGIN) and drop the demo
 --                                    target's account roles and end their sessions
 -- No role has rights in another service's schema; none may create in public; services talk
@@ -102,12 +105,15 @@ DO $$ BEGIN
 END $$;
 GRANT tenure_ledger_owner TO CURRENT_USER;
 CREATE SCHEMA IF NOT EXISTS ledger      AUTHORIZATION tenure_ledger_owner;
+-- The ledger's SSF transmitter keeps its mutable state apart from the append-only entries.
+CREATE SCHEMA IF NOT EXISTS ssf         AUTHORIZATION tenure_ledger_owner;
 ALTER SCHEMA intake      OWNER TO tenure_intake;
 ALTER SCHEMA approval    OWNER TO tenure_approval;
 ALTER SCHEMA provisioner OWNER TO tenure_provisioner;
 ALTER SCHEMA ledger      OWNER TO tenure_ledger_owner;
+ALTER SCHEMA ssf         OWNER TO tenure_ledger_owner;
 REASSIGN OWNED BY tenure_ledger TO tenure_ledger_owner;
-REVOKE ALL ON SCHEMA intake, approval, provisioner, ledger FROM PUBLIC;
+REVOKE ALL ON SCHEMA intake, approval, provisioner, ledger, ssf FROM PUBLIC;
 
 -- Connect: the services and the target's role only (PUBLIC's default CONNECT is revoked above,
 -- so accounts that the demo target creates cannot log in to tenure's database).

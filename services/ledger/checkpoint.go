@@ -241,8 +241,10 @@ func (s *Service) checkpointLoop(ctx context.Context) {
 	}
 }
 
-// afterAppend asks for a checkpoint once CheckpointEvery entries followed the last one.
+// afterAppend wakes revocation watchers and asks for a checkpoint once CheckpointEvery
+// entries followed the last one.
 func (s *Service) afterAppend(head int64) {
+	s.appended.fire()
 	if head-s.lastCP.Load() >= int64(s.cfg.CheckpointEvery) {
 		select {
 		case s.cpDue <- struct{}{}:

@@ -92,6 +92,9 @@ type Config struct {
 	// (SELECT and INSERT on entries and checkpoints, SELECT and UPDATE on the head, the
 	// outbox), so it can neither alter nor drop the triggers nor change entries.
 	WriterRole string
+	// WatchPoll is how often a WatchRevocations stream looks for entries that another ledger
+	// replica appended (default 1s); appends by this process wake it at once.
+	WatchPoll time.Duration
 }
 
 // DefaultRetention is six years (45 CFR 164.316(b)(2)(i)).
@@ -131,6 +134,9 @@ func (c *Config) defaults() {
 	if c.Retention <= 0 {
 		c.Retention = DefaultRetention
 	}
+	if c.WatchPoll <= 0 {
+		c.WatchPoll = time.Second
+	}
 }
 
 // Deps are the ledger's connections.
@@ -163,6 +169,8 @@ type Service struct {
 	relay   *pgstore.Relay
 	lastCP  atomic.Int64
 	cpDue   chan struct{}
+
+	appended appendSignal
 }
 
 // New migrates the ledger schema and creates (or updates) the durable consumer.
@@ -521,12 +529,13 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 func (s *Service) AuthRules() authn.Rules {
 	roles := []authn.Role{authn.RoleAuditor, authn.RoleOperator, authn.RoleSecurity}
 	return authn.Rules{
-		ledgerv1.LedgerService_Query_FullMethodName:           roles,
-		ledgerv1.LedgerService_Verify_FullMethodName:          roles,
-		ledgerv1.LedgerService_ListCheckpoints_FullMethodName: roles,
-		ledgerv1.LedgerService_GetPublicKey_FullMethodName:    roles,
-		ledgerv1.LedgerService_Evidence_FullMethodName:        roles,
-		ledgerv1.LedgerService_ExportEvidence_FullMethodName:  roles,
+		ledgerv1.LedgerService_Query_FullMethodName:            roles,
+		ledgerv1.LedgerService_Verify_FullMethodName:           roles,
+		ledgerv1.LedgerService_ListCheckpoints_FullMethodName:  roles,
+		ledgerv1.LedgerService_GetPublicKey_FullMethodName:     roles,
+		ledgerv1.LedgerService_Evidence_FullMethodName:         roles,
+		ledgerv1.LedgerService_ExportEvidence_FullMethodName:   roles,
+		ledgerv1.LedgerService_WatchRevocations_FullMethodName: roles,
 		// Archives are for the retention process: auditors and admins (admin always passes).
 		ledgerv1.LedgerService_Archive_FullMethodName: {authn.RoleAuditor},
 	}

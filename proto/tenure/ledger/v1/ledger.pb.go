@@ -7,6 +7,7 @@
 package ledgerv1
 
 import (
+	v1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -1212,11 +1213,257 @@ func (x *ArchiveResponse) GetLastSeq() int64 {
 	return 0
 }
 
+// WatchRevocationsRequest filters the revocation stream and says where to start. Filters
+// combine with AND; an empty filter matches everything.
+type WatchRevocationsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this worker.
+	WorkerId string `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// Only this system (the policy's system name, e.g. "ehr").
+	System string `protobuf:"bytes,2,opt,name=system,proto3" json:"system,omitempty"`
+	// Only these kinds (any of them).
+	Kinds []v1.RevocationKind `protobuf:"varint,3,rep,packed,name=kinds,proto3,enum=tenure.events.v1.RevocationKind" json:"kinds,omitempty"`
+	// Start after this ledger sequence (the cursor: the seq of the last event received).
+	AfterSeq int64 `protobuf:"varint,4,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// Only revocations that occurred at or after this time. Combined with after_seq, both hold.
+	Since *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`
+	// Start at the live end: skip everything already recorded (after_seq and since then must
+	// be unset).
+	LiveOnly      bool `protobuf:"varint,6,opt,name=live_only,json=liveOnly,proto3" json:"live_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsRequest) Reset() {
+	*x = WatchRevocationsRequest{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsRequest) ProtoMessage() {}
+
+func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WatchRevocationsRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *WatchRevocationsRequest) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *WatchRevocationsRequest) GetKinds() []v1.RevocationKind {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+func (x *WatchRevocationsRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *WatchRevocationsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *WatchRevocationsRequest) GetLiveOnly() bool {
+	if x != nil {
+		return x.LiveOnly
+	}
+	return false
+}
+
+// RevocationEvent is one revocation as the ledger recorded it.
+type RevocationEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Ledger sequence: the resume cursor.
+	Seq int64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Sequence in the TENURE_EVENTS JetStream stream (for correlating with a NATS consumer).
+	StreamSeq int64 `protobuf:"varint,2,opt,name=stream_seq,json=streamSeq,proto3" json:"stream_seq,omitempty"`
+	// NATS subject: tenure.revocation.<kind>.<worker>.
+	Subject    string                 `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
+	Revocation *v1.Revocation         `protobuf:"bytes,4,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	RecordedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	// CloudEvents id of the event.
+	EventId       string `protobuf:"bytes,6,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevocationEvent) Reset() {
+	*x = RevocationEvent{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevocationEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevocationEvent) ProtoMessage() {}
+
+func (x *RevocationEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevocationEvent.ProtoReflect.Descriptor instead.
+func (*RevocationEvent) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RevocationEvent) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RevocationEvent) GetStreamSeq() int64 {
+	if x != nil {
+		return x.StreamSeq
+	}
+	return 0
+}
+
+func (x *RevocationEvent) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *RevocationEvent) GetRevocation() *v1.Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+func (x *RevocationEvent) GetRecordedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RecordedAt
+	}
+	return nil
+}
+
+func (x *RevocationEvent) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+// WatchRevocationsResponse carries one revocation, or (once, with no revocation) the news that
+// the watch has replayed everything recorded so far and is now live.
+type WatchRevocationsResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Revocation *RevocationEvent       `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	CaughtUp   bool                   `protobuf:"varint,2,opt,name=caught_up,json=caughtUp,proto3" json:"caught_up,omitempty"`
+	// With caught_up: the ledger sequence the watch has read up to. A client that received
+	// nothing yet (live_only, or a filter that matched nothing) resumes with after_seq = cursor.
+	Cursor        int64 `protobuf:"varint,3,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsResponse) Reset() {
+	*x = WatchRevocationsResponse{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsResponse) ProtoMessage() {}
+
+func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *WatchRevocationsResponse) GetRevocation() *RevocationEvent {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+func (x *WatchRevocationsResponse) GetCaughtUp() bool {
+	if x != nil {
+		return x.CaughtUp
+	}
+	return false
+}
+
+func (x *WatchRevocationsResponse) GetCursor() int64 {
+	if x != nil {
+		return x.Cursor
+	}
+	return 0
+}
+
 var File_tenure_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_tenure_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1dtenure/ledger/v1/ledger.proto\x12\x10tenure.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n" +
+	"\x1dtenure/ledger/v1/ledger.proto\x12\x10tenure.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtenure/events/v1/events.proto\"\xe1\x01\n" +
 	"\fQueryRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12%\n" +
 	"\x0esubject_prefix\x18\x02 \x01(\tR\rsubjectPrefix\x12.\n" +
@@ -1308,7 +1555,31 @@ const file_tenure_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x0fArchiveResponse\x122\n" +
 	"\x05files\x18\x01 \x03(\v2\x1c.tenure.ledger.v1.BundleFileR\x05files\x12\x1b\n" +
 	"\tfirst_seq\x18\x02 \x01(\x03R\bfirstSeq\x12\x19\n" +
-	"\blast_seq\x18\x03 \x01(\x03R\alastSeq2\xf5\x04\n" +
+	"\blast_seq\x18\x03 \x01(\x03R\alastSeq\"\xf2\x01\n" +
+	"\x17WatchRevocationsRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
+	"\x06system\x18\x02 \x01(\tR\x06system\x126\n" +
+	"\x05kinds\x18\x03 \x03(\x0e2 .tenure.events.v1.RevocationKindR\x05kinds\x12\x1b\n" +
+	"\tafter_seq\x18\x04 \x01(\x03R\bafterSeq\x120\n" +
+	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +
+	"\tlive_only\x18\x06 \x01(\bR\bliveOnly\"\xf2\x01\n" +
+	"\x0fRevocationEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x1d\n" +
+	"\n" +
+	"stream_seq\x18\x02 \x01(\x03R\tstreamSeq\x12\x18\n" +
+	"\asubject\x18\x03 \x01(\tR\asubject\x12<\n" +
+	"\n" +
+	"revocation\x18\x04 \x01(\v2\x1c.tenure.events.v1.RevocationR\n" +
+	"revocation\x12;\n" +
+	"\vrecorded_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"recordedAt\x12\x19\n" +
+	"\bevent_id\x18\x06 \x01(\tR\aeventId\"\x92\x01\n" +
+	"\x18WatchRevocationsResponse\x12A\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\v2!.tenure.ledger.v1.RevocationEventR\n" +
+	"revocation\x12\x1b\n" +
+	"\tcaught_up\x18\x02 \x01(\bR\bcaughtUp\x12\x16\n" +
+	"\x06cursor\x18\x03 \x01(\x03R\x06cursor2\xe2\x05\n" +
 	"\rLedgerService\x12H\n" +
 	"\x05Query\x12\x1e.tenure.ledger.v1.QueryRequest\x1a\x1f.tenure.ledger.v1.QueryResponse\x12K\n" +
 	"\x06Verify\x12\x1f.tenure.ledger.v1.VerifyRequest\x1a .tenure.ledger.v1.VerifyResponse\x12f\n" +
@@ -1316,7 +1587,8 @@ const file_tenure_ledger_v1_ledger_proto_rawDesc = "" +
 	"\fGetPublicKey\x12%.tenure.ledger.v1.GetPublicKeyRequest\x1a&.tenure.ledger.v1.GetPublicKeyResponse\x12Q\n" +
 	"\bEvidence\x12!.tenure.ledger.v1.EvidenceRequest\x1a\".tenure.ledger.v1.EvidenceResponse\x12c\n" +
 	"\x0eExportEvidence\x12'.tenure.ledger.v1.ExportEvidenceRequest\x1a(.tenure.ledger.v1.ExportEvidenceResponse\x12N\n" +
-	"\aArchive\x12 .tenure.ledger.v1.ArchiveRequest\x1a!.tenure.ledger.v1.ArchiveResponseB>Z<github.com/tenure-dev/tenure/proto/tenure/ledger/v1;ledgerv1b\x06proto3"
+	"\aArchive\x12 .tenure.ledger.v1.ArchiveRequest\x1a!.tenure.ledger.v1.ArchiveResponse\x12k\n" +
+	"\x10WatchRevocations\x12).tenure.ledger.v1.WatchRevocationsRequest\x1a*.tenure.ledger.v1.WatchRevocationsResponse0\x01B>Z<github.com/tenure-dev/tenure/proto/tenure/ledger/v1;ledgerv1b\x06proto3"
 
 var (
 	file_tenure_ledger_v1_ledger_proto_rawDescOnce sync.Once
@@ -1330,64 +1602,76 @@ func file_tenure_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_tenure_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_tenure_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_tenure_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_tenure_ledger_v1_ledger_proto_goTypes = []any{
-	(*QueryRequest)(nil),            // 0: tenure.ledger.v1.QueryRequest
-	(*Entry)(nil),                   // 1: tenure.ledger.v1.Entry
-	(*QueryResponse)(nil),           // 2: tenure.ledger.v1.QueryResponse
-	(*VerifyRequest)(nil),           // 3: tenure.ledger.v1.VerifyRequest
-	(*VerifyResponse)(nil),          // 4: tenure.ledger.v1.VerifyResponse
-	(*Checkpoint)(nil),              // 5: tenure.ledger.v1.Checkpoint
-	(*ListCheckpointsRequest)(nil),  // 6: tenure.ledger.v1.ListCheckpointsRequest
-	(*ListCheckpointsResponse)(nil), // 7: tenure.ledger.v1.ListCheckpointsResponse
-	(*GetPublicKeyRequest)(nil),     // 8: tenure.ledger.v1.GetPublicKeyRequest
-	(*GetPublicKeyResponse)(nil),    // 9: tenure.ledger.v1.GetPublicKeyResponse
-	(*EvidenceRequest)(nil),         // 10: tenure.ledger.v1.EvidenceRequest
-	(*EvidenceRow)(nil),             // 11: tenure.ledger.v1.EvidenceRow
-	(*EvidenceResponse)(nil),        // 12: tenure.ledger.v1.EvidenceResponse
-	(*ExportEvidenceRequest)(nil),   // 13: tenure.ledger.v1.ExportEvidenceRequest
-	(*BundleFile)(nil),              // 14: tenure.ledger.v1.BundleFile
-	(*ExportEvidenceResponse)(nil),  // 15: tenure.ledger.v1.ExportEvidenceResponse
-	(*ArchiveRequest)(nil),          // 16: tenure.ledger.v1.ArchiveRequest
-	(*ArchiveResponse)(nil),         // 17: tenure.ledger.v1.ArchiveResponse
-	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
+	(*QueryRequest)(nil),             // 0: tenure.ledger.v1.QueryRequest
+	(*Entry)(nil),                    // 1: tenure.ledger.v1.Entry
+	(*QueryResponse)(nil),            // 2: tenure.ledger.v1.QueryResponse
+	(*VerifyRequest)(nil),            // 3: tenure.ledger.v1.VerifyRequest
+	(*VerifyResponse)(nil),           // 4: tenure.ledger.v1.VerifyResponse
+	(*Checkpoint)(nil),               // 5: tenure.ledger.v1.Checkpoint
+	(*ListCheckpointsRequest)(nil),   // 6: tenure.ledger.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil),  // 7: tenure.ledger.v1.ListCheckpointsResponse
+	(*GetPublicKeyRequest)(nil),      // 8: tenure.ledger.v1.GetPublicKeyRequest
+	(*GetPublicKeyResponse)(nil),     // 9: tenure.ledger.v1.GetPublicKeyResponse
+	(*EvidenceRequest)(nil),          // 10: tenure.ledger.v1.EvidenceRequest
+	(*EvidenceRow)(nil),              // 11: tenure.ledger.v1.EvidenceRow
+	(*EvidenceResponse)(nil),         // 12: tenure.ledger.v1.EvidenceResponse
+	(*ExportEvidenceRequest)(nil),    // 13: tenure.ledger.v1.ExportEvidenceRequest
+	(*BundleFile)(nil),               // 14: tenure.ledger.v1.BundleFile
+	(*ExportEvidenceResponse)(nil),   // 15: tenure.ledger.v1.ExportEvidenceResponse
+	(*ArchiveRequest)(nil),           // 16: tenure.ledger.v1.ArchiveRequest
+	(*ArchiveResponse)(nil),          // 17: tenure.ledger.v1.ArchiveResponse
+	(*WatchRevocationsRequest)(nil),  // 18: tenure.ledger.v1.WatchRevocationsRequest
+	(*RevocationEvent)(nil),          // 19: tenure.ledger.v1.RevocationEvent
+	(*WatchRevocationsResponse)(nil), // 20: tenure.ledger.v1.WatchRevocationsResponse
+	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
+	(v1.RevocationKind)(0),           // 22: tenure.events.v1.RevocationKind
+	(*v1.Revocation)(nil),            // 23: tenure.events.v1.Revocation
 }
 var file_tenure_ledger_v1_ledger_proto_depIdxs = []int32{
-	18, // 0: tenure.ledger.v1.QueryRequest.from:type_name -> google.protobuf.Timestamp
-	18, // 1: tenure.ledger.v1.QueryRequest.to:type_name -> google.protobuf.Timestamp
-	18, // 2: tenure.ledger.v1.Entry.event_time:type_name -> google.protobuf.Timestamp
-	18, // 3: tenure.ledger.v1.Entry.recorded_at:type_name -> google.protobuf.Timestamp
+	21, // 0: tenure.ledger.v1.QueryRequest.from:type_name -> google.protobuf.Timestamp
+	21, // 1: tenure.ledger.v1.QueryRequest.to:type_name -> google.protobuf.Timestamp
+	21, // 2: tenure.ledger.v1.Entry.event_time:type_name -> google.protobuf.Timestamp
+	21, // 3: tenure.ledger.v1.Entry.recorded_at:type_name -> google.protobuf.Timestamp
 	1,  // 4: tenure.ledger.v1.QueryResponse.entries:type_name -> tenure.ledger.v1.Entry
-	18, // 5: tenure.ledger.v1.Checkpoint.signed_at:type_name -> google.protobuf.Timestamp
+	21, // 5: tenure.ledger.v1.Checkpoint.signed_at:type_name -> google.protobuf.Timestamp
 	5,  // 6: tenure.ledger.v1.ListCheckpointsResponse.checkpoints:type_name -> tenure.ledger.v1.Checkpoint
-	18, // 7: tenure.ledger.v1.EvidenceRequest.from:type_name -> google.protobuf.Timestamp
-	18, // 8: tenure.ledger.v1.EvidenceRequest.to:type_name -> google.protobuf.Timestamp
+	21, // 7: tenure.ledger.v1.EvidenceRequest.from:type_name -> google.protobuf.Timestamp
+	21, // 8: tenure.ledger.v1.EvidenceRequest.to:type_name -> google.protobuf.Timestamp
 	11, // 9: tenure.ledger.v1.EvidenceResponse.rows:type_name -> tenure.ledger.v1.EvidenceRow
-	18, // 10: tenure.ledger.v1.ExportEvidenceRequest.from:type_name -> google.protobuf.Timestamp
-	18, // 11: tenure.ledger.v1.ExportEvidenceRequest.to:type_name -> google.protobuf.Timestamp
+	21, // 10: tenure.ledger.v1.ExportEvidenceRequest.from:type_name -> google.protobuf.Timestamp
+	21, // 11: tenure.ledger.v1.ExportEvidenceRequest.to:type_name -> google.protobuf.Timestamp
 	14, // 12: tenure.ledger.v1.ExportEvidenceResponse.files:type_name -> tenure.ledger.v1.BundleFile
 	5,  // 13: tenure.ledger.v1.ExportEvidenceResponse.checkpoint:type_name -> tenure.ledger.v1.Checkpoint
-	18, // 14: tenure.ledger.v1.ArchiveRequest.before:type_name -> google.protobuf.Timestamp
+	21, // 14: tenure.ledger.v1.ArchiveRequest.before:type_name -> google.protobuf.Timestamp
 	14, // 15: tenure.ledger.v1.ArchiveResponse.files:type_name -> tenure.ledger.v1.BundleFile
-	0,  // 16: tenure.ledger.v1.LedgerService.Query:input_type -> tenure.ledger.v1.QueryRequest
-	3,  // 17: tenure.ledger.v1.LedgerService.Verify:input_type -> tenure.ledger.v1.VerifyRequest
-	6,  // 18: tenure.ledger.v1.LedgerService.ListCheckpoints:input_type -> tenure.ledger.v1.ListCheckpointsRequest
-	8,  // 19: tenure.ledger.v1.LedgerService.GetPublicKey:input_type -> tenure.ledger.v1.GetPublicKeyRequest
-	10, // 20: tenure.ledger.v1.LedgerService.Evidence:input_type -> tenure.ledger.v1.EvidenceRequest
-	13, // 21: tenure.ledger.v1.LedgerService.ExportEvidence:input_type -> tenure.ledger.v1.ExportEvidenceRequest
-	16, // 22: tenure.ledger.v1.LedgerService.Archive:input_type -> tenure.ledger.v1.ArchiveRequest
-	2,  // 23: tenure.ledger.v1.LedgerService.Query:output_type -> tenure.ledger.v1.QueryResponse
-	4,  // 24: tenure.ledger.v1.LedgerService.Verify:output_type -> tenure.ledger.v1.VerifyResponse
-	7,  // 25: tenure.ledger.v1.LedgerService.ListCheckpoints:output_type -> tenure.ledger.v1.ListCheckpointsResponse
-	9,  // 26: tenure.ledger.v1.LedgerService.GetPublicKey:output_type -> tenure.ledger.v1.GetPublicKeyResponse
-	12, // 27: tenure.ledger.v1.LedgerService.Evidence:output_type -> tenure.ledger.v1.EvidenceResponse
-	15, // 28: tenure.ledger.v1.LedgerService.ExportEvidence:output_type -> tenure.ledger.v1.ExportEvidenceResponse
-	17, // 29: tenure.ledger.v1.LedgerService.Archive:output_type -> tenure.ledger.v1.ArchiveResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	22, // 16: tenure.ledger.v1.WatchRevocationsRequest.kinds:type_name -> tenure.events.v1.RevocationKind
+	21, // 17: tenure.ledger.v1.WatchRevocationsRequest.since:type_name -> google.protobuf.Timestamp
+	23, // 18: tenure.ledger.v1.RevocationEvent.revocation:type_name -> tenure.events.v1.Revocation
+	21, // 19: tenure.ledger.v1.RevocationEvent.recorded_at:type_name -> google.protobuf.Timestamp
+	19, // 20: tenure.ledger.v1.WatchRevocationsResponse.revocation:type_name -> tenure.ledger.v1.RevocationEvent
+	0,  // 21: tenure.ledger.v1.LedgerService.Query:input_type -> tenure.ledger.v1.QueryRequest
+	3,  // 22: tenure.ledger.v1.LedgerService.Verify:input_type -> tenure.ledger.v1.VerifyRequest
+	6,  // 23: tenure.ledger.v1.LedgerService.ListCheckpoints:input_type -> tenure.ledger.v1.ListCheckpointsRequest
+	8,  // 24: tenure.ledger.v1.LedgerService.GetPublicKey:input_type -> tenure.ledger.v1.GetPublicKeyRequest
+	10, // 25: tenure.ledger.v1.LedgerService.Evidence:input_type -> tenure.ledger.v1.EvidenceRequest
+	13, // 26: tenure.ledger.v1.LedgerService.ExportEvidence:input_type -> tenure.ledger.v1.ExportEvidenceRequest
+	16, // 27: tenure.ledger.v1.LedgerService.Archive:input_type -> tenure.ledger.v1.ArchiveRequest
+	18, // 28: tenure.ledger.v1.LedgerService.WatchRevocations:input_type -> tenure.ledger.v1.WatchRevocationsRequest
+	2,  // 29: tenure.ledger.v1.LedgerService.Query:output_type -> tenure.ledger.v1.QueryResponse
+	4,  // 30: tenure.ledger.v1.LedgerService.Verify:output_type -> tenure.ledger.v1.VerifyResponse
+	7,  // 31: tenure.ledger.v1.LedgerService.ListCheckpoints:output_type -> tenure.ledger.v1.ListCheckpointsResponse
+	9,  // 32: tenure.ledger.v1.LedgerService.GetPublicKey:output_type -> tenure.ledger.v1.GetPublicKeyResponse
+	12, // 33: tenure.ledger.v1.LedgerService.Evidence:output_type -> tenure.ledger.v1.EvidenceResponse
+	15, // 34: tenure.ledger.v1.LedgerService.ExportEvidence:output_type -> tenure.ledger.v1.ExportEvidenceResponse
+	17, // 35: tenure.ledger.v1.LedgerService.Archive:output_type -> tenure.ledger.v1.ArchiveResponse
+	20, // 36: tenure.ledger.v1.LedgerService.WatchRevocations:output_type -> tenure.ledger.v1.WatchRevocationsResponse
+	29, // [29:37] is the sub-list for method output_type
+	21, // [21:29] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_tenure_ledger_v1_ledger_proto_init() }
@@ -1401,7 +1685,7 @@ func file_tenure_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_ledger_v1_ledger_proto_rawDesc), len(file_tenure_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

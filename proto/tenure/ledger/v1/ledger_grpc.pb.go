@@ -19,13 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	LedgerService_Query_FullMethodName           = "/tenure.ledger.v1.LedgerService/Query"
-	LedgerService_Verify_FullMethodName          = "/tenure.ledger.v1.LedgerService/Verify"
-	LedgerService_ListCheckpoints_FullMethodName = "/tenure.ledger.v1.LedgerService/ListCheckpoints"
-	LedgerService_GetPublicKey_FullMethodName    = "/tenure.ledger.v1.LedgerService/GetPublicKey"
-	LedgerService_Evidence_FullMethodName        = "/tenure.ledger.v1.LedgerService/Evidence"
-	LedgerService_ExportEvidence_FullMethodName  = "/tenure.ledger.v1.LedgerService/ExportEvidence"
-	LedgerService_Archive_FullMethodName         = "/tenure.ledger.v1.LedgerService/Archive"
+	LedgerService_Query_FullMethodName            = "/tenure.ledger.v1.LedgerService/Query"
+	LedgerService_Verify_FullMethodName           = "/tenure.ledger.v1.LedgerService/Verify"
+	LedgerService_ListCheckpoints_FullMethodName  = "/tenure.ledger.v1.LedgerService/ListCheckpoints"
+	LedgerService_GetPublicKey_FullMethodName     = "/tenure.ledger.v1.LedgerService/GetPublicKey"
+	LedgerService_Evidence_FullMethodName         = "/tenure.ledger.v1.LedgerService/Evidence"
+	LedgerService_ExportEvidence_FullMethodName   = "/tenure.ledger.v1.LedgerService/ExportEvidence"
+	LedgerService_Archive_FullMethodName          = "/tenure.ledger.v1.LedgerService/Archive"
+	LedgerService_WatchRevocations_FullMethodName = "/tenure.ledger.v1.LedgerService/WatchRevocations"
 )
 
 // LedgerServiceClient is the client API for LedgerService service.
@@ -49,6 +50,11 @@ type LedgerServiceClient interface {
 	ExportEvidence(ctx context.Context, in *ExportEvidenceRequest, opts ...grpc.CallOption) (*ExportEvidenceResponse, error)
 	// Archive exports the entries recorded before a cutoff as a verifiable chain segment.
 	Archive(ctx context.Context, in *ArchiveRequest, opts ...grpc.CallOption) (*ArchiveResponse, error)
+	// WatchRevocations streams the revocations recorded in the ledger, oldest first, then live
+	// as they are recorded. Resume after a disconnect with after_seq = the last seq received:
+	// ledger sequences are gapless and never reused, so a resumed watch has no gap and no
+	// duplicate. See docs/revocations.md.
+	WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
 }
 
 type ledgerServiceClient struct {
@@ -129,6 +135,25 @@ func (c *ledgerServiceClient) Archive(ctx context.Context, in *ArchiveRequest, o
 	return out, nil
 }
 
+func (c *ledgerServiceClient) WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &LedgerService_ServiceDesc.Streams[0], LedgerService_WatchRevocations_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRevocationsRequest, WatchRevocationsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LedgerService_WatchRevocationsClient = grpc.ServerStreamingClient[WatchRevocationsResponse]
+
 // LedgerServiceServer is the server API for LedgerService service.
 // All implementations must embed UnimplementedLedgerServiceServer
 // for forward compatibility.
@@ -150,6 +175,11 @@ type LedgerServiceServer interface {
 	ExportEvidence(context.Context, *ExportEvidenceRequest) (*ExportEvidenceResponse, error)
 	// Archive exports the entries recorded before a cutoff as a verifiable chain segment.
 	Archive(context.Context, *ArchiveRequest) (*ArchiveResponse, error)
+	// WatchRevocations streams the revocations recorded in the ledger, oldest first, then live
+	// as they are recorded. Resume after a disconnect with after_seq = the last seq received:
+	// ledger sequences are gapless and never reused, so a resumed watch has no gap and no
+	// duplicate. See docs/revocations.md.
+	WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
 	mustEmbedUnimplementedLedgerServiceServer()
 }
 
@@ -180,6 +210,9 @@ func (UnimplementedLedgerServiceServer) ExportEvidence(context.Context, *ExportE
 }
 func (UnimplementedLedgerServiceServer) Archive(context.Context, *ArchiveRequest) (*ArchiveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Archive not implemented")
+}
+func (UnimplementedLedgerServiceServer) WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchRevocations not implemented")
 }
 func (UnimplementedLedgerServiceServer) mustEmbedUnimplementedLedgerServiceServer() {}
 func (UnimplementedLedgerServiceServer) testEmbeddedByValue()                       {}
@@ -328,6 +361,17 @@ func _LedgerService_Archive_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LedgerService_WatchRevocations_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRevocationsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(LedgerServiceServer).WatchRevocations(m, &grpc.GenericServerStream[WatchRevocationsRequest, WatchRevocationsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LedgerService_WatchRevocationsServer = grpc.ServerStreamingServer[WatchRevocationsResponse]
+
 // LedgerService_ServiceDesc is the grpc.ServiceDesc for LedgerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -364,6 +408,12 @@ var LedgerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _LedgerService_Archive_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchRevocations",
+			Handler:       _LedgerService_WatchRevocations_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "tenure/ledger/v1/ledger.proto",
 }
