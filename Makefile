@@ -64,7 +64,7 @@ fuzz:
 # rates. Figures are per run; compare medians (BENCHCOUNT runs each).
 BENCHCOUNT ?= 3
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count $(BENCHCOUNT) -timeout 60m ./test/e2e/ | tee bench.out
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count $(BENCHCOUNT) -timeout 150m ./test/e2e/ | tee bench.out
 	$(GO) test -run '^$$' -bench WebhookAccept -benchtime 3000x -count $(BENCHCOUNT) -timeout 30m ./services/intake/ | tee -a bench.out
 	$(GO) test -run '^$$' -bench . -count $(BENCHCOUNT) -timeout 30m ./services/ledger/... | tee -a bench.out
 

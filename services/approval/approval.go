@@ -578,8 +578,13 @@ func (s *Service) grant(ctx context.Context, tx pgx.Tx, pol *Policy, w workerRow
 	}
 	aj, _ := json.Marshal(approvalsJSON(g.approvals))
 	id := events.NewID()
+	// A package may grant the account alone, with no entitlements: store an empty list, not NULL.
+	ents := pk.Entitlements
+	if ents == nil {
+		ents = []string{}
+	}
 	if _, err := tx.Exec(ctx, `INSERT INTO grants (grant_id, worker_id, system, package, connector, entitlements, role, request_id, approvals, policy_hash, kind, expires_at, sod_exception)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`, id, w.id, sys.Name, pk.Name, sys.Connector, pk.Entitlements, g.role, g.requestID, aj, pol.Hash,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`, id, w.id, sys.Name, pk.Name, sys.Connector, ents, g.role, g.requestID, aj, pol.Hash,
 		g.kind, expires, g.sodException); err != nil {
 		return events.Event{}, err
 	}
