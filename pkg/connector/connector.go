@@ -125,6 +125,20 @@ type SessionRevoker interface {
 	RevokeSessions(ctx context.Context, ref AccountRef) error
 }
 
+// CredentialRevoker invalidates the credentials a target holds for an account: passwords,
+// API tokens, SSH or signing keys. A disabled login alone can leave them working (a database
+// password used by a script, a personal access token), so the provisioner calls it after a
+// leaver's disable, where the connector implements it.
+type CredentialRevoker interface {
+	// RevokeCredentials makes every credential of the account unusable, so none of them
+	// signs in again even if the account is later re-enabled: re-enabling gives no
+	// credentials back. Revoking revoked credentials succeeds; an absent account gives
+	// ErrNotFound. A target that turns out not to support it (a webhook receiver answering
+	// 501) returns an error matching ErrUnsupported, which hosts treat as "nothing revoked",
+	// not as a failed disable.
+	RevokeCredentials(ctx context.Context, ref AccountRef) error
+}
+
 // Lister lists the accounts a connector manages, for reconciliation.
 type Lister interface {
 	// ListAccounts returns one page. Pass "" for the first page and the returned next token
@@ -142,6 +156,7 @@ const (
 	CapEntitlements = "entitlements"
 	CapSessions     = "sessions"
 	CapList         = "list"
+	CapCredentials  = "credentials"
 )
 
 // Capabilities lists, for operators and the conformance kit, which optional interfaces c
@@ -168,6 +183,9 @@ func Capabilities(c Connector) []string {
 	}
 	if _, ok := c.(Lister); ok {
 		caps = append(caps, CapList)
+	}
+	if _, ok := c.(CredentialRevoker); ok {
+		caps = append(caps, CapCredentials)
 	}
 	return caps
 }

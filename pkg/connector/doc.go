@@ -6,12 +6,13 @@
 //
 // A connector is a type with one method, GetAccount, that reads an account back. Everything
 // else it can do is an optional interface with one job each — Creator, Disabler, Enabler,
-// Deleter, EntitlementGranter, SessionRevoker, Lister — and the host finds out what a
-// connector can do by type assertion (Capabilities lists them for operators). A connector
-// only talks to its target. The provisioner host owns everything around the call: retries
-// and backoff, rate limits, timeouts, tracing spans, metrics, the read-back that confirms a
-// change, pagination sanity checks, and the audit trail. So a connector does not retry, does
-// not sleep, does not log secrets, and does not cache state the target already holds.
+// Deleter, EntitlementGranter, SessionRevoker, CredentialRevoker, Lister — and the host
+// finds out what a connector can do by type assertion (Capabilities lists them for
+// operators). A connector only talks to its target. The provisioner host owns everything
+// around the call: retries and backoff, rate limits, timeouts, tracing spans, metrics, the
+// read-back that confirms a change, pagination sanity checks, and the audit trail. So a
+// connector does not retry, does not sleep, does not log secrets, and does not cache state
+// the target already holds.
 //
 // # Writing a connector
 //
@@ -95,6 +96,9 @@
 //     (the host decides whether absence is good enough for the case at hand).
 //   - DisableAccount makes the account unusable now. Where the target keeps sessions or
 //     tokens alive after a disable, end them too, or at least implement SessionRevoker.
+//   - RevokeCredentials (CredentialRevoker) makes the account's passwords, API tokens and
+//     keys unusable for good, leaves its state alone, and succeeds when there is nothing
+//     left to revoke. The host calls it after a leaver's disable.
 //   - EnableAccount of an enabled account succeeds. DeleteAccount of an absent account
 //     succeeds.
 //   - Granting a held entitlement and revoking one not held succeed. An entitlement the

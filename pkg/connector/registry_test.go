@@ -184,7 +184,7 @@ func TestCapabilities(t *testing.T) {
 	if got := Capabilities(&fakeConnector{}); !slices.Equal(got, []string{"get"}) {
 		t.Errorf("Capabilities(read-only) = %v", got)
 	}
-	if got := Capabilities(fullConnector{}); !slices.Equal(got, []string{"get", CapCreate, CapDisable, CapEnable, CapDelete, CapEntitlements, CapSessions, CapList}) {
+	if got := Capabilities(fullConnector{}); !slices.Equal(got, []string{"get", CapCreate, CapDisable, CapEnable, CapDelete, CapEntitlements, CapSessions, CapList, CapCredentials}) {
 		t.Errorf("Capabilities(full) = %v", got)
 	}
 	if err := Close(&fakeConnector{}); err != nil {
@@ -208,6 +208,7 @@ func (fullConnector) DeleteAccount(context.Context, AccountRef) error           
 func (fullConnector) GrantEntitlement(context.Context, AccountRef, string) error  { return nil }
 func (fullConnector) RevokeEntitlement(context.Context, AccountRef, string) error { return nil }
 func (fullConnector) RevokeSessions(context.Context, AccountRef) error            { return nil }
+func (fullConnector) RevokeCredentials(context.Context, AccountRef) error         { return nil }
 func (fullConnector) ListAccounts(context.Context, string) ([]Account, string, error) {
 	return nil, "", nil
 }

@@ -44,6 +44,10 @@ type ConsumerSpec struct {
 	MaxAckPending int
 	// Concurrency is how many messages are handled at once (default 1: in stream order).
 	Concurrency int
+	// Lane, when set, keeps order where it matters under Concurrency > 1: messages whose
+	// subjects map to the same lane (a worker, say) are handled one at a time in stream order;
+	// different lanes run concurrently.
+	Lane func(subject string) string
 	// DeliverNew starts a new consumer at new messages instead of the stream's start.
 	DeliverNew bool
 }
@@ -99,6 +103,7 @@ type Consumer struct {
 	handler Handler
 	log     *slog.Logger
 	tracer  trace.Tracer
+	lanes   lanes
 }
 
 // NewConsumer creates or updates the durable consumer.
@@ -143,13 +148,60 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		var lane string
+		if c.spec.Lane != nil {
+			lane = c.spec.Lane(msg.Subject())
+			if c.lanes.enqueue(lane, msg) {
+				continue // its lane is busy and will handle it next
+			}
+		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c.handle(ctx, msg)
+			for m := msg; m != nil; m = c.lanes.next(lane) {
+				c.handle(ctx, m)
+				if c.spec.Lane == nil {
+					return
+				}
+			}
 		}()
 	}
+}
+
+// lanes holds the messages waiting behind a busy lane.
+type lanes struct {
+	mu      sync.Mutex
+	waiting map[string][]jetstream.Msg // a key is present while its lane is busy
+}
+
+// enqueue queues msg if its lane is busy and reports whether it did; otherwise it marks the
+// lane busy and the caller handles msg.
+func (l *lanes) enqueue(lane string, msg jetstream.Msg) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.waiting == nil {
+		l.waiting = map[string][]jetstream.Msg{}
+	}
+	if q, busy := l.waiting[lane]; busy {
+		l.waiting[lane] = append(q, msg)
+		return true
+	}
+	l.waiting[lane] = nil
+	return false
+}
+
+// next returns the lane's next message, or nil and frees the lane.
+func (l *lanes) next(lane string) jetstream.Msg {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	q := l.waiting[lane]
+	if len(q) == 0 {
+		delete(l.waiting, lane)
+		return nil
+	}
+	l.waiting[lane] = q[1:]
+	return q[0]
 }
 
 func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg) {

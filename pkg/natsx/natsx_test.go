@@ -3,6 +3,8 @@ package natsx_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -233,5 +235,65 @@ func TestTraceContextCrossesNATS(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("not consumed")
+	}
+}
+
+// With lanes, a worker's messages are handled one at a time in stream order while other
+// workers' messages run alongside.
+func TestLanesKeepOrderPerKeyAndRunKeysConcurrently(t *testing.T) {
+	s := natstest.Start(t)
+	const workers, each = 8, 10
+	var mu sync.Mutex
+	seen := map[string][]uint64{} // stream sequences, in the order handled
+	active := map[string]int{}
+	maxParallel, parallel := 0, 0
+	done := make(chan struct{})
+	total := 0
+	runConsumer(t, s.JS, natsx.ConsumerSpec{
+		Durable: "lanes", FilterSubjects: []string{"tenure.hr.>"}, Concurrency: 4,
+		Lane: func(subject string) string { return subject[strings.LastIndexByte(subject, '.')+1:] },
+	}, func(ctx context.Context, msg jetstream.Msg) error {
+		w := msg.Subject()[strings.LastIndexByte(msg.Subject(), '.')+1:]
+		mu.Lock()
+		active[w]++
+		parallel++
+		if active[w] > 1 {
+			t.Errorf("worker %s handled twice at once", w)
+		}
+		maxParallel = max(maxParallel, parallel)
+		mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		mu.Lock()
+		active[w]--
+		parallel--
+		meta, _ := msg.Metadata()
+		seen[w] = append(seen[w], meta.Sequence.Stream)
+		total++
+		if total == workers*each {
+			close(done)
+		}
+		mu.Unlock()
+		return nil
+	})
+	// Each worker's messages back to back: without lanes they would overlap.
+	for w := range workers {
+		for i := range each {
+			publish(t, s.JS, context.Background(), fmt.Sprintf("tenure.hr.mover.w%d", w), fmt.Sprintf("w%d-%02d", w, i))
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("handled %d of %d", total, workers*each)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for w, got := range seen {
+		if len(got) != each || !slices.IsSorted(got) {
+			t.Fatalf("worker %s handled %v, want %d in stream order", w, got, each)
+		}
+	}
+	if maxParallel < 2 {
+		t.Fatalf("at most %d handled at once, want concurrency across workers", maxParallel)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -25,6 +26,11 @@ func Connect(ctx context.Context, url, schema string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: parse database URL: %w", redact(err))
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		// pgxpool's default (4 on 2 cores) starves consumers that handle messages concurrently;
+		// 16 per service stays well inside PostgreSQL's default max_connections of 100.
+		cfg.MaxConns = 16
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "tenure-" + schema

@@ -273,7 +273,7 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 			return nil, err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO link_grants (grant_id, link_id, entitlements) VALUES ($1, $2, $3)
-			ON CONFLICT (grant_id) DO NOTHING`, d.GetGrantId(), linkID, d.GetEntitlements()); err != nil {
+			ON CONFLICT (grant_id) DO NOTHING`, d.GetGrantId(), linkID, nonNil(d.GetEntitlements())); err != nil {
 			return nil, err
 		}
 		return s.reconverge(ctx, tx, worker, linkID, stateEnabled)
@@ -294,7 +294,12 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 		if remaining == 0 || terminated {
 			state = stateDisabled
 		}
-		return s.reconverge(ctx, tx, worker, linkID, state)
+		out, err := s.reconverge(ctx, tx, worker, linkID, state)
+		if err != nil || len(out) > 0 {
+			return out, err
+		}
+		// Nothing changes in the target, so no command's read-back will report this revoke.
+		return s.confirmUnchanged(ctx, tx, linkID, d.GetGrantId())
 	}
 	return nil, natsx.Permanent(fmt.Errorf("unknown decision kind %v", d.GetKind()))
 }

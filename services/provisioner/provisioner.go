@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -165,6 +166,10 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	c, err := natsx.NewConsumer(ctx, d.JS, natsx.ConsumerSpec{
 		Durable:        durable,
 		FilterSubjects: []string{"tenure.hr.>", "tenure.access.>"},
+		// Workers are independent: their events run side by side (a mass termination opens
+		// cases in parallel), while one worker's events keep stream order.
+		Concurrency: eventConcurrency,
+		Lane:        workerOfSubject,
 	}, s.handleEvent, s.log)
 	if err != nil {
 		return nil, err
@@ -272,4 +277,13 @@ func checkLifecycle(t *Target) error {
 		errs = append(errs, fmt.Errorf("policy.disable_orphans: connector type %s cannot list and disable accounts", t.Type))
 	}
 	return errors.Join(errs...)
+}
+
+// eventConcurrency is how many workers' HR and access events are handled at once.
+const eventConcurrency = 8
+
+// workerOfSubject is the worker token of tenure.hr.<kind>.<worker> and
+// tenure.access.<kind>.<worker>.
+func workerOfSubject(subject string) string {
+	return subject[strings.LastIndexByte(subject, '.')+1:]
 }

@@ -49,6 +49,7 @@ type env struct {
 	js     jetstream.JetStream
 	target *lyingConnector
 	prefix string
+	url    string // superuser URL of the target database
 }
 
 func start(t *testing.T) *env {
@@ -69,7 +70,7 @@ func start(t *testing.T) *env {
 	// A lying target is retried until it behaves: attempts are cheap and many here.
 	fast := connector.Policy{BackoffInitial: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond, MaxAttempts: 1000}
 	svc, js := run(t, pool, Config{Targets: []Target{{Name: "demo", Type: "postgres", System: "reporting", Conn: target, Policy: fast}}})
-	return &env{svc: svc, pool: pool, js: js, target: target, prefix: prefix}
+	return &env{svc: svc, pool: pool, js: js, target: target, prefix: prefix, url: url}
 }
 
 // run starts a provisioner with cfg on a fresh embedded NATS server until the test ends.

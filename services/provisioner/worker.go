@@ -60,14 +60,14 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 		return err
 	}
 	if cmd.GetGeneration() < l.generation {
-		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, 1, nil)
+		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, 1, revocations{})
 	}
 	// Waits for a slot or a retry end with the service; JetStream then redelivers.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(s.stop, cancel)()
 	var acct connector.Account
-	var sessionsRevoked bool
+	var revoked revocations
 	attempts := 0
 	opErr := t.runner.Do(ctx, msg.Subject(), func(ctx context.Context, n int) error {
 		attempts = n
@@ -81,11 +81,11 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 			}
 			l = cur
 		}
-		a, sessions, err := s.apply(ctx, t, l)
+		a, rev, err := s.apply(ctx, t, l, cmd.GetCaseId() != "")
 		if err == nil {
 			err = verify(l, a)
 		}
-		acct, sessionsRevoked = a, sessions
+		acct, revoked = a, rev
 		return err
 	}, connector.Hooks{
 		Failed: func(n int, err error, retryIn time.Duration) {
@@ -101,9 +101,9 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 	})
 	switch {
 	case opErr == nil:
-		return s.finish(ctx, meta, msg.Subject(), &cmd, l, &acct, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, attempts, &sessionsRevoked)
+		return s.finish(ctx, meta, msg.Subject(), &cmd, l, &acct, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, attempts, revoked)
 	case errors.Is(opErr, errSuperseded):
-		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, attempts, nil)
+		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, attempts, revocations{})
 	case errors.Is(opErr, connector.ErrPending):
 		// A person does this one; the attestation issues the command that reads it back.
 		return s.waiting(ctx, &cmd, l, opErr)
@@ -117,10 +117,17 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 	return natsx.Permanent(opErr)
 }
 
+// revocations says what a disable revoked besides the login, for the revocation stream.
+type revocations struct {
+	sessions, credentials bool
+}
+
 // apply makes the target match the link's desired state and returns the account as read
-// back afterwards. Every call to the target goes through the target's runner (rate limit,
-// Retry-After pause, timeout, span, metrics).
-func (s *Service) apply(ctx context.Context, t *Target, l link) (connector.Account, bool, error) {
+// back afterwards. leaver says the command belongs to a leaver case: only then does a
+// disable revoke the account's credentials, since a leave of absence or a revoked last grant
+// must be undone by enabling alone. Every call to the target goes through the target's
+// runner (rate limit, Retry-After pause, timeout, span, metrics).
+func (s *Service) apply(ctx context.Context, t *Target, l link, leaver bool) (connector.Account, revocations, error) {
 	ref := connector.AccountRef{ID: l.accountID, Username: l.username}
 	c := t.Conn
 	call := t.runner.Call
@@ -136,49 +143,65 @@ func (s *Service) apply(ctx context.Context, t *Target, l link) (connector.Accou
 	case stateAbsent:
 		d, ok := c.(connector.Deleter)
 		if !ok {
-			return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot delete accounts", t.Name, t.Type))
+			return connector.Account{}, revocations{}, connector.Permanent(fmt.Errorf("connector %s (%s) cannot delete accounts", t.Name, t.Type))
 		}
 		if err := call(ctx, connector.CapDelete, func(ctx context.Context) error { return d.DeleteAccount(ctx, ref) }); err != nil && !errors.Is(err, connector.ErrNotFound) {
-			return connector.Account{}, false, fmt.Errorf("delete: %w", err)
+			return connector.Account{}, revocations{}, fmt.Errorf("delete: %w", err)
 		}
 		// The read-back that counts: the target no longer knows the account.
 		acct, err := get()
 		if errors.Is(err, connector.ErrNotFound) {
-			return connector.Account{ID: l.accountID, Username: l.username, State: connector.StateAbsent}, false, nil
+			return connector.Account{ID: l.accountID, Username: l.username, State: connector.StateAbsent}, revocations{}, nil
 		}
-		return acct, false, err
+		return acct, revocations{}, err
 	case stateDisabled:
-		sessions := false
+		var rev revocations
 		if r, ok := c.(connector.SessionRevoker); ok {
 			err := call(ctx, connector.CapSessions, func(ctx context.Context) error { return r.RevokeSessions(ctx, ref) })
 			switch {
 			case err == nil || errors.Is(err, connector.ErrNotFound):
-				sessions = true
+				rev.sessions = true
 			case errors.Is(err, errors.ErrUnsupported):
 				// The target cannot end sessions (a webhook receiver answering 501): the
 				// disable still counts, without a session revocation.
 			default:
-				return connector.Account{}, false, fmt.Errorf("revoke sessions: %w", err)
+				return connector.Account{}, revocations{}, fmt.Errorf("revoke sessions: %w", err)
 			}
 		}
 		d, ok := c.(connector.Disabler)
 		if !ok {
-			return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot disable accounts", t.Name, t.Type))
+			return connector.Account{}, revocations{}, connector.Permanent(fmt.Errorf("connector %s (%s) cannot disable accounts", t.Name, t.Type))
 		}
 		if err := call(ctx, connector.CapDisable, func(ctx context.Context) error { return d.DisableAccount(ctx, ref) }); err != nil && !errors.Is(err, connector.ErrNotFound) {
-			return connector.Account{}, false, fmt.Errorf("disable: %w", err)
+			return connector.Account{}, revocations{}, fmt.Errorf("disable: %w", err)
+		}
+		// A leaver's passwords, API tokens and keys outlive a disabled login (a script's
+		// connection string, a personal access token), and a re-enabled account would bring
+		// them back. Revoked after the disable, so nothing signs in meanwhile with a fresh
+		// credential; the read-back below checks that the account is still disabled.
+		if r, ok := c.(connector.CredentialRevoker); ok && leaver {
+			err := call(ctx, connector.CapCredentials, func(ctx context.Context) error { return r.RevokeCredentials(ctx, ref) })
+			switch {
+			case err == nil || errors.Is(err, connector.ErrNotFound):
+				rev.credentials = true
+			case errors.Is(err, errors.ErrUnsupported):
+				// The target cannot (a webhook receiver answering 501): the disable counts
+				// without a credential revocation.
+			default:
+				return connector.Account{}, revocations{}, fmt.Errorf("revoke credentials: %w", err)
+			}
 		}
 		acct, err := get()
 		if errors.Is(err, connector.ErrNotFound) {
-			return connector.Account{Username: l.username, State: connector.StateAbsent}, sessions, nil
+			return connector.Account{Username: l.username, State: connector.StateAbsent}, rev, nil
 		}
-		return acct, sessions, err
+		return acct, rev, err
 	default:
 		acct, err := get()
 		if errors.Is(err, connector.ErrNotFound) {
 			cr, ok := c.(connector.Creator)
 			if !ok {
-				return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot create accounts", t.Name, t.Type))
+				return connector.Account{}, revocations{}, connector.Permanent(fmt.Errorf("connector %s (%s) cannot create accounts", t.Name, t.Type))
 			}
 			spec := connector.AccountSpec{WorkerID: l.worker, Username: l.username, Email: l.email,
 				GivenName: l.given, FamilyName: l.family, DisplayName: l.given + " " + l.family, Entitlements: l.entitlements}
@@ -187,39 +210,39 @@ func (s *Service) apply(ctx context.Context, t *Target, l link) (connector.Accou
 				return err
 			})
 			if err != nil {
-				return connector.Account{}, false, fmt.Errorf("create: %w", err)
+				return connector.Account{}, revocations{}, fmt.Errorf("create: %w", err)
 			}
 			ref.ID = acct.ID
 		} else if err != nil {
-			return connector.Account{}, false, fmt.Errorf("read: %w", err)
+			return connector.Account{}, revocations{}, fmt.Errorf("read: %w", err)
 		}
 		if acct.State == connector.StateDisabled {
 			e, ok := c.(connector.Enabler)
 			if !ok {
-				return connector.Account{}, false, connector.Permanent(fmt.Errorf("connector %s (%s) cannot enable accounts", t.Name, t.Type))
+				return connector.Account{}, revocations{}, connector.Permanent(fmt.Errorf("connector %s (%s) cannot enable accounts", t.Name, t.Type))
 			}
 			if err := call(ctx, connector.CapEnable, func(ctx context.Context) error { return e.EnableAccount(ctx, ref) }); err != nil {
-				return connector.Account{}, false, fmt.Errorf("enable: %w", err)
+				return connector.Account{}, revocations{}, fmt.Errorf("enable: %w", err)
 			}
 		}
 		if g, ok := c.(connector.EntitlementGranter); ok {
 			for _, e := range l.entitlements {
 				if !slices.Contains(acct.Entitlements, e) {
 					if err := call(ctx, "grant", func(ctx context.Context) error { return g.GrantEntitlement(ctx, ref, e) }); err != nil {
-						return connector.Account{}, false, fmt.Errorf("grant %s: %w", e, err)
+						return connector.Account{}, revocations{}, fmt.Errorf("grant %s: %w", e, err)
 					}
 				}
 			}
 			for _, e := range acct.Entitlements {
 				if !slices.Contains(l.entitlements, e) {
 					if err := call(ctx, "revoke", func(ctx context.Context) error { return g.RevokeEntitlement(ctx, ref, e) }); err != nil {
-						return connector.Account{}, false, fmt.Errorf("revoke %s: %w", e, err)
+						return connector.Account{}, revocations{}, fmt.Errorf("revoke %s: %w", e, err)
 					}
 				}
 			}
 		}
 		acct, err = get()
-		return acct, false, err
+		return acct, revocations{}, err
 	}
 }
 
@@ -330,7 +353,7 @@ func (s *Service) waiting(ctx context.Context, cmd *eventsv1.ProvisionCommand, l
 // the link's observed state, the case task, the result and revocation events, and the case
 // completion when this was its last account.
 func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, cmd *eventsv1.ProvisionCommand, l link, acct *connector.Account,
-	outcome eventsv1.ProvisionOutcome, attempt int, sessionsRevoked *bool) error {
+	outcome eventsv1.ProvisionOutcome, attempt int, revoked revocations) error {
 	err := pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		first, err := pgstore.Claim(ctx, tx, workDurable(cmd.GetConnector()), meta.ID, subject)
 		if err != nil || !first {
@@ -368,6 +391,12 @@ func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, 
 			if err := grantIDs(ctx, tx, l.id, res.Payload.(*eventsv1.ProvisionResult)); err != nil {
 				return err
 			}
+			// Revoked grants this read-back is the first to reflect: one grant_revoked each.
+			revs, err := s.grantRevocations(ctx, tx, l, cmd.GetCaseId(), now)
+			if err != nil {
+				return err
+			}
+			out = append(out, revs...)
 		}
 		if cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
 			rev := func(kind eventsv1.RevocationKind, tok string) events.Event {
@@ -375,10 +404,13 @@ func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, 
 					Payload: &eventsv1.Revocation{RevocationId: events.NewID(), Kind: kind, WorkerId: l.worker, Email: l.email, Connector: cmd.GetConnector(),
 						System: s.targets[cmd.GetConnector()].System, LinkId: l.id, Username: l.username, CaseId: cmd.GetCaseId(), OccurredAt: timestamppb.New(now), Verified: true}}
 			}
-			if sessionsRevoked != nil && *sessionsRevoked {
+			if revoked.sessions {
 				out = append(out, rev(eventsv1.RevocationKind_REVOCATION_KIND_SESSION_REVOKED, "session_revoked"))
 			}
 			out = append(out, rev(eventsv1.RevocationKind_REVOCATION_KIND_ACCOUNT_DISABLED, "account_disabled"))
+			if revoked.credentials {
+				out = append(out, rev(eventsv1.RevocationKind_REVOCATION_KIND_CREDENTIALS_REVOKED, "credentials_revoked"))
+			}
 		}
 		if cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
 			// Level-triggered: the link read back disabled at this generation satisfies every

@@ -35,6 +35,7 @@ type Features struct {
 	Entitlements bool // connector.EntitlementGranter
 	Sessions     bool // connector.SessionRevoker
 	List         bool // connector.Lister
+	Credentials  bool // connector.CredentialRevoker
 	// Profile says the target keeps email and display name, so GetAccount must return what
 	// CreateAccount was given.
 	Profile bool
@@ -53,6 +54,22 @@ type Harness struct {
 	// Entitlements are names the target knows and the connector may grant; at least one is
 	// needed when Features.Entitlements is set.
 	Entitlements []string
+	// Credentials, when set, lets the suite see RevokeCredentials take effect in the target.
+	// Without it the suite checks only the contract it can see through the connector:
+	// revoking is idempotent, leaves the account's state alone (a disabled account stays
+	// disabled) and reports an unknown account as not found.
+	Credentials *CredentialProbe
+}
+
+// CredentialProbe gives an account a credential in the target and tells whether it still
+// works, both outside the connector (a password set and a bind or login tried, or the
+// target's own catalog read by an administrator), since the connector cannot be its own
+// witness.
+type CredentialProbe struct {
+	// Give gives the enabled account acc a working credential.
+	Give func(t *testing.T, c connector.Connector, acc connector.Account)
+	// Works says whether the credential Give set still authenticates the enabled account acc.
+	Works func(t *testing.T, c connector.Connector, acc connector.Account) bool
 }
 
 // maxPages stops a Lister that never returns an empty next token.
@@ -77,6 +94,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Enable", s.testEnable)
 	t.Run("Entitlements", s.testEntitlements)
 	t.Run("RevokeSessions", s.testRevokeSessions)
+	t.Run("RevokeCredentials", s.testRevokeCredentials)
 	t.Run("List", s.testList)
 	t.Run("Delete", s.testDelete)
 }
@@ -111,7 +129,7 @@ func (s *suite) need(t *testing.T, names ...string) {
 	f := s.h.Features
 	have := map[string]bool{
 		"Create": f.Create, "Disable": f.Disable, "Enable": f.Enable, "Delete": f.Delete,
-		"Entitlements": f.Entitlements, "Sessions": f.Sessions, "List": f.List,
+		"Entitlements": f.Entitlements, "Sessions": f.Sessions, "List": f.List, "Credentials": f.Credentials,
 	}
 	for _, n := range names {
 		if !have[n] {
@@ -201,6 +219,7 @@ func (s *suite) testCapabilities(t *testing.T) {
 		{"Entitlements", f.Entitlements, is[connector.EntitlementGranter](c)},
 		{"Sessions", f.Sessions, is[connector.SessionRevoker](c)},
 		{"List", f.List, is[connector.Lister](c)},
+		{"Credentials", f.Credentials, is[connector.CredentialRevoker](c)},
 	}
 	for _, ch := range checks {
 		switch {
@@ -418,6 +437,55 @@ func (s *suite) testRevokeSessions(t *testing.T) {
 	if err := c.(connector.SessionRevoker).RevokeSessions(t.Context(), ref(acc)); err != nil {
 		t.Fatalf("RevokeSessions with no sessions: %v", err)
 	}
+}
+
+func (s *suite) testRevokeCredentials(t *testing.T) {
+	s.need(t, "Create", "Credentials")
+	if s.h.Credentials != nil && (s.h.Credentials.Give == nil || s.h.Credentials.Works == nil) {
+		t.Fatal("Harness.Credentials needs both Give and Works")
+	}
+	c := s.open(t)
+	acc := s.create(t, c, s.spec(t))
+	r := c.(connector.CredentialRevoker)
+	probe := s.h.Credentials
+	if probe != nil {
+		probe.Give(t, c, acc)
+		if !probe.Works(t, c, acc) {
+			t.Fatal("CredentialProbe: the credential Give set does not work before RevokeCredentials")
+		}
+	}
+	if err := r.RevokeCredentials(t.Context(), ref(acc)); err != nil {
+		t.Fatalf("RevokeCredentials: %v", err)
+	}
+	if probe != nil && probe.Works(t, c, acc) {
+		t.Fatal("the account's credential still works after RevokeCredentials")
+	}
+	// Revoking credentials is not disabling: the state is left as it was.
+	wantState(t, c, ref(acc), connector.StateEnabled)
+	if err := r.RevokeCredentials(t.Context(), ref(acc)); err != nil {
+		t.Fatalf("RevokeCredentials of revoked credentials: %v (want success)", err)
+	}
+	if s.h.Features.Disable {
+		// The leaver path: disable, then revoke; the account stays disabled, and
+		// re-enabling it (a rescinded termination) gives no credential back.
+		if err := c.(connector.Disabler).DisableAccount(t.Context(), ref(acc)); err != nil {
+			t.Fatalf("DisableAccount: %v", err)
+		}
+		if err := r.RevokeCredentials(t.Context(), connector.AccountRef{Username: acc.Username}); err != nil {
+			t.Fatalf("RevokeCredentials of a disabled account by username: %v", err)
+		}
+		wantState(t, c, ref(acc), connector.StateDisabled)
+		if s.h.Features.Enable {
+			if err := c.(connector.Enabler).EnableAccount(t.Context(), ref(acc)); err != nil {
+				t.Fatalf("EnableAccount: %v", err)
+			}
+			if probe != nil && probe.Works(t, c, acc) {
+				t.Fatal("re-enabling the account brought its revoked credential back")
+			}
+		}
+	}
+	err := r.RevokeCredentials(t.Context(), connector.AccountRef{Username: s.h.NewUsername(t)})
+	wantNotFound(t, "RevokeCredentials of an unknown username", err)
 }
 
 func (s *suite) testList(t *testing.T) {

@@ -17,9 +17,19 @@ func TestMemoryConforms(t *testing.T) {
 		},
 		Features: connectortest.Features{
 			Create: true, Disable: true, Enable: true, Delete: true,
-			Entitlements: true, Sessions: true, List: true, Profile: true,
+			Entitlements: true, Sessions: true, List: true, Credentials: true, Profile: true,
 		},
 		Entitlements: []string{"read", "write"},
+		Credentials: &connectortest.CredentialProbe{
+			Give: func(t *testing.T, c connector.Connector, acc connector.Account) {
+				if err := c.(*connectortest.Memory).SetCredential(connector.AccountRef{ID: acc.ID}, "s3cret"); err != nil {
+					t.Fatal(err)
+				}
+			},
+			Works: func(t *testing.T, c connector.Connector, acc connector.Account) bool {
+				return c.(*connectortest.Memory).Authenticate(connector.AccountRef{ID: acc.ID}, "s3cret")
+			},
+		},
 	})
 }
 

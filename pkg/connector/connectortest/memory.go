@@ -27,7 +27,8 @@ type Memory struct {
 	entitlements []string
 	lastID       int
 	byID         map[string]*connector.Account
-	sessions     map[string]int // by ID
+	sessions     map[string]int    // by ID
+	credentials  map[string]string // by ID
 }
 
 var (
@@ -38,6 +39,7 @@ var (
 	_ connector.EntitlementGranter = (*Memory)(nil)
 	_ connector.SessionRevoker     = (*Memory)(nil)
 	_ connector.Lister             = (*Memory)(nil)
+	_ connector.CredentialRevoker  = (*Memory)(nil)
 )
 
 // NewMemory returns an empty target that knows the given entitlements.
@@ -46,6 +48,7 @@ func NewMemory(entitlements ...string) *Memory {
 		entitlements: slices.Clone(entitlements),
 		byID:         map[string]*connector.Account{},
 		sessions:     map[string]int{},
+		credentials:  map[string]string{},
 	}
 }
 
@@ -159,6 +162,37 @@ func (m *Memory) RevokeSessions(ctx context.Context, ref connector.AccountRef) e
 	return m.update(connector.CapSessions, ref, func(a *connector.Account) { delete(m.sessions, a.ID) })
 }
 
+// RevokeCredentials implements connector.CredentialRevoker: the account's credential (see
+// SetCredential) stops working.
+func (m *Memory) RevokeCredentials(ctx context.Context, ref connector.AccountRef) error {
+	return m.update(connector.CapCredentials, ref, func(a *connector.Account) { delete(m.credentials, a.ID) })
+}
+
+// SetCredential gives the account a credential (a password, an API token), as a helpdesk
+// or the person would; tenure never sets one.
+func (m *Memory) SetCredential(ref connector.AccountRef, secret string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, err := m.find(ref)
+	if err != nil {
+		return err
+	}
+	m.credentials[a.ID] = secret
+	return nil
+}
+
+// Authenticate says whether secret is the account's credential and the account is enabled.
+func (m *Memory) Authenticate(ref connector.AccountRef, secret string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, err := m.find(ref)
+	if err != nil || a.State != connector.StateEnabled {
+		return false
+	}
+	cred, ok := m.credentials[a.ID]
+	return ok && secret != "" && cred == secret
+}
+
 // Login opens a session for an enabled account, so tests can check that a disable or a
 // session revocation ended it (see Sessions).
 func (m *Memory) Login(ref connector.AccountRef) error {
@@ -196,6 +230,7 @@ func (m *Memory) DeleteAccount(ctx context.Context, ref connector.AccountRef) er
 	if a, err := m.find(ref); err == nil {
 		delete(m.byID, a.ID)
 		delete(m.sessions, a.ID)
+		delete(m.credentials, a.ID)
 	}
 	return nil
 }

@@ -143,6 +143,13 @@ func (x sessionRevoker) RevokeSessions(ctx context.Context, ref connector.Accoun
 	return x.c.fail(ctx, "RevokeSessions", err)
 }
 
+type credentialRevoker struct{ c *client }
+
+func (x credentialRevoker) RevokeCredentials(ctx context.Context, ref connector.AccountRef) error {
+	_, err := x.c.rpc.RevokeCredentials(ctx, &connectorv1.RevokeCredentialsRequest{Ref: refToProto(ref)})
+	return x.c.fail(ctx, "RevokeCredentials", err)
+}
+
 type lister struct{ c *client }
 
 func (x lister) ListAccounts(ctx context.Context, pageToken string) ([]connector.Account, string, error) {
@@ -165,4 +172,5 @@ var (
 	_ connector.EntitlementGranter = entitlementGranter{}
 	_ connector.SessionRevoker     = sessionRevoker{}
 	_ connector.Lister             = lister{}
+	_ connector.CredentialRevoker  = credentialRevoker{}
 )

@@ -965,6 +965,1094 @@ func compose(c *client, caps capSet) connector.Connector {
 			sessionRevoker
 			lister
 		}{c, creator{c}, disabler{c}, enabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}}
+	case capCredentials:
+		return struct {
+			*client
+			credentialRevoker
+		}{c, credentialRevoker{c}}
+	case capCreate | capCredentials:
+		return struct {
+			*client
+			creator
+			credentialRevoker
+		}{c, creator{c}, credentialRevoker{c}}
+	case capDisable | capCredentials:
+		return struct {
+			*client
+			disabler
+			credentialRevoker
+		}{c, disabler{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, credentialRevoker{c}}
+	case capEnable | capCredentials:
+		return struct {
+			*client
+			enabler
+			credentialRevoker
+		}{c, enabler{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, credentialRevoker{c}}
+	case capDelete | capCredentials:
+		return struct {
+			*client
+			deleter
+			credentialRevoker
+		}{c, deleter{c}, credentialRevoker{c}}
+	case capCreate | capDelete | capCredentials:
+		return struct {
+			*client
+			creator
+			deleter
+			credentialRevoker
+		}{c, creator{c}, deleter{c}, credentialRevoker{c}}
+	case capDisable | capDelete | capCredentials:
+		return struct {
+			*client
+			disabler
+			deleter
+			credentialRevoker
+		}{c, disabler{c}, deleter{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capDelete | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			deleter
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, deleter{c}, credentialRevoker{c}}
+	case capEnable | capDelete | capCredentials:
+		return struct {
+			*client
+			enabler
+			deleter
+			credentialRevoker
+		}{c, enabler{c}, deleter{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capDelete | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			deleter
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, deleter{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capDelete | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			deleter
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, deleter{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capDelete | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			deleter
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, deleter{c}, credentialRevoker{c}}
+	case capEntitlements | capCredentials:
+		return struct {
+			*client
+			entitlementGranter
+			credentialRevoker
+		}{c, entitlementGranter{c}, credentialRevoker{c}}
+	case capCreate | capEntitlements | capCredentials:
+		return struct {
+			*client
+			creator
+			entitlementGranter
+			credentialRevoker
+		}{c, creator{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capDisable | capEntitlements | capCredentials:
+		return struct {
+			*client
+			disabler
+			entitlementGranter
+			credentialRevoker
+		}{c, disabler{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEntitlements | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			entitlementGranter
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capEnable | capEntitlements | capCredentials:
+		return struct {
+			*client
+			enabler
+			entitlementGranter
+			credentialRevoker
+		}{c, enabler{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capEntitlements | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			entitlementGranter
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capEntitlements | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			entitlementGranter
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capEntitlements | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			entitlementGranter
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capDelete | capEntitlements | capCredentials:
+		return struct {
+			*client
+			deleter
+			entitlementGranter
+			credentialRevoker
+		}{c, deleter{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capCreate | capDelete | capEntitlements | capCredentials:
+		return struct {
+			*client
+			creator
+			deleter
+			entitlementGranter
+			credentialRevoker
+		}{c, creator{c}, deleter{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capDisable | capDelete | capEntitlements | capCredentials:
+		return struct {
+			*client
+			disabler
+			deleter
+			entitlementGranter
+			credentialRevoker
+		}{c, disabler{c}, deleter{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capDelete | capEntitlements | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			deleter
+			entitlementGranter
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, deleter{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capEnable | capDelete | capEntitlements | capCredentials:
+		return struct {
+			*client
+			enabler
+			deleter
+			entitlementGranter
+			credentialRevoker
+		}{c, enabler{c}, deleter{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capDelete | capEntitlements | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			deleter
+			entitlementGranter
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, deleter{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capDelete | capEntitlements | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			deleter
+			entitlementGranter
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, deleter{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capDelete | capEntitlements | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			deleter
+			entitlementGranter
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, deleter{c}, entitlementGranter{c}, credentialRevoker{c}}
+	case capSessions | capCredentials:
+		return struct {
+			*client
+			sessionRevoker
+			credentialRevoker
+		}{c, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDisable | capSessions | capCredentials:
+		return struct {
+			*client
+			disabler
+			sessionRevoker
+			credentialRevoker
+		}{c, disabler{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capEnable | capSessions | capCredentials:
+		return struct {
+			*client
+			enabler
+			sessionRevoker
+			credentialRevoker
+		}{c, enabler{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capSessions | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			sessionRevoker
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDelete | capSessions | capCredentials:
+		return struct {
+			*client
+			deleter
+			sessionRevoker
+			credentialRevoker
+		}{c, deleter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDelete | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			deleter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, deleter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDisable | capDelete | capSessions | capCredentials:
+		return struct {
+			*client
+			disabler
+			deleter
+			sessionRevoker
+			credentialRevoker
+		}{c, disabler{c}, deleter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capDelete | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			deleter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, deleter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capEnable | capDelete | capSessions | capCredentials:
+		return struct {
+			*client
+			enabler
+			deleter
+			sessionRevoker
+			credentialRevoker
+		}{c, enabler{c}, deleter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capDelete | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			deleter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, deleter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capDelete | capSessions | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			deleter
+			sessionRevoker
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, deleter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capDelete | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			deleter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, deleter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDisable | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			disabler
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, disabler{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capEnable | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			enabler
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, enabler{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDelete | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			deleter
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDelete | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			deleter
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDisable | capDelete | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			disabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, disabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capDelete | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capEnable | capDelete | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			enabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, enabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capDelete | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capDelete | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capDelete | capEntitlements | capSessions | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, credentialRevoker{c}}
+	case capList | capCredentials:
+		return struct {
+			*client
+			lister
+			credentialRevoker
+		}{c, lister{c}, credentialRevoker{c}}
+	case capCreate | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			lister
+			credentialRevoker
+		}{c, creator{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			lister
+			credentialRevoker
+		}{c, disabler{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, lister{c}, credentialRevoker{c}}
+	case capEnable | capList | capCredentials:
+		return struct {
+			*client
+			enabler
+			lister
+			credentialRevoker
+		}{c, enabler{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			lister
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			lister
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, lister{c}, credentialRevoker{c}}
+	case capDelete | capList | capCredentials:
+		return struct {
+			*client
+			deleter
+			lister
+			credentialRevoker
+		}{c, deleter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDelete | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			deleter
+			lister
+			credentialRevoker
+		}{c, creator{c}, deleter{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capDelete | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			deleter
+			lister
+			credentialRevoker
+		}{c, disabler{c}, deleter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capDelete | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			deleter
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, deleter{c}, lister{c}, credentialRevoker{c}}
+	case capEnable | capDelete | capList | capCredentials:
+		return struct {
+			*client
+			enabler
+			deleter
+			lister
+			credentialRevoker
+		}{c, enabler{c}, deleter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capDelete | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			deleter
+			lister
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, deleter{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capDelete | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			deleter
+			lister
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, deleter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capDelete | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			deleter
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, deleter{c}, lister{c}, credentialRevoker{c}}
+	case capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, creator{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, disabler{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capEnable | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			enabler
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, enabler{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capDelete | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			deleter
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, deleter{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDelete | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			deleter
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, creator{c}, deleter{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capDelete | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			deleter
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, disabler{c}, deleter{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capDelete | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			deleter
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, deleter{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capEnable | capDelete | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			enabler
+			deleter
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, enabler{c}, deleter{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capDelete | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			deleter
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, deleter{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capDelete | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			deleter
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, deleter{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capDelete | capEntitlements | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			deleter
+			entitlementGranter
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, deleter{c}, entitlementGranter{c}, lister{c}, credentialRevoker{c}}
+	case capSessions | capList | capCredentials:
+		return struct {
+			*client
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, disabler{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capEnable | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			enabler
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, enabler{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDelete | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			deleter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, deleter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDelete | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			deleter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, deleter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capDelete | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			deleter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, disabler{c}, deleter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capDelete | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			deleter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, deleter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capEnable | capDelete | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			enabler
+			deleter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, enabler{c}, deleter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capDelete | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			deleter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, deleter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capDelete | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			deleter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, deleter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capDelete | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			deleter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, deleter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, disabler{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capEnable | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			enabler
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, enabler{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDelete | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			deleter
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDelete | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			deleter
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capDelete | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, disabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capDelete | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capEnable | capDelete | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			enabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, enabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capEnable | capDelete | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			enabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, enabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capDisable | capEnable | capDelete | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			disabler
+			enabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, disabler{c}, enabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
+	case capCreate | capDisable | capEnable | capDelete | capEntitlements | capSessions | capList | capCredentials:
+		return struct {
+			*client
+			creator
+			disabler
+			enabler
+			deleter
+			entitlementGranter
+			sessionRevoker
+			lister
+			credentialRevoker
+		}{c, creator{c}, disabler{c}, enabler{c}, deleter{c}, entitlementGranter{c}, sessionRevoker{c}, lister{c}, credentialRevoker{c}}
 	}
 	panic("unreachable: caps was masked")
 }

@@ -3,7 +3,7 @@
 // gen_compose writes compose_gen.go: one composite type per combination of capabilities, so
 // a remote connector implements exactly the interfaces its server has. Go decides interface
 // satisfaction from a type's method set, which cannot change at run time, hence one type per
-// combination (2^7). Run `go generate` after adding a capability to wire.go's table.
+// combination (2^8). Run `go generate` after adding a capability to wire.go's table.
 package main
 
 import (
@@ -23,6 +23,7 @@ var caps = []struct{ bit, holder string }{
 	{"capEntitlements", "entitlementGranter"},
 	{"capSessions", "sessionRevoker"},
 	{"capList", "lister"},
+	{"capCredentials", "credentialRevoker"},
 }
 
 func main() {

@@ -94,9 +94,10 @@ func remote(t *testing.T, c connector.Connector, opts ...ClientOption) connector
 }
 
 func TestConformanceOverGRPC(t *testing.T) {
+	var m *connectortest.Memory // the target behind the current subtest's client
 	connectortest.Run(t, connectortest.Harness{
 		New: func(t *testing.T) connector.Connector {
-			m := connectortest.NewMemory("read", "write")
+			m = connectortest.NewMemory("read", "write")
 			m.PageSize = 2
 			addr := serve(t, m)
 			c, err := NewClient(t.Context(), dial(t, addr, testToken))
@@ -107,9 +108,20 @@ func TestConformanceOverGRPC(t *testing.T) {
 		},
 		Features: connectortest.Features{
 			Create: true, Disable: true, Enable: true, Delete: true,
-			Entitlements: true, Sessions: true, List: true, Profile: true,
+			Entitlements: true, Sessions: true, List: true, Credentials: true, Profile: true,
 		},
 		Entitlements: []string{"read", "write"},
+		// Revoked over the wire, checked in the target behind the server.
+		Credentials: &connectortest.CredentialProbe{
+			Give: func(t *testing.T, _ connector.Connector, acc connector.Account) {
+				if err := m.SetCredential(connector.AccountRef{ID: acc.ID}, "s3cret"); err != nil {
+					t.Fatal(err)
+				}
+			},
+			Works: func(t *testing.T, _ connector.Connector, acc connector.Account) bool {
+				return m.Authenticate(connector.AccountRef{ID: acc.ID}, "s3cret")
+			},
+		},
 	})
 }
 
@@ -135,10 +147,10 @@ func TestComposeImplementsExactlyTheSet(t *testing.T) {
 	for set := capSet(0); set <= allCaps; set++ {
 		c := compose(&client{}, set)
 		if got := capsOf(c); got != set {
-			t.Errorf("compose(%07b) implements %07b (%v)", set, got, connector.Capabilities(c))
+			t.Errorf("compose(%08b) implements %08b (%v)", set, got, connector.Capabilities(c))
 		}
 		if _, ok := c.(io.Closer); !ok {
-			t.Errorf("compose(%07b) is not an io.Closer", set)
+			t.Errorf("compose(%08b) is not an io.Closer", set)
 		}
 	}
 }

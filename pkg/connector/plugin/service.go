@@ -115,6 +115,17 @@ func (s *service) RevokeSessions(ctx context.Context, req *connectorv1.RevokeSes
 	return &connectorv1.RevokeSessionsResponse{}, nil
 }
 
+func (s *service) RevokeCredentials(ctx context.Context, req *connectorv1.RevokeCredentialsRequest) (*connectorv1.RevokeCredentialsResponse, error) {
+	r, ok := s.c.(connector.CredentialRevoker)
+	if !ok {
+		return nil, lacks(connector.CapCredentials)
+	}
+	if err := r.RevokeCredentials(ctx, refFromProto(req.GetRef())); err != nil {
+		return nil, toStatus(err)
+	}
+	return &connectorv1.RevokeCredentialsResponse{}, nil
+}
+
 func (s *service) ListAccounts(ctx context.Context, req *connectorv1.ListAccountsRequest) (*connectorv1.ListAccountsResponse, error) {
 	l, ok := s.c.(connector.Lister)
 	if !ok {

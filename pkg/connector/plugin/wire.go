@@ -18,7 +18,7 @@ import (
 )
 
 // capSet is a set of optional capabilities, one bit each.
-type capSet uint8
+type capSet uint16
 
 const (
 	capCreate capSet = 1 << iota
@@ -28,8 +28,9 @@ const (
 	capEntitlements
 	capSessions
 	capList
+	capCredentials
 
-	allCaps = capCreate | capDisable | capEnable | capDelete | capEntitlements | capSessions | capList
+	allCaps = capCreate | capDisable | capEnable | capDelete | capEntitlements | capSessions | capList | capCredentials
 )
 
 type capInfo struct {
@@ -47,6 +48,7 @@ var capabilities = []capInfo{
 	{capEntitlements, connector.CapEntitlements, connectorv1.Capability_CAPABILITY_ENTITLEMENTS},
 	{capSessions, connector.CapSessions, connectorv1.Capability_CAPABILITY_SESSIONS},
 	{capList, connector.CapList, connectorv1.Capability_CAPABILITY_LIST},
+	{capCredentials, connector.CapCredentials, connectorv1.Capability_CAPABILITY_CREDENTIALS},
 }
 
 // CapabilityNames returns the optional capability names a client accepts in

@@ -199,3 +199,18 @@ func TestPageToken(t *testing.T) {
 		t.Errorf("round trip: %d %x %v", gen, cookie, err)
 	}
 }
+
+// unicodePwd takes the password in double quotes, UTF-16LE; each scrambled one is new.
+func TestScrambledPassword(t *testing.T) {
+	if got := encodeUnicodePwd("Ab1"); got != "\"\x00A\x00b\x001\x00\"\x00" {
+		t.Fatalf("encodeUnicodePwd = %q", got)
+	}
+	a, err := scrambledPassword()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := scrambledPassword()
+	if a == b || len(a) < 2*(2+43) || a[0] != '"' || a[len(a)-2] != '"' {
+		t.Fatalf("scrambledPassword = %q, %q", a, b)
+	}
+}

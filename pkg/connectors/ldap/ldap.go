@@ -40,6 +40,12 @@
 //
 // The account ID is entryUUID (RFC 4530), which survives renames and moves.
 //
+// RevokeCredentials (called on every leaver's disable, after it) deletes the entry's
+// userPassword values, so the password no longer binds, also once the account is unlocked
+// again; an entry without a password is already revoked. ppolicy clears the lock of an entry
+// whose password changes, so a locked entry is locked again at once and read back. The bind
+// account needs write access to userPassword.
+//
 // # Active Directory
 //
 // With mode: active_directory, disabling sets the ACCOUNTDISABLE bit (0x2) of
@@ -48,7 +54,10 @@
 // employeeID and userAccountControl 514 (NORMAL_ACCOUNT | ACCOUNTDISABLE): AD refuses an
 // enabled account without a password, and tenure sets none, so an AD account is created
 // disabled and EnableAccount succeeds once the account has a credential (set by the
-// helpdesk, self-service reset or the organisation's own process). The account ID is the
+// helpdesk, self-service reset or the organisation's own process). RevokeCredentials cannot
+// delete an AD password, so it replaces unicodePwd with a random one nobody knows (AD accepts
+// that only over ldaps or StartTLS, and the bind account needs the Reset Password right); it
+// is not tested against a real AD. The account ID is the
 // objectGUID in its usual string form. Group memberships in AD are kept consistent by the
 // directory itself.
 //
@@ -64,6 +73,7 @@ package ldap
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -78,6 +88,7 @@ import (
 	"sync"
 	"time"
 	"unicode"
+	"unicode/utf16"
 
 	goldap "github.com/go-ldap/ldap/v3"
 
@@ -132,6 +143,9 @@ const (
 	lockedForever = "000001010000Z"
 	attrLocked    = "pwdAccountLockedTime"
 	attrUAC       = "userAccountControl"
+	// attrPassword holds an OpenLDAP user's password; attrUnicodePwd an AD user's (write-only).
+	attrPassword   = "userPassword"
+	attrUnicodePwd = "unicodePwd"
 )
 
 func (c *Config) setDefaults() {
@@ -269,6 +283,7 @@ var (
 	_ connector.Deleter            = (*Connector)(nil)
 	_ connector.EntitlementGranter = (*Connector)(nil)
 	_ connector.Lister             = (*Connector)(nil)
+	_ connector.CredentialRevoker  = (*Connector)(nil)
 )
 
 // New validates cfg. It does not connect: the first call does, so a directory that is down
@@ -840,6 +855,62 @@ func (c *Connector) setState(ctx context.Context, ref connector.AccountRef, want
 		return connector.Retryable(fmt.Errorf("%s: the directory accepted the change but reads back %v, not %v", e.DN, got, want))
 	}
 	return nil
+}
+
+// RevokeCredentials deletes the user's userPassword (OpenLDAP) or replaces its unicodePwd with
+// a random password nobody knows (AD). Revoking revoked credentials succeeds.
+func (c *Connector) RevokeCredentials(ctx context.Context, ref connector.AccountRef) error {
+	e, err := c.lookup(ctx, ref)
+	if err != nil {
+		return err
+	}
+	req := goldap.NewModifyRequest(e.DN, nil)
+	if c.ad {
+		pw, err := scrambledPassword()
+		if err != nil {
+			return err
+		}
+		req.Replace(attrUnicodePwd, []string{pw})
+	} else {
+		req.Delete(attrPassword, nil)
+	}
+	err = c.do(ctx, func(conn *goldap.Conn) error { return conn.Modify(req) })
+	switch {
+	case err == nil:
+	case !c.ad && goldap.IsErrorWithCode(err, goldap.LDAPResultNoSuchAttribute):
+		// No password: nothing to revoke.
+	case errors.Is(err, connector.ErrNotFound):
+		return connector.NotFound(fmt.Errorf("%w: %s vanished: %v", connector.ErrNotFound, e.DN, err))
+	default:
+		return err
+	}
+	if !c.ad && c.state(e) == connector.StateDisabled {
+		// The ppolicy overlay unlocks an account whose password changes, deletion included:
+		// lock it again, so revoking a leaver's password never undoes the disable. In between
+		// the entry has no password to bind with.
+		return c.setState(ctx, connector.AccountRef{ID: c.entryID(e), Username: ref.Username}, connector.StateDisabled)
+	}
+	return nil
+}
+
+// scrambledPassword returns a random password in unicodePwd's encoding: the password in
+// double quotes, UTF-16LE. Its 256 random bits, base64-encoded, with a fixed tail that
+// meets AD's complexity rules, are never stored or logged.
+func scrambledPassword() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return encodeUnicodePwd(base64.RawStdEncoding.EncodeToString(b) + "Aa1!"), nil
+}
+
+func encodeUnicodePwd(pw string) string {
+	u := utf16.Encode([]rune(`"` + pw + `"`))
+	out := make([]byte, 0, 2*len(u))
+	for _, r := range u {
+		out = append(out, byte(r), byte(r>>8))
+	}
+	return string(out)
 }
 
 // DeleteAccount removes the user from the configured groups (OpenLDAP) and deletes the entry.

@@ -48,10 +48,73 @@ func TestConformance(t *testing.T) {
 		},
 		Features: connectortest.Features{
 			Create: true, Disable: true, Enable: true, Delete: true,
-			Entitlements: true, List: true, Profile: true,
+			Entitlements: true, List: true, Credentials: true, Profile: true,
 		},
 		Entitlements: []string{"readers", "writers"},
+		// A password set by the directory's administrator, tried with a real bind.
+		Credentials: &connectortest.CredentialProbe{
+			Give: func(t *testing.T, _ connector.Connector, acc connector.Account) {
+				set := goldap.NewModifyRequest("uid="+acc.Username+","+peopleDN, nil)
+				set.Replace("userPassword", []string{"pw-" + acc.Username})
+				if err := srv.admin(t).Modify(set); err != nil {
+					t.Fatal(err)
+				}
+			},
+			Works: func(t *testing.T, _ connector.Connector, acc connector.Account) bool {
+				return srv.bind("uid="+acc.Username+","+peopleDN, "pw-"+acc.Username) == nil
+			},
+		},
 	})
+}
+
+// A leaver's password no longer binds, and unlocking the account (a rescinded termination)
+// does not bring it back.
+func TestRevokeCredentialsStopsBind(t *testing.T) {
+	srv := startSlapd(t)
+	c := srv.open(t, "")
+	ctx := t.Context()
+	acc, err := c.(connector.Creator).CreateAccount(ctx, connector.AccountSpec{Username: "carol", GivenName: "Carol", FamilyName: "Danvers"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dn = "uid=carol," + peopleDN
+	const pw = "carol-pw-1"
+	admin := srv.admin(t)
+	set := goldap.NewModifyRequest(dn, nil)
+	set.Replace("userPassword", []string{pw})
+	if err := admin.Modify(set); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.bind(dn, pw); err != nil {
+		t.Fatalf("an enabled account cannot bind: %v", err)
+	}
+	ref := connector.AccountRef{ID: acc.ID, Username: "carol"}
+	if err := c.(connector.Disabler).DisableAccount(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	r := c.(connector.CredentialRevoker)
+	if err := r.RevokeCredentials(ctx, ref); err != nil {
+		t.Fatalf("RevokeCredentials: %v", err)
+	}
+	if got := rawEntry(t, admin, dn, "userPassword").GetAttributeValues("userPassword"); len(got) != 0 {
+		t.Fatalf("userPassword still set after RevokeCredentials (%d values)", len(got))
+	}
+	if err := r.RevokeCredentials(ctx, ref); err != nil {
+		t.Fatalf("RevokeCredentials without a password: %v (want success)", err)
+	}
+	if got, _ := c.GetAccount(ctx, ref); got.State != connector.StateDisabled {
+		t.Fatalf("State = %v after RevokeCredentials", got.State)
+	}
+	if err := c.(connector.Enabler).EnableAccount(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.bind(dn, pw); !goldap.IsErrorWithCode(err, goldap.LDAPResultInvalidCredentials) {
+		t.Fatalf("bind with the revoked password after EnableAccount: %v, want 49 invalid credentials", err)
+	}
+	err = r.RevokeCredentials(ctx, connector.AccountRef{Username: "nobody"})
+	if !errors.Is(err, connector.ErrNotFound) {
+		t.Fatalf("RevokeCredentials of an unknown user: %v", err)
+	}
 }
 
 // The point of disabling: the person can no longer bind, and can again after enabling.

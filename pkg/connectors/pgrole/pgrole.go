@@ -25,7 +25,11 @@
 // sessions of other roles) and, from PostgreSQL 16 on, ADMIN OPTION on the groups it grants
 // (it has that on groups and roles it created itself). tenure never sets passwords: how a role
 // authenticates (ldap, gss, cert in pg_hba.conf) is the cluster's business, and what it may
-// do is decided by the groups' privileges.
+// do is decided by the groups' privileges. It does remove them: RevokeCredentials (called on
+// every leaver's disable) sets PASSWORD NULL, so a password a DBA or the person set — or a
+// script's connection string holds — no longer works, even if the role is enabled again.
+// Credentials the cluster does not store (client certificates, Kerberos keys) are the
+// issuer's to revoke.
 //
 // The account ID is the role's OID, which survives renames. Email, display name and worker id
 // are kept as JSON in the role's comment; comments on roles are readable by every user of the
@@ -153,6 +157,7 @@ var (
 	_ connector.EntitlementGranter = (*Connector)(nil)
 	_ connector.SessionRevoker     = (*Connector)(nil)
 	_ connector.Lister             = (*Connector)(nil)
+	_ connector.CredentialRevoker  = (*Connector)(nil)
 )
 
 // New validates cfg and creates the connection pool. It does not connect: a target that is
@@ -394,6 +399,17 @@ func (c *Connector) RevokeSessions(ctx context.Context, ref connector.AccountRef
 		return err
 	}
 	return c.terminate(ctx, r)
+}
+
+// RevokeCredentials removes the role's password (ALTER ROLE … PASSWORD NULL): password
+// authentication (scram-sha-256, md5, password in pg_hba.conf) then always fails for it.
+// Removing an absent password succeeds.
+func (c *Connector) RevokeCredentials(ctx context.Context, ref connector.AccountRef) error {
+	_, r, err := c.lookup(ctx, ref)
+	if err != nil {
+		return err
+	}
+	return c.alter(ctx, r, "PASSWORD NULL")
 }
 
 // DeleteAccount disables the role, ends its sessions and drops it; dropping a role also

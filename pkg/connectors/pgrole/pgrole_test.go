@@ -111,10 +111,94 @@ func TestConformance(t *testing.T) {
 		},
 		Features: connectortest.Features{
 			Create: true, Disable: true, Enable: true, Delete: true,
-			Entitlements: true, Sessions: true, List: true, Profile: true,
+			Entitlements: true, Sessions: true, List: true, Credentials: true, Profile: true,
 		},
 		Entitlements: tg.groups,
+		Credentials: &connectortest.CredentialProbe{
+			Give: func(t *testing.T, _ connector.Connector, acc connector.Account) {
+				tg.setPassword(t, acc.Username, "pw-"+acc.Username)
+			},
+			Works: func(t *testing.T, _ connector.Connector, acc connector.Account) bool {
+				return tg.hasPassword(t, acc.Username)
+			},
+		},
 	})
+}
+
+// setPassword gives the managed role a password, as a DBA (or the person) would.
+func (tg target) setPassword(t *testing.T, username, pw string) {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), tg.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	lit, err := conn.PgConn().EscapeString(pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(t.Context(), "ALTER ROLE "+pgx.Identifier{tg.prefix + username}.Sanitize()+" PASSWORD '"+lit+"'"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hasPassword reads pg_authid as the superuser (the connector's role need not be able to):
+// the test cluster trusts local logins, so the stored verifier is what password
+// authentication would check.
+func (tg target) hasPassword(t *testing.T, username string) bool {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), tg.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var has bool
+	if err := conn.QueryRow(t.Context(), "SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = $1", tg.prefix+username).Scan(&has); err != nil {
+		t.Fatal(err)
+	}
+	return has
+}
+
+// A leaver's password is gone from the catalog, whatever set it, and stays gone when the role
+// is enabled again.
+func TestRevokeCredentialsRemovesPassword(t *testing.T) {
+	tg := newTarget(t)
+	c := tg.open(t, "")
+	ctx := t.Context()
+	acc, err := c.(connector.Creator).CreateAccount(ctx, connector.AccountSpec{Username: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.setPassword(t, "bob", "hunter2")
+	if !tg.hasPassword(t, "bob") {
+		t.Fatal("password not set")
+	}
+	ref := connector.AccountRef{ID: acc.ID, Username: "bob"}
+	if err := c.(connector.Disabler).DisableAccount(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(connector.CredentialRevoker).RevokeCredentials(ctx, ref); err != nil {
+		t.Fatalf("RevokeCredentials: %v", err)
+	}
+	if tg.hasPassword(t, "bob") {
+		t.Fatal("pg_authid.rolpassword is still set after RevokeCredentials")
+	}
+	if err := c.(connector.CredentialRevoker).RevokeCredentials(ctx, ref); err != nil {
+		t.Fatalf("RevokeCredentials again: %v", err)
+	}
+	if got, _ := c.GetAccount(ctx, ref); got.State != connector.StateDisabled {
+		t.Fatalf("State = %v", got.State)
+	}
+	if err := c.(connector.Enabler).EnableAccount(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	if tg.hasPassword(t, "bob") {
+		t.Fatal("enabling the role brought its password back")
+	}
+	err = c.(connector.CredentialRevoker).RevokeCredentials(ctx, connector.AccountRef{Username: "nobody"})
+	if !errors.Is(err, connector.ErrNotFound) {
+		t.Fatalf("RevokeCredentials of an unknown role: %v", err)
+	}
 }
 
 func TestDisableStopsLoginAndEndsSessions(t *testing.T) {

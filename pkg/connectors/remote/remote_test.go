@@ -149,7 +149,7 @@ timeout: 10s
 		},
 		Features: connectortest.Features{
 			Create: true, Disable: true, Enable: true, Delete: true,
-			Entitlements: true, Sessions: true, List: true, Profile: true,
+			Entitlements: true, Sessions: true, List: true, Credentials: true, Profile: true,
 		},
 		Entitlements: []string{"read", "write"},
 	})

@@ -19,7 +19,7 @@
 // Request body (application/json):
 //
 //	{"operation": "get" | "create" | "disable" | "enable" | "delete" | "grant" | "revoke" |
-//	              "revoke_sessions" | "list",
+//	              "revoke_sessions" | "revoke_credentials" | "list",
 //	 "account": {"id": "...", "username": "..."},      // all but create and list
 //	 "spec": {"worker_id", "username", "email", "given_name", "family_name",
 //	          "display_name", "entitlements": [...]},   // create
@@ -29,7 +29,10 @@
 // The answer is 2xx with, for get and create, {"account": {"id", "username", "email",
 // "display_name", "state": "enabled" | "disabled", "entitlements": [...]}} and, for list,
 // {"accounts": [...], "next_page_token": "..."}; other operations may answer with an empty
-// body. Get is the read-back: tenure confirms every change with it.
+// body. Get is the read-back: tenure confirms every change with it. revoke_sessions and
+// revoke_credentials (invalidate the account's passwords, API tokens and keys; called on every
+// leaver's disable, after it) must leave the account's state as it is; a receiver that cannot
+// do them answers 501, and the disable still counts.
 //
 // Status codes are error classes: 404 means the account does not exist (deleting an absent
 // account succeeds); 429 and 503 are retried, after Retry-After (seconds or an HTTP date) when
@@ -181,6 +184,7 @@ var (
 	_ connector.EntitlementGranter = (*Connector)(nil)
 	_ connector.SessionRevoker     = (*Connector)(nil)
 	_ connector.Lister             = (*Connector)(nil)
+	_ connector.CredentialRevoker  = (*Connector)(nil)
 )
 
 // Request is the JSON body of every call.
@@ -228,15 +232,16 @@ type Response struct {
 
 // Operations.
 const (
-	OpGet            = "get"
-	OpCreate         = "create"
-	OpDisable        = "disable"
-	OpEnable         = "enable"
-	OpDelete         = "delete"
-	OpGrant          = "grant"
-	OpRevoke         = "revoke"
-	OpRevokeSessions = "revoke_sessions"
-	OpList           = "list"
+	OpGet               = "get"
+	OpCreate            = "create"
+	OpDisable           = "disable"
+	OpEnable            = "enable"
+	OpDelete            = "delete"
+	OpGrant             = "grant"
+	OpRevoke            = "revoke"
+	OpRevokeSessions    = "revoke_sessions"
+	OpRevokeCredentials = "revoke_credentials"
+	OpList              = "list"
 )
 
 func refOf(r connector.AccountRef) *AccountRef { return &AccountRef{ID: r.ID, Username: r.Username} }
@@ -438,6 +443,12 @@ func (c *Connector) RevokeEntitlement(ctx context.Context, ref connector.Account
 // RevokeSessions ends the account's sessions; a receiver that cannot answers 501.
 func (c *Connector) RevokeSessions(ctx context.Context, ref connector.AccountRef) error {
 	return c.do(ctx, Request{Operation: OpRevokeSessions, Account: refOf(ref)}, nil)
+}
+
+// RevokeCredentials invalidates the account's credentials; a receiver that cannot answers
+// 501 (an error matching connector.ErrUnsupported).
+func (c *Connector) RevokeCredentials(ctx context.Context, ref connector.AccountRef) error {
+	return c.do(ctx, Request{Operation: OpRevokeCredentials, Account: refOf(ref)}, nil)
 }
 
 // ListAccounts lists one page.

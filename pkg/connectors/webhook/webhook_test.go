@@ -118,6 +118,8 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		err = r.store.RevokeEntitlement(ctx, ref, in.Entitlement)
 	case webhook.OpRevokeSessions:
 		err = r.store.RevokeSessions(ctx, ref)
+	case webhook.OpRevokeCredentials:
+		err = r.store.RevokeCredentials(ctx, ref)
 	case webhook.OpList:
 		var accts []connector.Account
 		var next string
@@ -163,8 +165,19 @@ func TestConformance(t *testing.T) {
 	connectortest.Run(t, connectortest.Harness{
 		New: func(t *testing.T) connector.Connector { return open(t, r.URL, testSecret) },
 		Features: connectortest.Features{Create: true, Disable: true, Enable: true, Delete: true,
-			Entitlements: true, Sessions: true, List: true, Profile: true},
+			Entitlements: true, Sessions: true, List: true, Credentials: true, Profile: true},
 		Entitlements: []string{"read", "write"},
+		// The receiver's own account system is the target: the credential is checked there.
+		Credentials: &connectortest.CredentialProbe{
+			Give: func(t *testing.T, _ connector.Connector, acc connector.Account) {
+				if err := r.store.SetCredential(connector.AccountRef{Username: acc.Username}, "tok-"+acc.Username); err != nil {
+					t.Fatal(err)
+				}
+			},
+			Works: func(t *testing.T, _ connector.Connector, acc connector.Account) bool {
+				return r.store.Authenticate(connector.AccountRef{Username: acc.Username}, "tok-"+acc.Username)
+			},
+		},
 	})
 }
 
@@ -208,6 +221,7 @@ func TestStatusCodesAreErrorClasses(t *testing.T) {
 		{"400", 400, nil, func() error { return c.(connector.EntitlementGranter).GrantEntitlement(ctx, ref, "read") }, connector.KindPermanent, 0, false},
 		{"404 on get", 404, nil, func() error { _, err := c.GetAccount(ctx, ref); return err }, connector.KindNotFound, 0, false},
 		{"501", 501, nil, func() error { return c.(connector.SessionRevoker).RevokeSessions(ctx, ref) }, connector.KindPermanent, 0, true},
+		{"501 on revoke_credentials", 501, nil, func() error { return c.(connector.CredentialRevoker).RevokeCredentials(ctx, ref) }, connector.KindPermanent, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r.mu.Lock()

@@ -40,6 +40,8 @@ const (
 	Capability_CAPABILITY_SESSIONS Capability = 6
 	// ListAccounts.
 	Capability_CAPABILITY_LIST Capability = 7
+	// RevokeCredentials.
+	Capability_CAPABILITY_CREDENTIALS Capability = 8
 )
 
 // Enum value maps for Capability.
@@ -53,6 +55,7 @@ var (
 		5: "CAPABILITY_ENTITLEMENTS",
 		6: "CAPABILITY_SESSIONS",
 		7: "CAPABILITY_LIST",
+		8: "CAPABILITY_CREDENTIALS",
 	}
 	Capability_value = map[string]int32{
 		"CAPABILITY_UNSPECIFIED":  0,
@@ -63,6 +66,7 @@ var (
 		"CAPABILITY_ENTITLEMENTS": 5,
 		"CAPABILITY_SESSIONS":     6,
 		"CAPABILITY_LIST":         7,
+		"CAPABILITY_CREDENTIALS":  8,
 	}
 )
 
@@ -1138,6 +1142,86 @@ func (*RevokeSessionsResponse) Descriptor() ([]byte, []int) {
 	return file_tenure_connector_v1_connector_proto_rawDescGZIP(), []int{20}
 }
 
+type RevokeCredentialsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           *AccountRef            `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCredentialsRequest) Reset() {
+	*x = RevokeCredentialsRequest{}
+	mi := &file_tenure_connector_v1_connector_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCredentialsRequest) ProtoMessage() {}
+
+func (x *RevokeCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_connector_v1_connector_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_connector_v1_connector_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokeCredentialsRequest) GetRef() *AccountRef {
+	if x != nil {
+		return x.Ref
+	}
+	return nil
+}
+
+type RevokeCredentialsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCredentialsResponse) Reset() {
+	*x = RevokeCredentialsResponse{}
+	mi := &file_tenure_connector_v1_connector_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCredentialsResponse) ProtoMessage() {}
+
+func (x *RevokeCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_connector_v1_connector_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_connector_v1_connector_proto_rawDescGZIP(), []int{22}
+}
+
 type ListAccountsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty for the first page, then the previous response's next_page_token.
@@ -1148,7 +1232,7 @@ type ListAccountsRequest struct {
 
 func (x *ListAccountsRequest) Reset() {
 	*x = ListAccountsRequest{}
-	mi := &file_tenure_connector_v1_connector_proto_msgTypes[21]
+	mi := &file_tenure_connector_v1_connector_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +1244,7 @@ func (x *ListAccountsRequest) String() string {
 func (*ListAccountsRequest) ProtoMessage() {}
 
 func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_connector_v1_connector_proto_msgTypes[21]
+	mi := &file_tenure_connector_v1_connector_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +1257,7 @@ func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_connector_v1_connector_proto_rawDescGZIP(), []int{21}
+	return file_tenure_connector_v1_connector_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListAccountsRequest) GetPageToken() string {
@@ -1195,7 +1279,7 @@ type ListAccountsResponse struct {
 
 func (x *ListAccountsResponse) Reset() {
 	*x = ListAccountsResponse{}
-	mi := &file_tenure_connector_v1_connector_proto_msgTypes[22]
+	mi := &file_tenure_connector_v1_connector_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1291,7 @@ func (x *ListAccountsResponse) String() string {
 func (*ListAccountsResponse) ProtoMessage() {}
 
 func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_connector_v1_connector_proto_msgTypes[22]
+	mi := &file_tenure_connector_v1_connector_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1304,7 @@ func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_connector_v1_connector_proto_rawDescGZIP(), []int{22}
+	return file_tenure_connector_v1_connector_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListAccountsResponse) GetAccounts() []*Account {
@@ -1293,13 +1377,16 @@ const file_tenure_connector_v1_connector_proto_rawDesc = "" +
 	"\x19RevokeEntitlementResponse\"J\n" +
 	"\x15RevokeSessionsRequest\x121\n" +
 	"\x03ref\x18\x01 \x01(\v2\x1f.tenure.connector.v1.AccountRefR\x03ref\"\x18\n" +
-	"\x16RevokeSessionsResponse\"4\n" +
+	"\x16RevokeSessionsResponse\"M\n" +
+	"\x18RevokeCredentialsRequest\x121\n" +
+	"\x03ref\x18\x01 \x01(\v2\x1f.tenure.connector.v1.AccountRefR\x03ref\"\x1b\n" +
+	"\x19RevokeCredentialsResponse\"4\n" +
 	"\x13ListAccountsRequest\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x01 \x01(\tR\tpageToken\"x\n" +
 	"\x14ListAccountsResponse\x128\n" +
 	"\baccounts\x18\x01 \x03(\v2\x1c.tenure.connector.v1.AccountR\baccounts\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xd0\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xec\x01\n" +
 	"\n" +
 	"Capability\x12\x1a\n" +
 	"\x16CAPABILITY_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -1309,12 +1396,13 @@ const file_tenure_connector_v1_connector_proto_rawDesc = "" +
 	"\x11CAPABILITY_DELETE\x10\x04\x12\x1b\n" +
 	"\x17CAPABILITY_ENTITLEMENTS\x10\x05\x12\x17\n" +
 	"\x13CAPABILITY_SESSIONS\x10\x06\x12\x13\n" +
-	"\x0fCAPABILITY_LIST\x10\a*~\n" +
+	"\x0fCAPABILITY_LIST\x10\a\x12\x1a\n" +
+	"\x16CAPABILITY_CREDENTIALS\x10\b*~\n" +
 	"\fAccountState\x12\x1d\n" +
 	"\x19ACCOUNT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ACCOUNT_STATE_ENABLED\x10\x01\x12\x1a\n" +
 	"\x16ACCOUNT_STATE_DISABLED\x10\x02\x12\x18\n" +
-	"\x14ACCOUNT_STATE_ABSENT\x10\x032\xa2\b\n" +
+	"\x14ACCOUNT_STATE_ABSENT\x10\x032\x96\t\n" +
 	"\x10ConnectorService\x12W\n" +
 	"\bDescribe\x12$.tenure.connector.v1.DescribeRequest\x1a%.tenure.connector.v1.DescribeResponse\x12]\n" +
 	"\n" +
@@ -1326,7 +1414,8 @@ const file_tenure_connector_v1_connector_proto_rawDesc = "" +
 	"\x10GrantEntitlement\x12,.tenure.connector.v1.GrantEntitlementRequest\x1a-.tenure.connector.v1.GrantEntitlementResponse\x12r\n" +
 	"\x11RevokeEntitlement\x12-.tenure.connector.v1.RevokeEntitlementRequest\x1a..tenure.connector.v1.RevokeEntitlementResponse\x12i\n" +
 	"\x0eRevokeSessions\x12*.tenure.connector.v1.RevokeSessionsRequest\x1a+.tenure.connector.v1.RevokeSessionsResponse\x12c\n" +
-	"\fListAccounts\x12(.tenure.connector.v1.ListAccountsRequest\x1a).tenure.connector.v1.ListAccountsResponseBDZBgithub.com/tenure-dev/tenure/proto/tenure/connector/v1;connectorv1b\x06proto3"
+	"\fListAccounts\x12(.tenure.connector.v1.ListAccountsRequest\x1a).tenure.connector.v1.ListAccountsResponse\x12r\n" +
+	"\x11RevokeCredentials\x12-.tenure.connector.v1.RevokeCredentialsRequest\x1a..tenure.connector.v1.RevokeCredentialsResponseBDZBgithub.com/tenure-dev/tenure/proto/tenure/connector/v1;connectorv1b\x06proto3"
 
 var (
 	file_tenure_connector_v1_connector_proto_rawDescOnce sync.Once
@@ -1341,7 +1430,7 @@ func file_tenure_connector_v1_connector_proto_rawDescGZIP() []byte {
 }
 
 var file_tenure_connector_v1_connector_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tenure_connector_v1_connector_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_tenure_connector_v1_connector_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_tenure_connector_v1_connector_proto_goTypes = []any{
 	(Capability)(0),                   // 0: tenure.connector.v1.Capability
 	(AccountState)(0),                 // 1: tenure.connector.v1.AccountState
@@ -1366,8 +1455,10 @@ var file_tenure_connector_v1_connector_proto_goTypes = []any{
 	(*RevokeEntitlementResponse)(nil), // 20: tenure.connector.v1.RevokeEntitlementResponse
 	(*RevokeSessionsRequest)(nil),     // 21: tenure.connector.v1.RevokeSessionsRequest
 	(*RevokeSessionsResponse)(nil),    // 22: tenure.connector.v1.RevokeSessionsResponse
-	(*ListAccountsRequest)(nil),       // 23: tenure.connector.v1.ListAccountsRequest
-	(*ListAccountsResponse)(nil),      // 24: tenure.connector.v1.ListAccountsResponse
+	(*RevokeCredentialsRequest)(nil),  // 23: tenure.connector.v1.RevokeCredentialsRequest
+	(*RevokeCredentialsResponse)(nil), // 24: tenure.connector.v1.RevokeCredentialsResponse
+	(*ListAccountsRequest)(nil),       // 25: tenure.connector.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),      // 26: tenure.connector.v1.ListAccountsResponse
 }
 var file_tenure_connector_v1_connector_proto_depIdxs = []int32{
 	1,  // 0: tenure.connector.v1.Account.state:type_name -> tenure.connector.v1.AccountState
@@ -1382,32 +1473,35 @@ var file_tenure_connector_v1_connector_proto_depIdxs = []int32{
 	2,  // 9: tenure.connector.v1.GrantEntitlementRequest.ref:type_name -> tenure.connector.v1.AccountRef
 	2,  // 10: tenure.connector.v1.RevokeEntitlementRequest.ref:type_name -> tenure.connector.v1.AccountRef
 	2,  // 11: tenure.connector.v1.RevokeSessionsRequest.ref:type_name -> tenure.connector.v1.AccountRef
-	3,  // 12: tenure.connector.v1.ListAccountsResponse.accounts:type_name -> tenure.connector.v1.Account
-	5,  // 13: tenure.connector.v1.ConnectorService.Describe:input_type -> tenure.connector.v1.DescribeRequest
-	7,  // 14: tenure.connector.v1.ConnectorService.GetAccount:input_type -> tenure.connector.v1.GetAccountRequest
-	9,  // 15: tenure.connector.v1.ConnectorService.CreateAccount:input_type -> tenure.connector.v1.CreateAccountRequest
-	11, // 16: tenure.connector.v1.ConnectorService.DisableAccount:input_type -> tenure.connector.v1.DisableAccountRequest
-	13, // 17: tenure.connector.v1.ConnectorService.EnableAccount:input_type -> tenure.connector.v1.EnableAccountRequest
-	15, // 18: tenure.connector.v1.ConnectorService.DeleteAccount:input_type -> tenure.connector.v1.DeleteAccountRequest
-	17, // 19: tenure.connector.v1.ConnectorService.GrantEntitlement:input_type -> tenure.connector.v1.GrantEntitlementRequest
-	19, // 20: tenure.connector.v1.ConnectorService.RevokeEntitlement:input_type -> tenure.connector.v1.RevokeEntitlementRequest
-	21, // 21: tenure.connector.v1.ConnectorService.RevokeSessions:input_type -> tenure.connector.v1.RevokeSessionsRequest
-	23, // 22: tenure.connector.v1.ConnectorService.ListAccounts:input_type -> tenure.connector.v1.ListAccountsRequest
-	6,  // 23: tenure.connector.v1.ConnectorService.Describe:output_type -> tenure.connector.v1.DescribeResponse
-	8,  // 24: tenure.connector.v1.ConnectorService.GetAccount:output_type -> tenure.connector.v1.GetAccountResponse
-	10, // 25: tenure.connector.v1.ConnectorService.CreateAccount:output_type -> tenure.connector.v1.CreateAccountResponse
-	12, // 26: tenure.connector.v1.ConnectorService.DisableAccount:output_type -> tenure.connector.v1.DisableAccountResponse
-	14, // 27: tenure.connector.v1.ConnectorService.EnableAccount:output_type -> tenure.connector.v1.EnableAccountResponse
-	16, // 28: tenure.connector.v1.ConnectorService.DeleteAccount:output_type -> tenure.connector.v1.DeleteAccountResponse
-	18, // 29: tenure.connector.v1.ConnectorService.GrantEntitlement:output_type -> tenure.connector.v1.GrantEntitlementResponse
-	20, // 30: tenure.connector.v1.ConnectorService.RevokeEntitlement:output_type -> tenure.connector.v1.RevokeEntitlementResponse
-	22, // 31: tenure.connector.v1.ConnectorService.RevokeSessions:output_type -> tenure.connector.v1.RevokeSessionsResponse
-	24, // 32: tenure.connector.v1.ConnectorService.ListAccounts:output_type -> tenure.connector.v1.ListAccountsResponse
-	23, // [23:33] is the sub-list for method output_type
-	13, // [13:23] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	2,  // 12: tenure.connector.v1.RevokeCredentialsRequest.ref:type_name -> tenure.connector.v1.AccountRef
+	3,  // 13: tenure.connector.v1.ListAccountsResponse.accounts:type_name -> tenure.connector.v1.Account
+	5,  // 14: tenure.connector.v1.ConnectorService.Describe:input_type -> tenure.connector.v1.DescribeRequest
+	7,  // 15: tenure.connector.v1.ConnectorService.GetAccount:input_type -> tenure.connector.v1.GetAccountRequest
+	9,  // 16: tenure.connector.v1.ConnectorService.CreateAccount:input_type -> tenure.connector.v1.CreateAccountRequest
+	11, // 17: tenure.connector.v1.ConnectorService.DisableAccount:input_type -> tenure.connector.v1.DisableAccountRequest
+	13, // 18: tenure.connector.v1.ConnectorService.EnableAccount:input_type -> tenure.connector.v1.EnableAccountRequest
+	15, // 19: tenure.connector.v1.ConnectorService.DeleteAccount:input_type -> tenure.connector.v1.DeleteAccountRequest
+	17, // 20: tenure.connector.v1.ConnectorService.GrantEntitlement:input_type -> tenure.connector.v1.GrantEntitlementRequest
+	19, // 21: tenure.connector.v1.ConnectorService.RevokeEntitlement:input_type -> tenure.connector.v1.RevokeEntitlementRequest
+	21, // 22: tenure.connector.v1.ConnectorService.RevokeSessions:input_type -> tenure.connector.v1.RevokeSessionsRequest
+	25, // 23: tenure.connector.v1.ConnectorService.ListAccounts:input_type -> tenure.connector.v1.ListAccountsRequest
+	23, // 24: tenure.connector.v1.ConnectorService.RevokeCredentials:input_type -> tenure.connector.v1.RevokeCredentialsRequest
+	6,  // 25: tenure.connector.v1.ConnectorService.Describe:output_type -> tenure.connector.v1.DescribeResponse
+	8,  // 26: tenure.connector.v1.ConnectorService.GetAccount:output_type -> tenure.connector.v1.GetAccountResponse
+	10, // 27: tenure.connector.v1.ConnectorService.CreateAccount:output_type -> tenure.connector.v1.CreateAccountResponse
+	12, // 28: tenure.connector.v1.ConnectorService.DisableAccount:output_type -> tenure.connector.v1.DisableAccountResponse
+	14, // 29: tenure.connector.v1.ConnectorService.EnableAccount:output_type -> tenure.connector.v1.EnableAccountResponse
+	16, // 30: tenure.connector.v1.ConnectorService.DeleteAccount:output_type -> tenure.connector.v1.DeleteAccountResponse
+	18, // 31: tenure.connector.v1.ConnectorService.GrantEntitlement:output_type -> tenure.connector.v1.GrantEntitlementResponse
+	20, // 32: tenure.connector.v1.ConnectorService.RevokeEntitlement:output_type -> tenure.connector.v1.RevokeEntitlementResponse
+	22, // 33: tenure.connector.v1.ConnectorService.RevokeSessions:output_type -> tenure.connector.v1.RevokeSessionsResponse
+	26, // 34: tenure.connector.v1.ConnectorService.ListAccounts:output_type -> tenure.connector.v1.ListAccountsResponse
+	24, // 35: tenure.connector.v1.ConnectorService.RevokeCredentials:output_type -> tenure.connector.v1.RevokeCredentialsResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_tenure_connector_v1_connector_proto_init() }
@@ -1421,7 +1515,7 @@ func file_tenure_connector_v1_connector_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_connector_v1_connector_proto_rawDesc), len(file_tenure_connector_v1_connector_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	ConnectorService_RevokeEntitlement_FullMethodName = "/tenure.connector.v1.ConnectorService/RevokeEntitlement"
 	ConnectorService_RevokeSessions_FullMethodName    = "/tenure.connector.v1.ConnectorService/RevokeSessions"
 	ConnectorService_ListAccounts_FullMethodName      = "/tenure.connector.v1.ConnectorService/ListAccounts"
+	ConnectorService_RevokeCredentials_FullMethodName = "/tenure.connector.v1.ConnectorService/RevokeCredentials"
 )
 
 // ConnectorServiceClient is the client API for ConnectorService service.
@@ -83,6 +84,10 @@ type ConnectorServiceClient interface {
 	RevokeSessions(ctx context.Context, in *RevokeSessionsRequest, opts ...grpc.CallOption) (*RevokeSessionsResponse, error)
 	// ListAccounts returns one page of the accounts the connector manages.
 	ListAccounts(ctx context.Context, in *ListAccountsRequest, opts ...grpc.CallOption) (*ListAccountsResponse, error)
+	// RevokeCredentials invalidates the passwords, API tokens and keys the target holds for
+	// the account; revoking credentials already revoked succeeds, an absent account is
+	// NOT_FOUND. UNIMPLEMENTED when the target cannot (tenure still disables the account).
+	RevokeCredentials(ctx context.Context, in *RevokeCredentialsRequest, opts ...grpc.CallOption) (*RevokeCredentialsResponse, error)
 }
 
 type connectorServiceClient struct {
@@ -193,6 +198,16 @@ func (c *connectorServiceClient) ListAccounts(ctx context.Context, in *ListAccou
 	return out, nil
 }
 
+func (c *connectorServiceClient) RevokeCredentials(ctx context.Context, in *RevokeCredentialsRequest, opts ...grpc.CallOption) (*RevokeCredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeCredentialsResponse)
+	err := c.cc.Invoke(ctx, ConnectorService_RevokeCredentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ConnectorServiceServer is the server API for ConnectorService service.
 // All implementations must embed UnimplementedConnectorServiceServer
 // for forward compatibility.
@@ -245,6 +260,10 @@ type ConnectorServiceServer interface {
 	RevokeSessions(context.Context, *RevokeSessionsRequest) (*RevokeSessionsResponse, error)
 	// ListAccounts returns one page of the accounts the connector manages.
 	ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error)
+	// RevokeCredentials invalidates the passwords, API tokens and keys the target holds for
+	// the account; revoking credentials already revoked succeeds, an absent account is
+	// NOT_FOUND. UNIMPLEMENTED when the target cannot (tenure still disables the account).
+	RevokeCredentials(context.Context, *RevokeCredentialsRequest) (*RevokeCredentialsResponse, error)
 	mustEmbedUnimplementedConnectorServiceServer()
 }
 
@@ -284,6 +303,9 @@ func (UnimplementedConnectorServiceServer) RevokeSessions(context.Context, *Revo
 }
 func (UnimplementedConnectorServiceServer) ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAccounts not implemented")
+}
+func (UnimplementedConnectorServiceServer) RevokeCredentials(context.Context, *RevokeCredentialsRequest) (*RevokeCredentialsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeCredentials not implemented")
 }
 func (UnimplementedConnectorServiceServer) mustEmbedUnimplementedConnectorServiceServer() {}
 func (UnimplementedConnectorServiceServer) testEmbeddedByValue()                          {}
@@ -486,6 +508,24 @@ func _ConnectorService_ListAccounts_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ConnectorService_RevokeCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeCredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConnectorServiceServer).RevokeCredentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConnectorService_RevokeCredentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConnectorServiceServer).RevokeCredentials(ctx, req.(*RevokeCredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ConnectorService_ServiceDesc is the grpc.ServiceDesc for ConnectorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -532,6 +572,10 @@ var ConnectorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAccounts",
 			Handler:    _ConnectorService_ListAccounts_Handler,
+		},
+		{
+			MethodName: "RevokeCredentials",
+			Handler:    _ConnectorService_RevokeCredentials_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,89 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tenure-dev/tenure/pkg/events"
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+)
+
+// grantRevokedEventID is the event id (ce-id, Nats-Msg-Id) of a grant's grant_revoked
+// revocation. It is derived from the grant, so even an event written twice is published and
+// consumed once: the outbox, JetStream's duplicate window and every inbox drop the second.
+func grantRevokedEventID(grantID string) string { return "provisioner:grant_revoked:" + grantID }
+
+// grantRevocations confirms the link's revoked grants that a read-back at the link's current
+// generation now reflects, and returns one tenure.revocation.grant_revoked event for each.
+// The caller has just recorded that read-back (or found it recorded) in tx. A grant is
+// confirmed once (link_grants.revoke_confirmed_at), so later read-backs, redelivered
+// commands and repeated decisions announce nothing new. The revocation id is the grant id.
+func (s *Service) grantRevocations(ctx context.Context, tx pgx.Tx, l link, caseID string, at time.Time) ([]events.Event, error) {
+	rows, err := tx.Query(ctx, `UPDATE link_grants SET revoke_confirmed_at = $2
+		WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL RETURNING grant_id`, l.id, at)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	var system string
+	if t := s.targets[l.conn]; t != nil {
+		system = t.System
+	}
+	out := make([]events.Event, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, events.Event{ID: grantRevokedEventID(id), Subject: events.Subject("tenure.revocation", "grant_revoked", l.worker), Source: source,
+			WorkerID: l.worker, Actor: "provisioner",
+			Payload: &eventsv1.Revocation{RevocationId: id, Kind: eventsv1.RevocationKind_REVOCATION_KIND_GRANT_REVOKED, WorkerId: l.worker, Email: l.email,
+				Connector: l.conn, System: system, LinkId: l.id, Username: l.username, CaseId: caseID, OccurredAt: timestamppb.New(at), Verified: true}})
+	}
+	return out, nil
+}
+
+// confirmUnchanged answers a revoke that changed nothing the target has to do (the
+// entitlement is still held through another grant, the account is already disabled or
+// deleted): no command runs, so no read-back would otherwise report the grant. When the
+// link's last read-back is at its current generation, that read-back already shows the state
+// without the grant, so the revoke is confirmed now: a verified result carrying the grant in
+// revoked_grant_ids (the approval service's confirmation, which access reviews wait for) and
+// the grant_revoked revocation. When a command for the link is still under way, its
+// read-back confirms the revoke instead.
+func (s *Service) confirmUnchanged(ctx context.Context, tx pgx.Tx, linkID, grantID string) ([]events.Event, error) {
+	var l link
+	var observed string
+	var observedEnts []string
+	var observedGen int64
+	var verifiedAt *time.Time
+	err := tx.QueryRow(ctx, `SELECT l.link_id, l.worker_id, l.connector, l.username, l.desired_state, l.generation, l.observed_state, l.observed_entitlements,
+		  l.observed_generation, l.verified_at, coalesce(w.email, '')
+		FROM links l LEFT JOIN workers w USING (worker_id) WHERE l.link_id = $1`, linkID).
+		Scan(&l.id, &l.worker, &l.conn, &l.username, &l.desired, &l.generation, &observed, &observedEnts, &observedGen, &verifiedAt, &l.email)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil || verifiedAt == nil || observedGen != l.generation {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	// Op ensure, not disable, even for a disabled account: this result ran no command, and
+	// leaver evidence counts only the disable results of the case's own commands.
+	r := &eventsv1.ProvisionResult{Connector: l.conn, Op: eventsv1.ProvisionOp_PROVISION_OP_ENSURE, WorkerId: l.worker, LinkId: l.id, Username: l.username,
+		Outcome: eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, ObservedState: stateOf(observed), Generation: l.generation,
+		CompletedAt: timestamppb.New(now), Entitlements: observedEnts}
+	if err := grantIDs(ctx, tx, l.id, r); err != nil {
+		return nil, err
+	}
+	out := []events.Event{{ID: "provisioner:revoke_confirmed:" + grantID, Subject: events.Subject("tenure.result."+l.conn, "verified"), Source: source,
+		WorkerID: l.worker, Actor: "provisioner", Payload: r}}
+	revs, err := s.grantRevocations(ctx, tx, l, "", now)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, revs...), nil
+}
