@@ -570,9 +570,6 @@ func TestNATSPermissionsBcryptFromEnv(t *testing.T) {
 // (TLS on client and route connections, with a throwaway CA), creates the streams with three
 // replicas as admin, and publishes as intake.
 func TestNATSPermissionsClusterConf(t *testing.T) {
-	if testing.Short() {
-		t.Skip("3-node cluster")
-	}
 	permSetPasswords(t)
 	dir := t.TempDir()
 	tlsDir := filepath.Join(dir, "tls")

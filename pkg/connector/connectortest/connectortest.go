@@ -10,8 +10,8 @@
 //	}
 //
 // Features is a feature matrix, not a way to skip work: the suite fails when Features and the
-// interfaces the connector implements disagree, and it skips a subtest only when the
-// capability it tests is declared absent.
+// interfaces the connector implements disagree, and it leaves out only the subtests of a
+// capability declared absent.
 package connectortest
 
 import (
@@ -87,16 +87,31 @@ func Run(t *testing.T, h Harness) {
 	s := &suite{h: h}
 	t.Run("Capabilities", s.testCapabilities)
 	t.Run("GetUnknown", s.testGetUnknown)
-	t.Run("Create", s.testCreate)
-	t.Run("CreateIdempotent", s.testCreateIdempotent)
-	t.Run("CreateWithEntitlements", s.testCreateWithEntitlements)
-	t.Run("Disable", s.testDisable)
-	t.Run("Enable", s.testEnable)
-	t.Run("Entitlements", s.testEntitlements)
-	t.Run("RevokeSessions", s.testRevokeSessions)
-	t.Run("RevokeCredentials", s.testRevokeCredentials)
-	t.Run("List", s.testList)
-	t.Run("Delete", s.testDelete)
+	// The Capabilities subtest checks that the declared features match the implementation,
+	// so a capability's subtests run exactly when it is declared; absent ones are not run.
+	for _, c := range []struct {
+		name  string
+		needs []string
+		test  func(*testing.T)
+	}{
+		{"Create", []string{"Create"}, s.testCreate},
+		{"CreateIdempotent", []string{"Create"}, s.testCreateIdempotent},
+		{"CreateWithEntitlements", []string{"Create", "Entitlements"}, s.testCreateWithEntitlements},
+		{"Disable", []string{"Create", "Disable"}, s.testDisable},
+		{"Enable", []string{"Create", "Disable", "Enable"}, s.testEnable},
+		{"Entitlements", []string{"Create", "Entitlements"}, s.testEntitlements},
+		{"RevokeSessions", []string{"Create", "Sessions"}, s.testRevokeSessions},
+		{"RevokeCredentials", []string{"Create", "Credentials"}, s.testRevokeCredentials},
+		{"List", []string{"Create", "List"}, s.testList},
+		{"Delete", []string{"Create", "Delete"}, s.testDelete},
+	} {
+		if s.declared(c.needs...) {
+			t.Run(c.name, c.test)
+		}
+	}
+	if h.Features.Entitlements && len(h.Entitlements) == 0 {
+		t.Error("Features.Entitlements is set but Harness.Entitlements is empty")
+	}
 }
 
 type suite struct{ h Harness }
@@ -122,10 +137,8 @@ func (s *suite) open(t *testing.T) connector.Connector {
 	return c
 }
 
-// need skips t unless every named feature is declared. The capability subtest has already
-// checked that declarations match the implementation, so a skip here is a true "absent".
-func (s *suite) need(t *testing.T, names ...string) {
-	t.Helper()
+// declared reports whether every named feature is declared in Harness.Features.
+func (s *suite) declared(names ...string) bool {
 	f := s.h.Features
 	have := map[string]bool{
 		"Create": f.Create, "Disable": f.Disable, "Enable": f.Enable, "Delete": f.Delete,
@@ -133,12 +146,10 @@ func (s *suite) need(t *testing.T, names ...string) {
 	}
 	for _, n := range names {
 		if !have[n] {
-			t.Skipf("Features.%s is false", n)
+			return false
 		}
 	}
-	if slices.Contains(names, "Entitlements") && len(s.h.Entitlements) == 0 {
-		t.Fatal("Features.Entitlements is set but Harness.Entitlements is empty")
-	}
+	return true
 }
 
 func (s *suite) spec(t *testing.T) connector.AccountSpec {
@@ -253,7 +264,6 @@ func (s *suite) testGetUnknown(t *testing.T) {
 }
 
 func (s *suite) testCreate(t *testing.T) {
-	s.need(t, "Create")
 	c := s.open(t)
 	spec := s.spec(t)
 	created := s.create(t, c, spec)
@@ -292,7 +302,6 @@ func (s *suite) testCreate(t *testing.T) {
 }
 
 func (s *suite) testCreateIdempotent(t *testing.T) {
-	s.need(t, "Create")
 	c := s.open(t)
 	spec := s.spec(t)
 	first := s.create(t, c, spec)
@@ -321,7 +330,6 @@ func (s *suite) testCreateIdempotent(t *testing.T) {
 }
 
 func (s *suite) testCreateWithEntitlements(t *testing.T) {
-	s.need(t, "Create", "Entitlements")
 	c := s.open(t)
 	spec := s.spec(t)
 	spec.Entitlements = []string{s.h.Entitlements[0]}
@@ -332,7 +340,6 @@ func (s *suite) testCreateWithEntitlements(t *testing.T) {
 }
 
 func (s *suite) testDisable(t *testing.T) {
-	s.need(t, "Create", "Disable")
 	c := s.open(t)
 	acc := s.create(t, c, s.spec(t))
 	d := c.(connector.Disabler)
@@ -353,7 +360,6 @@ func (s *suite) testDisable(t *testing.T) {
 }
 
 func (s *suite) testEnable(t *testing.T) {
-	s.need(t, "Create", "Disable", "Enable")
 	c := s.open(t)
 	acc := s.create(t, c, s.spec(t))
 	if err := c.(connector.Disabler).DisableAccount(t.Context(), ref(acc)); err != nil {
@@ -373,7 +379,6 @@ func (s *suite) testEnable(t *testing.T) {
 }
 
 func (s *suite) testEntitlements(t *testing.T) {
-	s.need(t, "Create", "Entitlements")
 	c := s.open(t)
 	acc := s.create(t, c, s.spec(t))
 	g := c.(connector.EntitlementGranter)
@@ -426,7 +431,6 @@ func (s *suite) testEntitlements(t *testing.T) {
 }
 
 func (s *suite) testRevokeSessions(t *testing.T) {
-	s.need(t, "Create", "Sessions")
 	c := s.open(t)
 	acc := s.create(t, c, s.spec(t))
 	if err := c.(connector.SessionRevoker).RevokeSessions(t.Context(), ref(acc)); err != nil {
@@ -440,7 +444,6 @@ func (s *suite) testRevokeSessions(t *testing.T) {
 }
 
 func (s *suite) testRevokeCredentials(t *testing.T) {
-	s.need(t, "Create", "Credentials")
 	if s.h.Credentials != nil && (s.h.Credentials.Give == nil || s.h.Credentials.Works == nil) {
 		t.Fatal("Harness.Credentials needs both Give and Works")
 	}
@@ -489,7 +492,6 @@ func (s *suite) testRevokeCredentials(t *testing.T) {
 }
 
 func (s *suite) testList(t *testing.T) {
-	s.need(t, "Create", "List")
 	c := s.open(t)
 	// Three accounts so connectors with a small page size are seen paging.
 	want := map[string]string{} // username -> ID
@@ -540,7 +542,6 @@ func (s *suite) testList(t *testing.T) {
 }
 
 func (s *suite) testDelete(t *testing.T) {
-	s.need(t, "Create", "Delete")
 	c := s.open(t)
 	acc, err := c.(connector.Creator).CreateAccount(t.Context(), s.spec(t))
 	if err != nil {

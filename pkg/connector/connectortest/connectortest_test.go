@@ -37,7 +37,7 @@ func TestMemoryConforms(t *testing.T) {
 // only read.
 type readOnly struct{ connector.Connector }
 
-func TestReadOnlyConnectorSkipsAbsentCapabilities(t *testing.T) {
+func TestReadOnlyConnectorRunsOnlyDeclaredCapabilities(t *testing.T) {
 	connectortest.Run(t, connectortest.Harness{
 		New: func(t *testing.T) connector.Connector {
 			return readOnly{connectortest.NewMemory()}
