@@ -107,6 +107,12 @@ func TypeOf(subject string) string {
 	return subject
 }
 
+// WorkerTokenOf is the last token of a subject: the (escaped) worker of
+// "tenure.hr.leaver.w1" and of every tenure.<area>.<kind>.<worker> subject.
+func WorkerTokenOf(subject string) string {
+	return subject[strings.LastIndexByte(subject, '.')+1:]
+}
+
 // Meta is what a consumer reads from an envelope's headers.
 type Meta struct {
 	ID, Type, Source, WorkerID, Actor, DataSchema string

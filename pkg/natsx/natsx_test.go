@@ -251,9 +251,9 @@ func TestLanesKeepOrderPerKeyAndRunKeysConcurrently(t *testing.T) {
 	total := 0
 	runConsumer(t, s.JS, natsx.ConsumerSpec{
 		Durable: "lanes", FilterSubjects: []string{"tenure.hr.>"}, Concurrency: 4,
-		Lane: func(subject string) string { return subject[strings.LastIndexByte(subject, '.')+1:] },
+		Lane: events.WorkerTokenOf,
 	}, func(ctx context.Context, msg jetstream.Msg) error {
-		w := msg.Subject()[strings.LastIndexByte(msg.Subject(), '.')+1:]
+		w := events.WorkerTokenOf(msg.Subject())
 		mu.Lock()
 		active[w]++
 		parallel++

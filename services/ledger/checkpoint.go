@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -11,8 +12,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tenure-dev/tenure/pkg/events"
+	"github.com/tenure-dev/tenure/pkg/keyfile"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
 	ledgerv1 "github.com/tenure-dev/tenure/proto/tenure/ledger/v1"
 )
@@ -78,48 +78,26 @@ func VerifyCheckpoint(pub ed25519.PublicKey, c *ledgerv1.Checkpoint) error {
 // LoadOrCreateKey reads an Ed25519 private key (PEM, PKCS #8) from path, creating the file
 // (mode 0600) with a new key when it does not exist, as ssh-keygen does for host keys.
 func LoadOrCreateKey(path string) (ed25519.PrivateKey, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
+	k, err := keyfile.LoadOrCreate(path, func() (crypto.PrivateKey, error) {
 		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(priv)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, err
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			if errors.Is(err, os.ErrExist) { // created meanwhile by another process
-				return LoadOrCreateKey(path)
-			}
-			return nil, err
-		}
-		if err := pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der}); err != nil {
-			f.Close()
-			return nil, err
-		}
-		return priv, f.Close()
-	}
+		return priv, err
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ledger key: %w", err)
 	}
-	return ParsePrivateKey(b)
+	return ed25519Key(k)
 }
 
 // ParsePrivateKey parses a PEM "PRIVATE KEY" (PKCS #8) holding an Ed25519 key.
 func ParsePrivateKey(b []byte) (ed25519.PrivateKey, error) {
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, errors.New("ledger key: want a PEM \"PRIVATE KEY\" block (PKCS #8 Ed25519)")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	k, err := keyfile.Parse(b)
 	if err != nil {
 		return nil, fmt.Errorf("ledger key: %w", err)
 	}
+	return ed25519Key(k)
+}
+
+func ed25519Key(k crypto.PrivateKey) (ed25519.PrivateKey, error) {
 	priv, ok := k.(ed25519.PrivateKey)
 	if !ok {
 		return nil, fmt.Errorf("ledger key: %T is not an Ed25519 key", k)

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 
 	"github.com/tenure-dev/tenure/pkg/authn"
 	"github.com/tenure-dev/tenure/pkg/connector"
+	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
@@ -169,7 +169,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 		// Workers are independent: their events run side by side (a mass termination opens
 		// cases in parallel), while one worker's events keep stream order.
 		Concurrency: eventConcurrency,
-		Lane:        workerOfSubject,
+		Lane:        events.WorkerTokenOf,
 	}, s.handleEvent, s.log)
 	if err != nil {
 		return nil, err
@@ -281,9 +281,3 @@ func checkLifecycle(t *Target) error {
 
 // eventConcurrency is how many workers' HR and access events are handled at once.
 const eventConcurrency = 8
-
-// workerOfSubject is the worker token of tenure.hr.<kind>.<worker> and
-// tenure.access.<kind>.<worker>.
-func workerOfSubject(subject string) string {
-	return subject[strings.LastIndexByte(subject, '.')+1:]
-}
