@@ -25,8 +25,8 @@ import (
 // round trips (receipts and row locks; the events published to JetStream asynchronously, all
 // in flight at once; the registry and history writes), one commit. Each delivery still gets its
 // own answer: 2xx only after its PubAck and the commit, 409/422 for its own bad input, 503 when
-// its publish failed. A single delivery waits for nobody: the batch starts as soon as the
-// previous one ends, so under light load a batch holds one delivery.
+// its publish failed. A single delivery waits for nobody: a batch starts at once while fewer
+// than maxBatches are in flight, so under light load a batch holds one delivery.
 //
 // Per delivery, the guarantees are the ones a transaction of its own would give:
 //   - the receipt row (primary key source + webhook-id) is the replay guard; a second delivery
