@@ -20,11 +20,29 @@ import (
 // Enqueue writes events to the outbox in tx. They are published by the Relay after the
 // transaction commits, and never if it rolls back.
 func Enqueue(ctx context.Context, tx pgx.Tx, evs ...events.Event) error {
+	out := make([]Outgoing, len(evs))
+	for i, e := range evs {
+		out[i] = Outgoing{Ctx: ctx, Event: e}
+	}
+	return EnqueueAll(ctx, tx, out)
+}
+
+// Outgoing is an event and the context whose trace it continues.
+type Outgoing struct {
+	Ctx   context.Context
+	Event events.Event
+}
+
+// EnqueueAll is Enqueue for events of several causes (a group commit), each carrying its own
+// cause's trace context. All rows go in one statement, in order.
+func EnqueueAll(ctx context.Context, tx pgx.Tx, evs []Outgoing) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	b := &pgx.Batch{}
-	for _, e := range evs {
+	ids, subjects, headers := make([]string, len(evs)), make([]string, len(evs)), make([]string, len(evs))
+	payloads := make([][]byte, len(evs))
+	for i, o := range evs {
+		e := o.Event
 		if e.ID == "" {
 			e.ID = events.NewID()
 		}
@@ -35,13 +53,17 @@ func Enqueue(ctx context.Context, tx pgx.Tx, evs ...events.Event) error {
 		if err != nil {
 			return fmt.Errorf("pgstore: marshal %s: %w", e.Subject, err)
 		}
-		h, err := json.Marshal(events.Headers(ctx, e))
+		h, err := json.Marshal(events.Headers(o.Ctx, e))
 		if err != nil {
 			return err
 		}
-		b.Queue("INSERT INTO outbox (id, subject, headers, payload) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING", e.ID, e.Subject, h, data)
+		ids[i], subjects[i], headers[i], payloads[i] = e.ID, e.Subject, string(h), data
 	}
-	return tx.SendBatch(ctx, b).Close()
+	// unnest keeps the arrays' order, so the rows' seq (the publish order) follows evs.
+	_, err := tx.Exec(ctx, `INSERT INTO outbox (id, subject, headers, payload)
+		SELECT id, subject, headers::jsonb, payload FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[]) AS e(id, subject, headers, payload)
+		ON CONFLICT (id) DO NOTHING`, ids, subjects, headers, payloads)
+	return err
 }
 
 // Relay publishes the outbox to JetStream in commit order. Each event goes out with

@@ -271,10 +271,3 @@ func grpcErr(what string, err error) error {
 	}
 	return status.Errorf(codes.Internal, "%s: %v", what, err)
 }
-
-// resolveDeadLetters marks a link's open dead letters resolved once a later command verified
-// it, so the list shows only what still needs an operator.
-func resolveDeadLetters(ctx context.Context, tx pgx.Tx, linkID string) error {
-	_, err := tx.Exec(ctx, "UPDATE dead_letters SET status = 'resolved' WHERE link_id = $1 AND status = 'open'", linkID)
-	return err
-}

@@ -193,10 +193,15 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 			return nil, err
 		}
 	}
-	for _, c := range out {
-		cmd := c.Payload.(*eventsv1.ProvisionCommand)
-		if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation) VALUES ($1, $2, $3)
-			ON CONFLICT (case_id, link_id) DO UPDATE SET generation = $3, status = 'pending'`, caseID, cmd.LinkId, cmd.Generation); err != nil {
+	cmds := len(out)
+	if cmds > 0 {
+		links, gens := make([]string, cmds), make([]int64, cmds)
+		for i, c := range out {
+			cmd := c.Payload.(*eventsv1.ProvisionCommand)
+			links[i], gens[i] = cmd.LinkId, cmd.Generation
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation) SELECT $1, * FROM unnest($2::text[], $3::bigint[])
+			ON CONFLICT (case_id, link_id) DO UPDATE SET generation = excluded.generation, status = 'pending'`, caseID, links, gens); err != nil {
 			return nil, err
 		}
 	}
@@ -212,6 +217,9 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 		return nil, err
 	}
 	out = append(out, dels...)
+	if cmds > 0 {
+		return out, nil // every account just got a pending task
+	}
 	done, err := s.maybeComplete(ctx, tx, caseID)
 	if err != nil {
 		return nil, err
@@ -241,13 +249,19 @@ func (s *Service) maybeComplete(ctx context.Context, tx pgx.Tx, caseID string) (
 	}
 	var email string
 	tx.QueryRow(ctx, "SELECT email FROM workers WHERE worker_id = $1", worker).Scan(&email)
+	return caseCompleted(caseID, worker, email, hrEvent, opened, deadline, now, total, verified), nil
+}
+
+// caseCompleted are a completed case's events: tenure.case.completed and the
+// case_completed revocation.
+func caseCompleted(caseID, worker, email, hrEvent string, opened, deadline, now time.Time, total, verified int32) []events.Event {
 	ce := &eventsv1.CaseEvent{CaseId: caseID, WorkerId: worker, Status: eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED, Accounts: total, Verified: verified,
 		OpenedAt: timestamppb.New(opened), CompletedAt: timestamppb.New(now), Deadline: timestamppb.New(deadline), HrEventId: hrEvent}
 	return []events.Event{
 		{ID: events.NewID(), Subject: events.Subject("tenure.case", "completed", worker), Source: source, WorkerID: worker, Actor: "provisioner", Payload: ce},
 		{ID: events.NewID(), Subject: events.Subject("tenure.revocation", "case_completed", worker), Source: source, WorkerID: worker, Actor: "provisioner",
 			Payload: &eventsv1.Revocation{RevocationId: events.NewID(), Kind: eventsv1.RevocationKind_REVOCATION_KIND_CASE_COMPLETED, WorkerId: worker, Email: email, CaseId: caseID, OccurredAt: timestamppb.New(now), Verified: true}},
-	}, nil
+	}
 }
 
 func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessDecision) ([]events.Event, error) {

@@ -81,6 +81,11 @@ func (d *deletion) fields() []any {
 func (s *Service) deletionEvent(ctx context.Context, tx pgx.Tx, d deletion) events.Event {
 	var username string
 	_ = tx.QueryRow(ctx, "SELECT username FROM links WHERE link_id = $1", d.link).Scan(&username)
+	return s.deletionEventOf(d, username)
+}
+
+// deletionEventOf is deletionEvent when the link's username is at hand.
+func (s *Service) deletionEventOf(d deletion, username string) events.Event {
 	system := d.conn
 	if t := s.targets[d.conn]; t != nil {
 		system = t.System
@@ -165,27 +170,6 @@ func deleteCommand(worker, conn, link string, gen int64) events.Event {
 	ev := command(worker, conn, link, gen, eventsv1.ProvisionOp_PROVISION_OP_ENSURE, "")
 	ev.Subject = events.Subject("tenure.provision."+conn, "delete")
 	return ev
-}
-
-// deleted records a deletion confirmed by read-back, in the worker's finish transaction.
-func (s *Service) deleted(ctx context.Context, tx pgx.Tx, linkID string) ([]events.Event, error) {
-	rows, err := tx.Query(ctx, `UPDATE deletions SET status = 'deleted', completed_at = now()
-		WHERE link_id = $1 AND status = 'issued' RETURNING `+deletionColumns, linkID)
-	if err != nil {
-		return nil, err
-	}
-	ds, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (deletion, error) {
-		var d deletion
-		return d, r.Scan(d.fields()...)
-	})
-	if err != nil {
-		return nil, err
-	}
-	var out []events.Event
-	for _, d := range ds {
-		out = append(out, s.deletionEvent(ctx, tx, d))
-	}
-	return out, nil
 }
 
 // rescind undoes a worker's leaver case when HR rescinds the termination (intake publishes

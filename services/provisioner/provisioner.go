@@ -94,11 +94,13 @@ type Deps struct {
 // Service is the provisioner.
 type Service struct {
 	provisionerv1.UnimplementedProvisioningServiceServer
-	cfg       Config
-	pool      *pgxpool.Pool
-	js        jetstream.JetStream
-	log       *slog.Logger
-	relay     *pgstore.Relay
+	cfg   Config
+	pool  *pgxpool.Pool
+	js    jetstream.JetStream
+	log   *slog.Logger
+	relay *pgstore.Relay
+	// finisher records finished commands in group commits (finish.go).
+	finisher  finisher
 	targets   map[string]*Target
 	consumers []*natsx.Consumer
 	// stop ends when Run's context does: long waits between attempts watch it, since message
@@ -139,6 +141,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, pool: d.Pool, js: d.JS, log: d.Log.With("service", "provisioner"), relay: pgstore.NewRelay(d.Pool, d.JS, d.Log), targets: map[string]*Target{},
 		stop: context.Background(), started: time.Now()}
+	s.finisher.s = s
 	for i := range cfg.Targets {
 		t := &cfg.Targets[i]
 		if t.Name == "" || t.Conn == nil {

@@ -38,12 +38,17 @@ func (s *Service) grantRevocations(ctx context.Context, tx pgx.Tx, l link, caseI
 	}
 	out := make([]events.Event, 0, len(ids))
 	for _, id := range ids {
-		out = append(out, events.Event{ID: grantRevokedEventID(id), Subject: events.Subject("tenure.revocation", "grant_revoked", l.worker), Source: source,
-			WorkerID: l.worker, Actor: "provisioner",
-			Payload: &eventsv1.Revocation{RevocationId: id, Kind: eventsv1.RevocationKind_REVOCATION_KIND_GRANT_REVOKED, WorkerId: l.worker, Email: l.email,
-				Connector: l.conn, System: system, LinkId: l.id, Username: l.username, CaseId: caseID, OccurredAt: timestamppb.New(at), Verified: true}})
+		out = append(out, grantRevokedEvent(l, system, id, caseID, at))
 	}
 	return out, nil
+}
+
+// grantRevokedEvent is the tenure.revocation.grant_revoked event of a confirmed revoke.
+func grantRevokedEvent(l link, system, grantID, caseID string, at time.Time) events.Event {
+	return events.Event{ID: grantRevokedEventID(grantID), Subject: events.Subject("tenure.revocation", "grant_revoked", l.worker), Source: source,
+		WorkerID: l.worker, Actor: "provisioner",
+		Payload: &eventsv1.Revocation{RevocationId: grantID, Kind: eventsv1.RevocationKind_REVOCATION_KIND_GRANT_REVOKED, WorkerId: l.worker, Email: l.email,
+			Connector: l.conn, System: system, LinkId: l.id, Username: l.username, CaseId: caseID, OccurredAt: timestamppb.New(at), Verified: true}}
 }
 
 // confirmUnchanged answers a revoke that changed nothing the target has to do (the

@@ -1,0 +1,384 @@
+package provisioner
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tenure-dev/tenure/pkg/connector"
+	"github.com/tenure-dev/tenure/pkg/events"
+	"github.com/tenure-dev/tenure/pkg/pgstore"
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+)
+
+// Group commit of finished commands.
+//
+// A command that ends verified (or superseded) is recorded in one transaction with its inbox
+// claim: the link's observed state, the case task, the result and revocation events, and the
+// case's completion when it was the last account. A mass termination finishes hundreds of
+// commands a second, and a transaction per command spent most of its time on round trips
+// (about sixteen). So commands that finish while a batch is being written wait in a queue,
+// and the next batch takes them all (up to maxFinishGroup): one transaction, five round trips
+// (begin; the inbox claims; every command's updates, pipelined; completions and events;
+// commit). A lone command waits for nobody: a batch starts at once while fewer than
+// maxFinishBatches are in flight.
+//
+// Each command keeps the guarantees a transaction of its own gave it:
+//   - a command claimed before (a redelivery) changes nothing and is acked;
+//   - the worker's open case is locked before its tasks are marked, so the command that
+//     verifies a case's last account sees all the others and completes it once;
+//   - batches in flight never share a worker, and a batch locks its workers' cases in worker
+//     order, so batches do not deadlock on each other;
+//   - if the batch fails as a whole (a deadlock with another transaction, say), each command
+//     is recorded again in a transaction of its own and gets its own answer.
+const (
+	maxFinishGroup   = 64
+	maxFinishBatches = 2
+)
+
+// finishItem is one command's outcome waiting for its batch.
+type finishItem struct {
+	ctx     context.Context
+	meta    events.Meta
+	subject string
+	cmd     *eventsv1.ProvisionCommand
+	l       link
+	acct    *connector.Account
+	outcome eventsv1.ProvisionOutcome
+	attempt int
+	revoked revocations
+
+	err  error
+	done chan struct{}
+
+	// Filled in by the batch.
+	current   bool // the link was still at the command's generation: the read-back counts
+	grants    []grantRow
+	confirmed []string // revoked grants this read-back is the first to reflect
+	deleted   []deletion
+	cases     []string // open cases whose task for this link it verified
+}
+
+type grantRow struct {
+	id     string
+	active bool
+}
+
+// finisher queues finished commands and records them in batches.
+type finisher struct {
+	s       *Service
+	mu      sync.Mutex
+	queue   []*finishItem
+	running int
+	busy    map[string]bool // workers of the batches in flight
+}
+
+// finish records a verified (or superseded) command, in a group commit, and returns when it
+// is committed (or failed).
+func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, cmd *eventsv1.ProvisionCommand, l link, acct *connector.Account,
+	outcome eventsv1.ProvisionOutcome, attempt int, revoked revocations) error {
+	it := &finishItem{ctx: ctx, meta: meta, subject: subject, cmd: cmd, l: l, acct: acct, outcome: outcome, attempt: attempt, revoked: revoked,
+		done: make(chan struct{})}
+	f := &s.finisher
+	f.mu.Lock()
+	f.queue = append(f.queue, it)
+	f.startLocked()
+	f.mu.Unlock()
+	<-it.done
+	return it.err
+}
+
+// startLocked starts batches while there is room and queued work whose worker is free.
+func (f *finisher) startLocked() {
+	for f.running < maxFinishBatches {
+		batch := f.takeLocked()
+		if len(batch) == 0 {
+			return
+		}
+		f.running++
+		go f.run(batch)
+	}
+}
+
+// takeLocked takes up to maxFinishGroup queued items, in queue order, skipping workers that
+// a batch in flight holds. Several items of one worker may share a batch.
+func (f *finisher) takeLocked() []*finishItem {
+	var batch, rest []*finishItem
+	taken := map[string]bool{}
+	for _, it := range f.queue {
+		w := it.l.worker
+		if len(batch) < maxFinishGroup && (taken[w] || !f.busy[w]) {
+			batch = append(batch, it)
+			taken[w] = true
+		} else {
+			rest = append(rest, it)
+		}
+	}
+	f.queue = rest
+	if f.busy == nil {
+		f.busy = map[string]bool{}
+	}
+	for w := range taken {
+		f.busy[w] = true
+	}
+	return batch
+}
+
+func (f *finisher) run(batch []*finishItem) {
+	f.s.record(batch)
+	f.mu.Lock()
+	for _, it := range batch {
+		delete(f.busy, it.l.worker)
+	}
+	f.running--
+	f.startLocked()
+	f.mu.Unlock()
+	for _, it := range batch {
+		close(it.done)
+	}
+}
+
+// record writes a batch, or each of its items alone when the batch fails.
+func (s *Service) record(batch []*finishItem) {
+	err := s.recordTx(batch)
+	if err == nil || len(batch) == 1 {
+		for _, it := range batch {
+			it.err = err
+		}
+	} else {
+		s.log.Warn("finishing a batch of commands failed; recording them one by one", "commands", len(batch), "err", err)
+		for _, it := range batch {
+			it.err = s.recordTx([]*finishItem{it})
+		}
+	}
+	s.relay.Poke()
+}
+
+// recordTx records the batch's items in one transaction.
+func (s *Service) recordTx(batch []*finishItem) error {
+	for _, it := range batch {
+		it.current, it.grants, it.confirmed, it.deleted, it.cases = false, nil, nil, nil, nil
+	}
+	// Lock order: the workers' cases in worker order (see above).
+	sort.SliceStable(batch, func(i, j int) bool { return batch[i].l.worker < batch[j].l.worker })
+	ctx := context.WithoutCancel(batch[0].ctx)
+	return pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		keys := make([]pgstore.InboxKey, len(batch))
+		for i, it := range batch {
+			keys[i] = pgstore.InboxKey{Consumer: workDurable(it.cmd.GetConnector()), MsgID: it.meta.ID, Subject: it.subject}
+		}
+		first, err := pgstore.ClaimAll(ctx, tx, keys)
+		if err != nil {
+			return err
+		}
+		var todo []*finishItem
+		for i, it := range batch {
+			if first[i] {
+				todo = append(todo, it)
+			}
+		}
+		if len(todo) == 0 {
+			return nil
+		}
+		now := time.Now().UTC()
+		open, err := s.markVerified(ctx, tx, todo, now)
+		if err != nil {
+			return err
+		}
+		return s.completeAndEmit(ctx, tx, todo, open, now)
+	})
+}
+
+// openCaseRow is a worker's open case as the batch's updates left it.
+type openCaseRow struct {
+	id, hrEvent      string
+	opened, deadline time.Time
+	total, verified  int32
+	touched          bool // a task of it was verified in this batch
+	worker, email    string
+	lastItem         *finishItem
+}
+
+// markVerified sends every item's updates in one pipelined round trip: lock the worker's open
+// case, record the read-back on the link (only while the link is still at the command's
+// generation; every later statement checks the same, so a late command changes nothing),
+// resolve its dead letters and issued deletion, confirm revoked grants, mark the case tasks,
+// and count the worker's case after its tasks. It returns the workers' open cases.
+func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, todo []*finishItem, now time.Time) (map[string]*openCaseRow, error) {
+	const atGeneration = "EXISTS (SELECT 1 FROM links WHERE link_id = $1 AND generation = $2)"
+	var verified []*finishItem
+	for _, it := range todo {
+		if it.outcome == eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED {
+			verified = append(verified, it)
+		}
+	}
+	b := &pgx.Batch{}
+	open := map[string]*openCaseRow{}
+	for i, it := range verified {
+		l, gen := it.l, it.cmd.GetGeneration()
+		if i == 0 || verified[i-1].l.worker != l.worker {
+			// Serialise the tasks of the worker's open case so the last one sees all others verified.
+			b.Queue("SELECT 1 FROM cases WHERE worker_id = $1 AND status = 'open' FOR UPDATE", l.worker)
+		}
+		b.Queue(`UPDATE links SET observed_state = $3, observed_generation = $2, observed_entitlements = $4, verified_at = $5,
+			  account_id = CASE WHEN $6 <> '' THEN $6 ELSE account_id END, attempts = 0, last_error = ''
+			WHERE link_id = $1 AND generation = $2`, l.id, gen, it.acct.State.String(), nonNil(it.acct.Entitlements), now, it.acct.ID).
+			Exec(func(ct pgconn.CommandTag) error { it.current = ct.RowsAffected() == 1; return nil })
+		// Its open dead letters are resolved, so the operators' list shows only what still
+		// needs them.
+		b.Queue("UPDATE dead_letters SET status = 'resolved' WHERE link_id = $1 AND status = 'open' AND "+atGeneration, l.id, gen)
+		if l.desired == stateAbsent {
+			b.Queue(`UPDATE deletions SET status = 'deleted', completed_at = now()
+				WHERE link_id = $1 AND status = 'issued' AND `+atGeneration+` RETURNING `+deletionColumns, l.id, gen).
+				Query(func(rows pgx.Rows) error {
+					ds, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (deletion, error) {
+						var d deletion
+						return d, r.Scan(d.fields()...)
+					})
+					it.deleted = ds
+					return err
+				})
+		}
+		// The link's grants, which the target now reflects when the read-back is current: the
+		// approval service matches these ids to confirm grants and revokes.
+		b.Queue("SELECT grant_id, active FROM link_grants WHERE link_id = $1 ORDER BY grant_id", l.id).
+			Query(func(rows pgx.Rows) error {
+				g, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (grantRow, error) {
+					var x grantRow
+					return x, r.Scan(&x.id, &x.active)
+				})
+				it.grants = g
+				return err
+			})
+		// Revoked grants this read-back is the first to reflect: one grant_revoked each.
+		b.Queue(`UPDATE link_grants SET revoke_confirmed_at = $3
+			WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL AND `+atGeneration+` RETURNING grant_id`, l.id, gen, now).
+			Query(func(rows pgx.Rows) error {
+				ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				it.confirmed = ids
+				return err
+			})
+		if it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
+			// Level-triggered: the link read back disabled at this generation satisfies every
+			// open case task issued for it at this generation or before, whichever command
+			// carried the case id.
+			b.Queue(`UPDATE case_accounts a SET status = 'verified', verified_at = $3, observed_state = $4, attempts = a.attempts + 1
+				FROM cases c WHERE a.case_id = c.case_id AND c.status = 'open' AND a.link_id = $1 AND a.status <> 'verified' AND a.generation <= $2
+				RETURNING a.case_id`, l.id, gen, now, it.acct.State.String()).
+				Query(func(rows pgx.Rows) error {
+					ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+					it.cases = ids
+					return err
+				})
+		}
+		if i == len(verified)-1 || verified[i+1].l.worker != l.worker {
+			// After the worker's last item: its open case, counted (at most one per worker).
+			w, email := l.worker, l.email
+			b.Queue(`SELECT c.case_id, c.hr_event_id, c.opened_at, c.deadline,
+				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id),
+				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id AND a.status = 'verified')
+				FROM cases c WHERE c.worker_id = $1 AND c.status = 'open'`, w).
+				Query(func(rows pgx.Rows) error {
+					for rows.Next() {
+						c := &openCaseRow{worker: w, email: email}
+						if err := rows.Scan(&c.id, &c.hrEvent, &c.opened, &c.deadline, &c.total, &c.verified); err != nil {
+							return err
+						}
+						open[c.id] = c
+					}
+					return rows.Err()
+				})
+		}
+	}
+	if b.Len() == 0 {
+		return open, nil
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, err
+	}
+	for _, it := range verified {
+		for _, id := range it.cases {
+			if c := open[id]; c != nil {
+				c.touched, c.lastItem = true, it
+			}
+		}
+	}
+	return open, nil
+}
+
+// completeAndEmit completes the cases whose last task the batch verified and writes every
+// item's events, each item's in the order a transaction of its own wrote them.
+func (s *Service) completeAndEmit(ctx context.Context, tx pgx.Tx, todo []*finishItem, open map[string]*openCaseRow, now time.Time) error {
+	completions := map[*finishItem][]*openCaseRow{}
+	b := &pgx.Batch{}
+	for _, c := range open {
+		if c.touched && c.verified >= c.total {
+			b.Queue("UPDATE cases SET status = 'completed', completed_at = $2 WHERE case_id = $1 AND status = 'open'", c.id, now)
+			completions[c.lastItem] = append(completions[c.lastItem], c)
+		}
+	}
+	if b.Len() > 0 {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+	}
+	var out []pgstore.Outgoing
+	for _, it := range todo {
+		for _, e := range s.finishedEvents(it, now) {
+			out = append(out, pgstore.Outgoing{Ctx: it.ctx, Event: e})
+		}
+		for _, c := range completions[it] {
+			for _, e := range caseCompleted(c.id, c.worker, c.email, c.hrEvent, c.opened, c.deadline, now, c.total, c.verified) {
+				out = append(out, pgstore.Outgoing{Ctx: it.ctx, Event: e})
+			}
+		}
+	}
+	return pgstore.EnqueueAll(ctx, tx, out)
+}
+
+// finishedEvents are an item's result, deletion, grant revocation and revocation events.
+func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
+	l, cmd := it.l, it.cmd
+	res := result(cmd, l, it.outcome, it.attempt, it.acct, "")
+	out := []events.Event{res}
+	if it.outcome != eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED {
+		return out
+	}
+	system := s.targets[cmd.GetConnector()].System
+	if it.current {
+		for _, d := range it.deleted {
+			out = append(out, s.deletionEventOf(d, l.username))
+		}
+		r := res.Payload.(*eventsv1.ProvisionResult)
+		for _, g := range it.grants {
+			if g.active {
+				r.GrantIds = append(r.GrantIds, g.id)
+			} else {
+				r.RevokedGrantIds = append(r.RevokedGrantIds, g.id)
+			}
+		}
+		for _, id := range it.confirmed {
+			out = append(out, grantRevokedEvent(l, system, id, cmd.GetCaseId(), now))
+		}
+	}
+	if cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
+		rev := func(kind eventsv1.RevocationKind, tok string) events.Event {
+			return events.Event{ID: events.NewID(), Subject: events.Subject("tenure.revocation", tok, l.worker), Source: source, WorkerID: l.worker, Actor: "provisioner",
+				Payload: &eventsv1.Revocation{RevocationId: events.NewID(), Kind: kind, WorkerId: l.worker, Email: l.email, Connector: cmd.GetConnector(),
+					System: system, LinkId: l.id, Username: l.username, CaseId: cmd.GetCaseId(), OccurredAt: timestamppb.New(now), Verified: true}}
+		}
+		if it.revoked.sessions {
+			out = append(out, rev(eventsv1.RevocationKind_REVOCATION_KIND_SESSION_REVOKED, "session_revoked"))
+		}
+		out = append(out, rev(eventsv1.RevocationKind_REVOCATION_KIND_ACCOUNT_DISABLED, "account_disabled"))
+		if it.revoked.credentials {
+			out = append(out, rev(eventsv1.RevocationKind_REVOCATION_KIND_CREDENTIALS_REVOKED, "credentials_revoked"))
+		}
+	}
+	return out
+}
