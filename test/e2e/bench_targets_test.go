@@ -343,9 +343,10 @@ func postSigned(c *http.Client, url string, key []byte, id string, body []byte) 
 		return err
 	}
 	defer resp.Body.Close()
+	// Read to the end so the connection is reused, as an HRIS's client would.
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
 	if resp.StatusCode != http.StatusAccepted {
-		var buf bytes.Buffer
-		buf.ReadFrom(resp.Body)
 		return fmt.Errorf("webhook %s: %s %s", id, resp.Status, buf.String())
 	}
 	return nil

@@ -234,7 +234,7 @@ func New(cfg Config) (*Connector, error) {
 			base: base,
 			http: &http.Client{
 				// Its own transport, so Close drops only this connector's connections.
-				Transport: http.DefaultTransport.(*http.Transport).Clone(),
+				Transport: connector.HTTPTransport(),
 				Timeout:   timeout,
 				// A redirect would resend the token to wherever it points; SCIM APIs do not
 				// redirect, so one is an error to look at.

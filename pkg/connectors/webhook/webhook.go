@@ -137,7 +137,7 @@ func New(cfg Config) (*Connector, error) {
 		}
 		headers.Set(name, s)
 	}
-	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport := connector.HTTPTransport()
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
 		pool := x509.NewCertPool()
