@@ -20,6 +20,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tenure-dev/tenure/pkg/natsx"
+	"github.com/tenure-dev/tenure/pkg/natsx/natstest"
+	"github.com/tenure-dev/tenure/pkg/pgcluster"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
 	"github.com/tenure-dev/tenure/pkg/pgtest"
 	"github.com/tenure-dev/tenure/pkg/webhook"
@@ -28,31 +30,22 @@ import (
 // BenchmarkWebhookAccept measures durable webhook accepts: signed canonical hires for
 // distinct workers, posted concurrently over HTTP; each answer is 202 only after the receipt
 // and registry rows are written, JetStream (file storage, fsync on every write, as in
-// `tenure dev`) acknowledged the event and Postgres committed. It reports accepts/s and the
-// accept latency p50/p99 seen by the sender.
+// `tenure dev`) acknowledged the event and Postgres (fsync on) committed. It reports
+// accepts/s and the accept latency p50/p99 seen by the sender.
 //
 //	go test -run '^$' -bench WebhookAccept -benchtime 2000x -count 3 ./services/intake/
+//
+// INTAKE_BENCH_NATS=cluster3 publishes to a 3-node in-process cluster with R3 streams and
+// sync_interval always (deploy/nats/cluster.conf without TLS) instead of a single node.
+// INTAKE_BENCH_PG=nosync uses the test cluster of pgtest (fsync off) instead of a durable one.
 func BenchmarkWebhookAccept(b *testing.B) {
 	ctx := context.Background()
-	pool, err := pgstore.Connect(ctx, pgtest.NewDatabase(b), Schema)
+	pool, err := pgstore.Connect(ctx, benchDatabase(b), Schema)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(pool.Close)
-	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{StoreDir: b.TempDir(), SyncAlways: benchSyncAlways})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	if err := natsx.EnsureStreams(ctx, js, natsx.DefaultStreamOptions()); err != nil {
-		b.Fatal(err)
-	}
+	js := benchJetStream(b)
 	secret := webhook.NewSecret()
 	key, _ := webhook.ParseSecret(secret)
 	svc, err := New(ctx, Config{Sources: map[string]SourceConfig{"bench": {Secrets: []string{secret}}}},
@@ -120,5 +113,62 @@ func BenchmarkWebhookAccept(b *testing.B) {
 }
 
 // benchSyncAlways: fsync every JetStream write (tenure dev's setting). INTAKE_BENCH_SYNC=interval
-// measures with the server's periodic fsync instead (production sets sync_interval).
+// measures a single node with the server's periodic fsync instead.
 var benchSyncAlways = os.Getenv("INTAKE_BENCH_SYNC") != "interval"
+
+// benchJetStream starts the NATS side chosen by INTAKE_BENCH_NATS and returns a JetStream
+// with tenure's streams, ready for publishing.
+func benchJetStream(b *testing.B) jetstream.JetStream {
+	switch os.Getenv("INTAKE_BENCH_NATS") {
+	case "", "single":
+	case "cluster3":
+		if !benchSyncAlways {
+			b.Fatal("INTAKE_BENCH_NATS=cluster3 always uses sync_interval always, as deploy/nats/cluster.conf")
+		}
+		return natstest.StartCluster(b, 3).JS
+	default:
+		b.Fatalf("INTAKE_BENCH_NATS=%q: want single or cluster3", os.Getenv("INTAKE_BENCH_NATS"))
+	}
+	ns, err := natsx.StartEmbedded(natsx.EmbeddedOptions{StoreDir: b.TempDir(), SyncAlways: benchSyncAlways})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	if err := natsx.EnsureStreams(context.Background(), js, natsx.DefaultStreamOptions()); err != nil {
+		b.Fatal(err)
+	}
+	return js
+}
+
+// benchDatabase returns the URL of an empty database. By default it starts its own PostgreSQL
+// with fsync on, as an accept must be on disk; INTAKE_BENCH_PG=nosync takes a database from
+// pgtest's cluster, which runs with fsync and synchronous_commit off.
+func benchDatabase(b *testing.B) string {
+	switch os.Getenv("INTAKE_BENCH_PG") {
+	case "", "durable":
+	case "nosync":
+		return pgtest.NewDatabase(b)
+	default:
+		b.Fatalf("INTAKE_BENCH_PG=%q: want durable or nosync", os.Getenv("INTAKE_BENCH_PG"))
+	}
+	// Not b.TempDir: when run as root the server runs as "postgres", which must reach the dir.
+	dir, err := os.MkdirTemp("", "tenure-bench-pg-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgcluster.Start(ctx, pgcluster.Options{Dir: dir, Durable: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Stop() })
+	return c.URL("postgres")
+}
