@@ -455,22 +455,16 @@ func (s *Service) appendEntries(ctx context.Context, es []*entry) (n int, err er
 		now      time.Time
 		recorded []string
 	)
-	// One round trip: lock the head, then (seeing everything committed before the lock was
-	// granted) read the clock and which of the ids are already recorded.
-	b := &pgx.Batch{}
-	b.Queue("SELECT seq, hash FROM head FOR UPDATE")
-	b.Queue("SELECT clock_timestamp(), ARRAY(SELECT msg_id FROM entries WHERE msg_id = ANY($1))", ids)
-	br := tx.SendBatch(ctx, b)
-	if err := br.QueryRow().Scan(&seq, &prev); err != nil {
-		br.Close()
+	// Lock the head, then (seeing everything committed before the lock was granted) read the
+	// clock and which of the ids are already recorded. The lookup is planned for its ids each
+	// time (QueryExecModeExec): a plan cached while the table was small scans the whole
+	// ledger once it is not, which made appends slow down as the ledger grew.
+	if err := tx.QueryRow(ctx, "SELECT seq, hash FROM head FOR UPDATE").Scan(&seq, &prev); err != nil {
 		return 0, fmt.Errorf("lock head: %w", err)
 	}
-	if err := br.QueryRow().Scan(&now, &recorded); err != nil {
-		br.Close()
+	if err := tx.QueryRow(ctx, "SELECT clock_timestamp(), ARRAY(SELECT msg_id FROM entries WHERE msg_id = ANY($1))",
+		pgx.QueryExecModeExec, ids).Scan(&now, &recorded); err != nil {
 		return 0, fmt.Errorf("find recorded events: %w", err)
-	}
-	if err := br.Close(); err != nil {
-		return 0, err
 	}
 	now = dbTime(now)
 	skip := make(map[string]struct{}, len(es)+len(recorded))

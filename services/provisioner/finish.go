@@ -23,10 +23,10 @@ import (
 // case's completion when it was the last account. A mass termination finishes hundreds of
 // commands a second, and a transaction per command spent most of its time on round trips
 // (about sixteen). So commands that finish while a batch is being written wait in a queue,
-// and the next batch takes them all (up to maxFinishGroup): one transaction, five round trips
-// (begin; the inbox claims; every command's updates, pipelined; completions and events;
-// commit). A lone command waits for nobody: a batch starts at once while fewer than
-// maxFinishBatches are in flight.
+// and the next batch takes them all (up to maxFinishGroup): one transaction, six round trips
+// (begin; the inbox claims; the cases' locks; every command's updates, pipelined;
+// completions and events; commit). A lone command waits for nobody: a batch starts at once
+// while fewer than maxFinishBatches are in flight.
 //
 // Each command keeps the guarantees a transaction of its own gave it:
 //   - a command claimed before (a redelivery) changes nothing and is acked;
@@ -204,27 +204,50 @@ type openCaseRow struct {
 	lastItem         *finishItem
 }
 
-// markVerified sends every item's updates in one pipelined round trip: lock the worker's open
-// case, record the read-back on the link (only while the link is still at the command's
-// generation; every later statement checks the same, so a late command changes nothing),
-// resolve its dead letters and issued deletion, confirm revoked grants, mark the case tasks,
-// and count the worker's case after its tasks. It returns the workers' open cases.
+// markVerified locks the workers' open cases (one round trip), then sends every item's
+// updates in one pipelined round trip: record the read-back on the link (only while the link
+// is still at the command's generation; every later statement checks the same, so a late
+// command changes nothing), resolve its dead letters and issued deletion, confirm revoked
+// grants, mark its task in the worker's open case, and count that case after the worker's
+// last item. It returns the workers' open cases.
+//
+// Tasks and cases are addressed by primary key. Statements are planned once per connection
+// and the plan is kept: a plan made while the tables were small (a fresh install, the start
+// of a mass termination) must not turn into a scan of every open case later.
 func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, todo []*finishItem, now time.Time) (map[string]*openCaseRow, error) {
 	const atGeneration = "EXISTS (SELECT 1 FROM links WHERE link_id = $1 AND generation = $2)"
 	var verified []*finishItem
+	var workers []string
 	for _, it := range todo {
 		if it.outcome == eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED {
+			if len(verified) == 0 || verified[len(verified)-1].l.worker != it.l.worker {
+				workers = append(workers, it.l.worker)
+			}
 			verified = append(verified, it)
 		}
 	}
-	b := &pgx.Batch{}
 	open := map[string]*openCaseRow{}
+	if len(verified) == 0 {
+		return open, nil
+	}
+	// Serialise the tasks of each worker's open case so the last one sees all others
+	// verified; in worker order, like every batch. Planned for these workers each time
+	// (QueryExecModeExec), so the plan follows the table as it grows.
+	rows, err := tx.Query(ctx, "SELECT worker_id, case_id FROM cases WHERE worker_id = ANY($1) AND status = 'open' ORDER BY worker_id FOR UPDATE",
+		pgx.QueryExecModeExec, workers)
+	if err != nil {
+		return nil, err
+	}
+	caseOf := map[string]string{}
+	var w, id string
+	if _, err := pgx.ForEachRow(rows, []any{&w, &id}, func() error { caseOf[w] = id; return nil }); err != nil {
+		return nil, err
+	}
+	b := &pgx.Batch{}
+	marking := map[string]bool{} // workers whose case tasks the batch marks
 	for i, it := range verified {
 		l, gen := it.l, it.cmd.GetGeneration()
-		if i == 0 || verified[i-1].l.worker != l.worker {
-			// Serialise the tasks of the worker's open case so the last one sees all others verified.
-			b.Queue("SELECT 1 FROM cases WHERE worker_id = $1 AND status = 'open' FOR UPDATE", l.worker)
-		}
+		caseID := caseOf[l.worker]
 		b.Queue(`UPDATE links SET observed_state = $3, observed_generation = $2, observed_entitlements = $4, verified_at = $5,
 			  account_id = CASE WHEN $6 <> '' THEN $6 ELSE account_id END, attempts = 0, last_error = ''
 			WHERE link_id = $1 AND generation = $2`, l.id, gen, it.acct.State.String(), nonNil(it.acct.Entitlements), now, it.acct.ID).
@@ -263,40 +286,36 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, todo []*finishIte
 				it.confirmed = ids
 				return err
 			})
-		if it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
-			// Level-triggered: the link read back disabled at this generation satisfies every
-			// open case task issued for it at this generation or before, whichever command
+		if caseID != "" && it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
+			// Level-triggered: the link read back disabled at this generation satisfies the
+			// open case's task issued for it at this generation or before, whichever command
 			// carried the case id.
-			b.Queue(`UPDATE case_accounts a SET status = 'verified', verified_at = $3, observed_state = $4, attempts = a.attempts + 1
-				FROM cases c WHERE a.case_id = c.case_id AND c.status = 'open' AND a.link_id = $1 AND a.status <> 'verified' AND a.generation <= $2
-				RETURNING a.case_id`, l.id, gen, now, it.acct.State.String()).
+			b.Queue(`UPDATE case_accounts SET status = 'verified', verified_at = $4, observed_state = $5, attempts = attempts + 1
+				WHERE case_id = $1 AND link_id = $2 AND status <> 'verified' AND generation <= $3
+				RETURNING case_id`, caseID, l.id, gen, now, it.acct.State.String()).
 				Query(func(rows pgx.Rows) error {
 					ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 					it.cases = ids
 					return err
 				})
+			marking[l.worker] = true
 		}
-		if i == len(verified)-1 || verified[i+1].l.worker != l.worker {
-			// After the worker's last item: its open case, counted (at most one per worker).
+		if marking[l.worker] && (i == len(verified)-1 || verified[i+1].l.worker != l.worker) {
+			// After the worker's last item: its open case, counted.
 			w, email := l.worker, l.email
 			b.Queue(`SELECT c.case_id, c.hr_event_id, c.opened_at, c.deadline,
 				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id),
 				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id AND a.status = 'verified')
-				FROM cases c WHERE c.worker_id = $1 AND c.status = 'open'`, w).
-				Query(func(rows pgx.Rows) error {
-					for rows.Next() {
-						c := &openCaseRow{worker: w, email: email}
-						if err := rows.Scan(&c.id, &c.hrEvent, &c.opened, &c.deadline, &c.total, &c.verified); err != nil {
-							return err
-						}
-						open[c.id] = c
+				FROM cases c WHERE c.case_id = $1`, caseID).
+				QueryRow(func(row pgx.Row) error {
+					c := &openCaseRow{worker: w, email: email}
+					if err := row.Scan(&c.id, &c.hrEvent, &c.opened, &c.deadline, &c.total, &c.verified); err != nil {
+						return err
 					}
-					return rows.Err()
+					open[c.id] = c
+					return nil
 				})
 		}
-	}
-	if b.Len() == 0 {
-		return open, nil
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, err
