@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tenure-dev/tenure/pkg/connector"
@@ -57,16 +56,12 @@ type finishItem struct {
 	done chan struct{}
 
 	// Filled in by the batch.
-	current   bool // the link was still at the command's generation: the read-back counts
-	grants    []grantRow
-	confirmed []string // revoked grants this read-back is the first to reflect
-	deleted   []deletion
-	cases     []string // open cases whose task for this link it verified
-}
-
-type grantRow struct {
-	id     string
-	active bool
+	current       bool // the link was still at the command's generation: the read-back counts
+	activeGrants  []string
+	revokedGrants []string
+	confirmed     []string // revoked grants this read-back is the first to reflect
+	deleted       []deletion
+	cases         []string // open cases whose task for this link it verified
 }
 
 // finisher queues finished commands and records them in batches.
@@ -162,7 +157,7 @@ func (s *Service) record(batch []*finishItem) {
 // recordTx records the batch's items in one transaction.
 func (s *Service) recordTx(batch []*finishItem) error {
 	for _, it := range batch {
-		it.current, it.grants, it.confirmed, it.deleted, it.cases = false, nil, nil, nil, nil
+		it.current, it.activeGrants, it.revokedGrants, it.confirmed, it.deleted, it.cases = false, nil, nil, nil, nil, nil
 	}
 	// Lock order: the workers' cases in worker order (see above).
 	sort.SliceStable(batch, func(i, j int) bool { return batch[i].l.worker < batch[j].l.worker })
@@ -215,7 +210,6 @@ type openCaseRow struct {
 // and the plan is kept: a plan made while the tables were small (a fresh install, the start
 // of a mass termination) must not turn into a scan of every open case later.
 func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, todo []*finishItem, now time.Time) (map[string]*openCaseRow, error) {
-	const atGeneration = "EXISTS (SELECT 1 FROM links WHERE link_id = $1 AND generation = $2)"
 	var verified []*finishItem
 	var workers []string
 	for _, it := range todo {
@@ -248,16 +242,34 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, todo []*finishIte
 	for i, it := range verified {
 		l, gen := it.l, it.cmd.GetGeneration()
 		caseID := caseOf[l.worker]
-		b.Queue(`UPDATE links SET observed_state = $3, observed_generation = $2, observed_entitlements = $4, verified_at = $5,
-			  account_id = CASE WHEN $6 <> '' THEN $6 ELSE account_id END, attempts = 0, last_error = ''
-			WHERE link_id = $1 AND generation = $2`, l.id, gen, it.acct.State.String(), nonNil(it.acct.Entitlements), now, it.acct.ID).
-			Exec(func(ct pgconn.CommandTag) error { it.current = ct.RowsAffected() == 1; return nil })
-		// Its open dead letters are resolved, so the operators' list shows only what still
-		// needs them.
-		b.Queue("UPDATE dead_letters SET status = 'resolved' WHERE link_id = $1 AND status = 'open' AND "+atGeneration, l.id, gen)
+		// One statement records the read-back on the link and, only if that took (the link
+		// is still at the command's generation), resolves its open dead letters (so the
+		// operators' list shows only what still needs them) and confirms the revoked grants
+		// this read-back is the first to reflect (one grant_revoked each). It returns the
+		// link's grants, which the target now reflects when the read-back is current: the
+		// approval service matches these ids to confirm grants and revokes.
+		b.Queue(`WITH link AS (
+			  UPDATE links SET observed_state = $3, observed_generation = $2, observed_entitlements = $4, verified_at = $5,
+			    account_id = CASE WHEN $6 <> '' THEN $6 ELSE account_id END, attempts = 0, last_error = ''
+			  WHERE link_id = $1 AND generation = $2 RETURNING link_id
+			), dead AS (
+			  UPDATE dead_letters SET status = 'resolved' WHERE link_id = $1 AND status = 'open' AND EXISTS (SELECT 1 FROM link)
+			), confirmed AS (
+			  UPDATE link_grants SET revoke_confirmed_at = $5
+			  WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL AND EXISTS (SELECT 1 FROM link) RETURNING grant_id
+			)
+			SELECT EXISTS (SELECT 1 FROM link),
+			  ARRAY(SELECT grant_id FROM link_grants WHERE link_id = $1 AND active ORDER BY grant_id),
+			  ARRAY(SELECT grant_id FROM link_grants WHERE link_id = $1 AND NOT active ORDER BY grant_id),
+			  ARRAY(SELECT grant_id FROM confirmed ORDER BY grant_id)`,
+			l.id, gen, it.acct.State.String(), nonNil(it.acct.Entitlements), now, it.acct.ID).
+			QueryRow(func(row pgx.Row) error {
+				return row.Scan(&it.current, &it.activeGrants, &it.revokedGrants, &it.confirmed)
+			})
 		if l.desired == stateAbsent {
 			b.Queue(`UPDATE deletions SET status = 'deleted', completed_at = now()
-				WHERE link_id = $1 AND status = 'issued' AND `+atGeneration+` RETURNING `+deletionColumns, l.id, gen).
+				WHERE link_id = $1 AND status = 'issued' AND EXISTS (SELECT 1 FROM links WHERE link_id = $1 AND generation = $2)
+				RETURNING `+deletionColumns, l.id, gen).
 				Query(func(rows pgx.Rows) error {
 					ds, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (deletion, error) {
 						var d deletion
@@ -267,25 +279,6 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, todo []*finishIte
 					return err
 				})
 		}
-		// The link's grants, which the target now reflects when the read-back is current: the
-		// approval service matches these ids to confirm grants and revokes.
-		b.Queue("SELECT grant_id, active FROM link_grants WHERE link_id = $1 ORDER BY grant_id", l.id).
-			Query(func(rows pgx.Rows) error {
-				g, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (grantRow, error) {
-					var x grantRow
-					return x, r.Scan(&x.id, &x.active)
-				})
-				it.grants = g
-				return err
-			})
-		// Revoked grants this read-back is the first to reflect: one grant_revoked each.
-		b.Queue(`UPDATE link_grants SET revoke_confirmed_at = $3
-			WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL AND `+atGeneration+` RETURNING grant_id`, l.id, gen, now).
-			Query(func(rows pgx.Rows) error {
-				ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-				it.confirmed = ids
-				return err
-			})
 		if caseID != "" && it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
 			// Level-triggered: the link read back disabled at this generation satisfies the
 			// open case's task issued for it at this generation or before, whichever command
@@ -374,13 +367,7 @@ func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 			out = append(out, s.deletionEventOf(d, l.username))
 		}
 		r := res.Payload.(*eventsv1.ProvisionResult)
-		for _, g := range it.grants {
-			if g.active {
-				r.GrantIds = append(r.GrantIds, g.id)
-			} else {
-				r.RevokedGrantIds = append(r.RevokedGrantIds, g.id)
-			}
-		}
+		r.GrantIds, r.RevokedGrantIds = it.activeGrants, it.revokedGrants
 		for _, id := range it.confirmed {
 			out = append(out, grantRevokedEvent(l, system, id, cmd.GetCaseId(), now))
 		}
