@@ -59,7 +59,7 @@ type finishItem struct {
 	current       bool // the link was still at the command's generation: the read-back counts
 	activeGrants  []string
 	revokedGrants []string
-	confirmed     []string // revoked grants this read-back is the first to reflect
+	confirmed     []revokedGrant // revoked grants this read-back is the first to reflect
 	deleted       []deletion
 	cases         []string // open cases whose task for this link it verified
 }
@@ -256,12 +256,12 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, todo []*finishIte
 			  UPDATE dead_letters SET status = 'resolved' WHERE link_id = $1 AND status = 'open' AND EXISTS (SELECT 1 FROM link)
 			), confirmed AS (
 			  UPDATE link_grants SET revoke_confirmed_at = $5
-			  WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL AND EXISTS (SELECT 1 FROM link) RETURNING grant_id
+			  WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL AND EXISTS (SELECT 1 FROM link) RETURNING grant_id, entitlements
 			)
 			SELECT EXISTS (SELECT 1 FROM link),
 			  ARRAY(SELECT grant_id FROM link_grants WHERE link_id = $1 AND active ORDER BY grant_id),
 			  ARRAY(SELECT grant_id FROM link_grants WHERE link_id = $1 AND NOT active ORDER BY grant_id),
-			  ARRAY(SELECT grant_id FROM confirmed ORDER BY grant_id)`,
+			  (SELECT coalesce(json_agg(json_build_object('id', grant_id, 'entitlements', entitlements) ORDER BY grant_id), '[]') FROM confirmed)`,
 			l.id, gen, it.acct.State.String(), nonNil(it.acct.Entitlements), now, it.acct.ID).
 			QueryRow(func(row pgx.Row) error {
 				return row.Scan(&it.current, &it.activeGrants, &it.revokedGrants, &it.confirmed)
@@ -368,8 +368,8 @@ func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 		}
 		r := res.Payload.(*eventsv1.ProvisionResult)
 		r.GrantIds, r.RevokedGrantIds = it.activeGrants, it.revokedGrants
-		for _, id := range it.confirmed {
-			out = append(out, grantRevokedEvent(l, system, id, cmd.GetCaseId(), now))
+		for _, g := range it.confirmed {
+			out = append(out, grantRevokedEvent(l, system, g, cmd.GetCaseId(), now))
 		}
 	}
 	if cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {

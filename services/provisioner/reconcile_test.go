@@ -253,13 +253,17 @@ func TestReconcileDisablesOrphansByPolicy(t *testing.T) {
 	if on, _ := pg.login(t, "w-ok"); !on {
 		t.Fatal("an active worker's account was disabled")
 	}
-	var linked string
-	if err := pg.pool.QueryRow(ctx, "SELECT origin || '/' || desired_state || '/' || observed_state FROM links WHERE connector = 'ehr' AND username = 'stray'").Scan(&linked); err != nil {
-		t.Fatal(err)
-	}
-	if linked != "reconciled/disabled/disabled" {
-		t.Fatalf("stray's link %s, want it recorded, disabled and verified", linked)
-	}
+	// The read-back is recorded after the target changed (with other finished commands).
+	eventually(t, "stray's link recorded, disabled and verified", func() error {
+		var linked string
+		if err := pg.pool.QueryRow(ctx, "SELECT origin || '/' || desired_state || '/' || observed_state FROM links WHERE connector = 'ehr' AND username = 'stray'").Scan(&linked); err != nil {
+			return err
+		}
+		if linked != "reconciled/disabled/disabled" {
+			return fmt.Errorf("link %s", linked)
+		}
+		return nil
+	})
 	h.hasMessage(t, "tenure.revocation.account_disabled.w-x")
 
 	// The re-disabled leaver is no longer a finding; the stray account stays one (nobody's).

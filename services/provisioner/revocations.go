@@ -24,11 +24,11 @@ func grantRevokedEventID(grantID string) string { return "provisioner:grant_revo
 // commands and repeated decisions announce nothing new. The revocation id is the grant id.
 func (s *Service) grantRevocations(ctx context.Context, tx pgx.Tx, l link, caseID string, at time.Time) ([]events.Event, error) {
 	rows, err := tx.Query(ctx, `UPDATE link_grants SET revoke_confirmed_at = $2
-		WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL RETURNING grant_id`, l.id, at)
+		WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL RETURNING grant_id, entitlements`, l.id, at)
 	if err != nil {
 		return nil, err
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	grants, err := pgx.CollectRows(rows, pgx.RowToStructByPos[revokedGrant])
 	if err != nil {
 		return nil, err
 	}
@@ -36,19 +36,26 @@ func (s *Service) grantRevocations(ctx context.Context, tx pgx.Tx, l link, caseI
 	if t := s.targets[l.conn]; t != nil {
 		system = t.System
 	}
-	out := make([]events.Event, 0, len(ids))
-	for _, id := range ids {
-		out = append(out, grantRevokedEvent(l, system, id, caseID, at))
+	out := make([]events.Event, 0, len(grants))
+	for _, g := range grants {
+		out = append(out, grantRevokedEvent(l, system, g, caseID, at))
 	}
 	return out, nil
 }
 
+// revokedGrant is a revoked grant a read-back confirmed.
+type revokedGrant struct {
+	ID           string   `json:"id"`
+	Entitlements []string `json:"entitlements"`
+}
+
 // grantRevokedEvent is the tenure.revocation.grant_revoked event of a confirmed revoke.
-func grantRevokedEvent(l link, system, grantID, caseID string, at time.Time) events.Event {
-	return events.Event{ID: grantRevokedEventID(grantID), Subject: events.Subject("tenure.revocation", "grant_revoked", l.worker), Source: source,
+func grantRevokedEvent(l link, system string, g revokedGrant, caseID string, at time.Time) events.Event {
+	return events.Event{ID: grantRevokedEventID(g.ID), Subject: events.Subject("tenure.revocation", "grant_revoked", l.worker), Source: source,
 		WorkerID: l.worker, Actor: "provisioner",
-		Payload: &eventsv1.Revocation{RevocationId: grantID, Kind: eventsv1.RevocationKind_REVOCATION_KIND_GRANT_REVOKED, WorkerId: l.worker, Email: l.email,
-			Connector: l.conn, System: system, LinkId: l.id, Username: l.username, CaseId: caseID, OccurredAt: timestamppb.New(at), Verified: true}}
+		Payload: &eventsv1.Revocation{RevocationId: g.ID, Kind: eventsv1.RevocationKind_REVOCATION_KIND_GRANT_REVOKED, WorkerId: l.worker, Email: l.email,
+			Connector: l.conn, System: system, LinkId: l.id, Username: l.username, CaseId: caseID, OccurredAt: timestamppb.New(at), Verified: true,
+			GrantId: g.ID, Entitlements: g.Entitlements}}
 }
 
 // confirmUnchanged answers a revoke that changed nothing the target has to do (the

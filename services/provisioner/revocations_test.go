@@ -162,7 +162,8 @@ func TestGrantRevokedAfterReadBack(t *testing.T) {
 	}
 	r := e.revocations(t, "grant_revoked", "gr1")[0]
 	if r.RevocationId != "g-gr1" || r.Kind != eventsv1.RevocationKind_REVOCATION_KIND_GRANT_REVOKED || r.WorkerId != "gr1" || r.Email != "gr1@hospital.example" ||
-		r.Connector != "demo" || r.System != "reporting" || r.Username != "gr1" || r.LinkId == "" || !r.Verified || r.OccurredAt == nil {
+		r.Connector != "demo" || r.System != "reporting" || r.Username != "gr1" || r.LinkId == "" || !r.Verified || r.OccurredAt == nil ||
+		r.GrantId != "g-gr1" || !slices.Equal(r.Entitlements, []string{ent}) {
 		t.Fatalf("revocation %v", r)
 	}
 	msgs := e.streamMsgs(t, "tenure.revocation.grant_revoked.gr1")
@@ -221,7 +222,8 @@ func TestRevokeThatChangesNothingIsConfirmed(t *testing.T) {
 		if ids := e.revokedIn(t, "gr2"); !slices.Contains(ids, "g-gr2") {
 			return fmt.Errorf("confirmed %v", ids)
 		}
-		if got := e.revocations(t, "grant_revoked", "gr2"); len(got) != 1 || got[0].RevocationId != "g-gr2" {
+		if got := e.revocations(t, "grant_revoked", "gr2"); len(got) != 1 || got[0].RevocationId != "g-gr2" || got[0].GrantId != "g-gr2" ||
+			!slices.Equal(got[0].Entitlements, []string{ent}) {
 			return fmt.Errorf("grant_revoked %v", got)
 		}
 		return nil

@@ -1331,7 +1331,11 @@ type Revocation struct {
 	CaseId       string                 `protobuf:"bytes,9,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
 	OccurredAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=occurred_at,json=occurredAt,proto3" json:"occurred_at,omitempty"`
 	// True when the target was read back and confirmed.
-	Verified      bool `protobuf:"varint,11,opt,name=verified,proto3" json:"verified,omitempty"`
+	Verified bool `protobuf:"varint,11,opt,name=verified,proto3" json:"verified,omitempty"`
+	// grant_revoked: the approval service's grant that was revoked (also in revocation_id) and
+	// the entitlements it carried, so a subscriber needs no lookup.
+	GrantId       string   `protobuf:"bytes,12,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	Entitlements  []string `protobuf:"bytes,13,rep,name=entitlements,proto3" json:"entitlements,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1441,6 +1445,20 @@ func (x *Revocation) GetVerified() bool {
 		return x.Verified
 	}
 	return false
+}
+
+func (x *Revocation) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *Revocation) GetEntitlements() []string {
+	if x != nil {
+		return x.Entitlements
+	}
+	return nil
 }
 
 // CaseEvent is published on tenure.case.<opened|completed>.<worker> by the provisioner.
@@ -2580,7 +2598,7 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\fcompleted_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\"\n" +
 	"\fentitlements\x18\x0e \x03(\tR\fentitlements\x12\x1b\n" +
 	"\tgrant_ids\x18\x0f \x03(\tR\bgrantIds\x12*\n" +
-	"\x11revoked_grant_ids\x18\x10 \x03(\tR\x0frevokedGrantIds\"\xf7\x02\n" +
+	"\x11revoked_grant_ids\x18\x10 \x03(\tR\x0frevokedGrantIds\"\xb6\x03\n" +
 	"\n" +
 	"Revocation\x12#\n" +
 	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x124\n" +
@@ -2595,7 +2613,9 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\voccurred_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"occurredAt\x12\x1a\n" +
-	"\bverified\x18\v \x01(\bR\bverified\"\x85\x03\n" +
+	"\bverified\x18\v \x01(\bR\bverified\x12\x19\n" +
+	"\bgrant_id\x18\f \x01(\tR\agrantId\x12\"\n" +
+	"\fentitlements\x18\r \x03(\tR\fentitlements\"\x85\x03\n" +
 	"\tCaseEvent\x12\x17\n" +
 	"\acase_id\x18\x01 \x01(\tR\x06caseId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12:\n" +
