@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 
+	"github.com/tenure-dev/tenure/pkg/connectors/ldap/slapdtest"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -71,7 +72,7 @@ roles:
   - name: legacy
     type: manual
     config: {instructions: "Lock the user in the legacy pharmacy system (Admin > Users > Lock)."}
-`, scimSrv.URL, scimToken, ldapSrv.URL, ldapAdminDN, ldapAdminPW, ldapPeopleDN, ldapGroupsDN, adminURL, prefix, prefix)
+`, scimSrv.URL, scimToken, ldapSrv.URL, slapdtest.AdminDN, slapdtest.AdminPW, slapdtest.PeopleDN, slapdtest.GroupsDN, adminURL, prefix, prefix)
 	}
 	env := startStack(t, stackOptions{Policy: policy, ConnectorsFor: connectors})
 	prov := provisionerv1.NewProvisioningServiceClient(dial(t, env.GRPCAddr, env.OperatorToken))
@@ -109,7 +110,7 @@ roles:
 			t.Fatalf("SCIM POST %s: %d", u, code)
 		}
 		scimUsers = append(scimUsers, u)
-		ldapSrv.Modify(t, fmt.Sprintf("dn: uid=%s,%s\nchangetype: add\nobjectClass: inetOrgPerson\nuid: %s\ncn: Nora Nurse %d\nsn: Nurse\n", u, ldapPeopleDN, u, i))
+		ldapSrv.Modify(t, fmt.Sprintf("dn: uid=%s,%s\nchangetype: add\nobjectClass: inetOrgPerson\nuid: %s\ncn: Nora Nurse %d\nsn: Nurse\n", u, slapdtest.PeopleDN, u, i))
 		ldapUsers = append(ldapUsers, u)
 	}
 	admin, err := pgx.Connect(ctx, env.AdminURL)
@@ -143,8 +144,8 @@ roles:
 
 	// Every LDAP account gets a password, and can bind before the termination.
 	for _, u := range ldapUsers {
-		ldapSrv.Modify(t, fmt.Sprintf("dn: uid=%s,%s\nchangetype: modify\nreplace: userPassword\nuserPassword: pw-%s\n", u, ldapPeopleDN, u))
-		if err := ldapSrv.Bind("uid="+u+","+ldapPeopleDN, "pw-"+u); err != nil {
+		ldapSrv.Modify(t, fmt.Sprintf("dn: uid=%s,%s\nchangetype: modify\nreplace: userPassword\nuserPassword: pw-%s\n", u, slapdtest.PeopleDN, u))
+		if err := ldapSrv.Bind("uid="+u+","+slapdtest.PeopleDN, "pw-"+u); err != nil {
 			t.Fatalf("LDAP bind as %s before the termination: %v", u, err)
 		}
 	}
@@ -246,7 +247,7 @@ roles:
 
 	// Now each target, directly.
 	// LDAP: every entry carries ppolicy's lock, and binding fails.
-	entries := ldapSrv.Search(t, ldapPeopleDN, "(uid=nora.nurse*)", "uid", "pwdAccountLockedTime")
+	entries := ldapSrv.Search(t, slapdtest.PeopleDN, "(uid=nora.nurse*)", "uid", "pwdAccountLockedTime")
 	if len(entries) != 6 {
 		t.Fatalf("LDAP search found %d entries, want 6: %v", len(entries), entries)
 	}
@@ -256,7 +257,7 @@ roles:
 		}
 	}
 	for _, u := range ldapUsers {
-		err := ldapSrv.Bind("uid="+u+","+ldapPeopleDN, "pw-"+u)
+		err := ldapSrv.Bind("uid="+u+","+slapdtest.PeopleDN, "pw-"+u)
 		if err == nil || !strings.Contains(err.Error(), "Invalid credentials (49)") {
 			t.Errorf("LDAP bind as %s after the termination: %v, want Invalid credentials (49)", u, err)
 		}

@@ -6,7 +6,6 @@ package e2e
 // services in this process) configured with those targets.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -21,11 +20,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tenure-dev/tenure/cmd/app"
+	"github.com/tenure-dev/tenure/pkg/connectors/ldap/slapdtest"
+	"github.com/tenure-dev/tenure/pkg/connectors/scim/scimtest"
 	whconn "github.com/tenure-dev/tenure/pkg/connectors/webhook"
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
@@ -131,138 +131,24 @@ func startStack(tb testing.TB, o stackOptions) *stackEnv {
 
 // ---- a private slapd with ppolicy (as pkg/connectors/ldap's tests start it) ----
 
-const (
-	ldapSuffix   = "dc=example,dc=org"
-	ldapAdminDN  = "cn=admin," + ldapSuffix
-	ldapAdminPW  = "s3cr3t-admin-pw"
-	ldapPeopleDN = "ou=people," + ldapSuffix
-	ldapGroupsDN = "ou=groups," + ldapSuffix
-)
-
-const e2eSlapdConf = `include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-include /etc/ldap/schema/nis.schema
-modulepath /usr/lib/ldap
-moduleload back_mdb
-moduleload ppolicy
-pidfile {{dir}}/slapd.pid
-database mdb
-maxsize 104857600
-suffix "` + ldapSuffix + `"
-rootdn "` + ldapAdminDN + `"
-rootpw ` + ldapAdminPW + `
-directory {{dir}}/db
-overlay ppolicy
-ppolicy_default "cn=default,ou=policies,` + ldapSuffix + `"
-`
-
-const e2eSlapdSeed = `dn: ` + ldapSuffix + `
-objectClass: dcObject
-objectClass: organization
-o: Example
-dc: example
-
-dn: ` + ldapPeopleDN + `
-objectClass: organizationalUnit
-ou: people
-
-dn: ou=policies,` + ldapSuffix + `
-objectClass: organizationalUnit
-ou: policies
-
-dn: cn=default,ou=policies,` + ldapSuffix + `
-objectClass: device
-objectClass: pwdPolicy
-cn: default
-pwdAttribute: userPassword
-pwdLockout: TRUE
-
-dn: ` + ldapGroupsDN + `
-objectClass: organizationalUnit
-ou: groups
-
-dn: cn=clinicians,` + ldapGroupsDN + `
+// The group the e2e policy grants; a groupOfNames needs a member from the start.
+const e2eLDAPGroups = `dn: cn=clinicians,` + slapdtest.GroupsDN + `
 objectClass: groupOfNames
 cn: clinicians
-member: ` + ldapAdminDN + `
+member: ` + slapdtest.AdminDN + `
 `
 
+// slapdServer is a private slapd (slapdtest) that the tests check with OpenLDAP's own
+// command-line tools, not through tenure's LDAP code.
 type slapdServer struct{ URL string }
 
-func sbinTool(tb testing.TB, name string) string {
-	tb.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	p := filepath.Join("/usr/sbin", name)
-	if _, err := os.Stat(p); err != nil {
-		tb.Fatalf("%s not found: apt-get install slapd ldap-utils (.ci/run installs them)", name)
-	}
-	return p
-}
-
-// startSlapd starts slapd on a free loopback port, in the foreground so the test owns it.
+// startSlapd starts slapd on a free loopback port and stops it when the test ends.
 func startSlapd(tb testing.TB) *slapdServer {
 	tb.Helper()
-	bin, slapadd := sbinTool(tb, "slapd"), sbinTool(tb, "slapadd")
-	sbinTool(tb, "ldapwhoami")
-	dir := tb.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "db"), 0o700); err != nil {
-		tb.Fatal(err)
+	for _, tool := range []string{"ldapwhoami", "ldapmodify", "ldapsearch"} {
+		slapdtest.Tool(tb, tool)
 	}
-	conf := filepath.Join(dir, "slapd.conf")
-	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(e2eSlapdConf, "{{dir}}", dir)), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	add := exec.Command(slapadd, "-q", "-f", conf)
-	add.Stdin = strings.NewReader(e2eSlapdSeed)
-	if out, err := add.CombinedOutput(); err != nil {
-		tb.Fatalf("slapadd: %v\n%s", err, out)
-	}
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		u := "ldap://" + freeAddrTB(tb)
-		var stderr safeBuffer
-		cmd := exec.Command(bin, "-f", conf, "-h", u+"/", "-d", "0")
-		cmd.Stderr = &stderr
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			tb.Fatalf("start slapd: %v", err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		stop := func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-exited:
-			case <-time.After(5 * time.Second):
-				cmd.Process.Kill()
-				<-exited
-			}
-		}
-		s := &slapdServer{URL: u}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			select {
-			case <-exited:
-				lastErr = fmt.Errorf("slapd exited: %s", stderr.String())
-			default:
-				lastErr = s.Bind(ldapAdminDN, ldapAdminPW)
-			}
-			if lastErr == nil || time.Now().After(deadline) || strings.HasPrefix(lastErr.Error(), "slapd exited") {
-				break
-			}
-			time.Sleep(30 * time.Millisecond)
-		}
-		if lastErr == nil {
-			tb.Cleanup(stop)
-			return s
-		}
-		stop()
-	}
-	tb.Fatalf("slapd did not start: %v", lastErr)
-	return nil
+	return &slapdServer{URL: slapdtest.Start(tb, slapdtest.Options{LDIF: e2eLDAPGroups}).URL}
 }
 
 // Bind tries a simple bind as dn on a fresh connection (ldapwhoami).
@@ -277,7 +163,7 @@ func (s *slapdServer) Bind(dn, password string) error {
 // Modify applies LDIF as the directory's administrator (ldapmodify).
 func (s *slapdServer) Modify(tb testing.TB, ldif string) {
 	tb.Helper()
-	cmd := exec.Command("ldapmodify", "-x", "-H", s.URL, "-D", ldapAdminDN, "-w", ldapAdminPW)
+	cmd := exec.Command("ldapmodify", "-x", "-H", s.URL, "-D", slapdtest.AdminDN, "-w", slapdtest.AdminPW)
 	cmd.Stdin = strings.NewReader(ldif)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("ldapmodify: %v\n%s\n%s", err, out, ldif)
@@ -287,7 +173,7 @@ func (s *slapdServer) Modify(tb testing.TB, ldif string) {
 // Search returns the entries matching filter under base as attribute → values, keyed by DN.
 func (s *slapdServer) Search(tb testing.TB, base, filter string, attrs ...string) map[string]map[string][]string {
 	tb.Helper()
-	args := append([]string{"-x", "-LLL", "-o", "ldif-wrap=no", "-H", s.URL, "-D", ldapAdminDN, "-w", ldapAdminPW, "-b", base, filter}, attrs...)
+	args := append([]string{"-x", "-LLL", "-o", "ldif-wrap=no", "-H", s.URL, "-D", slapdtest.AdminDN, "-w", slapdtest.AdminPW, "-b", base, filter}, attrs...)
 	out, err := exec.Command("ldapsearch", args...).CombinedOutput()
 	if err != nil {
 		tb.Fatalf("ldapsearch %s: %v\n%s", filter, err, out)
@@ -315,100 +201,14 @@ func (s *slapdServer) Search(tb testing.TB, base, filter string, attrs ...string
 
 const scimToken = "s3cr3t-e2e-scim-token"
 
-var scimServerDir = filepath.Join("..", "scimserver")
+// scimServer is test/scimserver (scimtest); Call sends requests to it directly, as the
+// target's administrator would.
+type scimServer struct{ *scimtest.Server }
 
-var scimNPMOnce sync.Once
-var scimNPMErr error
-
-type scimServer struct{ URL string }
-
-// startSCIM starts test/scimserver/server.mjs on a free port; env adds its switches.
+// startSCIM starts test/scimserver on a free port; env adds its switches.
 func startSCIM(tb testing.TB, env ...string) *scimServer {
 	tb.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		tb.Fatal("node is not installed: apt-get install nodejs npm, then npm ci in test/scimserver")
-	}
-	scimNPMOnce.Do(func() {
-		if _, err := os.Stat(filepath.Join(scimServerDir, "node_modules", "scimmy-routers")); err == nil {
-			return
-		}
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = scimServerDir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			scimNPMErr = fmt.Errorf("npm ci in %s: %v\n%s", scimServerDir, err, out)
-		}
-	})
-	if scimNPMErr != nil {
-		tb.Fatal(scimNPMErr)
-	}
-	cmd := exec.Command(node, "server.mjs")
-	cmd.Dir = scimServerDir
-	cmd.Env = append(os.Environ(), append([]string{"PORT=0", "SCIM_TOKEN=" + scimToken}, env...)...)
-	stdin, err := cmd.StdinPipe() // the server exits when this closes
-	if err != nil {
-		tb.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var stderr safeBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		stdin.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if u, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
-				ready <- u
-				break
-			}
-		}
-		io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case u := <-ready:
-		return &scimServer{URL: u}
-	case <-time.After(20 * time.Second):
-		tb.Fatalf("SCIM server did not start: %s", stderr.String())
-	}
-	return nil
-}
-
-// Call sends a request to the SCIM server directly, as the target's administrator would.
-func (s *scimServer) Call(tb testing.TB, method, path string, body any, out any) int {
-	tb.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, s.URL+"/"+path, rd)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+scimToken)
-	req.Header.Set("Content-Type", "application/scim+json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if out != nil && len(data) > 0 {
-		if err := json.Unmarshal(data, out); err != nil {
-			tb.Fatalf("%s %s: %v: %s", method, path, err, data)
-		}
-	}
-	return resp.StatusCode
+	return &scimServer{scimtest.Start(tb, scimToken, env...)}
 }
 
 // User finds a user by userName straight from the server.
@@ -613,14 +413,4 @@ func (s *accountStore) handle(req *whconn.Request) (status int, out *whconn.Resp
 		return http.StatusNotImplemented, nil, ""
 	}
 	return http.StatusNoContent, nil, ""
-}
-
-func freeAddrTB(tb testing.TB) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

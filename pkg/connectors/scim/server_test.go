@@ -1,137 +1,34 @@
 package scim_test
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
-)
 
-// serverDir is the scimmy-based test server (test/scimserver at the repository root).
-var serverDir = filepath.Join("..", "..", "..", "test", "scimserver")
+	"github.com/tenure-dev/tenure/pkg/connectors/scim/scimtest"
+)
 
 const testToken = "s3cr3t-test-token"
 
-var npmOnce sync.Once
-var npmErr error
+// scimServer is one running test server process (scimtest).
+type scimServer struct{ *scimtest.Server }
 
-// ensureModules runs `npm ci` in the server's folder when node_modules is missing, so a
-// fresh checkout can run the tests (CI runs it beforehand).
-func ensureModules(t *testing.T) {
-	t.Helper()
-	npmOnce.Do(func() {
-		if _, err := os.Stat(filepath.Join(serverDir, "node_modules", "scimmy-routers")); err == nil {
-			return
-		}
-		npm, err := exec.LookPath("npm")
-		if err != nil {
-			npmErr = fmt.Errorf("npm is not installed (apt-get install nodejs npm), and %s/node_modules is missing", serverDir)
-			return
-		}
-		cmd := exec.Command(npm, "ci", "--no-audit", "--no-fund")
-		cmd.Dir = serverDir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			npmErr = fmt.Errorf("npm ci in %s: %v\n%s", serverDir, err, out)
-		}
-	})
-	if npmErr != nil {
-		t.Fatal(npmErr)
-	}
-}
-
-// scimServer is one running test server process.
-type scimServer struct {
-	URL string // base URL, .../scim/v2
-}
-
-// startServer starts test/scimserver/server.mjs on a free port with the given environment
+// startServer starts test/scimserver on a free port with the given environment
 // (PATCH_UNSUPPORTED=1, IGNORE_PATCH=1, FAIL=429:1:7, ...) and stops it when t ends.
 func startServer(t *testing.T, env ...string) *scimServer {
 	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node is not installed: apt-get install nodejs npm, then npm ci in test/scimserver")
-	}
-	ensureModules(t)
-	cmd := exec.Command(node, "server.mjs")
-	cmd.Dir = serverDir
-	cmd.Env = append(os.Environ(), append([]string{"PORT=0", "SCIM_TOKEN=" + testToken}, env...)...)
-	stdin, err := cmd.StdinPipe() // the server exits when this closes, even if we are killed
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stdin.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if u, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
-				ready <- u
-				break
-			}
-		}
-		io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case u := <-ready:
-		return &scimServer{URL: u}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("SCIM test server did not start: %s", stderr.String())
-	}
-	return nil
+	return &scimServer{scimtest.Start(t, testToken, env...)}
 }
 
 // call sends a request to the server directly, as an administrator of the target would.
 func (s *scimServer) call(t *testing.T, method, path string, body any, out any) int {
 	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, s.URL+"/"+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	req.Header.Set("Content-Type", "application/scim+json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if out != nil && len(data) > 0 {
-		if err := json.Unmarshal(data, out); err != nil {
-			t.Fatalf("%s %s: %v: %s", method, path, err, data)
-		}
-	}
-	return resp.StatusCode
+	return s.Call(t, method, path, body, out)
 }
 
 // group creates a group in the target and returns its id.
