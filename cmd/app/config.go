@@ -58,6 +58,9 @@ type ServeConfig struct {
 	// SSFKeyFile holds the RSA key that signs Security Event Tokens (created if missing;
 	// default ssf.key beside the ledger key file).
 	SSFKeyFile string `yaml:"ssf_key_file"`
+	// SSFRetiredKeyFiles are earlier SSF signing keys, comma-separated: published in the JWKS,
+	// never used to sign, so SETs signed before a key rotation still verify.
+	SSFRetiredKeyFiles string `yaml:"ssf_retired_key_files"`
 	// SSFTenant, when set, is sent as the tenant of complex subjects.
 	SSFTenant string `yaml:"ssf_tenant"`
 }
@@ -97,6 +100,7 @@ func (c *ServeConfig) options() []option {
 		{flag: "ledger-writer-role", env: "TENURE_LEDGER_WRITER_ROLE", usage: "database role the ledger runs as (INSERT/SELECT only; schema migrated by `tenure setup`)", str: &c.LedgerWriterRole},
 		{flag: "ssf-issuer", env: "TENURE_SSF_ISSUER", usage: "public https URL of the Shared Signals transmitter (ledger); default http on --http-addr", str: &c.SSFIssuer},
 		{flag: "ssf-key-file", env: "TENURE_SSF_KEY_FILE", usage: "RSA key that signs Security Event Tokens (PEM; created if missing; default ssf.key beside the ledger key)", str: &c.SSFKeyFile},
+		{flag: "ssf-retired-key-files", env: "TENURE_SSF_RETIRED_KEY_FILES", usage: "earlier SSF signing keys, comma-separated: still published in the JWKS after a rotation, never used to sign", str: &c.SSFRetiredKeyFiles},
 		{flag: "ssf-tenant", env: "TENURE_SSF_TENANT", usage: "tenant id sent in complex SSF subjects (optional)", str: &c.SSFTenant},
 		{flag: "case-deadline", env: "TENURE_CASE_DEADLINE", usage: "leaver case deadline before an overdue alert", dur: &c.CaseDeadline},
 	}

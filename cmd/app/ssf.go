@@ -43,8 +43,14 @@ func startSSF(ctx context.Context, cfg *ServeConfig, pool *pgxpool.Pool, js jets
 	if keyFile == "" {
 		keyFile = filepath.Join(filepath.Dir(cfg.LedgerKeyFile), "ssf.key")
 	}
+	var retired []string
+	for _, f := range strings.Split(cfg.SSFRetiredKeyFiles, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			retired = append(retired, f)
+		}
+	}
 	t, err := ssf.New(ctx, ssf.Config{
-		Issuer: issuer, KeyFile: keyFile, Tenant: cfg.SSFTenant, WriterRole: cfg.LedgerWriterRole,
+		Issuer: issuer, KeyFile: keyFile, RetiredKeyFiles: retired, Tenant: cfg.SSFTenant, WriterRole: cfg.LedgerWriterRole,
 		// An http issuer is a deliberate local set-up: push endpoints may be http there too.
 		AllowHTTP: u.Scheme == "http",
 	}, ssf.Deps{Pool: pool, JS: js, Auth: auth, Log: log})

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tenure-dev/tenure/pkg/authn"
@@ -79,9 +78,7 @@ func (t *Transmitter) serveConfiguration(w http.ResponseWriter, r *http.Request)
 
 func (t *Transmitter) serveJWKS(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "max-age=300")
-	writeJSON(w, http.StatusOK, jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{
-		Key: &t.key.PublicKey, KeyID: t.kid, Algorithm: string(jose.RS256), Use: "sig",
-	}}})
+	writeJSON(w, http.StatusOK, t.jwks)
 }
 
 // apiError is a 4xx or 5xx answer with an OAuth-style body naming what is wrong.

@@ -68,6 +68,12 @@ type Config struct {
 	// missing. Every replica must use the same key.
 	SigningKey *rsa.PrivateKey
 	KeyFile    string
+	// RetiredKeyFiles are keys that signed SETs before a rotation (PEM: the old private key
+	// file, or its "PUBLIC KEY"). They are published in the JWKS and never sign, so receivers
+	// still verify the SETs signed with them that are queued, retried or re-polled. Drop one
+	// once no SET it signed can still be delivered. RetiredKeys are the same, in memory.
+	RetiredKeyFiles []string
+	RetiredKeys     []*rsa.PublicKey
 	// Tenant, when set, makes the default subject a complex subject with this tenant as an
 	// opaque identifier, for receivers that serve several organisations.
 	Tenant string
@@ -150,6 +156,8 @@ type Transmitter struct {
 	key    *rsa.PrivateKey
 	kid    string
 	signer jose.Signer
+	// jwks is what /ssf/jwks.json serves: the signing key, then the retired ones.
+	jwks   jose.JSONWebKeySet
 	issuer *url.URL
 
 	queued signal // SETs were stored: wakes the pusher and long polls
@@ -211,6 +219,9 @@ func New(ctx context.Context, cfg Config, d Deps) (*Transmitter, error) {
 	}
 	if t.kid, err = keyID(&t.key.PublicKey); err != nil {
 		return nil, err
+	}
+	if t.jwks, err = publishedKeys(&t.key.PublicKey, t.kid, cfg.RetiredKeys, cfg.RetiredKeyFiles); err != nil {
+		return nil, fmt.Errorf("ssf: %w", err)
 	}
 	t.signer, err = jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: t.key, KeyID: t.kid, Algorithm: string(jose.RS256)}},
 		(&jose.SignerOptions{}).WithType("secevent+jwt"))
