@@ -44,13 +44,31 @@ func Start() (string, func(), error) {
 	if u := os.Getenv("TENURE_TEST_DATABASE_URL"); u != "" {
 		return u, func() {}, nil
 	}
+	return startCluster(false)
+}
+
+// StartDurable starts a cluster of its own with fsync on, for a benchmark whose figure must
+// include PostgreSQL's flush (Start's cluster runs with fsync off), and stops it when tb
+// ends. It returns a superuser URL.
+func StartDurable(tb testing.TB) string {
+	tb.Helper()
+	url, stop, err := startCluster(true)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(stop)
+	return url
+}
+
+func startCluster(durable bool) (string, func(), error) {
+	// Not a test's TempDir: when run as root the server runs as "postgres", which must reach it.
 	dir, err := os.MkdirTemp("", "tenure-pgtest-")
 	if err != nil {
 		return "", nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := pgcluster.Start(ctx, pgcluster.Options{Dir: dir})
+	c, err := pgcluster.Start(ctx, pgcluster.Options{Dir: dir, Durable: durable})
 	if err != nil {
 		os.RemoveAll(dir)
 		return "", nil, err

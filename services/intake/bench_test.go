@@ -21,7 +21,6 @@ import (
 
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/natsx/natstest"
-	"github.com/tenure-dev/tenure/pkg/pgcluster"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
 	"github.com/tenure-dev/tenure/pkg/pgtest"
 	"github.com/tenure-dev/tenure/pkg/webhook"
@@ -157,18 +156,5 @@ func benchDatabase(b *testing.B) string {
 	default:
 		b.Fatalf("INTAKE_BENCH_PG=%q: want durable or nosync", os.Getenv("INTAKE_BENCH_PG"))
 	}
-	// Not b.TempDir: when run as root the server runs as "postgres", which must reach the dir.
-	dir, err := os.MkdirTemp("", "tenure-bench-pg-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := pgcluster.Start(ctx, pgcluster.Options{Dir: dir, Durable: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Stop() })
-	return c.URL("postgres")
+	return pgtest.StartDurable(b)
 }

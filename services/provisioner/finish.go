@@ -171,21 +171,21 @@ func (s *Service) recordTx(batch []*finishItem) error {
 		if err != nil {
 			return err
 		}
-		var todo []*finishItem
+		var fresh []*finishItem // not recorded before
 		for i, it := range batch {
 			if first[i] {
-				todo = append(todo, it)
+				fresh = append(fresh, it)
 			}
 		}
-		if len(todo) == 0 {
+		if len(fresh) == 0 {
 			return nil
 		}
 		now := time.Now().UTC()
-		open, err := s.markVerified(ctx, tx, todo, now)
+		open, err := s.markVerified(ctx, tx, fresh, now)
 		if err != nil {
 			return err
 		}
-		return s.completeAndEmit(ctx, tx, todo, open, now)
+		return s.completeAndEmit(ctx, tx, fresh, open, now)
 	})
 }
 
@@ -209,10 +209,10 @@ type openCaseRow struct {
 // Tasks and cases are addressed by primary key. Statements are planned once per connection
 // and the plan is kept: a plan made while the tables were small (a fresh install, the start
 // of a mass termination) must not turn into a scan of every open case later.
-func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, todo []*finishItem, now time.Time) (map[string]*openCaseRow, error) {
+func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishItem, now time.Time) (map[string]*openCaseRow, error) {
 	var verified []*finishItem
 	var workers []string
-	for _, it := range todo {
+	for _, it := range items {
 		if it.outcome == eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED {
 			if len(verified) == 0 || verified[len(verified)-1].l.worker != it.l.worker {
 				workers = append(workers, it.l.worker)
@@ -325,7 +325,7 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, todo []*finishIte
 
 // completeAndEmit completes the cases whose last task the batch verified and writes every
 // item's events, each item's in the order a transaction of its own wrote them.
-func (s *Service) completeAndEmit(ctx context.Context, tx pgx.Tx, todo []*finishItem, open map[string]*openCaseRow, now time.Time) error {
+func (s *Service) completeAndEmit(ctx context.Context, tx pgx.Tx, items []*finishItem, open map[string]*openCaseRow, now time.Time) error {
 	completions := map[*finishItem][]*openCaseRow{}
 	b := &pgx.Batch{}
 	for _, c := range open {
@@ -340,7 +340,7 @@ func (s *Service) completeAndEmit(ctx context.Context, tx pgx.Tx, todo []*finish
 		}
 	}
 	var out []pgstore.Outgoing
-	for _, it := range todo {
+	for _, it := range items {
 		for _, e := range s.finishedEvents(it, now) {
 			out = append(out, pgstore.Outgoing{Ctx: it.ctx, Event: e})
 		}
