@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tenure-dev/tenure/pkg/pgstore"
 )
 
 // Targets are the services `tenure serve --target` accepts ("all" means every one).
@@ -24,28 +26,32 @@ var Targets = []string{"intake", "approval", "provisioner", "ledger"}
 // precedence: a flag, an environment variable, the --config YAML file (same names in
 // snake_case), the default.
 type ServeConfig struct {
-	Target         string            `yaml:"target"`
-	NATSURL        string            `yaml:"nats_url"`
-	NATSUser       string            `yaml:"nats_user"`
-	NATSPassword   string            `yaml:"nats_password"`
-	NATSCAFile     string            `yaml:"nats_ca_file"`
-	DatabaseURL    string            `yaml:"database_url"`
-	DatabaseURLs   map[string]string `yaml:"database_urls"`
-	HTTPAddr       string            `yaml:"http_addr"`
-	GRPCAddr       string            `yaml:"grpc_addr"`
-	TokensFile     string            `yaml:"tokens_file"`
-	WebhookSources string            `yaml:"webhook_sources"`
-	Policy         string            `yaml:"policy"`
-	Connectors     string            `yaml:"connectors"`
-	StreamReplicas int               `yaml:"stream_replicas"`
-	EnsureStreams  bool              `yaml:"ensure_streams"`
-	GRPCTLSCert    string            `yaml:"grpc_tls_cert"`
-	GRPCTLSKey     string            `yaml:"grpc_tls_key"`
-	OTLPEndpoint   string            `yaml:"otlp_endpoint"`
-	LogFormat      string            `yaml:"log_format"`
-	LogLevel       string            `yaml:"log_level"`
-	ConnectTimeout time.Duration     `yaml:"connect_timeout"`
-	CaseDeadline   time.Duration     `yaml:"case_deadline"`
+	Target       string `yaml:"target"`
+	NATSURL      string `yaml:"nats_url"`
+	NATSUser     string `yaml:"nats_user"`
+	NATSPassword string `yaml:"nats_password"`
+	NATSCAFile   string `yaml:"nats_ca_file"`
+	// NATSAtomicBatch: outbox rounds of at least this many events are published as one
+	// JetStream atomic batch, stored with one fsync (0: event by event). Worth it when
+	// JetStream fsyncs every write (sync_interval: always); see docs/operations.md.
+	NATSAtomicBatch int               `yaml:"nats_atomic_batch"`
+	DatabaseURL     string            `yaml:"database_url"`
+	DatabaseURLs    map[string]string `yaml:"database_urls"`
+	HTTPAddr        string            `yaml:"http_addr"`
+	GRPCAddr        string            `yaml:"grpc_addr"`
+	TokensFile      string            `yaml:"tokens_file"`
+	WebhookSources  string            `yaml:"webhook_sources"`
+	Policy          string            `yaml:"policy"`
+	Connectors      string            `yaml:"connectors"`
+	StreamReplicas  int               `yaml:"stream_replicas"`
+	EnsureStreams   bool              `yaml:"ensure_streams"`
+	GRPCTLSCert     string            `yaml:"grpc_tls_cert"`
+	GRPCTLSKey      string            `yaml:"grpc_tls_key"`
+	OTLPEndpoint    string            `yaml:"otlp_endpoint"`
+	LogFormat       string            `yaml:"log_format"`
+	LogLevel        string            `yaml:"log_level"`
+	ConnectTimeout  time.Duration     `yaml:"connect_timeout"`
+	CaseDeadline    time.Duration     `yaml:"case_deadline"`
 	// LedgerKeyFile holds the ledger's Ed25519 checkpoint key (created if missing); every
 	// ledger replica uses the same file.
 	LedgerKeyFile string `yaml:"ledger_key_file"`
@@ -81,6 +87,7 @@ func (c *ServeConfig) options() []option {
 		{flag: "nats-user", env: "TENURE_NATS_USER", usage: "NATS user (each service its own in production)", str: &c.NATSUser},
 		{flag: "nats-password", env: "TENURE_NATS_PASSWORD", usage: "NATS password (prefer the environment variable)", str: &c.NATSPassword},
 		{flag: "nats-ca-file", env: "TENURE_NATS_CA_FILE", usage: "CA certificate that signed the NATS server's TLS certificate", str: &c.NATSCAFile},
+		{flag: "nats-atomic-batch", env: "TENURE_NATS_ATOMIC_BATCH", usage: "publish outbox rounds of at least this many events as one JetStream atomic batch (0: never; 32 with sync_interval: always)", num: &c.NATSAtomicBatch},
 		{flag: "database-url", env: "TENURE_DATABASE_URL", usage: "PostgreSQL URL; TENURE_<SERVICE>_DATABASE_URL overrides it per service", str: &c.DatabaseURL},
 		{flag: "http-addr", env: "TENURE_HTTP_ADDR", usage: "HTTP listen address (webhooks, /healthz, /readyz)", str: &c.HTTPAddr},
 		{flag: "grpc-addr", env: "TENURE_GRPC_ADDR", usage: "gRPC listen address", str: &c.GRPCAddr},
@@ -247,6 +254,9 @@ func (c *ServeConfig) Validate() error {
 	}
 	if c.NATSURL == "" {
 		probs = append(probs, "--nats-url is required")
+	}
+	if c.NATSAtomicBatch < 0 || c.NATSAtomicBatch > pgstore.MaxRound {
+		probs = append(probs, fmt.Sprintf("--nats-atomic-batch %d: want 0 (never) up to %d (the most events one outbox round publishes)", c.NATSAtomicBatch, pgstore.MaxRound))
 	}
 	if c.TokensFile == "" {
 		probs = append(probs, "--tokens-file is required: gRPC calls are authenticated")

@@ -130,6 +130,10 @@ func StartDev(ctx context.Context, o DevOptions) (_ *Dev, err error) {
 	cfg.Target = "all"
 	cfg.NATSURL = d.NATSURL
 	cfg.EnsureStreams = true
+	if o.NATSSyncInterval == 0 {
+		// Every write is fsynced: backlogs go out in atomic batches, one fsync each.
+		cfg.NATSAtomicBatch = natsx.AtomicMinSyncAlways
+	}
 	cfg.HTTPAddr, cfg.GRPCAddr = or(o.HTTPAddr, "127.0.0.1:8080"), or(o.GRPCAddr, "127.0.0.1:9090")
 	cfg.TokensFile, cfg.WebhookSources, cfg.Policy, cfg.Connectors = files["tokens"], files["sources"], files["policy"], files["connectors"]
 	cfg.LedgerKeyFile = filepath.Join(dir, "ledger.key")

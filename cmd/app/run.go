@@ -164,7 +164,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			} else if icfg, err = intake.LoadConfig(cfg.WebhookSources); err != nil {
 				return nil, err
 			}
-			s, err := intake.New(ctx, icfg, intake.Deps{Pool: pool, JS: js, Log: slog})
+			s, err := intake.New(ctx, icfg, intake.Deps{Pool: pool, JS: js, Log: slog, AtomicBatch: cfg.NATSAtomicBatch})
 			if err != nil {
 				return nil, fmt.Errorf("intake: %w", err)
 			}
@@ -172,7 +172,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			runners, grpcs = append(runners, s), append(grpcs, s)
 		case "approval":
 			// With a policy file, the service loads it and reloads it when it changes.
-			s, err := approval.New(ctx, approval.Config{Policy: o.Policy, PolicyFile: cfg.Policy}, approval.Deps{Pool: pool, JS: js, Log: slog})
+			s, err := approval.New(ctx, approval.Config{Policy: o.Policy, PolicyFile: cfg.Policy}, approval.Deps{Pool: pool, JS: js, Log: slog, AtomicBatch: cfg.NATSAtomicBatch})
 			if err != nil {
 				return nil, fmt.Errorf("approval: %w", err)
 			}
@@ -185,14 +185,14 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 					return nil, err
 				}
 			}
-			s, err := provisioner.New(ctx, provisioner.Config{Targets: targets, CaseDeadline: cfg.CaseDeadline}, provisioner.Deps{Pool: pool, JS: js, Log: slog})
+			s, err := provisioner.New(ctx, provisioner.Config{Targets: targets, CaseDeadline: cfg.CaseDeadline}, provisioner.Deps{Pool: pool, JS: js, Log: slog, AtomicBatch: cfg.NATSAtomicBatch})
 			if err != nil {
 				return nil, fmt.Errorf("provisioner: %w", err)
 			}
 			st.Provisioner = s
 			runners, grpcs = append(runners, s), append(grpcs, s)
 		case "ledger":
-			s, err := ledger.New(ctx, ledger.Config{KeyFile: cfg.LedgerKeyFile, WriterRole: cfg.LedgerWriterRole}, ledger.Deps{Pool: pool, JS: js, Log: slog})
+			s, err := ledger.New(ctx, ledger.Config{KeyFile: cfg.LedgerKeyFile, WriterRole: cfg.LedgerWriterRole}, ledger.Deps{Pool: pool, JS: js, Log: slog, AtomicBatch: cfg.NATSAtomicBatch})
 			if err != nil {
 				return nil, fmt.Errorf("ledger: %w", err)
 			}

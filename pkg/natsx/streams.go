@@ -66,6 +66,8 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 			MaxAge:      o.MaxAge,
 			Duplicates:  o.Duplicates,
 			Discard:     jetstream.DiscardOld,
+			// Atomic batches are stored with one fsync (see GroupPublisher).
+			AllowAtomicPublish: true,
 		},
 		{
 			Name:        DLQStream,

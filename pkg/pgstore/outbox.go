@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tenure-dev/tenure/pkg/events"
+	"github.com/tenure-dev/tenure/pkg/natsx"
 )
 
 // Enqueue writes events to the outbox in tx. They are published by the Relay after the
@@ -72,7 +73,7 @@ func EnqueueAll(ctx context.Context, tx pgx.Tx, evs []Outgoing) error {
 // it at one effect. Several relays of one service may run: rows are claimed with SKIP LOCKED.
 type Relay struct {
 	pool     *pgxpool.Pool
-	js       jetstream.JetStream
+	pub      *natsx.GroupPublisher
 	log      *slog.Logger
 	poke     chan struct{}
 	batch    int
@@ -88,8 +89,18 @@ func NewRelay(pool *pgxpool.Pool, js jetstream.JetStream, log *slog.Logger) *Rel
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Relay{pool: pool, js: js, log: log.With("component", "outbox-relay"), poke: make(chan struct{}, 1), batch: 256, interval: time.Second}
+	log = log.With("component", "outbox-relay")
+	rl := &Relay{pool: pool, pub: natsx.NewGroupPublisher(js, log), log: log, poke: make(chan struct{}, 1), batch: MaxRound, interval: time.Second}
+	return rl
 }
+
+// PublishInAtomicBatches sends a round of at least min rows as one JetStream atomic batch
+// (natsx.GroupPublisher.AtomicMin); 0, the default, publishes row by row. A round holds at
+// most MaxRound rows.
+func (r *Relay) PublishInAtomicBatches(min int) { r.pub.AtomicMin = min }
+
+// MaxRound is the most rows one Flush publishes.
+const MaxRound = 256
 
 // Poke tells the relay that a transaction has committed new outbox rows. Without a poke the
 // relay still polls every second, which is how rows left by a crash get out after a restart.
@@ -157,37 +168,28 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 		if len(batch) == 0 {
 			return nil
 		}
-		futures := make([]jetstream.PubAckFuture, 0, len(batch))
-		for _, o := range batch {
+		msgs := make([]*nats.Msg, len(batch))
+		for i, o := range batch {
 			var h nats.Header
 			if err := json.Unmarshal(o.headers, &h); err != nil {
 				return fmt.Errorf("outbox row %d: headers: %w", o.seq, err)
 			}
 			h.Set(jetstream.MsgIDHeader, o.id)
-			f, err := r.js.PublishMsgAsync(&nats.Msg{Subject: o.subject, Header: h, Data: o.payload})
-			if err != nil {
-				return fmt.Errorf("publish %s: %w", o.subject, err)
-			}
-			futures = append(futures, f)
+			msgs[i] = &nats.Msg{Subject: o.subject, Header: h, Data: o.payload}
 		}
 		seqs := make([]int64, 0, len(batch))
-		for i, f := range futures {
-			select {
-			case <-f.Ok():
-				seqs = append(seqs, batch[i].seq)
-			case err := <-f.Err():
+		for i, err := range r.pub.PublishAll(ctx, msgs) {
+			if err != nil {
 				// Keep order: stop at the first failure; later rows go out next round
 				// (JetStream dedupes any that did land).
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
 				r.log.Warn("outbox publish failed", "subject", batch[i].subject, "err", err)
-				goto done
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(10 * time.Second):
-				r.log.Warn("outbox publish timed out", "subject", batch[i].subject)
-				goto done
+				break
 			}
+			seqs = append(seqs, batch[i].seq)
 		}
-	done:
 		if r.afterPublish != nil {
 			if err := r.afterPublish(); err != nil {
 				return err

@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -191,28 +192,44 @@ func TestOutboxSurvivesStopBetweenCommitAndPublish(t *testing.T) {
 
 // A crash after JetStream acknowledged but before the row was deleted republishes with the
 // same Nats-Msg-Id, and JetStream keeps one copy.
+// In atomic-batch mode the republished round is refused as a whole (it holds a message
+// JetStream has) and goes out again message by message.
 func TestOutboxCrashAfterPublishIsDeduped(t *testing.T) {
-	pool := newPool(t)
-	ns := natstest.Start(t)
-	ctx := context.Background()
-	enqueue(t, pool, "b1")
-	crashing := NewRelay(pool, ns.JS, nil)
-	crashing.afterPublish = func() error { return errors.New("killed") }
-	if _, err := crashing.Flush(ctx); err == nil {
-		t.Fatal("want the simulated crash")
-	}
-	if n, _ := Pending(ctx, pool); n != 1 {
-		t.Fatalf("pending = %d, want the row kept", n)
-	}
-	if n, err := NewRelay(pool, ns.JS, nil).Flush(ctx); err != nil || n != 1 {
-		t.Fatalf("flush after restart = %d, %v", n, err)
-	}
-	if got := streamMsgs(t, ns.JS); got != 1 {
-		t.Fatalf("stream holds %d messages, want 1", got)
+	for _, atomicMin := range []int{0, 2} {
+		t.Run(fmt.Sprintf("atomic_min=%d", atomicMin), func(t *testing.T) {
+			pool := newPool(t)
+			ns := natstest.Start(t)
+			ctx := context.Background()
+			enqueue(t, pool, "b1", "b2")
+			crashing := NewRelay(pool, ns.JS, nil)
+			crashing.PublishInAtomicBatches(atomicMin)
+			crashing.afterPublish = func() error { return errors.New("killed") }
+			if _, err := crashing.Flush(ctx); err == nil {
+				t.Fatal("want the simulated crash")
+			}
+			if n, _ := Pending(ctx, pool); n != 2 {
+				t.Fatalf("pending = %d, want the rows kept", n)
+			}
+			enqueue(t, pool, "b3")
+			restarted := NewRelay(pool, ns.JS, nil)
+			restarted.PublishInAtomicBatches(atomicMin)
+			if n, err := restarted.Flush(ctx); err != nil || n != 3 {
+				t.Fatalf("flush after restart = %d, %v", n, err)
+			}
+			if got := streamMsgs(t, ns.JS); got != 3 {
+				t.Fatalf("stream holds %d messages, want 3", got)
+			}
+		})
 	}
 }
 
-func TestConcurrentRelaysPublishEachOnceInOrder(t *testing.T) {
+func TestConcurrentRelaysPublishEachOnce(t *testing.T) {
+	for _, atomicMin := range []int{0, 10} {
+		t.Run(fmt.Sprintf("atomic_min=%d", atomicMin), func(t *testing.T) { concurrentRelays(t, atomicMin) })
+	}
+}
+
+func concurrentRelays(t *testing.T, atomicMin int) {
 	pool := newPool(t)
 	ns := natstest.Start(t)
 	ctx := context.Background()
@@ -227,6 +244,7 @@ func TestConcurrentRelaysPublishEachOnceInOrder(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			r := NewRelay(pool, ns.JS, nil)
+			r.PublishInAtomicBatches(atomicMin)
 			r.batch = 50
 			for {
 				n, err := r.Flush(ctx)

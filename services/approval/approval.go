@@ -66,6 +66,9 @@ type Deps struct {
 	Pool *pgxpool.Pool
 	JS   jetstream.JetStream
 	Log  *slog.Logger
+	// AtomicBatch: outbox rounds of at least this many events go to JetStream as one atomic
+	// batch (pgstore.Relay.PublishInAtomicBatches); 0 publishes event by event.
+	AtomicBatch int
 }
 
 // Service is the approval service.
@@ -104,6 +107,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{cfg: cfg, pool: d.Pool, log: d.Log.With("service", "approval"), relay: pgstore.NewRelay(d.Pool, d.JS, d.Log)}
+	s.relay.PublishInAtomicBatches(d.AtomicBatch)
 	if err := s.SetPolicy(ctx, cfg.Policy); err != nil {
 		return nil, fmt.Errorf("record policy: %w", err)
 	}

@@ -47,6 +47,9 @@ type Deps struct {
 	// JS publishes to the TENURE_EVENTS stream, which must exist.
 	JS  jetstream.JetStream
 	Log *slog.Logger
+	// AtomicBatch: outbox rounds of at least this many events go to JetStream as one atomic
+	// batch (pgstore.Relay.PublishInAtomicBatches); 0 publishes event by event.
+	AtomicBatch int
 }
 
 // Service is the intake service.
@@ -113,6 +116,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	log := d.Log.With("service", "intake")
 	s := &Service{cfg: cfg, pool: d.Pool, js: d.JS, log: log, now: cfg.Now, sources: map[string]*source{},
 		relay: pgstore.NewRelay(d.Pool, d.JS, log), wake: make(chan struct{}, 1)}
+	s.relay.PublishInAtomicBatches(d.AtomicBatch)
 	s.commits = &committer{s: s}
 	names := make([]string, 0, len(cfg.Sources))
 	for name := range cfg.Sources {

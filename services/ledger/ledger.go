@@ -147,6 +147,9 @@ type Deps struct {
 	// queries (Run then records nothing).
 	JS  jetstream.JetStream
 	Log *slog.Logger
+	// AtomicBatch: outbox rounds of at least this many events go to JetStream as one atomic
+	// batch (pgstore.Relay.PublishInAtomicBatches); 0 publishes event by event.
+	AtomicBatch int
 	// AdminPool, optional, connects as the owner of the ledger schema (search_path ledger).
 	// New runs the migrations with it and grants Config.WriterRole its run-time rights; it
 	// is used for nothing else and may be closed once New returns. Without it, Pool runs the
@@ -232,6 +235,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 		}
 		s.cons = cons
 		s.relay = pgstore.NewRelay(d.Pool, d.JS, s.log)
+		s.relay.PublishInAtomicBatches(d.AtomicBatch)
 	}
 	return s, nil
 }

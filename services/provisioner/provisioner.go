@@ -89,6 +89,9 @@ type Deps struct {
 	Pool *pgxpool.Pool
 	JS   jetstream.JetStream
 	Log  *slog.Logger
+	// AtomicBatch: outbox rounds of at least this many events go to JetStream as one atomic
+	// batch (pgstore.Relay.PublishInAtomicBatches); 0 publishes event by event.
+	AtomicBatch int
 }
 
 // Service is the provisioner.
@@ -141,6 +144,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, pool: d.Pool, js: d.JS, log: d.Log.With("service", "provisioner"), relay: pgstore.NewRelay(d.Pool, d.JS, d.Log), targets: map[string]*Target{},
 		stop: context.Background(), started: time.Now()}
+	s.relay.PublishInAtomicBatches(d.AtomicBatch)
 	s.finisher.s = s
 	for i := range cfg.Targets {
 		t := &cfg.Targets[i]

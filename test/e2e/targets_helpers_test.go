@@ -98,6 +98,9 @@ func startStack(tb testing.TB, o stackOptions) *stackEnv {
 	if o.CaseDeadline > 0 {
 		cfg.CaseDeadline = o.CaseDeadline
 	}
+	if o.NATSSyncAlways {
+		cfg.NATSAtomicBatch = natsx.AtomicMinSyncAlways // as `tenure dev`
+	}
 	for _, svc := range app.Targets {
 		if cfg.DatabaseURLs[svc], err = pgstore.ServiceURL(admin, svc, ""); err != nil {
 			tb.Fatal(err)
