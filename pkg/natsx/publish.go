@@ -102,11 +102,18 @@ func (p *GroupPublisher) publishAtomic(ctx context.Context, msgs []*nats.Msg) er
 		m.Header.Del(jetstreamext.BatchCommitHeader)
 	}
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.ErrorCode(errAtomicPublishDisabled) {
+	switch {
+	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.ErrorCode(errAtomicPublishDisabled):
 		if !p.refused.Swap(true) {
 			p.log.Warn("the events stream does not allow atomic batches; publishing message by message (run `tenure setup` to update the stream)")
 		}
-	} else {
+	case errors.Is(err, jetstreamext.ErrInvalidBatchAck):
+		// A server before NATS 2.12 stores the messages one by one and answers the last with a
+		// plain PubAck; the republish below is deduplicated.
+		if !p.refused.Swap(true) {
+			p.log.Warn("the NATS server does not support atomic batches (2.12 or later does); publishing message by message")
+		}
+	default:
 		p.log.Debug("atomic batch refused, publishing message by message", "messages", len(msgs), "err", err)
 	}
 	return err
