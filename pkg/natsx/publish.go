@@ -35,7 +35,7 @@ type GroupPublisher struct {
 	// Timeout bounds waiting for the acknowledgements of one group.
 	Timeout time.Duration
 
-	refused atomic.Bool // the stream does not allow atomic publish: stop trying
+	refused atomic.Bool // the stream or the server refuses atomic batches: stop trying
 }
 
 // NewGroupPublisher returns a publisher that sends every message on its own until AtomicMin is set.
