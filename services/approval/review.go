@@ -146,24 +146,22 @@ func (s *Service) StartReview(ctx context.Context, req *approvalv1.StartReviewRe
 	if err != nil {
 		return nil, err
 	}
-	var id string
+	var c *approvalv1.ReviewCampaign
 	err = pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		var evs []events.Event
-		var err error
-		id, evs, err = s.startCampaign(ctx, tx, s.policy.Load(), req.GetSystem(), who, time.Duration(req.GetDeadlineSeconds())*time.Second)
+		id, evs, err := s.startCampaign(ctx, tx, s.policy.Load(), req.GetSystem(), who, time.Duration(req.GetDeadlineSeconds())*time.Second)
 		if err != nil {
 			return err
 		}
-		return pgstore.Enqueue(ctx, tx, evs...)
+		if err := pgstore.Enqueue(ctx, tx, evs...); err != nil {
+			return err
+		}
+		c, err = s.campaign(ctx, tx, id, true)
+		return err
 	})
 	if err != nil {
 		return nil, grpcErr(err)
 	}
 	s.relay.Poke()
-	c, err := s.campaign(ctx, id, true)
-	if err != nil {
-		return nil, grpcErr(err)
-	}
 	return &approvalv1.StartReviewResponse{Campaign: c}, nil
 }
 
@@ -177,6 +175,7 @@ func (s *Service) DecideReview(ctx context.Context, req *approvalv1.DecideReview
 	if req.GetDecision() != "keep" && req.GetDecision() != "revoke" {
 		return nil, status.Error(codes.InvalidArgument, "decision must be keep or revoke")
 	}
+	var c *approvalv1.ReviewCampaign
 	err = pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		var worker, reviewer, decision, cstatus string
 		var escalated *time.Time
@@ -224,24 +223,26 @@ func (s *Service) DecideReview(ctx context.Context, req *approvalv1.DecideReview
 		if err != nil {
 			return err
 		}
-		return pgstore.Enqueue(ctx, tx, append(out, done...)...)
+		if err := pgstore.Enqueue(ctx, tx, append(out, done...)...); err != nil {
+			return err
+		}
+		c, err = s.campaign(ctx, tx, req.GetCampaignId(), true)
+		return err
 	})
 	if err != nil {
 		return nil, grpcErr(err)
 	}
 	s.relay.Poke()
-	c, err := s.campaign(ctx, req.GetCampaignId(), true)
-	if err != nil {
-		return nil, grpcErr(err)
-	}
 	return &approvalv1.DecideReviewResponse{Campaign: c}, nil
 }
 
-func (s *Service) campaign(ctx context.Context, id string, withItems bool) (*approvalv1.ReviewCampaign, error) {
+// campaign reads a campaign through q: the pool, or the transaction that just changed it, so
+// the answer shows that change and not what the provisioner did after it.
+func (s *Service) campaign(ctx context.Context, q pgxQuerier, id string, withItems bool) (*approvalv1.ReviewCampaign, error) {
 	var c approvalv1.ReviewCampaign
 	var started, deadline time.Time
 	var closed *time.Time
-	err := s.pool.QueryRow(ctx, `SELECT campaign_id, system, status, started_by, started_at, deadline, closed_at,
+	err := q.QueryRow(ctx, `SELECT campaign_id, system, status, started_by, started_at, deadline, closed_at,
 		  (SELECT count(*) FROM review_items i WHERE i.campaign_id = c.campaign_id),
 		  (SELECT count(*) FROM review_items i WHERE i.campaign_id = c.campaign_id AND i.decision <> ''),
 		  (SELECT count(*) FROM review_items i JOIN grants g USING (grant_id) WHERE i.campaign_id = c.campaign_id AND g.revoked_at IS NOT NULL),
@@ -261,7 +262,7 @@ func (s *Service) campaign(ctx context.Context, id string, withItems bool) (*app
 	if !withItems {
 		return &c, nil
 	}
-	rows, err := s.pool.Query(ctx, `SELECT i.grant_id, i.worker_id, i.package, i.reviewer, i.decision, i.comment, i.decided_by, i.decided_at, i.escalated_at,
+	rows, err := q.Query(ctx, `SELECT i.grant_id, i.worker_id, i.package, i.reviewer, i.decision, i.comment, i.decided_by, i.decided_at, i.escalated_at,
 		  g.revoke_confirmed_at, g.revoked_at
 		FROM review_items i JOIN grants g USING (grant_id) WHERE i.campaign_id = $1 ORDER BY i.worker_id, i.package`, id)
 	if err != nil {
@@ -288,7 +289,7 @@ func ts(t *time.Time) *timestamppb.Timestamp {
 
 // GetReview returns a campaign with its items.
 func (s *Service) GetReview(ctx context.Context, req *approvalv1.GetReviewRequest) (*approvalv1.GetReviewResponse, error) {
-	c, err := s.campaign(ctx, req.GetCampaignId(), true)
+	c, err := s.campaign(ctx, s.pool, req.GetCampaignId(), true)
 	if err != nil {
 		return nil, grpcErr(err)
 	}
@@ -308,7 +309,7 @@ func (s *Service) ListReviews(ctx context.Context, req *approvalv1.ListReviewsRe
 	}
 	out := &approvalv1.ListReviewsResponse{}
 	for _, id := range ids {
-		c, err := s.campaign(ctx, id, false)
+		c, err := s.campaign(ctx, s.pool, id, false)
 		if err != nil {
 			return nil, grpcErr(err)
 		}
