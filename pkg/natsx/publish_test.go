@@ -139,6 +139,21 @@ func TestGroupPublisherFallsBackWhenStreamRefusesBatches(t *testing.T) {
 			t.Fatalf("message %d carries batch id %q from a refused batch", i+1, id)
 		}
 	}
+
+	// `tenure setup` (EnsureStreams) on the existing stream turns atomic batches on.
+	if err := natsx.EnsureStreams(ctx, ns.JS, natsx.DefaultStreamOptions()); err != nil {
+		t.Fatal(err)
+	}
+	p = natsx.NewGroupPublisher(ns.JS, nil)
+	p.AtomicMin = 2
+	noErrors(t, p.PublishAll(ctx, groupMsgs("c", 2)))
+	got = storedFrom(t, ns.JS, 9)
+	if len(got) != 2 {
+		t.Fatalf("after setup: %d messages, want 2", len(got))
+	}
+	if got[0].Header.Get("Nats-Batch-Id") == "" {
+		t.Fatal("after setup the group was not sent as one atomic batch")
+	}
 }
 
 // Every message of an atomic batch needs its own Nats-Msg-Id: it is what makes a retry safe.
