@@ -90,8 +90,7 @@ func NewRelay(pool *pgxpool.Pool, js jetstream.JetStream, log *slog.Logger) *Rel
 		log = slog.Default()
 	}
 	log = log.With("component", "outbox-relay")
-	rl := &Relay{pool: pool, pub: natsx.NewGroupPublisher(js, log), log: log, poke: make(chan struct{}, 1), batch: MaxRound, interval: time.Second}
-	return rl
+	return &Relay{pool: pool, pub: natsx.NewGroupPublisher(js, log), log: log, poke: make(chan struct{}, 1), batch: MaxRound, interval: time.Second}
 }
 
 // PublishInAtomicBatches sends a round of at least min rows as one JetStream atomic batch
