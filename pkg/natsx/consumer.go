@@ -104,6 +104,51 @@ type Consumer struct {
 	log     *slog.Logger
 	tracer  trace.Tracer
 	lanes   lanes
+	held    held
+}
+
+// held is the set of messages this process has received and not yet acknowledged, nak'd or
+// terminated (in a handler, or waiting behind a busy lane), by stream sequence, with the
+// time each was stored in the stream.
+type held struct {
+	mu   sync.Mutex
+	msgs map[uint64]time.Time
+}
+
+func (h *held) add(msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.msgs == nil {
+		h.msgs = map[uint64]time.Time{}
+	}
+	h.msgs[meta.Sequence.Stream] = meta.Timestamp
+}
+
+func (h *held) remove(seq uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.msgs, seq)
+}
+
+// OldestHeld returns when the oldest message this process holds (received, not yet
+// acknowledged, nak'd or terminated) was stored in the stream, and how many it holds. It
+// needs no permission beyond consuming: a NATS user that may not read the stream's raw
+// messages can still tell how old its work is. Other processes consuming the same durable
+// hold their own messages, and a message nak'd for a later redelivery is held by nobody.
+func (c *Consumer) OldestHeld() (time.Time, int) {
+	c.held.mu.Lock()
+	defer c.held.mu.Unlock()
+	var oldest time.Time
+	for _, ts := range c.held.msgs {
+		if oldest.IsZero() || ts.Before(oldest) {
+			oldest = ts
+		}
+	}
+	return oldest, len(c.held.msgs)
 }
 
 // NewConsumer creates or updates the durable consumer.
@@ -148,6 +193,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		c.held.add(msg)
 		var lane string
 		if c.spec.Lane != nil {
 			lane = c.spec.Lane(msg.Subject())
@@ -205,12 +251,16 @@ func (l *lanes) next(lane string) jetstream.Msg {
 }
 
 func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg) {
+	meta, _ := msg.Metadata()
+	if meta != nil {
+		// Whatever the outcome below (ack, nak, term), this process no longer holds it.
+		defer c.held.remove(meta.Sequence.Stream)
+	}
 	ctx = telemetry.ExtractNATS(context.WithoutCancel(ctx), msg.Headers())
 	ctx, span := c.tracer.Start(ctx, "consume "+events.TypeOf(msg.Subject()),
 		trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attribute.String("messaging.destination.name", msg.Subject()), attribute.String("messaging.consumer.group.name", c.spec.Durable)))
 	defer span.End()
-	meta, _ := msg.Metadata()
 	delivered := 1
 	if meta != nil {
 		delivered = int(meta.NumDelivered)

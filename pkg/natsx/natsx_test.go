@@ -297,3 +297,63 @@ func TestLanesKeepOrderPerKeyAndRunKeysConcurrently(t *testing.T) {
 		t.Fatalf("at most %d handled at once, want concurrency across workers", maxParallel)
 	}
 }
+
+// OldestHeld reports the stream time of the oldest message a handler (or a busy lane) holds,
+// and forgets each message once it is acknowledged.
+func TestOldestHeldTracksMessagesInHand(t *testing.T) {
+	s := natstest.Start(t)
+	release := make(chan struct{})
+	started := make(chan string, 4)
+	c, err := natsx.NewConsumer(context.Background(), s.JS, natsx.ConsumerSpec{
+		Durable: "held", FilterSubjects: []string{"tenure.hr.>"}, Concurrency: 4, Lane: events.WorkerTokenOf,
+	}, func(ctx context.Context, msg jetstream.Msg) error {
+		started <- msg.Subject()
+		<-release
+		return nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, n := c.OldestHeld(); n != 0 {
+		t.Fatalf("holds %d before any message", n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	before := time.Now()
+	publish(t, s.JS, context.Background(), "tenure.hr.joiner.w1", "h1")
+	time.Sleep(20 * time.Millisecond)
+	publish(t, s.JS, context.Background(), "tenure.hr.mover.w1", "h2") // waits behind w1's lane
+	publish(t, s.JS, context.Background(), "tenure.hr.joiner.w2", "h3")
+	for range 2 {
+		<-started
+	}
+	eventually(t, func() bool { _, n := c.OldestHeld(); return n == 3 })
+	oldest, _ := c.OldestHeld()
+	st, err := s.JS.Stream(context.Background(), natsx.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := st.GetMsg(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !oldest.Equal(first.Time) || oldest.Before(before.Add(-time.Second)) {
+		t.Fatalf("oldest held %v, want the first message's stream time %v", oldest, first.Time)
+	}
+	close(release)
+	eventually(t, func() bool { _, n := c.OldestHeld(); return n == 0 })
+}
+
+func eventually(t *testing.T, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

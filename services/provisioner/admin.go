@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -203,7 +204,7 @@ func (s *Service) RetryTask(ctx context.Context, req *provisionerv1.RetryTaskReq
 }
 
 // queueStats reads one work queue: its consumer's counters and the age of the oldest command
-// not yet acknowledged (the first message after the ack floor on the queue's subjects).
+// not yet acknowledged.
 func (s *Service) queueStats(ctx context.Context, t *Target, q *provisionerv1.Queue) error {
 	c, err := s.js.Consumer(ctx, natsx.EventsStream, workDurable(t.Name))
 	if err != nil {
@@ -218,16 +219,43 @@ func (s *Service) queueStats(ctx context.Context, t *Target, q *provisionerv1.Qu
 	if info.NumPending == 0 && info.NumAckPending == 0 {
 		return nil
 	}
-	// The age is a nicety: without it the counters still answer. The least-privilege NATS user
-	// in deploy/nats may not read raw stream messages (that would bypass the consumer fences),
-	// so there the age stays empty; hence Debug, not a warning on every call.
-	age, err := s.oldestAge(ctx, t, info.AckFloor.Stream+1)
-	if err != nil {
-		s.log.DebugContext(ctx, "queue oldest age unavailable", "target", t.Name, "err", err)
-		q.OldestAge = nil
+	q.OldestAge = s.queueAge(ctx, t, info.AckFloor.Stream+1)
+	return nil
+}
+
+// queueAge is the age of the oldest unacknowledged command: exact from the stream (the first
+// message after the ack floor on the queue's subjects) where the NATS user may read raw
+// messages. The least-privilege user in deploy/nats may not (that would bypass the consumer
+// fences), and its read is not refused but left unanswered until it times out; so after one
+// failed read the provisioner stops asking and answers from the commands it holds itself
+// (natsx.Consumer.OldestHeld): exact for a single provisioner, the oldest of its own share
+// when several consume the queue. Unset when neither knows.
+func (s *Service) queueAge(ctx context.Context, t *Target, from uint64) *durationpb.Duration {
+	if !s.rawReadDenied.Load() {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		age, err := s.oldestAge(rctx, t, from)
+		cancel()
+		switch {
+		case err == nil:
+			return durationpb.New(age)
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return durationpb.New(0) // acknowledged since the consumer's counters were read
+		case ctx.Err() != nil:
+			return nil
+		case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrPermissionViolation):
+			s.log.DebugContext(ctx, "queue oldest age unavailable", "target", t.Name, "err", err)
+			return nil
+		}
+		if !s.rawReadDenied.Swap(true) {
+			s.log.InfoContext(ctx, "queue ages come from the commands this provisioner holds: reading the stream failed (a NATS user without raw message reads?)", "err", err)
+		}
+	}
+	if t.work == nil {
 		return nil
 	}
-	q.OldestAge = durationpb.New(age)
+	if oldest, n := t.work.OldestHeld(); n > 0 {
+		return durationpb.New(time.Since(oldest).Round(time.Millisecond))
+	}
 	return nil
 }
 

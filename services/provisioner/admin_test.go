@@ -41,10 +41,18 @@ func TestEveryMethodHasAnAuthRule(t *testing.T) {
 }
 
 // ListQueues shows a queue that is stuck: the command in flight, how old it is, and the
-// account failing; all of it clears once the target behaves.
+// account failing; all of it clears once the target behaves. The age comes from the stream
+// where the NATS user may read it, and otherwise from the commands the provisioner holds.
 func TestListQueuesShowsBacklogAgeAndFailures(t *testing.T) {
+	for _, mode := range []string{"stream read", "held commands"} {
+		t.Run(mode, func(t *testing.T) { listQueuesStuck(t, mode == "held commands") })
+	}
+}
+
+func listQueuesStuck(t *testing.T, held bool) {
 	ctx := context.Background()
 	e := start(t)
+	e.svc.rawReadDenied.Store(held)
 	e.join(t, "w-q")
 	eventually(t, "account verified", func() error {
 		res, err := e.svc.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: "w-q"})
@@ -76,6 +84,15 @@ func TestListQueuesShowsBacklogAgeAndFailures(t *testing.T) {
 		}
 		return nil
 	})
+	// The age is the stuck command's: it grows while the command stays.
+	first := queue().OldestAge.AsDuration()
+	time.Sleep(200 * time.Millisecond)
+	if later := queue().OldestAge.AsDuration(); later < first+150*time.Millisecond {
+		t.Fatalf("oldest age %v, then %v after 200 ms", first, later)
+	}
+	if e.svc.rawReadDenied.Load() != held {
+		t.Fatalf("raw reads denied = %v, want %v (the test server lets every user read)", !held, held)
+	}
 	e.target.lie.Store(false)
 	eventually(t, "queue clear again", func() error {
 		if q := queue(); q.InFlight != 0 || q.Failed != 0 || q.OldestAge.AsDuration() != 0 {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -53,6 +54,8 @@ type Target struct {
 	state  *targetState
 	// taskDeadline is how long an operator has for a task on a manual target (0: automatic).
 	taskDeadline time.Duration
+	// work consumes the target's command queue.
+	work *natsx.Consumer
 }
 
 // Config configures the provisioner.
@@ -106,6 +109,9 @@ type Service struct {
 	finisher  finisher
 	targets   map[string]*Target
 	consumers []*natsx.Consumer
+	// rawReadDenied: reading the stream's raw messages failed once; queue ages come from the
+	// commands this process holds (queueAge).
+	rawReadDenied atomic.Bool
 	// stop ends when Run's context does: long waits between attempts watch it, since message
 	// handlers run on a context that outlives Run's so they can finish their transaction.
 	stop    context.Context
@@ -198,6 +204,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 		if err != nil {
 			return nil, err
 		}
+		t.work = c
 		s.consumers = append(s.consumers, c)
 	}
 	dlq, err := s.deadLetterConsumers(ctx)

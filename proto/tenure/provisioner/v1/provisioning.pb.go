@@ -493,7 +493,9 @@ type Queue struct {
 	// Commands in the dead-letter stream for this connector not yet re-driven.
 	DeadLetters uint64 `protobuf:"varint,6,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
 	// Age of the oldest command not yet acknowledged (0 when the queue is empty; unset when it
-	// could not be read).
+	// could not be read). Read from the stream where the provisioner's NATS user may read raw
+	// messages; otherwise the oldest command the answering provisioner holds, which is the
+	// queue's oldest unless several provisioners share the queue.
 	OldestAge *durationpb.Duration `protobuf:"bytes,7,opt,name=oldest_age,json=oldestAge,proto3" json:"oldest_age,omitempty"`
 	// Accounts whose last attempt failed and that are not verified since (being retried or
 	// dead-lettered).
