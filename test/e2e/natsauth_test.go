@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -50,8 +52,46 @@ func TestServeAsLeastPrivilegeNATSUsers(t *testing.T) {
 		}
 		return nil
 	})
+	// Hold the target role's row lock, so the disable waits in flight. The provisioner's NATS
+	// user may not read raw stream messages; ListQueues still tells the command's age, from
+	// the commands the provisioner holds.
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, e.adminURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	accts, err := prov.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: worker})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role string
+	if err := admin.QueryRow(ctx, "SELECT rolname FROM pg_roles WHERE rolcanlogin AND right(rolname, length($1) + 1) = '_' || $1",
+		accts.Accounts[0].Username).Scan(&role); err != nil {
+		t.Fatalf("the account's role: %v", err)
+	}
+	lock, err := admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, "ALTER ROLE "+pgx.Identifier{role}.Sanitize()+" CONNECTION LIMIT 7"); err != nil {
+		t.Fatal(err)
+	}
 	if code, res := postWebhook(t, hook, e.secret, "t1", hrEvent("termination", worker, "", "")); code != 202 {
 		t.Fatalf("termination: %d %v", code, res)
+	}
+	eventually(t, 30*time.Second, "the stuck disable's age", func() error {
+		q, err := prov.ListQueues(ctx, &provisionerv1.ListQueuesRequest{})
+		if err != nil || len(q.Queues) != 1 {
+			return fmt.Errorf("queues %v, %v", q, err)
+		}
+		if qu := q.Queues[0]; qu.InFlight == 0 || qu.OldestAge == nil || qu.OldestAge.AsDuration() <= 0 {
+			return fmt.Errorf("queue %v", qu)
+		}
+		return nil
+	})
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "case completed", func() error {
 		r, err := prov.GetLeaverCase(context.Background(), &provisionerv1.GetLeaverCaseRequest{WorkerId: worker})
