@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tenure-dev/tenure/pkg/natsx"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -32,7 +35,8 @@ func TestServeAsLeastPrivilegeNATSUsers(t *testing.T) {
 	}
 	addrs := map[string][2]string{}
 	for _, svc := range []string{"intake", "approval", "provisioner", "ledger"} {
-		h, g := e.serve(t, svc, "TENURE_NATS_USER="+svc, "TENURE_NATS_PASSWORD="+pw[svc])
+		// Every outbox round goes as one atomic batch, to show the users may publish them.
+		h, g := e.serve(t, svc, "TENURE_NATS_USER="+svc, "TENURE_NATS_PASSWORD="+pw[svc], "TENURE_NATS_ATOMIC_BATCH=1")
 		addrs[svc] = [2]string{h, g}
 	}
 
@@ -106,6 +110,28 @@ func TestServeAsLeastPrivilegeNATSUsers(t *testing.T) {
 	q, err := prov.ListQueues(context.Background(), &provisionerv1.ListQueuesRequest{})
 	if err != nil || len(q.Queues) != 1 {
 		t.Fatalf("ListQueues under the provisioner's NATS permissions: %v %v", q, err)
+	}
+	// The provisioner's outbox went out in atomic batches (no batch was refused and
+	// republished one by one, which would have dropped the batch headers).
+	nc, err := nats.Connect(e.natsURL, nats.UserInfo("admin", pw["admin"]), nats.CustomInboxPrefix("_INBOX_admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, natsx.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := st.GetLastMsgForSubject(ctx, "tenure.case.completed."+worker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done.Header.Get("Nats-Batch-Id") == "" {
+		t.Fatalf("case_completed was not published in an atomic batch: headers %v", done.Header)
 	}
 	ctlOut, err := e.cmd(context.Background(), e.tenurectl, "ledger", "query", "--worker", worker, "--addr", addrs["ledger"][1], "--token", e.token, "--plaintext",
 		"--config", "/nonexistent").CombinedOutput()
