@@ -228,8 +228,9 @@ func (s *Service) queueStats(ctx context.Context, t *Target, q *provisionerv1.Qu
 // messages. The least-privilege user in deploy/nats may not (that would bypass the consumer
 // fences), and its read is not refused but left unanswered until it times out; so after one
 // failed read the provisioner stops asking and answers from the commands it holds itself
-// (natsx.Consumer.OldestHeld): exact for a single provisioner, the oldest of its own share
-// when several consume the queue. Unset when neither knows.
+// (natsx.Consumer.OldestHeld): the queue's oldest when one provisioner consumes it (commands
+// are held from delivery to acknowledgement, retries included), the oldest of its own share
+// when several do. Unset when neither knows.
 func (s *Service) queueAge(ctx context.Context, t *Target, from uint64) *durationpb.Duration {
 	if !s.rawReadDenied.Load() {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
