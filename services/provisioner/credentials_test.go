@@ -2,11 +2,8 @@ package provisioner
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +13,7 @@ import (
 	"github.com/tenure-dev/tenure/pkg/connector"
 	"github.com/tenure-dev/tenure/pkg/connector/connectortest"
 	"github.com/tenure-dev/tenure/pkg/connectors/webhook"
+	"github.com/tenure-dev/tenure/pkg/connectors/webhook/webhooktest"
 	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
 	"github.com/tenure-dev/tenure/pkg/pgtest"
@@ -117,81 +115,14 @@ func TestLeaverRevokesCredentials(t *testing.T) {
 	}
 }
 
-// hookReceiver is a webhook target: a connectortest.Memory behind an HTTP endpoint that
-// answers revoke_credentials with 501 while unsupported is set.
-type hookReceiver struct {
-	*httptest.Server
-	store       *connectortest.Memory
-	unsupported atomic.Bool
-}
-
-func newHookReceiver(t *testing.T) *hookReceiver {
-	h := &hookReceiver{store: connectortest.NewMemory()}
-	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		var in webhook.Request
-		if err := json.NewDecoder(req.Body).Decode(&in); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		ctx := req.Context()
-		var ref connector.AccountRef
-		if in.Account != nil {
-			ref = connector.AccountRef{ID: in.Account.ID, Username: in.Account.Username}
-		}
-		var out *webhook.Response
-		var err error
-		switch in.Operation {
-		case webhook.OpGet:
-			var a connector.Account
-			if a, err = h.store.GetAccount(ctx, ref); err == nil {
-				acc := webhook.FromAccount(a)
-				out = &webhook.Response{Account: &acc}
-			}
-		case webhook.OpCreate:
-			var a connector.Account
-			if a, err = h.store.CreateAccount(ctx, connector.AccountSpec{WorkerID: in.Spec.WorkerID, Username: in.Spec.Username}); err == nil {
-				acc := webhook.FromAccount(a)
-				out = &webhook.Response{Account: &acc}
-			}
-		case webhook.OpDisable:
-			err = h.store.DisableAccount(ctx, ref)
-		case webhook.OpEnable:
-			err = h.store.EnableAccount(ctx, ref)
-		case webhook.OpRevokeSessions:
-			err = h.store.RevokeSessions(ctx, ref)
-		case webhook.OpRevokeCredentials:
-			if h.unsupported.Load() {
-				http.Error(w, "not supported", http.StatusNotImplemented)
-				return
-			}
-			err = h.store.RevokeCredentials(ctx, ref)
-		default:
-			http.Error(w, "not supported", http.StatusNotImplemented)
-			return
-		}
-		switch {
-		case err != nil && connector.KindOf(err) == connector.KindNotFound:
-			http.Error(w, err.Error(), http.StatusNotFound)
-		case err != nil:
-			http.Error(w, err.Error(), http.StatusUnprocessableEntity)
-		case out != nil:
-			w.Header().Set("content-type", "application/json")
-			json.NewEncoder(w).Encode(out)
-		default:
-			w.WriteHeader(http.StatusNoContent)
-		}
-	}))
-	t.Cleanup(h.Close)
-	return h
-}
-
 // A webhook target that answers revoke_credentials with 501 is still disabled and its case
 // completes, without a credentials_revoked; one that supports it has the credential revoked
 // (checked in the receiver's own account store) and the revocation published.
 func TestWebhookCredentialRevocation(t *testing.T) {
 	ctx := context.Background()
-	h := newHookReceiver(t)
-	conn, err := webhook.New(webhook.Config{URL: h.URL, Secret: connector.SecretValue(stdwebhook.NewSecret())})
+	secret := stdwebhook.NewSecret()
+	h := webhooktest.Start(t, secret, connectortest.NewMemory())
+	conn, err := webhook.New(webhook.Config{URL: h.URL, Secret: connector.SecretValue(secret)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,15 +140,20 @@ func TestWebhookCredentialRevocation(t *testing.T) {
 		e.publish(t, events.Subject("tenure.access", "grant", w), w, &eventsv1.AccessDecision{Kind: eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_GRANT,
 			WorkerId: w, GrantId: "g-" + w, Connector: "hook", System: "rostering"})
 		e.waitVerified(t, w, eventsv1.AccountState_ACCOUNT_STATE_ENABLED)
-		if err := h.store.SetCredential(connector.AccountRef{Username: w}, "token-"+w); err != nil {
+		if err := h.Store.SetCredential(connector.AccountRef{Username: w}, "token-"+w); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	h.unsupported.Store(true)
+	h.Override(func(op string) (int, http.Header) {
+		if op == webhook.OpRevokeCredentials {
+			return http.StatusNotImplemented, nil
+		}
+		return 0, nil
+	})
 	e.leave(t, "wh1")
 	e.waitCase(t, "wh1")
-	if a, _ := h.store.GetAccount(ctx, connector.AccountRef{Username: "wh1"}); a.State != connector.StateDisabled {
+	if a, _ := h.Store.GetAccount(ctx, connector.AccountRef{Username: "wh1"}); a.State != connector.StateDisabled {
 		t.Fatalf("wh1 in the target: %+v", a)
 	}
 	eventually(t, "account_disabled for wh1", func() error {
@@ -230,7 +166,7 @@ func TestWebhookCredentialRevocation(t *testing.T) {
 		t.Fatalf("credentials_revoked although the target answered 501: %v", got)
 	}
 
-	h.unsupported.Store(false)
+	h.Override(nil)
 	e.leave(t, "wh2")
 	e.waitCase(t, "wh2")
 	eventually(t, "credentials_revoked for wh2", func() error {
@@ -249,7 +185,7 @@ func TestWebhookCredentialRevocation(t *testing.T) {
 	e.waitVerified(t, "wh3", eventsv1.AccountState_ACCOUNT_STATE_DISABLED)
 	hr(eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_END, "leave_end")
 	e.waitVerified(t, "wh3", eventsv1.AccountState_ACCOUNT_STATE_ENABLED)
-	if !h.store.Authenticate(connector.AccountRef{Username: "wh3"}, "token-wh3") {
+	if !h.Store.Authenticate(connector.AccountRef{Username: "wh3"}, "token-wh3") {
 		t.Fatal("a leave of absence revoked wh3's token")
 	}
 	if got := e.revocations(t, "credentials_revoked", "wh3"); len(got) != 0 {
@@ -257,10 +193,10 @@ func TestWebhookCredentialRevocation(t *testing.T) {
 	}
 
 	// Checked in the target itself: re-enabled, the account's token would not work.
-	if err := h.store.EnableAccount(ctx, connector.AccountRef{Username: "wh2"}); err != nil {
+	if err := h.Store.EnableAccount(ctx, connector.AccountRef{Username: "wh2"}); err != nil {
 		t.Fatal(err)
 	}
-	if h.store.Authenticate(connector.AccountRef{Username: "wh2"}, "token-wh2") {
+	if h.Store.Authenticate(connector.AccountRef{Username: "wh2"}, "token-wh2") {
 		t.Fatal("wh2's token still works in the target")
 	}
 }

@@ -61,12 +61,7 @@ func TestDevLeaverEndToEnd(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		n := 0
-		for _, a := range r.Accounts {
-			if a.ObservedState == eventsv1.AccountState_ACCOUNT_STATE_ENABLED && a.ObservedGeneration == a.Generation {
-				n++
-			}
-		}
+		n := verifiedEnabled(r.Accounts)
 		if n != 4 {
 			return fmt.Errorf("%d verified of %v", n, r.Accounts)
 		}

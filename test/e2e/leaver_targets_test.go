@@ -86,12 +86,7 @@ roles:
 		if err != nil {
 			return err
 		}
-		n := 0
-		for _, a := range r.Accounts {
-			if a.ObservedState == eventsv1.AccountState_ACCOUNT_STATE_ENABLED && a.ObservedGeneration == a.Generation {
-				n++
-			}
-		}
+		n := verifiedEnabled(r.Accounts)
 		if n != 3 {
 			return fmt.Errorf("%d verified of %v", n, r.Accounts)
 		}

@@ -107,6 +107,17 @@ func createPushStream(t testing.TB, d *app.Dev, url string) string {
 	return out["stream_id"].(string)
 }
 
+// verifiedEnabled counts the accounts read back enabled at their current generation.
+func verifiedEnabled(accounts []*provisionerv1.Account) int {
+	n := 0
+	for _, a := range accounts {
+		if a.ObservedState == eventsv1.AccountState_ACCOUNT_STATE_ENABLED && a.ObservedGeneration == a.Generation {
+			n++
+		}
+	}
+	return n
+}
+
 func waitAccountsEnabled(t testing.TB, d *app.Dev, worker string, want int) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
@@ -114,11 +125,7 @@ func waitAccountsEnabled(t testing.TB, d *app.Dev, worker string, want int) {
 		res, err := d.Provisioner.ListAccounts(context.Background(), &provisionerv1.ListAccountsRequest{WorkerId: worker})
 		n := 0
 		if err == nil {
-			for _, a := range res.Accounts {
-				if a.ObservedState == eventsv1.AccountState_ACCOUNT_STATE_ENABLED && a.ObservedGeneration == a.Generation {
-					n++
-				}
-			}
+			n = verifiedEnabled(res.Accounts)
 		}
 		if n == want {
 			return

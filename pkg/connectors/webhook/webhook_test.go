@@ -1,151 +1,23 @@
 package webhook_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tenure-dev/tenure/pkg/connector"
 	"github.com/tenure-dev/tenure/pkg/connector/connectortest"
 	"github.com/tenure-dev/tenure/pkg/connectors/webhook"
+	"github.com/tenure-dev/tenure/pkg/connectors/webhook/webhooktest"
 	stdwebhook "github.com/tenure-dev/tenure/pkg/webhook"
 )
 
-// receiver is a tiny account system behind a webhook endpoint, the way a target's owner
-// would write one: it verifies the Standard Webhooks signature, rejects replays, and keeps
-// accounts in a connectortest.Memory.
-type receiver struct {
-	*httptest.Server
-	store *connectortest.Memory
-	keys  [][]byte
-
-	mu       sync.Mutex
-	seen     map[string]bool
-	override func(op string) (status int, header http.Header) // answers instead of the store when it returns a status
-	requests []webhook.Request
-}
-
-func newReceiver(t *testing.T, secret string) *receiver {
-	t.Helper()
-	key, err := stdwebhook.ParseSecret(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &receiver{store: connectortest.NewMemory("read", "write"), keys: [][]byte{key}, seen: map[string]bool{}}
-	r.Server = httptest.NewServer(http.HandlerFunc(r.serve))
-	t.Cleanup(r.Close)
-	return r
-}
-
-func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(req.Body, 1<<20))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	v := stdwebhook.Verifier{Keys: r.keys}
-	id := req.Header.Get(stdwebhook.HeaderID)
-	if _, err := v.Verify(id, req.Header.Get(stdwebhook.HeaderTimestamp), req.Header.Get(stdwebhook.HeaderSignature), body); err != nil {
-		http.Error(w, err.Error(), http.StatusUnauthorized)
-		return
-	}
-	var in webhook.Request
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&in); err != nil {
-		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	r.mu.Lock()
-	replay := r.seen[id]
-	r.seen[id] = true
-	r.requests = append(r.requests, in)
-	override := r.override
-	r.mu.Unlock()
-	if replay {
-		http.Error(w, "replayed webhook-id", http.StatusConflict)
-		return
-	}
-	if override != nil {
-		if code, h := override(in.Operation); code != 0 {
-			for k, v := range h {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(code)
-			fmt.Fprintf(w, "injected %d for %s", code, in.Operation)
-			return
-		}
-	}
-	ctx := req.Context()
-	var ref connector.AccountRef
-	if in.Account != nil {
-		ref = connector.AccountRef{ID: in.Account.ID, Username: in.Account.Username}
-	}
-	var out *webhook.Response
-	switch in.Operation {
-	case webhook.OpGet:
-		var a connector.Account
-		if a, err = r.store.GetAccount(ctx, ref); err == nil {
-			acc := webhook.FromAccount(a)
-			out = &webhook.Response{Account: &acc}
-		}
-	case webhook.OpCreate:
-		s := in.Spec
-		var a connector.Account
-		if a, err = r.store.CreateAccount(ctx, connector.AccountSpec{WorkerID: s.WorkerID, Username: s.Username, Email: s.Email, GivenName: s.GivenName,
-			FamilyName: s.FamilyName, DisplayName: s.DisplayName, Entitlements: s.Entitlements}); err == nil {
-			acc := webhook.FromAccount(a)
-			out = &webhook.Response{Account: &acc}
-		}
-	case webhook.OpDisable:
-		err = r.store.DisableAccount(ctx, ref)
-	case webhook.OpEnable:
-		err = r.store.EnableAccount(ctx, ref)
-	case webhook.OpDelete:
-		err = r.store.DeleteAccount(ctx, ref)
-	case webhook.OpGrant:
-		err = r.store.GrantEntitlement(ctx, ref, in.Entitlement)
-	case webhook.OpRevoke:
-		err = r.store.RevokeEntitlement(ctx, ref, in.Entitlement)
-	case webhook.OpRevokeSessions:
-		err = r.store.RevokeSessions(ctx, ref)
-	case webhook.OpRevokeCredentials:
-		err = r.store.RevokeCredentials(ctx, ref)
-	case webhook.OpList:
-		var accts []connector.Account
-		var next string
-		if accts, next, err = r.store.ListAccounts(ctx, in.PageToken); err == nil {
-			out = &webhook.Response{Accounts: []webhook.Account{}, NextPageToken: next}
-			for _, a := range accts {
-				out.Accounts = append(out.Accounts, webhook.FromAccount(a))
-			}
-		}
-	default:
-		http.Error(w, "unknown operation "+in.Operation, http.StatusNotImplemented)
-		return
-	}
-	switch {
-	case errors.Is(err, connector.ErrNotFound):
-		http.Error(w, "no such account", http.StatusNotFound)
-	case err != nil && connector.KindOf(err) == connector.KindPermanent:
-		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
-	case err != nil:
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-	case out != nil:
-		w.Header().Set("content-type", "application/json")
-		json.NewEncoder(w).Encode(out)
-	default:
-		w.WriteHeader(http.StatusNoContent)
-	}
+func newReceiver(t *testing.T, secret string) *webhooktest.Receiver {
+	return webhooktest.Start(t, secret, connectortest.NewMemory("read", "write"))
 }
 
 const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" // 24 bytes, fixed so failures reproduce
@@ -170,12 +42,12 @@ func TestConformance(t *testing.T) {
 		// The receiver's own account system is the target: the credential is checked there.
 		Credentials: &connectortest.CredentialProbe{
 			Give: func(t *testing.T, _ connector.Connector, acc connector.Account) {
-				if err := r.store.SetCredential(connector.AccountRef{Username: acc.Username}, "tok-"+acc.Username); err != nil {
+				if err := r.Store.SetCredential(connector.AccountRef{Username: acc.Username}, "tok-"+acc.Username); err != nil {
 					t.Fatal(err)
 				}
 			},
 			Works: func(t *testing.T, _ connector.Connector, acc connector.Account) bool {
-				return r.store.Authenticate(connector.AccountRef{Username: acc.Username}, "tok-"+acc.Username)
+				return r.Store.Authenticate(connector.AccountRef{Username: acc.Username}, "tok-"+acc.Username)
 			},
 		},
 	})
@@ -224,10 +96,8 @@ func TestStatusCodesAreErrorClasses(t *testing.T) {
 		{"501 on revoke_credentials", 501, nil, func() error { return c.(connector.CredentialRevoker).RevokeCredentials(ctx, ref) }, connector.KindPermanent, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r.mu.Lock()
-			r.override = func(string) (int, http.Header) { return tc.status, tc.header }
-			r.mu.Unlock()
-			defer func() { r.mu.Lock(); r.override = nil; r.mu.Unlock() }()
+			r.Override(func(string) (int, http.Header) { return tc.status, tc.header })
+			defer r.Override(nil)
 			err := tc.call()
 			if err == nil || connector.KindOf(err) != tc.kind {
 				t.Fatalf("error %v: kind %v, want %v", err, connector.KindOf(err), tc.kind)
@@ -244,27 +114,25 @@ func TestStatusCodesAreErrorClasses(t *testing.T) {
 		})
 	}
 	// 404 on delete: already gone is success.
-	r.override = func(op string) (int, http.Header) { return 404, nil }
+	r.Override(func(op string) (int, http.Header) { return 404, nil })
 	if err := c.(connector.Deleter).DeleteAccount(ctx, ref); err != nil {
 		t.Fatalf("delete of an absent account: %v", err)
 	}
 	// 409 on create: the account exists and is read back unchanged.
-	r.override = func(op string) (int, http.Header) {
+	r.Override(func(op string) (int, http.Header) {
 		if op == webhook.OpCreate {
 			return 409, nil
 		}
 		return 0, nil
-	}
+	})
 	a, err := c.(connector.Creator).CreateAccount(ctx, connector.AccountSpec{Username: "ada"})
 	if err != nil || a.Username != "ada" || a.State != connector.StateEnabled {
 		t.Fatalf("create after 409 = %+v, %v", a, err)
 	}
-	r.override = nil
+	r.Override(nil)
 	// Every request was signed and fresh (the receiver refuses replays).
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.requests) < 10 {
-		t.Fatalf("receiver saw %d requests", len(r.requests))
+	if n := len(r.Requests()); n < 10 {
+		t.Fatalf("receiver saw %d requests", n)
 	}
 }
 
