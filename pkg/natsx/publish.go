@@ -55,46 +55,59 @@ const AtomicMinSyncAlways = 32
 // maxAtomicBatch stays under the server's default limit of 1,000 messages per batch.
 const maxAtomicBatch = 1000
 
-// PublishAll publishes msgs and returns, per message, nil once JetStream stored it (or
-// recognised it as a duplicate), or why not. Every message must have a Nats-Msg-Id; if one
-// has none, nothing is published.
-func (p *GroupPublisher) PublishAll(ctx context.Context, msgs []*nats.Msg) []error {
-	errs := make([]error, len(msgs))
+// Published is JetStream's answer for one message: the stream sequence it is stored at (for a
+// duplicate, the first copy's), or why it is not.
+type Published struct {
+	Seq uint64
+	Err error
+}
+
+// PublishAll publishes msgs and returns, per message, its sequence once JetStream stored it
+// (or recognised it as a duplicate), or the error. Every message must have a Nats-Msg-Id; if
+// one has none, nothing is published.
+func (p *GroupPublisher) PublishAll(ctx context.Context, msgs []*nats.Msg) []Published {
+	res := make([]Published, len(msgs))
 	for i, m := range msgs {
 		if m.Header.Get(jetstream.MsgIDHeader) == "" {
 			err := fmt.Errorf("natsx: message %d (%s) has no %s: nothing of its group was published", i, m.Subject, jetstream.MsgIDHeader)
-			for j := range errs {
-				errs[j] = err
+			for j := range res {
+				res[j].Err = err
 			}
-			return errs
+			return res
 		}
 	}
 	if len(msgs) == 0 {
-		return errs
+		return res
 	}
 	if p.AtomicMin > 0 && len(msgs) >= p.AtomicMin && !p.refused.Load() {
 		for start := 0; start < len(msgs); start += maxAtomicBatch {
 			end := min(start+maxAtomicBatch, len(msgs))
-			if err := p.publishAtomic(ctx, msgs[start:end]); err != nil {
+			last, err := p.publishAtomic(ctx, msgs[start:end])
+			if err != nil {
 				// This part goes out message by message; so does the rest, to keep the order.
-				p.publishEach(ctx, msgs[start:], errs[start:])
+				p.publishEach(ctx, msgs[start:], res[start:])
 				break
 			}
+			// A batch is stored contiguously, ending at the commit's sequence.
+			for i := start; i < end; i++ {
+				res[i].Seq = last - uint64(end-1-i)
+			}
 		}
-		return errs
+		return res
 	}
-	p.publishEach(ctx, msgs, errs)
-	return errs
+	p.publishEach(ctx, msgs, res)
+	return res
 }
 
-func (p *GroupPublisher) publishAtomic(ctx context.Context, msgs []*nats.Msg) error {
+// publishAtomic publishes msgs as one atomic batch and returns the last one's sequence.
+func (p *GroupPublisher) publishAtomic(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
 	defer cancel()
 	// No acknowledgement of the first message: the commit's answer says it all, and one round
 	// trip per batch is the point.
-	_, err := jetstreamext.PublishMsgBatch(ctx, p.js, msgs, jetstreamext.BatchFlowControl{AckFirst: false})
+	ack, err := jetstreamext.PublishMsgBatch(ctx, p.js, msgs, jetstreamext.BatchFlowControl{AckFirst: false})
 	if err == nil {
-		return nil
+		return ack.Sequence, nil
 	}
 	for _, m := range msgs {
 		m.Header.Del(jetstreamext.BatchIDHeader)
@@ -116,20 +129,20 @@ func (p *GroupPublisher) publishAtomic(ctx context.Context, msgs []*nats.Msg) er
 	default:
 		p.log.Debug("atomic batch refused, publishing message by message", "messages", len(msgs), "err", err)
 	}
-	return err
+	return 0, err
 }
 
 // errAtomicPublishDisabled is the server's JSAtomicPublishDisabledErr.
 const errAtomicPublishDisabled = 10174
 
 // publishEach publishes the messages all in flight at once and waits for their answers, at
-// most Timeout in all.
-func (p *GroupPublisher) publishEach(ctx context.Context, msgs []*nats.Msg, errs []error) {
+// most Timeout in all; past it, it takes the answers that have arrived and waits for no more.
+func (p *GroupPublisher) publishEach(ctx context.Context, msgs []*nats.Msg, res []Published) {
 	futures := make([]jetstream.PubAckFuture, len(msgs))
 	for i, m := range msgs {
 		f, err := p.js.PublishMsgAsync(m)
 		if err != nil {
-			errs[i] = fmt.Errorf("publish %s: %w", m.Subject, err)
+			res[i].Err = fmt.Errorf("publish %s: %w", m.Subject, err)
 			continue
 		}
 		futures[i] = f
@@ -143,22 +156,24 @@ func (p *GroupPublisher) publishEach(ctx context.Context, msgs []*nats.Msg, errs
 		}
 		if expired {
 			select {
-			case <-f.Ok():
+			case a := <-f.Ok():
+				res[i].Seq = a.Sequence
 			case err := <-f.Err():
-				errs[i] = err
+				res[i].Err = err
 			default:
-				errs[i] = context.DeadlineExceeded
+				res[i].Err = context.DeadlineExceeded
 			}
 			continue
 		}
 		select {
-		case <-f.Ok():
+		case a := <-f.Ok():
+			res[i].Seq = a.Sequence
 		case err := <-f.Err():
-			errs[i] = err
+			res[i].Err = err
 		case <-timeout.C:
-			expired, errs[i] = true, context.DeadlineExceeded
+			expired, res[i].Err = true, context.DeadlineExceeded
 		case <-ctx.Done():
-			expired, errs[i] = true, ctx.Err()
+			expired, res[i].Err = true, ctx.Err()
 		}
 	}
 }

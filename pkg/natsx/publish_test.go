@@ -23,11 +23,22 @@ func groupMsgs(prefix string, n int) []*nats.Msg {
 	return msgs
 }
 
-func noErrors(t *testing.T, errs []error) {
+func noErrors(t *testing.T, res []natsx.Published) []natsx.Published {
 	t.Helper()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("message %d: %v", i, err)
+	for i, r := range res {
+		if r.Err != nil {
+			t.Fatalf("message %d: %v", i, r.Err)
+		}
+	}
+	return res
+}
+
+// wantSeqs checks the stream sequences PublishAll reported.
+func wantSeqs(t *testing.T, res []natsx.Published, want ...uint64) {
+	t.Helper()
+	for i, r := range res {
+		if r.Seq != want[i] {
+			t.Fatalf("message %d stored at %d, reported %d", i, want[i], r.Seq)
 		}
 	}
 }
@@ -63,8 +74,8 @@ func TestGroupPublisherBatchesLargeGroups(t *testing.T) {
 	p.AtomicMin = 4
 	ctx := context.Background()
 
-	noErrors(t, p.PublishAll(ctx, groupMsgs("big", 6)))
-	noErrors(t, p.PublishAll(ctx, groupMsgs("small", 3)))
+	wantSeqs(t, noErrors(t, p.PublishAll(ctx, groupMsgs("big", 6))), 1, 2, 3, 4, 5, 6)
+	wantSeqs(t, noErrors(t, p.PublishAll(ctx, groupMsgs("small", 3))), 7, 8, 9)
 
 	got := storedFrom(t, ns.JS, 1)
 	if len(got) != 9 {
@@ -100,7 +111,8 @@ func TestGroupPublisherRepublishesRefusedBatchOneByOne(t *testing.T) {
 	first := groupMsgs("r", 5)
 	noErrors(t, p.PublishAll(ctx, first[:2]))
 
-	noErrors(t, p.PublishAll(ctx, groupMsgs("r", 5))) // r-0, r-1 again, then r-2..r-4
+	// r-0, r-1 again (reported at their first copies), then r-2..r-4.
+	wantSeqs(t, noErrors(t, p.PublishAll(ctx, groupMsgs("r", 5))), 1, 2, 3, 4, 5)
 
 	got := storedFrom(t, ns.JS, 1)
 	if len(got) != 5 {
@@ -163,8 +175,8 @@ func TestGroupPublisherNeedsMessageIDs(t *testing.T) {
 	p.AtomicMin = 2
 	msgs := groupMsgs("n", 3)
 	msgs[1].Header.Del(jetstream.MsgIDHeader)
-	for i, err := range p.PublishAll(context.Background(), msgs) {
-		if err == nil {
+	for i, r := range p.PublishAll(context.Background(), msgs) {
+		if r.Err == nil {
 			t.Fatalf("message %d: no error for a group with a message without Nats-Msg-Id", i)
 		}
 	}

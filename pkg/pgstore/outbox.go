@@ -177,8 +177,8 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 			msgs[i] = &nats.Msg{Subject: o.subject, Header: h, Data: o.payload}
 		}
 		seqs := make([]int64, 0, len(batch))
-		for i, err := range r.pub.PublishAll(ctx, msgs) {
-			if err != nil {
+		for i, res := range r.pub.PublishAll(ctx, msgs) {
+			if err := res.Err; err != nil {
 				// Keep order: stop at the first failure; later rows go out next round
 				// (JetStream dedupes any that did land).
 				if ctx.Err() != nil {

@@ -269,7 +269,7 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 		}
 		it.msg.Header.Set(jetstream.ExpectedStreamHeader, natsx.EventsStream)
 	}
-	s.publishAll(batch)
+	s.publishAll(ctx, batch)
 
 	// Round trip 3: the registry and history writes, and the receipts' final state.
 	b = &pgx.Batch{}
@@ -367,56 +367,27 @@ func readDuplicates(ctx context.Context, tx pgx.Tx, batch []*ingestItem) error {
 	return br.Close()
 }
 
-// publishAll publishes the batch's events, all in flight at once, and sets each item's stream
-// sequence; an item whose publish failed is undone (503, nothing of it stored).
+// publishAll publishes the batch's events, all in flight at once (natsx.GroupPublisher, at
+// most PublishTimeout in all), and sets each item's stream sequence; an item whose publish
+// failed is undone (503, nothing of it stored).
 //
 // (JetStream's atomic batch publish would store them with one fsync, but it stages each batch
 // in a store of its own on disk first; measured here it was slower than this for batches of
-// the sizes a webhook load produces.)
-func (s *Service) publishAll(batch []*ingestItem) {
+// the sizes a webhook load produces, so the publisher's AtomicMin stays 0.)
+func (s *Service) publishAll(ctx context.Context, batch []*ingestItem) {
 	var pub []*ingestItem
+	var msgs []*nats.Msg
 	for _, it := range batch {
 		if it.msg != nil && !it.undo {
-			pub = append(pub, it)
+			pub, msgs = append(pub, it), append(msgs, it.msg)
 		}
 	}
-	acks := make([]jetstream.PubAckFuture, len(pub))
-	for i, it := range pub {
-		var err error
-		if acks[i], err = s.js.PublishMsgAsync(it.msg); err != nil {
-			it.fail(err)
-		}
-	}
-	// Wait for the answers, at most PublishTimeout in all.
-	timeout := time.NewTimer(s.cfg.PublishTimeout)
-	defer timeout.Stop()
-	expired := false
-	for i, it := range pub {
-		if acks[i] == nil {
+	for i, r := range s.pub.PublishAll(ctx, msgs) {
+		if r.Err != nil {
+			pub[i].fail(r.Err)
 			continue
 		}
-		var err error
-		if expired {
-			// Past the deadline: take what has arrived, wait for nothing more.
-			select {
-			case a := <-acks[i].Ok():
-				it.res.seq = a.Sequence
-			case err = <-acks[i].Err():
-			default:
-				err = context.DeadlineExceeded
-			}
-		} else {
-			select {
-			case a := <-acks[i].Ok():
-				it.res.seq = a.Sequence
-			case err = <-acks[i].Err():
-			case <-timeout.C:
-				expired, err = true, context.DeadlineExceeded
-			}
-		}
-		if err != nil {
-			it.fail(err)
-		}
+		pub[i].res.seq = r.Seq
 	}
 }
 

@@ -56,7 +56,7 @@ type Deps struct {
 type Service struct {
 	cfg     Config
 	pool    *pgxpool.Pool
-	js      jetstream.JetStream
+	pub     *natsx.GroupPublisher // publishes webhook events (commit.go)
 	log     *slog.Logger
 	now     func() time.Time
 	sources map[string]*source
@@ -114,9 +114,11 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 		cfg.MaxSnapshotBytes = DefaultMaxSnapshotBytes
 	}
 	log := d.Log.With("service", "intake")
-	s := &Service{cfg: cfg, pool: d.Pool, js: d.JS, log: log, now: cfg.Now, sources: map[string]*source{},
+	s := &Service{cfg: cfg, pool: d.Pool, log: log, now: cfg.Now, sources: map[string]*source{},
 		relay: pgstore.NewRelay(d.Pool, d.JS, log), wake: make(chan struct{}, 1)}
 	s.relay.PublishInAtomicBatches(d.AtomicBatch)
+	s.pub = natsx.NewGroupPublisher(d.JS, log)
+	s.pub.Timeout = cfg.PublishTimeout
 	s.commits = &committer{s: s}
 	names := make([]string, 0, len(cfg.Sources))
 	for name := range cfg.Sources {
