@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs `tenure dev` on the embedded default, sends a signed joiner and a signed termination
-# for a demo worker, and shows the leaver case and the audit ledger. Stops tenure at the end.
+# for a demo worker, and shows the leaver case and the audit ledger, and (with psql) one demo
+# login in PostgreSQL itself before and after. Stops tenure at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=./bin
@@ -33,10 +34,38 @@ say "Accounts created in the demo targets (read back from each target)"
 say "Grants (the EHR package waits for approvers: default deny)"
 "$BIN/tenurectl" grants --worker "$worker"
 
+# The demo targets are real PostgreSQL logins. Look at one in PostgreSQL itself, not through
+# tenure, and keep a session of it open across the termination.
+PGURL=$(awk '$1 == "Postgres" {print $2}' "$DATA/tenure-dev.out")
+PSQL=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -n 1 || true)
+role=""
+if [ -n "$PSQL" ] && [ -n "$PGURL" ]; then
+  user=$("$BIN/tenurectl" accounts "$worker" | awk '$1 == "demo-intranet" {print $2}')
+  role="intranet_$user"
+  # The dev cluster trusts loopback connections, so the demo can log in as the new role; to
+  # the "postgres" database, as tenure's own is closed to other roles.
+  roleURL=${PGURL/postgres@/$role@}
+  roleURL=${roleURL/\/tenure\?//postgres?}
+  say "In PostgreSQL itself: the login $role, and a session of it left open"
+  "$PSQL" "$PGURL" -c "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = '$role'"
+  "$PSQL" "$roleURL" -At -c "SELECT 'session ' || pg_backend_pid() || ' open as ' || current_user" -c "SELECT pg_sleep(60)" \
+    >"$DATA/demo-session.out" 2>&1 &
+  session=$!
+  for _ in $(seq 1 20); do grep -q "open as" "$DATA/demo-session.out" && break; sleep 0.25; done
+  sed 's/^/  /' "$DATA/demo-session.out"
+fi
+
 say "A signed termination webhook"
 "$BIN/tenurectl" webhook send --type termination --worker "$worker"
 say "The leaver case"
 "$BIN/tenurectl" case "$worker" --wait 30s
+if [ -n "$role" ]; then
+  say "In PostgreSQL itself again: $role can no longer log in, and its open session was ended"
+  "$PSQL" "$PGURL" -c "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = '$role'"
+  wait "$session" 2>/dev/null || true
+  grep -E "open as|FATAL" "$DATA/demo-session.out" | sed 's/^/  session: /' || true
+  "$PSQL" "$roleURL" -c "SELECT 1" 2>&1 | sed 's/^/  new login: /' || true
+fi
 say "The audit ledger for $worker"
 "$BIN/tenurectl" ledger query --worker "$worker" --limit 200
 say "Ledger verification"
