@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -48,7 +49,14 @@ type applyPlan struct {
 	w        *eventsv1.Worker
 	eff      time.Time // the event's effective time, kept in the history
 	writeEff time.Time // the effective time of the record written
+	// supersedeAt, set for a leaver that applies, cancels (at that time) the worker's held
+	// events that HR sent before it: a hire, job change or leave scheduled for later does
+	// not outlive the termination (a rescind brings them back).
+	supersedeAt time.Time
 }
+
+// supersededBy is the error text of a held event cancelled by a termination.
+func supersededBy(eventID string) string { return "superseded by termination " + eventID }
 
 // apply applies one event to the registry and history in tx, in effective-time order:
 //
@@ -137,9 +145,19 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 				writeEff = cur.effectiveTime
 			}
 		}
+	case curStatus == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED && (et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_START ||
+		et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_END):
+		// A leave of a worker who has left changes nothing: only a rehire or a rescind brings
+		// a leaver back. Kept in the history like a stale event, not published.
+		res.stale = true
 	default:
 		if cur != nil && !et.full {
 			fill(w, cur.worker)
+			if et.kind != eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER {
+				if err := checkMerged(p.c, w); err != nil {
+					return applyPlan{}, err
+				}
+			}
 		}
 		w.Status = statusAfter(et, curStatus)
 	}
@@ -168,7 +186,24 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 			},
 		}
 	}
-	return applyPlan{applyResult: res, p: p, w: w, eff: eff, writeEff: writeEff}, nil
+	pl := applyPlan{applyResult: res, p: p, w: w, eff: eff, writeEff: writeEff}
+	if !res.stale && et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER {
+		pl.supersedeAt = s.now()
+	}
+	return pl, nil
+}
+
+// checkMerged checks what a partial event leaves after the record filled in its other
+// fields: a job change must not put the end date before the start date on record. (Leavers
+// are not checked: a termination before the start date is an offer withdrawn.)
+func checkMerged(c change, w *eventsv1.Worker) error {
+	if w.StartDate == "" || w.EndDate == "" || w.EndDate >= w.StartDate {
+		return nil
+	}
+	if c.worker.EndDate != "" {
+		return Unprocessable("worker.end_date", "worker.end_date %s is before the start date on record (%s)", w.EndDate, w.StartDate)
+	}
+	return Unprocessable("worker.start_date", "worker.start_date %s is after the end date on record (%s)", w.StartDate, w.EndDate)
 }
 
 // queueWrites adds the record (unless stale) and the history row to b; readWrites reads
@@ -178,6 +213,12 @@ func (pl *applyPlan) queueWrites(b *pgx.Batch) error {
 	p := pl.p
 	if !pl.stale {
 		queueUpsertWorker(b, pl.w, pl.writeEff, p.eventID, p.source, p.received)
+	}
+	if !pl.supersedeAt.IsZero() {
+		b.Queue(`UPDATE scheduled_events SET state = 'cancelled', done_at = $2, error = $3
+			WHERE worker_id = $1 AND state = 'scheduled' AND received_at < $4
+			AND hr_event_type NOT IN ('termination', 'contract_end', 'termination_rescinded')`,
+			pl.w.WorkerId, pl.supersedeAt, supersededBy(p.eventID), p.received)
 	}
 	return queueHistory(b, p.c, pl.w, p.eventID, p.source, pl.eff, p.received, !pl.stale)
 }
@@ -190,6 +231,11 @@ func (pl *applyPlan) readWrites(br pgx.BatchResults) error {
 		}
 		if tag.RowsAffected() != 1 {
 			return fmt.Errorf("intake: upsert worker %s: a newer record appeared under the row lock", pl.w.WorkerId)
+		}
+	}
+	if !pl.supersedeAt.IsZero() {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("intake: cancel held events: %w", err)
 		}
 	}
 	if _, err := br.Exec(); err != nil {
@@ -226,22 +272,40 @@ func (s *Service) rescind(ctx context.Context, tx pgx.Tx, id string, cur *record
 		}
 		return nil, Unprocessable("worker.worker_id", "worker %q has no termination to rescind", clip(id))
 	}
-	var termEff time.Time
-	err = tx.QueryRow(ctx, `SELECT effective_time FROM worker_history WHERE worker_id = $1 AND applied AND kind = 'leaver'
-		ORDER BY effective_time DESC, seq DESC LIMIT 1`, id).Scan(&termEff)
+	// The termination to undo is the last one applied. It took effect for tenure when it was
+	// applied: at its effective time, or when it arrived if HR backdated it.
+	var (
+		termID             string
+		termSeq            int64
+		termEff, termRecvd time.Time
+	)
+	err = tx.QueryRow(ctx, `SELECT event_id, seq, effective_time, received_at FROM worker_history
+		WHERE worker_id = $1 AND applied AND kind = 'leaver' ORDER BY seq DESC LIMIT 1`, id).Scan(&termID, &termSeq, &termEff, &termRecvd)
 	if errors.Is(err, pgx.ErrNoRows) {
-		termEff = cur.effectiveTime
+		termEff, termRecvd, termSeq = cur.effectiveTime, cur.effectiveTime, math.MaxInt64
 	} else if err != nil {
 		return nil, fmt.Errorf("intake: read history: %w", err)
 	}
-	if now.Sub(termEff) > s.cfg.RescindGrace {
-		return nil, Unprocessable("type", "the termination of worker %q took effect %s, more than the rescind grace window (%s) ago; send a rehire instead",
-			clip(id), termEff.UTC().Format(time.RFC3339), s.cfg.RescindGrace)
+	took := termEff
+	if termRecvd.After(took) {
+		took = termRecvd
 	}
-	// Restore the record from before the termination.
+	if now.Sub(took) > s.cfg.RescindGrace {
+		return nil, Unprocessable("type", "the termination of worker %q took effect %s, more than the rescind grace window (%s) ago; send a rehire instead",
+			clip(id), took.UTC().Format(time.RFC3339), s.cfg.RescindGrace)
+	}
+	// What HR had scheduled before the termination is scheduled again.
+	if termID != "" {
+		if _, err := tx.Exec(ctx, `UPDATE scheduled_events SET state = 'scheduled', done_at = NULL, error = ''
+			WHERE worker_id = $1 AND state = 'cancelled' AND error = $2`, id, supersededBy(termID)); err != nil {
+			return nil, fmt.Errorf("intake: restore held events: %w", err)
+		}
+	}
+	// Restore the record the worker had when the termination applied: the last one applied
+	// before it, whatever its effective date (a backdated termination keeps a later job change).
 	var raw []byte
 	err = tx.QueryRow(ctx, `SELECT record FROM worker_history WHERE worker_id = $1 AND applied AND kind <> 'leaver'
-		AND effective_time <= $2 ORDER BY effective_time DESC, seq DESC LIMIT 1`, id, termEff).Scan(&raw)
+		AND seq < $2 ORDER BY seq DESC LIMIT 1`, id, termSeq).Scan(&raw)
 	prior := proto.Clone(cur.worker).(*eventsv1.Worker)
 	prior.EndDate = ""
 	if err == nil {

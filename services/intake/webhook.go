@@ -1,7 +1,9 @@
 package intake
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -187,6 +189,15 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 		return o
 	}
 	if err != nil {
+		var ie *InputError
+		if !errors.As(err, &ie) {
+			// The adapter could not fetch the record (HRIS API down, record gone). If this
+			// webhook-id was accepted before, the sender is retrying one whose answer it lost:
+			// it is a duplicate whatever the API says now.
+			if prev, ok := s.receivedBefore(r.Context(), d); ok {
+				return s.answerRedelivery(w, o, d, prev)
+			}
+		}
 		return s.inputFailure(w, o, err)
 	}
 	// Validate every event before storing any, so a bad delivery stores nothing.
@@ -387,4 +398,39 @@ type ingestResult struct {
 	eventID   string
 	subject   string
 	seq       uint64
+}
+
+// priorReceipt is the stored receipt of a webhook-id.
+type priorReceipt struct {
+	sum     []byte
+	eventID string
+	subject string
+	seq     *int64
+}
+
+// receivedBefore looks up the receipt of the delivery's webhook-id (a delivery of one event;
+// one of several events is stored under webhook-id/worker-id).
+func (s *Service) receivedBefore(ctx context.Context, d Delivery) (priorReceipt, bool) {
+	var p priorReceipt
+	err := s.pool.QueryRow(ctx, `SELECT body_sha256, event_id, subject, stream_seq FROM receipts WHERE source = $1 AND webhook_id = $2`,
+		d.Source, d.WebhookID).Scan(&p.sum, &p.eventID, &p.subject, &p.seq)
+	return p, err == nil
+}
+
+// answerRedelivery answers a webhook-id received before, as ingest would: 200 duplicate, or
+// 409 when the body differs.
+func (s *Service) answerRedelivery(w http.ResponseWriter, o outcome, d Delivery, p priorReceipt) outcome {
+	o.eventID = p.eventID
+	if sum := sha256.Sum256(d.Body); !bytes.Equal(sum[:], p.sum) {
+		o.outcome = "conflict"
+		return fail(w, o, http.StatusConflict, webhook.HeaderID,
+			fmt.Sprintf("webhook-id %q was already received from source %s with a different body", clip(d.WebhookID), d.Source))
+	}
+	b := acceptedBody{Status: "duplicate", EventID: p.eventID, Subject: p.subject}
+	if p.seq != nil {
+		b.StreamSeq = uint64(*p.seq)
+	}
+	writeJSON(w, http.StatusOK, b)
+	o.status, o.outcome = http.StatusOK, "duplicate"
+	return o
 }
