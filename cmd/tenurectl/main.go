@@ -313,7 +313,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			wk := res.Worker
 			for _, kv := range [][2]string{{"worker", wk.WorkerId}, {"status", state(wk.Status.String())}, {"type", state(wk.WorkerType.String())},
 				{"name", wk.GivenName + " " + wk.FamilyName}, {"email", wk.Email}, {"job code", wk.JobCode}, {"department", wk.Department},
-				{"manager", wk.ManagerId}, {"start", wk.StartDate}, {"end", wk.EndDate}, {"effective", when(res.EffectiveTime)}, {"last event", res.LastEventId}} {
+				{"manager", wk.ManagerId}, {"location", wk.Location}, {"sponsor", wk.SponsorId}, {"vendor org", wk.VendorOrg},
+				{"start", wk.StartDate}, {"end", wk.EndDate}, {"effective", when(res.EffectiveTime)}, {"last event", res.LastEventId}} {
 				fmt.Fprintf(tw, "%s\t%s\n", kv[0], kv[1])
 			}
 		})
