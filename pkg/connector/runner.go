@@ -173,8 +173,12 @@ type Hooks struct {
 	// Failed is called after each failed attempt with the attempt number, the error and, if
 	// the operation will be retried, the delay before the next attempt (0 when it will not).
 	Failed func(attempt int, err error, retryIn time.Duration)
-	// Heartbeat is called every HeartbeatEvery while Do waits for a slot or a retry, e.g. to
-	// tell a message broker the work is still in progress.
+	// Heartbeat is called every HeartbeatEvery from the moment Do starts until it returns,
+	// e.g. to tell a message broker the work is still in progress. It covers every wait in
+	// the runner (a concurrency slot, the back-off between attempts, and, in each Call the
+	// attempt makes, a Retry-After pause and a rate-limit token) as well as the calls
+	// themselves, so none of them can outlast a broker's ack deadline. It runs on its own
+	// goroutine, concurrently with the attempt and Failed, and never after Do returns.
 	Heartbeat      func()
 	HeartbeatEvery time.Duration
 }
@@ -192,8 +196,9 @@ func (r *Runner) Do(ctx context.Context, name string, attempt func(ctx context.C
 	defer func() {
 		r.opDur.Record(ctx, time.Since(start).Seconds(), metric.WithAttributeSet(r.attrs), metric.WithAttributes(attribute.String("outcome", outcome)))
 	}()
+	defer heartbeat(h)()
 	for n := 1; ; n++ {
-		err := r.attempt(ctx, n, attempt, h)
+		err := r.attempt(ctx, n, attempt)
 		if err == nil {
 			span.SetAttributes(attribute.Int("tenure.attempts", n))
 			return nil
@@ -223,15 +228,15 @@ func (r *Runner) Do(ctx context.Context, name string, attempt func(ctx context.C
 			return err
 		}
 		r.retries.Add(ctx, 1, metric.WithAttributeSet(r.attrs))
-		if err := r.heartbeatSleep(ctx, delay, h); err != nil {
+		if err := sleep(ctx, delay); err != nil {
 			outcome = "cancelled"
 			return err
 		}
 	}
 }
 
-func (r *Runner) attempt(ctx context.Context, n int, fn func(context.Context, int) error, h Hooks) error {
-	release, err := r.acquire(ctx, h)
+func (r *Runner) attempt(ctx context.Context, n int, fn func(context.Context, int) error) error {
+	release, err := r.acquire(ctx)
 	if err != nil {
 		return err
 	}
@@ -240,39 +245,39 @@ func (r *Runner) attempt(ctx context.Context, n int, fn func(context.Context, in
 }
 
 // acquire takes a concurrency slot.
-func (r *Runner) acquire(ctx context.Context, h Hooks) (func(), error) {
-	var tick <-chan time.Time
-	if h.Heartbeat != nil && h.HeartbeatEvery > 0 {
-		t := time.NewTicker(h.HeartbeatEvery)
-		defer t.Stop()
-		tick = t.C
-	}
-	for {
-		select {
-		case r.slots <- struct{}{}:
-			return func() { <-r.slots }, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-tick:
-			h.Heartbeat()
-		}
+func (r *Runner) acquire(ctx context.Context) (func(), error) {
+	select {
+	case r.slots <- struct{}{}:
+		return func() { <-r.slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 }
 
-func (r *Runner) heartbeatSleep(ctx context.Context, d time.Duration, h Hooks) error {
+// heartbeat calls h.Heartbeat every h.HeartbeatEvery until the returned stop is called; stop
+// returns once no further heartbeat can be sent.
+func heartbeat(h Hooks) (stop func()) {
 	if h.Heartbeat == nil || h.HeartbeatEvery <= 0 {
-		return sleep(ctx, d)
+		return func() {}
 	}
-	deadline := time.Now().Add(d)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(h.HeartbeatEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				h.Heartbeat()
+			}
 		}
-		if err := sleep(ctx, min(left, h.HeartbeatEvery)); err != nil {
-			return err
-		}
-		h.Heartbeat()
+	}()
+	return func() {
+		close(done)
+		<-stopped
 	}
 }
 
