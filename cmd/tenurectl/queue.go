@@ -3,9 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -145,12 +149,21 @@ func queueList(e *env) error {
 				fmt.Fprintf(tw, "\x1b[H\x1b[2Jtenure queues at %s (every %s; Ctrl-C to stop)\n\n", time.Now().Format("15:04:05"), *interval)
 			}
 			fmt.Fprintln(tw, "CONNECTOR\tTYPE\tPENDING\tIN FLIGHT\tOLDEST\tREDELIVERED\tFAILED\tDEAD LETTERS")
+			var unread []string
 			for _, q := range res.Queues {
+				if q.Error != "" {
+					fmt.Fprintf(tw, "%s\t%s\t?\t?\t?\t?\t%d\t%d\n", q.Connector, q.ConnectorType, q.Failed, q.DeadLetters)
+					unread = append(unread, q.Connector+": "+q.Error)
+					continue
+				}
 				oldest := "-"
 				if d := q.GetOldestAge().AsDuration(); d > 0 {
 					oldest = d.Round(100 * time.Millisecond).String()
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\t%d\t%d\n", q.Connector, q.ConnectorType, q.Pending, q.InFlight, oldest, q.Redelivered, q.Failed, q.DeadLetters)
+			}
+			for _, u := range unread {
+				fmt.Fprintf(tw, "\nunreadable queue %s\n", u)
 			}
 		})
 	}
@@ -164,7 +177,12 @@ func queueList(e *env) error {
 			if e.ctx.Err() != nil {
 				return nil
 			}
-			return err
+			if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
+				return err
+			}
+			// A live view outlasts a blip (tenure restarting, a dropped connection): say so
+			// and try again on the next tick.
+			fmt.Fprintf(os.Stdout, "\x1b[H\x1b[2Jtenure queues at %s: %v (retrying every %s; Ctrl-C to stop)\n", time.Now().Format("15:04:05"), err, *interval)
 		}
 		select {
 		case <-e.ctx.Done():

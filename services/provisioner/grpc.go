@@ -134,7 +134,9 @@ func (s *Service) ListQueues(ctx context.Context, _ *provisionerv1.ListQueuesReq
 	for _, t := range s.targets {
 		q := &provisionerv1.Queue{Connector: t.Name, ConnectorType: t.Type, DeadLetters: dead[t.Name], Failed: failed[t.Name]}
 		if err := s.queueStats(ctx, t, q); err != nil {
-			return nil, status.Errorf(codes.Unavailable, "queue %s: %v", t.Name, err)
+			// One unreadable queue must not blank the operator's view of the others.
+			s.log.WarnContext(ctx, "list queues: read consumer", "connector", t.Name, "err", err)
+			q.Error = err.Error()
 		}
 		out = append(out, q)
 	}

@@ -499,7 +499,10 @@ type Queue struct {
 	OldestAge *durationpb.Duration `protobuf:"bytes,7,opt,name=oldest_age,json=oldestAge,proto3" json:"oldest_age,omitempty"`
 	// Accounts whose last attempt failed and that are not verified since (being retried or
 	// dead-lettered).
-	Failed        uint64 `protobuf:"varint,8,opt,name=failed,proto3" json:"failed,omitempty"`
+	Failed uint64 `protobuf:"varint,8,opt,name=failed,proto3" json:"failed,omitempty"`
+	// Set when this queue's consumer could not be read (NATS unreachable for it, consumer
+	// missing): its counts are then unknown, and the other queues are still answered.
+	Error         string `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -588,6 +591,13 @@ func (x *Queue) GetFailed() uint64 {
 		return x.Failed
 	}
 	return 0
+}
+
+func (x *Queue) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
 }
 
 type ListQueuesResponse struct {
@@ -2614,7 +2624,7 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\x15GetLeaverCaseResponse\x12B\n" +
 	"\vleaver_case\x18\x01 \x01(\v2!.tenure.provisioner.v1.LeaverCaseR\n" +
 	"leaverCase\"\x13\n" +
-	"\x11ListQueuesRequest\"\x9a\x02\n" +
+	"\x11ListQueuesRequest\"\xb0\x02\n" +
 	"\x05Queue\x12\x1c\n" +
 	"\tconnector\x18\x01 \x01(\tR\tconnector\x12%\n" +
 	"\x0econnector_type\x18\x02 \x01(\tR\rconnectorType\x12\x18\n" +
@@ -2624,7 +2634,8 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\fdead_letters\x18\x06 \x01(\x04R\vdeadLetters\x128\n" +
 	"\n" +
 	"oldest_age\x18\a \x01(\v2\x19.google.protobuf.DurationR\toldestAge\x12\x16\n" +
-	"\x06failed\x18\b \x01(\x04R\x06failed\"J\n" +
+	"\x06failed\x18\b \x01(\x04R\x06failed\x12\x14\n" +
+	"\x05error\x18\t \x01(\tR\x05error\"J\n" +
 	"\x12ListQueuesResponse\x124\n" +
 	"\x06queues\x18\x01 \x03(\v2\x1c.tenure.provisioner.v1.QueueR\x06queues\"2\n" +
 	"\x13ListAccountsRequest\x12\x1b\n" +
