@@ -16,7 +16,7 @@ import (
 
 func init() {
 	commands["hr reconcile"] = command{
-		usage: "hr reconcile ROSTER.csv|.json [--dry-run] [--as-of T]   leavers, joiners, movers from an HR roster",
+		usage: "hr reconcile ROSTER.csv|.json [--dry-run] [--as-of T] [--source NAME]   leavers, joiners, movers from an HR roster",
 		run:   hrReconcile,
 	}
 }
@@ -24,13 +24,13 @@ func init() {
 func hrReconcile(e *env) error {
 	dry := e.fs.Bool("dry-run", false, "print the differences and change nothing")
 	format := e.fs.String("format", "", "csv or json (default: from the file extension)")
-	asOf := e.fs.String("as-of", "", "RFC 3339 time the roster was taken (default now)")
-	source := e.fs.String("source", "", "source name recorded on the events (default snapshot)")
+	asOf := e.fs.String("as-of", "", "RFC 3339 time the roster was taken (default: the JSON roster's as_of, else now)")
+	source := e.fs.String("source", "", "HR source the roster comes from: only its workers can become leavers (default: the whole registry, events recorded under source snapshot)")
 	if err := e.parse(); err != nil {
 		return err
 	}
 	if len(e.pos()) != 1 {
-		return errors.New("usage: tenurectl hr reconcile FILE [--dry-run]")
+		return errors.New("usage: tenurectl hr reconcile FILE [--dry-run] [--as-of T] [--source NAME]")
 	}
 	file := e.pos()[0]
 	roster, err := os.ReadFile(file)

@@ -377,12 +377,14 @@ func checkID(field, s string) error {
 	return nil
 }
 
+// checkText checks a text field: UTF-8, at most max characters (as the JSON Schema counts
+// them), no control characters but tab.
 func checkText(field, s string, max int) error {
-	if len(s) > max {
-		return Unprocessable(field, "%s is longer than %d bytes", field, max)
-	}
 	if !utf8.ValidString(s) {
 		return Unprocessable(field, "%s is not valid UTF-8", field)
+	}
+	if n := utf8.RuneCountInString(s); n > max {
+		return Unprocessable(field, "%s is longer than %d characters (%d)", field, max, n)
 	}
 	if strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) && r != '\t' }) {
 		return Unprocessable(field, "%s contains control characters", field)

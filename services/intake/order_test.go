@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -180,5 +181,22 @@ func TestThinRedeliveryWhileAPIDown(t *testing.T) {
 	a := h.post(bambooDelivery(body, time.Now().Add(time.Second)))
 	if a.Status != http.StatusOK || a.State != "duplicate" || a.EventID != first.EventID {
 		t.Fatalf("retry while the API is down: %d %s", a.Status, a.Raw)
+	}
+}
+
+// Text limits count characters, as the JSON Schema's maxLength does: a name in a script of
+// multi-byte characters gets the same length as an ASCII one.
+func TestTextLimitsCountCharacters(t *testing.T) {
+	h := newHarness(t)
+	name := strings.Repeat("é", maxFieldLen) // 1,024 bytes
+	mustAccept(t, h.post(delivery{id: "h", secret: acmeSecret, body: `{"type":"hire","worker":{"worker_id":"U1","worker_type":"employee","given_name":"` + name + `"}}`}))
+	a := h.post(delivery{id: "h2", secret: acmeSecret, body: `{"type":"hire","worker":{"worker_id":"U2","worker_type":"employee","given_name":"` + name + `é"}}`})
+	if a.Status != http.StatusUnprocessableEntity || a.Field != "worker.given_name" || !strings.Contains(a.Error, "512 characters") {
+		t.Fatalf("a name one character over: %d %s", a.Status, a.Raw)
+	}
+	// C1 control characters are refused, as the schema's pattern says.
+	a = h.post(delivery{id: "h3", secret: acmeSecret, body: `{"type":"hire","worker":{"worker_id":"U3","worker_type":"employee","given_name":"A\u0085B"}}`})
+	if a.Status != http.StatusUnprocessableEntity || a.Field != "worker.given_name" {
+		t.Fatalf("a C1 control character: %d %s", a.Status, a.Raw)
 	}
 }

@@ -196,23 +196,30 @@ func (w *workforceServer) Reconcile(ctx context.Context, req *intakev1.Reconcile
 	if len(req.GetRoster()) > maxReconcileRoster {
 		return nil, status.Errorf(codes.InvalidArgument, "roster is larger than %d bytes", maxReconcileRoster)
 	}
-	src := req.GetSource()
+	// A roster with a source speaks for that source's workers only; without one it is an
+	// operator's roster of the whole workforce, recorded under source "snapshot".
+	src, all := req.GetSource(), false
 	if src == "" {
-		src = "snapshot"
+		src, all = "snapshot", true
 	}
 	if err := checkSourceName(src); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	asOf := w.s.now()
+	// Only an explicit as_of overrides the roster's own (zero: the roster's, else now).
+	var asOf time.Time
 	if req.GetAsOf() != nil {
+		if err := req.GetAsOf().CheckValid(); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "as_of: %v", err)
+		}
 		asOf = req.GetAsOf().AsTime()
 	}
 	actor := "operator"
 	if p, ok := authn.FromContext(ctx); ok {
 		actor = "user:" + p.Name
 	}
-	resp, err := w.s.reconcile(ctx, snapshotRequest{source: src, snapshotID: snapshotIDOf(req.GetRoster(), asOf), body: req.GetRoster(),
-		format: req.GetFormat(), asOf: asOf, dryRun: req.GetDryRun(), actor: actor})
+	// The snapshot id derives from the roster and the as_of it is reconciled at.
+	resp, err := w.s.reconcile(ctx, snapshotRequest{source: src, body: req.GetRoster(),
+		format: req.GetFormat(), asOf: asOf, dryRun: req.GetDryRun(), actor: actor, allSources: all})
 	if errors.Is(err, errSnapshotDuplicate) {
 		return nil, status.Error(codes.AlreadyExists, "this roster was reconciled before at the same as_of")
 	}

@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/csv"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -67,20 +69,60 @@ const maxRosterRows = 200000
 func parseRoster(body []byte, format intakev1.RosterFormat) (roster, error) {
 	switch format {
 	case intakev1.RosterFormat_ROSTER_FORMAT_JSON:
-		var r roster
-		trim := bytes.TrimSpace(body)
-		if len(trim) > 0 && trim[0] == '[' {
-			if err := DecodeStrictJSON(body, &r.Workers); err != nil {
-				return r, err
-			}
-		} else if err := DecodeStrictJSON(body, &r); err != nil {
-			return r, err
-		}
-		return r, nil
+		return parseRosterJSON(body)
 	case intakev1.RosterFormat_ROSTER_FORMAT_CSV:
 		return parseRosterCSV(body)
 	}
 	return roster{}, BadRequest("format", "roster format must be csv or json")
+}
+
+// parseRosterJSON decodes the envelope (or bare array) first and each row on its own, so an
+// error in a row names it: workers[i].<field>, in the roster's own field names.
+func parseRosterJSON(body []byte) (roster, error) {
+	var env struct {
+		AsOf    string            `json:"as_of,omitempty"`
+		Workers []json.RawMessage `json:"workers"`
+	}
+	trim := bytes.TrimSpace(body)
+	if len(trim) > 0 && trim[0] == '[' {
+		if err := DecodeStrictJSON(body, &env.Workers); err != nil {
+			return roster{}, err
+		}
+	} else if err := DecodeStrictJSON(body, &env); err != nil {
+		return roster{}, err
+	}
+	if len(env.Workers) > maxRosterRows {
+		return roster{}, Unprocessable("workers", "the roster has more than %d rows", maxRosterRows)
+	}
+	r := roster{AsOf: env.AsOf, Workers: make([]rosterRow, len(env.Workers))}
+	for i, raw := range env.Workers {
+		where := rowWhere(intakev1.RosterFormat_ROSTER_FORMAT_JSON, i)
+		if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
+			return roster{}, BadRequest(where, "%s must be an object, not %s", where, jsonValueKind(t))
+		}
+		if err := DecodeStrictJSON(raw, &r.Workers[i]); err != nil {
+			return roster{}, rowError(err, where)
+		}
+	}
+	return r, nil
+}
+
+// jsonValueKind names the kind of a JSON value in an error.
+func jsonValueKind(v []byte) string {
+	if len(v) == 0 {
+		return "nothing"
+	}
+	switch v[0] {
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a number"
 }
 
 func parseRosterCSV(body []byte) (roster, error) {
@@ -137,17 +179,21 @@ func parseRosterCSV(body []byte) (roster, error) {
 // snapshotRequest is a roster to reconcile.
 type snapshotRequest struct {
 	source     string
-	snapshotID string
+	snapshotID string // "": derived from the roster and its as_of (snapshotIDOf)
 	body       []byte
 	format     intakev1.RosterFormat
 	asOf       time.Time // zero: the roster's as_of, else now
 	dryRun     bool
 	actor      string
+	// allSources compares the roster with the whole registry (a Reconcile without a source);
+	// otherwise only the workers source owns can become leavers (see loadRegistry).
+	allSources bool
 }
 
 var errSnapshotDuplicate = errors.New("intake: snapshot received before")
 
-// rowWhere names a roster row in errors: workers[i] for JSON, row n for CSV (header is row 1).
+// rowWhere names a roster row in errors: workers[i] for JSON (also a bare array), row n for
+// CSV (the header is row 1).
 func rowWhere(format intakev1.RosterFormat, i int) string {
 	if format == intakev1.RosterFormat_ROSTER_FORMAT_CSV {
 		return fmt.Sprintf("row %d", i+2)
@@ -155,14 +201,74 @@ func rowWhere(format intakev1.RosterFormat, i int) string {
 	return fmt.Sprintf("workers[%d]", i)
 }
 
+// rowError names the roster row and the roster's own field (a CSV column or JSON key) in an
+// error from validate or the JSON decoder: field "row 3.email" or "workers[1].email" and a
+// message like "row 3.email ... is not a bare email address", where validate says
+// "worker.email". Other errors pass through.
+func rowError(err error, where string) error {
+	var ie *InputError
+	if !errors.As(err, &ie) {
+		return err
+	}
+	out := *ie
+	field := strings.TrimPrefix(out.Field, "worker.")
+	msg := offsetSuffix.ReplaceAllString(rosterFieldNames(out.Message), "")
+	switch {
+	case field == "":
+		out.Field, out.Message = where, where+": "+msg
+	case ie.Message == fmt.Sprintf("unknown field %q", ie.Field):
+		out.Field = where + "." + field
+		out.Message = fmt.Sprintf("unknown field %q", out.Field)
+	case strings.HasPrefix(msg, field+" "):
+		out.Field = where + "." + field
+		out.Message = where + "." + msg
+	default:
+		out.Field, out.Message = where+"."+field, where+": "+msg
+	}
+	return &out
+}
+
+// offsetSuffix is the byte offset the JSON decoder adds, meaningless within one row.
+var offsetSuffix = regexp.MustCompile(` \(offset \d+\)$`)
+
+// rosterFieldNames drops the "worker." of field names in a message, outside the quoted values
+// it repeats: a roster row is flat.
+func rosterFieldNames(msg string) string {
+	var b strings.Builder
+	quoted := false
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		switch {
+		case quoted && c == '\\' && i+1 < len(msg):
+			b.WriteByte(c)
+			i++
+			c = msg[i]
+		case c == '"':
+			quoted = !quoted
+		case !quoted && strings.HasPrefix(msg[i:], "worker.") && (i == 0 || msg[i-1] == ' ' || msg[i-1] == '('):
+			i += len("worker.") - 1
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
 // Reconcile compares a roster with the registry: a worker active (or on leave) in the
 // registry but absent or terminated in the roster becomes a leaver (hr_event_type
 // termination, reason snapshot); a worker new to the registry (or terminated there and active
-// in the roster) a joiner (hire or rehire); changed attributes a mover; a status between
-// active and on leave a leave_start or leave_end. Workers whose registry record is newer than
-// the roster's as_of are left alone. Unless dry-run, the changes are applied and published
-// through the outbox in one transaction, with event ids
-// "intake:snapshot:<source>:<snapshot id>:<worker>".
+// or on leave in the roster) a joiner (hire or rehire, followed by a leave_start when the
+// roster has them on leave); changed attributes a mover; a status between active and on
+// leave a leave_start or leave_end. Workers whose registry record is newer than the roster's
+// as_of — changed in tenure, or effective, after it — are left alone.
+//
+// Unless allSources, the roster speaks for its own source only: workers another source owns
+// are never terminated by it (absent or marked terminated), though their attributes, leave
+// and a rehire apply like for any roster worker.
+//
+// Unless dry-run, the changes are applied and published through the outbox in one
+// transaction, with event ids "intake:snapshot:<source>:<snapshot id>:<worker>" (a
+// joiner's leave_start: the same with ":leave_start").
 func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1.ReconcileResponse, error) {
 	r, err := parseRoster(req.body, req.format)
 	if err != nil {
@@ -184,6 +290,9 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 	if asOf.After(now.Add(time.Minute)) {
 		return nil, Unprocessable("as_of", "as_of %s is in the future", asOf.UTC().Format(time.RFC3339))
 	}
+	if req.snapshotID == "" {
+		req.snapshotID = snapshotIDOf(req.body, asOf)
+	}
 	type row struct {
 		c      change
 		status eventsv1.WorkerStatus
@@ -196,7 +305,7 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 		where := rowWhere(req.format, i)
 		c, err := validate(HREvent{Type: "job_change", Worker: rw.worker()})
 		if err != nil {
-			return nil, prefixField(err, where)
+			return nil, rowError(err, where)
 		}
 		if j, dup := seen[rw.WorkerID]; dup {
 			return nil, Unprocessable(where+".worker_id", "%s: worker %q is also in %s", where, clip(rw.WorkerID), rowWhere(req.format, j))
@@ -212,9 +321,6 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 			st = eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED
 		default:
 			return nil, Unprocessable(where+".status", "%s: unknown status %q (active, on_leave, terminated)", where, clip(rw.Status))
-		}
-		if err := checkWorkerRefs(c.worker, where+"."); err != nil {
-			return nil, err
 		}
 		rows = append(rows, row{c: c, status: st, where: where, hasTyp: rw.WorkerType != ""})
 	}
@@ -239,22 +345,35 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 			return nil, err
 		}
 	}
-	reg, err := loadAll(ctx, tx)
+	reg, err := loadRegistry(ctx, tx)
 	if err != nil {
 		return nil, err
 	}
-	resp := &intakev1.ReconcileResponse{RosterWorkers: int32(len(rows)), RegistryWorkers: int32(len(reg)), DryRun: req.dryRun, SnapshotId: req.snapshotID}
+	ours := func(r *registryRecord) bool { return req.allSources || r.owner == req.source }
+	// newer: tenure changed the record after the roster was taken (a late webhook, whatever
+	// its effective time), or the record takes effect after it (a held event that fired).
+	newer := func(r *registryRecord) bool { return r.updatedAt.After(asOf) || r.effectiveTime.After(asOf) }
+	resp := &intakev1.ReconcileResponse{RosterWorkers: int32(len(rows)), DryRun: req.dryRun, SnapshotId: req.snapshotID}
+	for _, cur := range reg {
+		if ours(cur) {
+			resp.RegistryWorkers++
+		}
+	}
 	type plan struct {
 		hrType  string
 		worker  *eventsv1.Worker
 		before  *eventsv1.Worker
 		changed []string
+		// onLeave: a joiner the roster has on leave; a leave_start follows the hire or rehire.
+		onLeave bool
 	}
 	var plans []plan
 	for _, rw := range rows {
 		id := rw.c.worker.WorkerId
 		cur := reg[id]
+		delete(reg, id)
 		after := proto.Clone(rw.c.worker).(*eventsv1.Worker)
+		onLeave := rw.status == eventsv1.WorkerStatus_WORKER_STATUS_ON_LEAVE
 		switch {
 		case cur == nil:
 			if rw.status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
@@ -263,16 +382,19 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 			if !rw.hasTyp {
 				return nil, Unprocessable(rw.where+".worker_type", "%s: worker %q is new to tenure and needs a worker_type", rw.where, clip(id))
 			}
-			plans = append(plans, plan{hrType: "hire", worker: after})
-		case cur.effectiveTime.After(asOf):
+			plans = append(plans, plan{hrType: "hire", worker: after, onLeave: onLeave})
+		case newer(cur):
 			resp.SkippedNewer++
 		case cur.worker.Status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED:
 			if rw.status != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
 				fill(after, cur.worker)
-				plans = append(plans, plan{hrType: "rehire", worker: after, before: cur.worker})
+				plans = append(plans, plan{hrType: "rehire", worker: after, before: cur.worker, onLeave: onLeave})
 			}
 		case rw.status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED:
-			plans = append(plans, plan{hrType: "termination", worker: &eventsv1.Worker{WorkerId: id, EndDate: rw.c.worker.EndDate}, before: cur.worker})
+			// Only the worker's own source ends their employment.
+			if ours(cur) {
+				plans = append(plans, plan{hrType: "termination", worker: &eventsv1.Worker{WorkerId: id, EndDate: rw.c.worker.EndDate}, before: cur.worker})
+			}
 		default:
 			changed := diffWorker(cur.worker, rw.c.worker)
 			typ := ""
@@ -297,19 +419,19 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 				plans = append(plans, plan{hrType: typ, worker: after, before: cur.worker, changed: changed})
 			}
 		}
-		delete(reg, id)
 	}
-	// Active in tenure, absent from the roster: a leaver the webhooks missed.
+	// Active in tenure, absent from the roster: a leaver the webhooks missed — if the roster's
+	// source is the worker's.
 	missing := make([]string, 0, len(reg))
 	for id, cur := range reg {
-		if cur.worker.Status != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
+		if cur.worker.Status != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED && ours(cur) {
 			missing = append(missing, id)
 		}
 	}
 	slices.Sort(missing)
 	for _, id := range missing {
 		cur := reg[id]
-		if cur.effectiveTime.After(asOf) {
+		if newer(cur) {
 			resp.SkippedNewer++
 			continue
 		}
@@ -326,21 +448,37 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 				fill(w, p.before)
 			}
 			w.Status = statusAfter(et, statusOf(p.before))
+			if p.onLeave {
+				w.Status = eventsv1.WorkerStatus_WORKER_STATUS_ON_LEAVE
+			}
 			ch.After = w
 			resp.Changes = append(resp.Changes, ch)
 			continue
 		}
-		id := "intake:snapshot:" + req.source + ":" + req.snapshotID + ":" + p.worker.WorkerId
-		c := change{hrType: p.hrType, typ: et, worker: p.worker, reason: "snapshot"}
-		ar, err := s.apply(ctx, tx, pending{source: req.source, sourceEventID: "snapshot:" + req.snapshotID + ":" + p.worker.WorkerId,
-			eventID: id, c: c, eff: asOf, received: now, actor: req.actor})
-		if err != nil {
-			return nil, fmt.Errorf("intake: reconcile %s: %w", p.worker.WorkerId, err)
+		steps := []change{{hrType: p.hrType, typ: et, worker: p.worker, reason: "snapshot"}}
+		if p.onLeave {
+			// Downstream grants a joiner active access: the leave follows at once, in order.
+			steps = append(steps, change{hrType: "leave_start", typ: eventTypes["leave_start"], worker: &eventsv1.Worker{WorkerId: p.worker.WorkerId}, reason: "snapshot"})
 		}
-		ch.After = ar.worker
-		if ar.publish {
-			ch.EventId = id
-			evs = append(evs, pendingEvent{ar})
+		for i, c := range steps {
+			suffix := ""
+			if i > 0 {
+				suffix = ":" + c.hrType
+			}
+			id := "intake:snapshot:" + req.source + ":" + req.snapshotID + ":" + p.worker.WorkerId + suffix
+			ar, err := s.apply(ctx, tx, pending{source: req.source, sourceEventID: "snapshot:" + req.snapshotID + ":" + p.worker.WorkerId + suffix,
+				eventID: id, c: c, eff: asOf, received: now, actor: req.actor})
+			if err != nil {
+				return nil, fmt.Errorf("intake: reconcile %s: %w", p.worker.WorkerId, err)
+			}
+			// The change shows the worker as the run leaves them, under the first event's id.
+			ch.After = ar.worker
+			if ar.publish {
+				if ch.EventId == "" {
+					ch.EventId = id
+				}
+				evs = append(evs, pendingEvent{ar})
+			}
 		}
 		resp.Changes = append(resp.Changes, ch)
 	}
@@ -397,23 +535,50 @@ func diffWorker(cur, ros *eventsv1.Worker) []string {
 	return out
 }
 
-// loadAll reads every registry record.
-func loadAll(ctx context.Context, tx pgx.Tx) (map[string]*record, error) {
-	rows, err := tx.Query(ctx, "SELECT "+workerColumns+" FROM workers")
+// registryRecord is a registry record with the source that owns the worker.
+type registryRecord struct {
+	*record
+	owner string
+}
+
+// loadRegistry reads every registry record with its owner: the source of the worker's latest
+// applied hire or rehire (a joiner from another source moves the worker to it), else of their
+// first applied event, else the record's source. The record's own source column is the last
+// event's, which a contract end ("intake") or another source's mover changes.
+func loadRegistry(ctx context.Context, tx pgx.Tx) (map[string]*registryRecord, error) {
+	rows, err := tx.Query(ctx, "SELECT "+workerColumns+`, COALESCE((
+		SELECT h.source FROM worker_history h WHERE h.worker_id = workers.worker_id AND h.applied
+		ORDER BY h.hr_event_type IN ('hire', 'rehire') DESC,
+			CASE WHEN h.hr_event_type IN ('hire', 'rehire') THEN h.effective_time END DESC,
+			CASE WHEN h.hr_event_type IN ('hire', 'rehire') THEN h.seq END DESC,
+			h.seq
+		LIMIT 1), workers.source) FROM workers`)
 	if err != nil {
 		return nil, fmt.Errorf("intake: read registry: %w", err)
 	}
 	defer rows.Close()
-	out := map[string]*record{}
+	out := map[string]*registryRecord{}
 	for rows.Next() {
-		r, err := scanRecord(rows)
+		var owner string
+		r, err := scanRecord(scanAlso{rows, []any{&owner}})
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("intake: read registry: %w", err)
 		}
-		out[r.worker.WorkerId] = r
+		out[r.worker.WorkerId] = &registryRecord{record: r, owner: owner}
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("intake: read registry: %w", err)
+	}
+	return out, nil
 }
+
+// scanAlso scans a row's further columns into extra after those its caller asks for.
+type scanAlso struct {
+	row   pgx.Row
+	extra []any
+}
+
+func (s scanAlso) Scan(dest ...any) error { return s.row.Scan(append(dest, s.extra...)...) }
 
 // serveSnapshot handles POST /snapshots/{source}: a roster signed like the source's webhooks,
 // Content-Type text/csv or application/json, ?dry_run=true to only compute the diff.
