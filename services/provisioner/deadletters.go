@@ -149,6 +149,9 @@ func (s *Service) RetryDeadLetter(ctx context.Context, req *provisionerv1.RetryD
 	if err != nil {
 		return nil, err
 	}
+	if req.GetId() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "id is required (tenurectl queue dead lists the dead letters)")
+	}
 	var subject, st, linkID, caseID string
 	var hdrJSON, data []byte
 	err = s.pool.QueryRow(ctx, "SELECT subject, status, link_id, case_id, headers, data FROM dead_letters WHERE id = $1", int64(req.GetId())).

@@ -133,6 +133,20 @@ func (s *Service) setWorkerLinks(ctx context.Context, tx pgx.Tx, worker, state, 
 	if err != nil {
 		return nil, err
 	}
+	why := "leave of absence ended"
+	switch {
+	case caseID != "":
+		why = "leaver case " + caseID
+	case state == stateDisabled:
+		why = "leave of absence started"
+	}
+	ids := make([]string, len(links))
+	for i, x := range links {
+		ids[i] = x.id
+	}
+	if err := supersedeStaleTasks(ctx, tx, ids, why); err != nil {
+		return nil, err
+	}
 	op := eventsv1.ProvisionOp_PROVISION_OP_ENSURE
 	if state == stateDisabled {
 		op = eventsv1.ProvisionOp_PROVISION_OP_DISABLE
@@ -157,7 +171,8 @@ func command(worker, conn, link string, gen int64, op eventsv1.ProvisionOp, case
 }
 
 // openCase opens (or extends) the worker's leaver case: every link gets desired state
-// disabled and a task, and the case completes when every task is verified.
+// disabled and a task, and the case completes when every task is verified. Each account has
+// its own deadline (accountDeadline); the case's deadline is the latest of them.
 func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, email string) ([]events.Event, error) {
 	now := time.Now().UTC()
 	var caseID string
@@ -179,29 +194,26 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 	if err != nil {
 		return nil, err
 	}
-	// A person needs longer than a connector: a case with a manual account gets the manual
-	// target's task deadline (default 1 hour) when that is later.
-	caseDeadline := deadline
-	for _, c := range out {
-		if t := s.targets[c.Payload.(*eventsv1.ProvisionCommand).Connector]; t != nil && opened.Add(t.taskDeadline).After(caseDeadline) {
-			caseDeadline = opened.Add(t.taskDeadline)
-		}
-	}
-	if caseDeadline.After(deadline) {
-		deadline = caseDeadline
-		if _, err := tx.Exec(ctx, "UPDATE cases SET deadline = $2 WHERE case_id = $1", caseID, deadline); err != nil {
-			return nil, err
-		}
-	}
 	cmds := len(out)
 	if cmds > 0 {
-		links, gens := make([]string, cmds), make([]int64, cmds)
+		// An account's deadline runs from when it joined the case; one already in the case
+		// (a repeated leaver event) keeps its deadline.
+		joined := opened
+		if !newCase {
+			joined = now
+		}
+		links, gens, deadlines := make([]string, cmds), make([]int64, cmds), make([]time.Time, cmds)
 		for i, c := range out {
 			cmd := c.Payload.(*eventsv1.ProvisionCommand)
-			links[i], gens[i] = cmd.LinkId, cmd.Generation
+			links[i], gens[i], deadlines[i] = cmd.LinkId, cmd.Generation, joined.Add(s.accountDeadline(cmd.Connector))
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation) SELECT $1, * FROM unnest($2::text[], $3::bigint[])
-			ON CONFLICT (case_id, link_id) DO UPDATE SET generation = excluded.generation, status = 'pending'`, caseID, links, gens); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation, deadline)
+			SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::timestamptz[])
+			ON CONFLICT (case_id, link_id) DO UPDATE SET generation = excluded.generation, status = 'pending'`, caseID, links, gens, deadlines); err != nil {
+			return nil, err
+		}
+		if err := tx.QueryRow(ctx, `UPDATE cases c SET deadline = (SELECT max(a.deadline) FROM case_accounts a WHERE a.case_id = c.case_id)
+			WHERE c.case_id = $1 RETURNING c.deadline`, caseID).Scan(&deadline); err != nil {
 			return nil, err
 		}
 	}
@@ -225,6 +237,16 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 		return nil, err
 	}
 	return append(out, done...), nil
+}
+
+// accountDeadline is how long a leaver case's account in the target may take to be verified
+// before it is overdue: a manual target's task deadline (a person needs longer than a
+// connector; default 1 hour), or the provisioner's case deadline (default 5 minutes).
+func (s *Service) accountDeadline(conn string) time.Duration {
+	if t := s.targets[conn]; t != nil && t.taskDeadline > 0 {
+		return t.taskDeadline
+	}
+	return s.cfg.CaseDeadline
 }
 
 // maybeComplete completes an open case whose accounts are all verified. The caller holds the
@@ -275,6 +297,9 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 		return nil, err
 	}
 	terminated := status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String()
+	// A worker on leave keeps every account disabled: a grant is recorded and takes effect
+	// when the leave ends (setWorkerLinks), and a revoke never re-enables an account.
+	onLeave := status == eventsv1.WorkerStatus_WORKER_STATUS_ON_LEAVE.String()
 	switch d.GetKind() {
 	case eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_GRANT:
 		if terminated {
@@ -290,7 +315,11 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 			ON CONFLICT (grant_id) DO NOTHING`, d.GetGrantId(), linkID, nonNil(d.GetEntitlements())); err != nil {
 			return nil, err
 		}
-		return s.reconverge(ctx, tx, worker, linkID, stateEnabled)
+		state := stateEnabled
+		if onLeave {
+			state = stateDisabled
+		}
+		return s.reconverge(ctx, tx, worker, linkID, state, "grant "+d.GetGrantId())
 	case eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_REVOKE:
 		var linkID string
 		err := tx.QueryRow(ctx, "UPDATE link_grants SET active = false, updated_at = now() WHERE grant_id = $1 AND active RETURNING link_id", d.GetGrantId()).Scan(&linkID)
@@ -305,10 +334,10 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 			return nil, err
 		}
 		state := stateEnabled
-		if remaining == 0 || terminated {
+		if remaining == 0 || terminated || onLeave {
 			state = stateDisabled
 		}
-		out, err := s.reconverge(ctx, tx, worker, linkID, state)
+		out, err := s.reconverge(ctx, tx, worker, linkID, state, "revoke of grant "+d.GetGrantId())
 		if err != nil || len(out) > 0 {
 			return out, err
 		}
@@ -319,8 +348,9 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 }
 
 // reconverge recomputes a link's desired state from its active grants and, if it changed,
-// bumps the generation and emits a command.
-func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, state string) ([]events.Event, error) {
+// bumps the generation and emits a command. Open tasks that no longer ask for the link's
+// desired state are superseded, why being the decision.
+func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, state, why string) ([]events.Event, error) {
 	var conn, curState string
 	var curEnts []string
 	var gen int64
@@ -336,16 +366,22 @@ func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, sta
 		WHERE g.link_id = $1 AND g.active`, linkID).Scan(&ents); err != nil {
 		return nil, err
 	}
-	if state == curState && (slices.Equal(ents, curEnts) || state == stateDisabled) && gen > 0 {
-		// Nothing to do in the target; a disabled account keeps the entitlements it had.
-		if !slices.Equal(ents, curEnts) {
-			_, err := tx.Exec(ctx, "UPDATE links SET desired_entitlements = $2 WHERE link_id = $1", linkID, ents)
-			return nil, err
+	if (state == curState && (slices.Equal(ents, curEnts) || state == stateDisabled) && gen > 0) || (gen == 0 && state == stateDisabled) {
+		// Nothing to do in the target; a disabled account keeps the entitlements it had. A
+		// link never provisioned (a grant while the worker is on leave) has no account to
+		// disable: it is created when the link is enabled.
+		if !slices.Equal(ents, curEnts) || state != curState {
+			if _, err := tx.Exec(ctx, "UPDATE links SET desired_state = $2, desired_entitlements = $3 WHERE link_id = $1", linkID, state, ents); err != nil {
+				return nil, err
+			}
 		}
-		return nil, nil
+		return nil, supersedeStaleTasks(ctx, tx, []string{linkID}, why)
 	}
 	if err := tx.QueryRow(ctx, `UPDATE links SET desired_state = $2, desired_entitlements = $3, generation = generation + 1
 		WHERE link_id = $1 RETURNING generation`, linkID, state, ents).Scan(&gen); err != nil {
+		return nil, err
+	}
+	if err := supersedeStaleTasks(ctx, tx, []string{linkID}, why); err != nil {
 		return nil, err
 	}
 	op := eventsv1.ProvisionOp_PROVISION_OP_ENSURE
@@ -370,6 +406,32 @@ func (s *Service) linkFor(ctx context.Context, tx pgx.Tx, worker, conn, email, g
 	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
 		return id, err
 	}
+	// The username is only checked against tenure's links here: the target is checked when
+	// the account is created (Service.freshUsername), and an account the target already has
+	// under the name that is not this link's is never adopted.
+	base := usernameBase(worker, email, given, family)
+	id = events.NewID()
+	for n := 1; ; n++ {
+		tag, err := tx.Exec(ctx, `INSERT INTO links (link_id, worker_id, connector, username, desired_state, generation)
+			VALUES ($1, $2, $3, $4, 'enabled', 0) ON CONFLICT (connector, username) DO NOTHING`, id, worker, conn, usernameCandidate(base, n))
+		if err != nil {
+			return "", err
+		}
+		if tag.RowsAffected() == 1 {
+			return id, nil
+		}
+		if n > maxUsernames {
+			return "", fmt.Errorf("no free username for %s in %s", base, conn)
+		}
+	}
+}
+
+// maxUsernames is how many usernames of one base are tried.
+const maxUsernames = 1000
+
+// usernameBase is a worker's username before any suffix: the email's local part, else
+// given.family, else the worker id; lower case, safe characters, at most 40 bytes.
+func usernameBase(worker, email, given, family string) string {
 	base := ""
 	if local, _, ok := strings.Cut(email, "@"); ok {
 		base = local
@@ -385,24 +447,15 @@ func (s *Service) linkFor(ctx context.Context, tx pgx.Tx, worker, conn, email, g
 	if len(base) > 40 {
 		base = base[:40]
 	}
-	id = events.NewID()
-	for n := 1; ; n++ {
-		name := base
-		if n > 1 {
-			name = base + strconv.Itoa(n)
-		}
-		tag, err := tx.Exec(ctx, `INSERT INTO links (link_id, worker_id, connector, username, desired_state, generation)
-			VALUES ($1, $2, $3, $4, 'enabled', 0) ON CONFLICT (connector, username) DO NOTHING`, id, worker, conn, name)
-		if err != nil {
-			return "", err
-		}
-		if tag.RowsAffected() == 1 {
-			return id, nil
-		}
-		if n > 1000 {
-			return "", fmt.Errorf("no free username for %s in %s", base, conn)
-		}
+	return base
+}
+
+// usernameCandidate is the n-th username tried for base: base, base2, base3, ...
+func usernameCandidate(base string, n int) string {
+	if n > 1 {
+		return base + strconv.Itoa(n)
 	}
+	return base
 }
 
 // LinkAccount records an account that exists in a target for a worker (found by
@@ -428,8 +481,16 @@ func (s *Service) LinkAccount(ctx context.Context, worker, conn, username, accou
 			if err := tx.QueryRow(ctx, "UPDATE links SET desired_state = 'disabled', generation = generation + 1 WHERE link_id = $1 RETURNING generation", id).Scan(&gen); err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation) VALUES ($1, $2, $3)
-				ON CONFLICT (case_id, link_id) DO UPDATE SET generation = $3, status = 'pending'`, caseID, id, gen); err != nil {
+			if err := supersedeStaleTasks(ctx, tx, []string{id}, "leaver case "+caseID); err != nil {
+				return err
+			}
+			// Found after the case opened: the account's deadline runs from now.
+			if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation, deadline) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (case_id, link_id) DO UPDATE SET generation = $3, status = 'pending'`, caseID, id, gen, time.Now().UTC().Add(s.accountDeadline(conn))); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE cases c SET deadline = (SELECT max(a.deadline) FROM case_accounts a WHERE a.case_id = c.case_id)
+				WHERE c.case_id = $1`, caseID); err != nil {
 				return err
 			}
 			out = append(out, command(worker, conn, id, gen, eventsv1.ProvisionOp_PROVISION_OP_DISABLE, caseID))

@@ -174,10 +174,12 @@ func deleteCommand(worker, conn, link string, gen int64) events.Event {
 
 // rescind undoes a worker's leaver case when HR rescinds the termination (intake publishes
 // tenure.hr.rescind.<worker>, kind RESCIND, hr_event_type termination_rescinded, status
-// active): pending deletions are cancelled, the accounts the case disabled are re-enabled
-// (their entitlements follow the worker's active grants, which the approval service restores
-// as it re-converges the worker), and an open case closes as rescinded. Accounts already
-// deleted stay deleted: their usernames are never reused.
+// active): pending deletions are cancelled, the accounts the case disabled that still have an
+// active grant are re-enabled (their entitlements follow the worker's active grants, which
+// the approval service restores as it re-converges the worker; an account whose grants were
+// all revoked before the termination, by an access review say, stays disabled), and an open
+// case closes as rescinded. Accounts already deleted stay deleted: their usernames are never
+// reused.
 func (s *Service) rescind(ctx context.Context, tx pgx.Tx, worker string) ([]events.Event, error) {
 	var caseID, st string
 	var opened, deadline time.Time
@@ -206,11 +208,13 @@ func (s *Service) rescind(ctx context.Context, tx pgx.Tx, worker string) ([]even
 	for _, d := range cancelled {
 		out = append(out, s.deletionEvent(ctx, tx, d))
 	}
-	// Only the accounts tenure provisioned: one reconciliation found is never enabled.
+	// Only the accounts tenure provisioned (one reconciliation found is never enabled), and
+	// only those a grant still explains, as at the end of a leave (setWorkerLinks).
 	rows, err = tx.Query(ctx, `UPDATE links l SET desired_state = 'enabled', generation = l.generation + 1,
 		  desired_entitlements = (SELECT coalesce(array_agg(DISTINCT e ORDER BY e), '{}') FROM link_grants g, unnest(g.entitlements) e
 		    WHERE g.link_id = l.link_id AND g.active)
 		FROM case_accounts a WHERE a.case_id = $1 AND a.link_id = l.link_id AND l.desired_state = 'disabled' AND l.origin = 'provisioned'
+		  AND EXISTS (SELECT 1 FROM link_grants g WHERE g.link_id = l.link_id AND g.active)
 		RETURNING l.link_id, l.connector, l.generation`, caseID)
 	if err != nil {
 		return nil, err
@@ -226,16 +230,19 @@ func (s *Service) rescind(ctx context.Context, tx pgx.Tx, worker string) ([]even
 	if err != nil {
 		return nil, err
 	}
-	for _, x := range links {
+	ids := make([]string, len(links))
+	for i, x := range links {
+		ids[i] = x.id
 		out = append(out, command(worker, x.conn, x.id, x.gen, eventsv1.ProvisionOp_PROVISION_OP_ENSURE, ""))
+	}
+	// The case's tasks for the accounts re-enabled no longer ask for what the account should
+	// be; a task to disable an account that stays disabled is still wanted.
+	if err := supersedeStaleTasks(ctx, tx, ids, "termination rescinded"); err != nil {
+		return nil, err
 	}
 	now := time.Now().UTC()
 	if _, err := tx.Exec(ctx, `UPDATE cases SET rescinded_at = $2, status = CASE WHEN status = 'open' THEN 'rescinded' ELSE status END
 		WHERE case_id = $1`, caseID, now); err != nil {
-		return nil, err
-	}
-	// Tasks an operator still had open for the case are no longer wanted.
-	if _, err := tx.Exec(ctx, "UPDATE tasks SET status = 'superseded' WHERE case_id = $1 AND status = 'open'", caseID); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "termination rescinded", "worker", worker, "case", caseID, "reenabled", len(links), "deletions_cancelled", len(cancelled))

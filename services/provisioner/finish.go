@@ -19,7 +19,9 @@ import (
 //
 // A command that ends verified (or superseded) is recorded in one transaction with its inbox
 // claim: the link's observed state, the case task, the result and revocation events, and the
-// case's completion when it was the last account. A mass termination finishes hundreds of
+// case's completion when it was the last account. A command that changed the target but
+// whose link moved on to a newer generation meanwhile is recorded as superseded and
+// re-converges the link (reconvergeStale). A mass termination finishes hundreds of
 // commands a second, and a transaction per command spent most of its time on round trips
 // (about sixteen). So commands that finish while a batch is being written wait in a queue,
 // and the next batch takes them all (up to maxFinishGroup): one transaction, six round trips
@@ -51,12 +53,16 @@ type finishItem struct {
 	outcome eventsv1.ProvisionOutcome
 	attempt int
 	revoked revocations
+	// touched: the command may have changed the target (a verified one always did).
+	touched bool
 
 	err  error
 	done chan struct{}
 
 	// Filled in by the batch.
 	current       bool // the link was still at the command's generation: the read-back counts
+	stale         bool // the command touched the target, but its link moved on: superseded
+	reissued      []events.Event
 	activeGrants  []string
 	revokedGrants []string
 	confirmed     []revokedGrant // revoked grants this read-back is the first to reflect
@@ -74,11 +80,12 @@ type finisher struct {
 }
 
 // finish records a verified (or superseded) command, in a group commit, and returns when it
-// is committed (or failed).
+// is committed (or failed). acct is the read-back (nil if there is none); touched says the
+// command may have changed the target.
 func (s *Service) finish(ctx context.Context, meta events.Meta, subject string, cmd *eventsv1.ProvisionCommand, l link, acct *connector.Account,
-	outcome eventsv1.ProvisionOutcome, attempt int, revoked revocations) error {
+	outcome eventsv1.ProvisionOutcome, attempt int, revoked revocations, touched bool) error {
 	it := &finishItem{ctx: ctx, meta: meta, subject: subject, cmd: cmd, l: l, acct: acct, outcome: outcome, attempt: attempt, revoked: revoked,
-		done: make(chan struct{})}
+		touched: touched || outcome == eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, done: make(chan struct{})}
 	f := &s.finisher
 	f.mu.Lock()
 	f.queue = append(f.queue, it)
@@ -158,6 +165,7 @@ func (s *Service) record(batch []*finishItem) {
 func (s *Service) recordTx(batch []*finishItem) error {
 	for _, it := range batch {
 		it.current, it.activeGrants, it.revokedGrants, it.confirmed, it.deleted, it.cases = false, nil, nil, nil, nil, nil
+		it.stale, it.reissued = false, nil
 	}
 	// Lock order: the workers' cases in worker order (see above).
 	sort.SliceStable(batch, func(i, j int) bool { return batch[i].l.worker < batch[j].l.worker })
@@ -183,6 +191,9 @@ func (s *Service) recordTx(batch []*finishItem) error {
 		now := time.Now().UTC()
 		open, err := s.markVerified(ctx, tx, fresh, now)
 		if err != nil {
+			return err
+		}
+		if err := s.reconvergeStale(ctx, tx, fresh, now); err != nil {
 			return err
 		}
 		return s.completeAndEmit(ctx, tx, fresh, open, now)
@@ -283,8 +294,11 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 			// Level-triggered: the link read back disabled at this generation satisfies the
 			// open case's task issued for it at this generation or before, whichever command
 			// carried the case id.
+			// Only while the link is still at this generation: a superseded disable is not
+			// the case's evidence (the statement above locked the link row if it is).
 			b.Queue(`UPDATE case_accounts SET status = 'verified', verified_at = $4, observed_state = $5, attempts = attempts + 1
 				WHERE case_id = $1 AND link_id = $2 AND status <> 'verified' AND generation <= $3
+				  AND EXISTS (SELECT 1 FROM links WHERE link_id = $2 AND generation = $3)
 				RETURNING case_id`, caseID, l.id, gen, now, it.acct.State.String()).
 				Query(func(rows pgx.Rows) error {
 					ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
@@ -356,10 +370,16 @@ func (s *Service) completeAndEmit(ctx context.Context, tx pgx.Tx, items []*finis
 // finishedEvents are an item's result, deletion, grant revocation and revocation events.
 func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 	l, cmd := it.l, it.cmd
-	res := result(cmd, l, it.outcome, it.attempt, it.acct, "")
+	outcome := it.outcome
+	if it.stale {
+		// Its read-back is on record, but the decision it carried out is not the current
+		// one: no verified result, no revocation events.
+		outcome = eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED
+	}
+	res := result(cmd, l, outcome, it.attempt, it.acct, "")
 	out := []events.Event{res}
-	if it.outcome != eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED {
-		return out
+	if outcome != eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED {
+		return append(out, it.reissued...)
 	}
 	system := s.targets[cmd.GetConnector()].System
 	if it.current {
@@ -387,4 +407,92 @@ func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 		}
 	}
 	return out
+}
+
+// reconvergeStale handles the items that touched the target although their link has moved
+// on to a newer generation: a verified command whose read-back was no longer current, and a
+// superseded one that had already changed the target. Its calls may have landed after those
+// of the newer command, even after that command's read-back (commands of one link take
+// turns within a process, not across replicas), so the newer command's verification says
+// nothing about what the target shows now. The stale command's read-back was taken after its
+// last call, so:
+//   - if it shows the link's current desired state, the target converged and nothing is done;
+//   - otherwise it is recorded on the link (observed state at the stale command's generation,
+//     so the link shows unconverged) and a command for the link's current generation is
+//     issued in this transaction, carrying the case of that generation if there is one; with
+//     no read-back (the target did not answer) the command is issued all the same.
+//
+// The command is not issued when one at the current generation waits in this process's lane
+// for the link: it is sure to run after the stale command's last call. Any newer generation
+// is decided after this transaction read the link, so its command runs after too. The
+// item itself is recorded as superseded, never verified (finishedEvents).
+func (s *Service) reconvergeStale(ctx context.Context, tx pgx.Tx, items []*finishItem, now time.Time) error {
+	var stale []*finishItem
+	for _, it := range items {
+		verified := it.outcome == eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED
+		if (verified && !it.current) || (it.outcome == eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED && it.touched) {
+			it.stale = true
+			stale = append(stale, it)
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	type current struct {
+		l      link
+		caseID string
+	}
+	curs := make([]current, len(stale))
+	b := &pgx.Batch{}
+	for i, it := range stale {
+		c := &curs[i]
+		b.Queue(`SELECT l.link_id, l.worker_id, l.connector, l.username, l.desired_state, l.desired_entitlements, l.generation,
+			  coalesce((SELECT a.case_id FROM case_accounts a JOIN cases c USING (case_id) WHERE a.link_id = l.link_id AND a.generation = l.generation
+			    ORDER BY c.opened_at DESC LIMIT 1), '')
+			FROM links l WHERE l.link_id = $1`, it.l.id).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&c.l.id, &c.l.worker, &c.l.conn, &c.l.username, &c.l.desired, &c.l.entitlements, &c.l.generation, &c.caseID)
+		})
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	b = &pgx.Batch{}
+	for i, it := range stale {
+		cur := curs[i]
+		_, exact := s.targets[cur.l.conn].Conn.(connector.EntitlementGranter)
+		if converged(cur.l, it.acct, exact) {
+			continue
+		}
+		if a := it.acct; a != nil {
+			b.Queue(`UPDATE links SET observed_state = $2, observed_entitlements = $3, observed_generation = $4, verified_at = $5,
+				  account_id = CASE WHEN account_id = '' THEN $6 ELSE account_id END
+				WHERE link_id = $1`, cur.l.id, a.State.String(), nonNil(a.Entitlements), it.cmd.GetGeneration(), now, a.ID)
+		}
+		observed := "no read-back"
+		if it.acct != nil {
+			observed = it.acct.State.String()
+		}
+		if s.lanes.waiting(cur.l.id, cur.l.generation) {
+			s.log.InfoContext(it.ctx, "superseded command left the account unconverged; the current command is next",
+				"link", cur.l.id, "username", cur.l.username, "observed", observed, "desired", cur.l.desired, "generation", cur.l.generation)
+			continue
+		}
+		s.log.WarnContext(it.ctx, "superseded command left the account unconverged; re-issuing the current decision",
+			"link", cur.l.id, "username", cur.l.username, "command_generation", it.cmd.GetGeneration(), "observed", observed,
+			"desired", cur.l.desired, "generation", cur.l.generation)
+		var ev events.Event
+		switch cur.l.desired {
+		case stateAbsent:
+			ev = deleteCommand(cur.l.worker, cur.l.conn, cur.l.id, cur.l.generation)
+		case stateDisabled:
+			ev = command(cur.l.worker, cur.l.conn, cur.l.id, cur.l.generation, eventsv1.ProvisionOp_PROVISION_OP_DISABLE, cur.caseID)
+		default:
+			ev = command(cur.l.worker, cur.l.conn, cur.l.id, cur.l.generation, eventsv1.ProvisionOp_PROVISION_OP_ENSURE, cur.caseID)
+		}
+		it.reissued = append(it.reissued, ev)
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return tx.SendBatch(ctx, b).Close()
 }

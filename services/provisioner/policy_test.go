@@ -293,6 +293,9 @@ func TestFailuresAreDeadLetteredAndOperatorsRedriveThem(t *testing.T) {
 	if _, err := h.svc.RetryDeadLetter(asOperator("op-ann"), &provisionerv1.RetryDeadLetterRequest{Id: 999999}); status.Code(err) != codes.NotFound {
 		t.Errorf("RetryDeadLetter of an unknown id = %v", err)
 	}
+	if _, err := h.svc.RetryDeadLetter(asOperator("op-ann"), &provisionerv1.RetryDeadLetterRequest{}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "id is required") {
+		t.Errorf("RetryDeadLetter without an id = %v", err)
+	}
 
 	broken.Store(false)
 	res, err := h.svc.RetryDeadLetter(asOperator("op-ann"), &provisionerv1.RetryDeadLetterRequest{Id: byWorker["w-perm"].Id})

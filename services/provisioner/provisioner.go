@@ -106,7 +106,9 @@ type Service struct {
 	log   *slog.Logger
 	relay *pgstore.Relay
 	// finisher records finished commands in group commits (finish.go).
-	finisher  finisher
+	finisher finisher
+	// lanes runs the commands of one link one at a time in this process (worker.go).
+	lanes     linkLanes
 	targets   map[string]*Target
 	consumers []*natsx.Consumer
 	// rawReadDenied: reading the stream's raw messages failed once; queue ages come from the

@@ -59,8 +59,11 @@ func (q *taskQueue) OpenTask(ctx context.Context, req connector.TaskRequest) (st
 		if err != nil {
 			return err
 		}
-		if req.Op == connector.CapDelete {
-			desired = "absent"
+		if want := opState(req.Op); want != "" && want != desired {
+			// The command asking for this task is older than the link's desired state (the
+			// decision that changed it also closed the tasks that asked for the old one): no
+			// task for an operation tenure no longer wants.
+			return fmt.Errorf("%s task for %s in %s, which should now be %s: %w", req.Op, username, q.target.Name, desired, errSuperseded)
 		}
 		var openID, openOp string
 		var openGen int64
@@ -70,7 +73,8 @@ func (q *taskQueue) OpenTask(ctx context.Context, req connector.TaskRequest) (st
 			id = openID
 			return nil
 		case err == nil:
-			if _, err := tx.Exec(ctx, "UPDATE tasks SET status = 'superseded' WHERE task_id = $1", openID); err != nil {
+			if _, err := tx.Exec(ctx, "UPDATE tasks SET status = 'superseded', superseded_at = now(), superseded_reason = $2 WHERE task_id = $1",
+				openID, fmt.Sprintf("replaced by a %s task for generation %d", req.Op, gen)); err != nil {
 				return err
 			}
 		case !errors.Is(err, pgx.ErrNoRows):
@@ -103,6 +107,42 @@ func (q *taskQueue) OpenTask(ctx context.Context, req connector.TaskRequest) (st
 		q.s.relay.Poke()
 	}
 	return id, nil
+}
+
+// opState is the desired state a task operation brings an account to ("" for an operation
+// this host does not know).
+func opState(op string) string {
+	switch op {
+	case connector.CapCreate, connector.CapEnable, connector.CapEntitlements:
+		return stateEnabled
+	case connector.CapDisable:
+		return stateDisabled
+	case connector.CapDelete:
+		return stateAbsent
+	}
+	return ""
+}
+
+// supersedeStaleTasks closes the open tasks of links whose desired state they no longer ask
+// for, after a decision changed it: a disable task once the leave ended, a create, enable or
+// entitlements task once the account should be disabled, or should have other entitlements
+// (a disabled account keeps the entitlements it had, so those do not matter then). The task
+// is superseded with the reason, so no overdue alert is raised for it; the command the
+// decision issued opens a new task if a person still has something to do.
+func supersedeStaleTasks(ctx context.Context, tx pgx.Tx, links []string, why string) error {
+	if len(links) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `UPDATE tasks t SET status = 'superseded', superseded_at = now(),
+		  superseded_reason = $2 || ': the account should now be ' || l.desired_state ||
+		    CASE WHEN l.desired_state = 'enabled' THEN ' with {' || array_to_string(l.desired_entitlements, ', ') || '}' ELSE '' END ||
+		    ' (generation ' || l.generation || ')'
+		FROM links l
+		WHERE t.link_id = l.link_id AND t.link_id = ANY($1) AND t.status = 'open'
+		  AND (t.desired_state <> l.desired_state OR (l.desired_state = 'enabled'
+		    AND NOT (t.desired_entitlements <@ l.desired_entitlements AND l.desired_entitlements <@ t.desired_entitlements)))`,
+		links, why)
+	return err
 }
 
 // Attested returns the account as the latest completed task left it.

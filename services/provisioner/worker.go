@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -25,26 +27,157 @@ type link struct {
 	entitlements                          []string
 	generation                            int64
 	email, given, family                  string
+	// owned says the account the target has under the link's username is the link's own:
+	// tenure created it (the link has its account id or a read-back), or the link records an
+	// account found in the target (reconciled). An unowned link's username may be held in
+	// the target by someone else's account, which is never adopted.
+	owned bool
 }
 
 func (s *Service) loadLink(ctx context.Context, id string) (link, error) {
 	var l link
 	err := s.pool.QueryRow(ctx, `SELECT l.link_id, l.worker_id, l.connector, l.username, l.account_id, l.desired_state, l.desired_entitlements, l.generation,
-		  coalesce(w.email, ''), coalesce(w.given_name, ''), coalesce(w.family_name, '')
+		  coalesce(w.email, ''), coalesce(w.given_name, ''), coalesce(w.family_name, ''),
+		  l.account_id <> '' OR l.observed_generation > 0 OR l.origin = 'reconciled'
 		FROM links l LEFT JOIN workers w USING (worker_id) WHERE l.link_id = $1`, id).
-		Scan(&l.id, &l.worker, &l.conn, &l.username, &l.accountID, &l.desired, &l.entitlements, &l.generation, &l.email, &l.given, &l.family)
+		Scan(&l.id, &l.worker, &l.conn, &l.username, &l.accountID, &l.desired, &l.entitlements, &l.generation, &l.email, &l.given, &l.family, &l.owned)
 	return l, err
 }
 
 // errSuperseded stops the retries of a command whose link moved on to a newer generation.
 var errSuperseded = connector.Permanent(errors.New("superseded by a newer decision"))
 
+// linkLanes runs the commands of one link one at a time in this process: a command waits for
+// the link's lane before it reads the link's generation, so two commands of a link never
+// interleave their calls to the target here. A waiting command newer than the one running
+// asks it to stop at its next attempt (preempt), so a leaver's disable does not wait out the
+// back-off of an ensure it overrides.
+//
+// The lane is per process. With several provisioner replicas, commands of one link may
+// still run at once on different replicas; what keeps that correct is the re-converge when a
+// command finishes superseded (see reconvergeStale in finish.go), not the lane.
+type linkLanes struct {
+	mu sync.Mutex
+	m  map[string]*linkLane
+	// off runs commands without lanes, as if each ran on a replica of its own (tests).
+	off bool
+}
+
+type linkLane struct {
+	turn    chan struct{} // holds a token while a command of the link runs
+	users   int           // the holder and the waiters; the lane is dropped at 0
+	gen     int64         // the holder's generation
+	preempt func()        // asks the holder to stop at its next attempt
+	waiting map[int64]int // the waiters' generations
+}
+
+// laneTurn is a command's turn in its link's lane (nil when lanes are off).
+type laneTurn struct {
+	ls  *linkLanes
+	id  string
+	l   *linkLane
+	gen int64
+}
+
+// wait waits for the link's lane, heartbeating the command meanwhile, until ctx ends.
+func (ls *linkLanes) wait(ctx context.Context, id string, gen int64, heartbeat func()) (*laneTurn, error) {
+	if ls.off {
+		return nil, nil
+	}
+	ls.mu.Lock()
+	if ls.m == nil {
+		ls.m = map[string]*linkLane{}
+	}
+	l := ls.m[id]
+	if l == nil {
+		l = &linkLane{turn: make(chan struct{}, 1), waiting: map[int64]int{}}
+		ls.m[id] = l
+	}
+	l.users++
+	l.waiting[gen]++
+	if l.preempt != nil && gen > l.gen {
+		l.preempt()
+	}
+	ls.mu.Unlock()
+	tick := time.NewTicker(ackWait / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case l.turn <- struct{}{}:
+			ls.mu.Lock()
+			ls.unwaitLocked(l, gen)
+			l.gen, l.preempt = gen, nil
+			ls.mu.Unlock()
+			return &laneTurn{ls: ls, id: id, l: l, gen: gen}, nil
+		case <-tick.C:
+			heartbeat()
+		case <-ctx.Done():
+			ls.mu.Lock()
+			ls.unwaitLocked(l, gen)
+			ls.leaveLocked(id, l)
+			ls.mu.Unlock()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (ls *linkLanes) unwaitLocked(l *linkLane, gen int64) {
+	if l.waiting[gen]--; l.waiting[gen] <= 0 {
+		delete(l.waiting, gen)
+	}
+}
+
+func (ls *linkLanes) leaveLocked(id string, l *linkLane) {
+	if l.users--; l.users == 0 {
+		delete(ls.m, id)
+	}
+}
+
+// waiting reports whether a command of the link at generation gen waits for the lane in this
+// process, behind the one that holds it: it runs after the holder is done.
+func (ls *linkLanes) waiting(id string, gen int64) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	l := ls.m[id]
+	return l != nil && l.waiting[gen] > 0
+}
+
+// onPreempt sets what a newer command of the link calls to preempt the holder; a newer one
+// already waiting calls it at once.
+func (t *laneTurn) onPreempt(f func()) {
+	if t == nil {
+		return
+	}
+	t.ls.mu.Lock()
+	defer t.ls.mu.Unlock()
+	t.l.preempt = f
+	for g := range t.l.waiting {
+		if g > t.gen {
+			f()
+			return
+		}
+	}
+}
+
+func (t *laneTurn) release() {
+	if t == nil {
+		return
+	}
+	t.ls.mu.Lock()
+	defer t.ls.mu.Unlock()
+	t.l.preempt = nil
+	<-t.l.turn
+	t.ls.leaveLocked(t.id, t.l)
+}
+
 // work runs one provisioning command against its target: converge the account to the link's
 // desired state, read it back, and record the outcome. The command only names the link and
 // the generation it was issued for; a command older than the link's generation is skipped,
-// so a late command never undoes a newer decision. The target's runner owns the retries:
-// each failed attempt is recorded where operators see it, and a command that fails for good
-// (a permanent error, or every attempt used) is dead-lettered and its case account marked
+// so a late command never undoes a newer decision. Commands of one link take turns (the
+// link's lane), and one that finds its link moved on after it changed the target reads the
+// target back and re-converges it (finish). The target's runner owns the retries: each
+// failed attempt is recorded where operators see it, and a command that fails for good (a
+// permanent error, or every attempt used) is dead-lettered and its case account marked
 // failed, never retried for ever.
 func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error {
 	var cmd eventsv1.ProvisionCommand
@@ -52,6 +185,17 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 		return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))
 	}
 	meta := events.MetaOf(msg.Headers())
+	gen := cmd.GetGeneration()
+	// Waits for the lane, a slot or a retry end with the service; JetStream then redelivers.
+	// runCtx also ends when a newer command of the link preempts this one.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.stop, cancel)()
+	turn, err := s.lanes.wait(runCtx, cmd.GetLinkId(), gen, func() { msg.InProgress() })
+	if err != nil {
+		return err
+	}
+	defer turn.release()
 	l, err := s.loadLink(ctx, cmd.GetLinkId())
 	if errors.Is(err, pgx.ErrNoRows) {
 		return natsx.Permanent(fmt.Errorf("command %s: unknown link %s", cmd.GetCommandId(), cmd.GetLinkId()))
@@ -59,29 +203,58 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 	if err != nil {
 		return err
 	}
-	if cmd.GetGeneration() < l.generation {
-		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, 1, revocations{})
+	// A redelivered command may have changed the target before its last delivery stopped
+	// (a crash, a shutdown): it counts as having touched the target.
+	touched := false
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
+		touched = true
 	}
-	// Waits for a slot or a retry end with the service; JetStream then redelivers.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(s.stop, cancel)()
+	if gen < l.generation {
+		return s.supersede(ctx, t, meta, msg.Subject(), &cmd, l, 1, touched)
+	}
+	var pmu sync.Mutex
+	inAttempt, preempted := false, false
+	turn.onPreempt(func() {
+		pmu.Lock()
+		defer pmu.Unlock()
+		preempted = true
+		if !inAttempt {
+			cancel() // between attempts: stop waiting out the back-off
+		}
+	})
 	var acct connector.Account
 	var revoked revocations
 	attempts := 0
-	opErr := t.runner.Do(ctx, msg.Subject(), func(ctx context.Context, n int) error {
+	opErr := t.runner.Do(runCtx, msg.Subject(), func(actx context.Context, n int) error {
+		pmu.Lock()
+		if preempted {
+			pmu.Unlock()
+			return errSuperseded
+		}
+		inAttempt = true
+		pmu.Unlock()
+		defer func() {
+			pmu.Lock()
+			inAttempt = false
+			if preempted {
+				cancel()
+			}
+			pmu.Unlock()
+		}()
 		attempts = n
 		if n > 1 {
-			cur, err := s.loadLink(ctx, l.id)
+			cur, err := s.loadLink(actx, l.id)
 			if err != nil {
 				return err
 			}
-			if cur.generation > cmd.GetGeneration() {
+			if cur.generation > gen {
 				return errSuperseded
 			}
+			cur.owned = cur.owned || l.owned // created by an earlier attempt
 			l = cur
 		}
-		a, rev, err := s.apply(ctx, t, l, cmd.GetCaseId() != "")
+		touched = true
+		a, rev, err := s.apply(actx, t, &l, cmd.GetCaseId() != "")
 		if err == nil {
 			err = verify(l, a)
 		}
@@ -99,22 +272,84 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 		Heartbeat:      func() { msg.InProgress() },
 		HeartbeatEvery: ackWait / 3,
 	})
+	pmu.Lock()
+	wasPreempted := preempted
+	pmu.Unlock()
 	switch {
 	case opErr == nil:
-		return s.finish(ctx, meta, msg.Subject(), &cmd, l, &acct, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, attempts, revoked)
-	case errors.Is(opErr, errSuperseded):
-		return s.finish(ctx, meta, msg.Subject(), &cmd, l, nil, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED, attempts, revocations{})
+		return s.finish(ctx, meta, msg.Subject(), &cmd, l, &acct, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, attempts, revoked, true)
 	case errors.Is(opErr, connector.ErrPending):
 		// A person does this one; the attestation issues the command that reads it back.
 		return s.waiting(ctx, &cmd, l, opErr)
 	case s.stop.Err() != nil:
 		return opErr
+	case errors.Is(opErr, errSuperseded), wasPreempted:
+		return s.supersede(ctx, t, meta, msg.Subject(), &cmd, l, attempts, touched)
+	}
+	// Failed for good. A command whose decision was overridden meanwhile is not the
+	// operators' to re-drive: it is superseded, and the target re-converged if it touched it.
+	if cur, err := s.loadLink(ctx, l.id); err == nil && cur.generation > gen {
+		return s.supersede(ctx, t, meta, msg.Subject(), &cmd, l, attempts, touched)
 	}
 	if err := s.fail(ctx, &cmd, l, attempts, opErr, true); err != nil {
 		// Keep the message until the failure is on record.
 		return fmt.Errorf("record failure: %w (command failed: %w)", err, opErr)
 	}
 	return natsx.Permanent(opErr)
+}
+
+// supersede records a command whose link moved on to a newer generation. One that never
+// touched the target just says so. One that did (an attempt ran before the link moved on,
+// or an earlier delivery may have) reads the account back first, so finish records what
+// the target shows and re-converges it if that is not the link's current desired state: its
+// calls may have landed after the newer command's read-back.
+func (s *Service) supersede(ctx context.Context, t *Target, meta events.Meta, subject string, cmd *eventsv1.ProvisionCommand, l link, attempts int, touched bool) error {
+	superseded := eventsv1.ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED
+	if !touched {
+		return s.finish(ctx, meta, subject, cmd, l, nil, superseded, attempts, revocations{}, false)
+	}
+	cur, err := s.loadLink(ctx, l.id)
+	if err != nil {
+		return err
+	}
+	return s.finish(ctx, meta, subject, cmd, cur, s.readBack(ctx, t, cur), superseded, attempts, revocations{}, true)
+}
+
+// readBack reads the link's account from the target; nil when the target did not answer.
+func (s *Service) readBack(ctx context.Context, t *Target, l link) *connector.Account {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.stop, cancel)()
+	var a connector.Account
+	err := t.runner.Call(ctx, "get", func(ctx context.Context) (err error) {
+		a, err = t.Conn.GetAccount(ctx, connector.AccountRef{ID: l.accountID, Username: l.username})
+		return err
+	})
+	switch {
+	case errors.Is(err, connector.ErrNotFound):
+		return &connector.Account{ID: l.accountID, Username: l.username, State: connector.StateAbsent}
+	case err != nil:
+		s.log.WarnContext(ctx, "read-back of a superseded command", "link", l.id, "username", l.username, "err", err)
+		return nil
+	}
+	return &a
+}
+
+// converged says the account as read back is the link's desired state. Unlike verify, an
+// enabled account must hold no entitlement beyond the desired ones where the connector
+// manages them (exact), as apply leaves it.
+func converged(l link, a *connector.Account, exact bool) bool {
+	if a == nil || verify(l, *a) != nil {
+		return false
+	}
+	if l.desired == stateEnabled && exact {
+		for _, e := range a.Entitlements {
+			if !slices.Contains(l.entitlements, e) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // revocations says what a disable revoked besides the login, for the revocation stream.
@@ -127,7 +362,7 @@ type revocations struct {
 // disable revoke the account's credentials, since a leave of absence or a revoked last grant
 // must be undone by enabling alone. Every call to the target goes through the target's
 // runner (rate limit, Retry-After pause, timeout, span, metrics).
-func (s *Service) apply(ctx context.Context, t *Target, l link, leaver bool) (connector.Account, revocations, error) {
+func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (connector.Account, revocations, error) {
 	ref := connector.AccountRef{ID: l.accountID, Username: l.username}
 	c := t.Conn
 	call := t.runner.Call
@@ -198,6 +433,16 @@ func (s *Service) apply(ctx context.Context, t *Target, l link, leaver bool) (co
 		return acct, rev, err
 	default:
 		acct, err := get()
+		if err == nil && !l.owned && !attested(t) {
+			// The target has an account with the link's username that is not the link's: a
+			// former employee's, or one made by hand. It is never adopted (enabled and
+			// granted to): the link takes the next username free in tenure and the target.
+			if err := s.freshUsername(ctx, t, l, acct); err != nil {
+				return connector.Account{}, revocations{}, err
+			}
+			ref = connector.AccountRef{Username: l.username}
+			err = connector.ErrNotFound
+		}
 		if errors.Is(err, connector.ErrNotFound) {
 			cr, ok := c.(connector.Creator)
 			if !ok {
@@ -213,6 +458,7 @@ func (s *Service) apply(ctx context.Context, t *Target, l link, leaver bool) (co
 				return connector.Account{}, revocations{}, fmt.Errorf("create: %w", err)
 			}
 			ref.ID = acct.ID
+			s.createdAccount(ctx, l, acct.ID)
 		} else if err != nil {
 			return connector.Account{}, revocations{}, fmt.Errorf("read: %w", err)
 		}
@@ -244,6 +490,76 @@ func (s *Service) apply(ctx context.Context, t *Target, l link, leaver bool) (co
 		acct, err = get()
 		return acct, revocations{}, err
 	}
+}
+
+// attested says the target's accounts are tenure's own records (attested tasks): none can be
+// someone else's.
+func attested(t *Target) bool {
+	_, ok := t.Conn.(connector.TaskQueueUser)
+	return ok
+}
+
+// createdAccount marks the link's account as its own once this command created it: later
+// attempts, and (once the id is stored) later commands, know the account under the username
+// is the link's. Without a stored id (a crash right after the create, or a target that
+// gives no ids) a later command would take the account for someone else's and move the link
+// to a fresh username; the account left behind shows up as an orphan in reconciliation.
+func (s *Service) createdAccount(ctx context.Context, l *link, id string) {
+	l.owned = true
+	if id == "" || l.accountID != "" {
+		return
+	}
+	l.accountID = id
+	if _, err := s.pool.Exec(ctx, "UPDATE links SET account_id = $2 WHERE link_id = $1 AND account_id = ''", l.id, id); err != nil {
+		s.log.WarnContext(ctx, "record account id", "link", l.id, "err", err)
+	}
+}
+
+// freshUsername moves a link whose username the target already uses for an account that is
+// not the link's to the next username free both in tenure's links (the tombstones) and in
+// the target, the way linkFor picks one, and returns once the target confirmed it free.
+func (s *Service) freshUsername(ctx context.Context, t *Target, l *link, found connector.Account) error {
+	base, taken := usernameBase(l.worker, l.email, l.given, l.family), l.username
+	for n := 1; n <= maxUsernames; n++ {
+		name := usernameCandidate(base, n)
+		if name == l.username {
+			continue
+		}
+		tag, err := s.pool.Exec(ctx, `UPDATE links SET username = $3 WHERE link_id = $1 AND username = $2 AND account_id = '' AND observed_generation = 0
+			AND NOT EXISTS (SELECT 1 FROM links WHERE connector = $4 AND username = $3)`, l.id, l.username, name, l.conn)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+			continue // taken meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			var cur link
+			if err := s.pool.QueryRow(ctx, "SELECT username, account_id <> '' OR observed_generation > 0 FROM links WHERE link_id = $1", l.id).
+				Scan(&cur.username, &cur.owned); err != nil {
+				return err
+			}
+			if cur.username != l.username || cur.owned {
+				return connector.Retryable(fmt.Errorf("link %s changed meanwhile (username %s)", l.id, cur.username))
+			}
+			continue // a tombstone or another worker's link
+		}
+		l.username = name
+		err = t.runner.Call(ctx, "get", func(ctx context.Context) error {
+			_, err := t.Conn.GetAccount(ctx, connector.AccountRef{Username: name})
+			return err
+		})
+		if errors.Is(err, connector.ErrNotFound) {
+			s.log.WarnContext(ctx, "username taken in the target by an account tenure does not link; not adopting it",
+				"connector", t.Name, "username", taken, "account_id", found.ID, "account_state", found.State, "worker", l.worker, "new_username", name)
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
+	}
+	return connector.Permanent(fmt.Errorf("no free username for %s in %s: %s and the next %d are taken", l.worker, t.Name, base, maxUsernames))
 }
 
 // verify compares what the target showed with what tenure wants. A target that answered
