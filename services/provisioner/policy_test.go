@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -346,5 +347,36 @@ func TestUnsupportedSessionRevocationStillDisables(t *testing.T) {
 	}
 	if _, err := st.GetLastMsgForSubject(context.Background(), "tenure.revocation.session_revoked.w-ns"); err == nil {
 		t.Fatal("a session revocation was reported for a target that cannot revoke sessions")
+	}
+}
+
+// A leaver's account is disabled before its sessions are ended, so no sign-in between the two
+// leaves a live session behind; credentials go after the disable too.
+func TestDisableComesBeforeSessionRevocation(t *testing.T) {
+	mem := connectortest.NewMemory("readers")
+	var mu sync.Mutex
+	var ops []string
+	record := false
+	mem.Inject = func(op string, _ connector.AccountRef) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if record {
+			ops = append(ops, op)
+		}
+		return nil
+	}
+	h := startHost(t, Config{Targets: []Target{{Name: "order", Type: "memory", Conn: mem}}})
+	h.hire(t, "w-ord", "order")
+	h.waitVerified(t, "w-ord", 1)
+	mu.Lock()
+	record = true
+	mu.Unlock()
+	h.fire(t, "w-ord")
+	h.waitCase(t, "w-ord", eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED)
+	mu.Lock()
+	defer mu.Unlock()
+	at := func(op string) int { return slices.Index(ops, op) }
+	if at(connector.CapDisable) < 0 || at(connector.CapSessions) < at(connector.CapDisable) || at(connector.CapCredentials) < at(connector.CapDisable) {
+		t.Fatalf("calls in order %v: want disable, then sessions and credentials", ops)
 	}
 }

@@ -390,7 +390,16 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 		}
 		return acct, revocations{}, err
 	case stateDisabled:
+		// Disable first, then end the sessions: the other way round, a sign-in between the two
+		// would leave a live session on a disabled account.
 		var rev revocations
+		d, ok := c.(connector.Disabler)
+		if !ok {
+			return connector.Account{}, revocations{}, connector.Permanent(fmt.Errorf("connector %s (%s) cannot disable accounts", t.Name, t.Type))
+		}
+		if err := call(ctx, connector.CapDisable, func(ctx context.Context) error { return d.DisableAccount(ctx, ref) }); err != nil && !errors.Is(err, connector.ErrNotFound) {
+			return connector.Account{}, revocations{}, fmt.Errorf("disable: %w", err)
+		}
 		if r, ok := c.(connector.SessionRevoker); ok {
 			err := call(ctx, connector.CapSessions, func(ctx context.Context) error { return r.RevokeSessions(ctx, ref) })
 			switch {
@@ -402,13 +411,6 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 			default:
 				return connector.Account{}, revocations{}, fmt.Errorf("revoke sessions: %w", err)
 			}
-		}
-		d, ok := c.(connector.Disabler)
-		if !ok {
-			return connector.Account{}, revocations{}, connector.Permanent(fmt.Errorf("connector %s (%s) cannot disable accounts", t.Name, t.Type))
-		}
-		if err := call(ctx, connector.CapDisable, func(ctx context.Context) error { return d.DisableAccount(ctx, ref) }); err != nil && !errors.Is(err, connector.ErrNotFound) {
-			return connector.Account{}, revocations{}, fmt.Errorf("disable: %w", err)
 		}
 		// A leaver's passwords, API tokens and keys outlive a disabled login (a script's
 		// connection string, a personal access token), and a re-enabled account would bring
