@@ -19,6 +19,10 @@ func init() {
 		usage: "findings [--connector C] [--kind orphan|shared|drift] [--status open|resolved|all]   reconciliation findings",
 		run:   findings,
 	}
+	commands["accounts link"] = command{
+		usage: "accounts link CONNECTOR USERNAME --worker W --reason TEXT   link an account found in a target (a finding) to a worker",
+		run:   accountsLink,
+	}
 	commands["connectors"] = command{
 		usage: "connectors                                 connectors: type, system, capabilities, policy, health (probed now)",
 		run:   connectors,
@@ -127,6 +131,35 @@ func connectors(e *env) error {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Type, c.System, health, h.GetLatency().AsDuration(), lastErr, del, rec,
 				when(c.LastReconciledAt), strings.Join(c.Capabilities, ","))
+		}
+	})
+}
+
+// accountsLink links an account reconciliation found to its worker, so the worker's leaver
+// case covers it.
+func accountsLink(e *env) error {
+	worker := e.fs.String("worker", "", "the worker the account belongs to (required)")
+	reason := e.fs.String("reason", "", "why: a ticket, what was checked (required; kept in the ledger)")
+	if err := e.parse(); err != nil {
+		return err
+	}
+	if len(e.pos()) != 2 || *worker == "" || *reason == "" {
+		return errors.New("usage: tenurectl accounts link CONNECTOR USERNAME --worker W --reason TEXT")
+	}
+	x, err := e.connect()
+	if err != nil {
+		return err
+	}
+	res, err := provisionerv1.NewProvisioningServiceClient(x.conn).LinkAccount(e.ctx, &provisionerv1.LinkAccountRequest{
+		Connector: e.pos()[0], Username: e.pos()[1], WorkerId: *worker, Reason: *reason})
+	if err != nil {
+		return err
+	}
+	return x.print(res, func(tw *tabwriter.Writer) {
+		a := res.Account
+		fmt.Fprintf(tw, "linked %s/%s to %s (link %s)\n", a.Connector, a.Username, a.WorkerId, a.LinkId)
+		if res.CaseId != "" {
+			fmt.Fprintf(tw, "the worker's open leaver case %s now covers it: it is being disabled\n", res.CaseId)
 		}
 	})
 }

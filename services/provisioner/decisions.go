@@ -458,25 +458,44 @@ func usernameCandidate(base string, n int) string {
 	return base
 }
 
-// LinkAccount records an account that exists in a target for a worker (found by
-// reconciliation or seeded by an operator). If the worker has an open leaver case, the
-// account joins it and is disabled.
-func (s *Service) LinkAccount(ctx context.Context, worker, conn, username, accountID string) (string, error) {
-	if _, ok := s.targets[conn]; !ok {
-		return "", fmt.Errorf("unknown target %q", conn)
+// errLinkedElsewhere: the account is already linked to another worker.
+var errLinkedElsewhere = errors.New("linked to another worker")
+
+// linkAccount records an account that exists in a target for a worker (found by
+// reconciliation, or named by an operator through LinkAccount): by and reason go to the
+// ledger in a tenure.reconcile.linked event. If the worker has an open leaver case, the
+// account joins it and is disabled. It returns the link and the case it joined, if any.
+func (s *Service) linkAccount(ctx context.Context, worker, conn, username, accountID, by, reason string) (string, string, error) {
+	t, ok := s.targets[conn]
+	if !ok {
+		return "", "", fmt.Errorf("unknown target %q", conn)
 	}
 	id := events.NewID()
 	var out []events.Event
+	var caseID string
 	err := pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		// An account already linked keeps its worker: re-linking it to the same worker
+		// refreshes its id; to another worker it is refused. An orphan's link without a
+		// worker (disable_orphans) takes the worker, and keeps its desired state.
+		var owner string
 		err := tx.QueryRow(ctx, `INSERT INTO links (link_id, worker_id, connector, username, account_id, origin, desired_state, observed_state)
 			VALUES ($1, $2, $3, $4, $5, 'reconciled', 'enabled', 'enabled')
-			ON CONFLICT (connector, username) DO UPDATE SET account_id = excluded.account_id
-			RETURNING link_id`, id, worker, conn, username, accountID).Scan(&id)
+			ON CONFLICT (connector, username) DO UPDATE SET
+			  worker_id = CASE WHEN links.worker_id = '' THEN excluded.worker_id ELSE links.worker_id END,
+			  account_id = CASE WHEN links.worker_id IN ('', excluded.worker_id) AND excluded.account_id <> ''
+			    THEN excluded.account_id ELSE links.account_id END
+			RETURNING link_id, worker_id`, id, worker, conn, username, accountID).Scan(&id, &owner)
 		if err != nil {
 			return err
 		}
-		var caseID string
+		if owner != worker {
+			return fmt.Errorf("account %q in %s: %w %q", username, conn, errLinkedElsewhere, owner)
+		}
+		out = append(out, events.Event{ID: events.NewID(), Subject: events.Subject("tenure.reconcile.linked", worker), Source: source, WorkerID: worker, Actor: by,
+			Payload: &eventsv1.AccountLinked{LinkId: id, WorkerId: worker, Connector: conn, System: t.System, Username: username, AccountId: accountID,
+				LinkedBy: by, Reason: reason, LinkedAt: timestamppb.Now()}})
 		if err := tx.QueryRow(ctx, "SELECT case_id FROM cases WHERE worker_id = $1 AND status = 'open' FOR UPDATE", worker).Scan(&caseID); err == nil {
+			out[0].Payload.(*eventsv1.AccountLinked).CaseId = caseID
 			var gen int64
 			if err := tx.QueryRow(ctx, "UPDATE links SET desired_state = 'disabled', generation = generation + 1 WHERE link_id = $1 RETURNING generation", id).Scan(&gen); err != nil {
 				return err
@@ -503,13 +522,16 @@ func (s *Service) LinkAccount(ctx context.Context, worker, conn, username, accou
 				return err
 			}
 			out = append(out, dels...)
-		} else if !errors.Is(err, pgx.ErrNoRows) {
+		} else if errors.Is(err, pgx.ErrNoRows) {
+			caseID = ""
+		} else {
 			return err
 		}
 		return pgstore.Enqueue(ctx, tx, out...)
 	})
-	if err == nil {
-		s.relay.Poke()
+	if err != nil {
+		return "", "", err
 	}
-	return id, err
+	s.relay.Poke()
+	return id, caseID, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tenure-dev/tenure/pkg/connector"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -149,21 +151,94 @@ func (s *Service) ListAccounts(ctx context.Context, req *provisionerv1.ListAccou
 	if req.GetWorkerId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "worker_id is required")
 	}
-	rows, err := s.pool.Query(ctx, `SELECT link_id, worker_id, connector, username, desired_state, observed_state, generation, observed_generation,
-		observed_entitlements, verified_at FROM links WHERE worker_id = $1 ORDER BY connector, username`, req.GetWorkerId())
+	rows, err := s.pool.Query(ctx, `SELECT `+accountColumns+` FROM links WHERE worker_id = $1 ORDER BY connector, username`, req.GetWorkerId())
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "list accounts: %v", err)
 	}
-	accts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*provisionerv1.Account, error) {
-		var a provisionerv1.Account
-		var desired, observed string
-		var verified *time.Time
-		err := r.Scan(&a.LinkId, &a.WorkerId, &a.Connector, &a.Username, &desired, &observed, &a.Generation, &a.ObservedGeneration, &a.Entitlements, &verified)
-		a.DesiredState, a.ObservedState, a.VerifiedAt = stateOf(desired), stateOf(observed), ts(verified)
-		return &a, err
-	})
+	accts, err := pgx.CollectRows(rows, scanAccount)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "list accounts: %v", err)
 	}
 	return &provisionerv1.ListAccountsResponse{Accounts: accts}, nil
+}
+
+const accountColumns = `link_id, worker_id, connector, username, desired_state, observed_state, generation, observed_generation,
+	observed_entitlements, verified_at`
+
+func scanAccount(r pgx.CollectableRow) (*provisionerv1.Account, error) {
+	var a provisionerv1.Account
+	var desired, observed string
+	var verified *time.Time
+	err := r.Scan(&a.LinkId, &a.WorkerId, &a.Connector, &a.Username, &desired, &observed, &a.Generation, &a.ObservedGeneration, &a.Entitlements, &verified)
+	a.DesiredState, a.ObservedState, a.VerifiedAt = stateOf(desired), stateOf(observed), ts(verified)
+	return &a, err
+}
+
+// LinkAccount links an account found in a target to a worker, for an operator: the account
+// is read from the target first (it must exist there; a manual target's is taken on the
+// operator's word), the worker must be known, and an account linked to another worker is
+// refused. The link, with who and why, goes to the ledger.
+func (s *Service) LinkAccount(ctx context.Context, req *provisionerv1.LinkAccountRequest) (*provisionerv1.LinkAccountResponse, error) {
+	p, err := operator(ctx)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case req.GetConnector() == "":
+		return nil, status.Error(codes.InvalidArgument, "connector is required")
+	case req.GetWorkerId() == "":
+		return nil, status.Error(codes.InvalidArgument, "worker_id is required")
+	case req.GetUsername() == "":
+		return nil, status.Error(codes.InvalidArgument, "username is required (tenurectl findings lists the accounts reconciliation found)")
+	case strings.TrimSpace(req.GetReason()) == "":
+		return nil, status.Error(codes.InvalidArgument, "reason is required: why the account is the worker's (a ticket, what was checked); it goes to the ledger")
+	}
+	t, ok := s.targets[req.GetConnector()]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "connector %q is not a target of this provisioner (tenurectl connectors lists them)", req.GetConnector())
+	}
+	var known bool
+	if err := s.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM workers WHERE worker_id = $1)", req.GetWorkerId()).Scan(&known); err != nil {
+		return nil, status.Errorf(codes.Internal, "link account: %v", err)
+	}
+	if !known {
+		return nil, status.Errorf(codes.NotFound, "worker %q is not known to tenure (tenurectl worker get checks the HR registry)", req.GetWorkerId())
+	}
+	var acct connector.Account
+	if attested(t) {
+		// A manual target's accounts are only what people attest: tenure cannot read the
+		// legacy system, so the operator's word (and reason) is the evidence.
+		acct.Username = req.GetUsername()
+	} else {
+		err = t.runner.Call(ctx, "get", func(ctx context.Context) (err error) {
+			acct, err = t.Conn.GetAccount(ctx, connector.AccountRef{Username: req.GetUsername()})
+			return err
+		})
+	}
+	switch {
+	case errors.Is(err, connector.ErrNotFound):
+		return nil, status.Errorf(codes.NotFound, "%s has no account %q", req.GetConnector(), req.GetUsername())
+	case err != nil:
+		return nil, status.Errorf(codes.Unavailable, "read account %q from %s: %v", req.GetUsername(), req.GetConnector(), err)
+	}
+	username := acct.Username
+	if username == "" {
+		username = req.GetUsername()
+	}
+	id, caseID, err := s.linkAccount(ctx, req.GetWorkerId(), req.GetConnector(), username, acct.ID, p.Name, req.GetReason())
+	if errors.Is(err, errLinkedElsewhere) {
+		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "link account: %v", err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+accountColumns+` FROM links WHERE link_id = $1`, id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "link account: %v", err)
+	}
+	a, err := pgx.CollectExactlyOneRow(rows, scanAccount)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "link account: %v", err)
+	}
+	return &provisionerv1.LinkAccountResponse{Account: a, CaseId: caseID}, nil
 }

@@ -339,6 +339,9 @@ func TestDeprovisionOverdueAlertForAutomaticDisable(t *testing.T) {
 	if n := h.alertCount(t, "tenure.alert.deprovision_overdue.w-oa"); n != 1 {
 		t.Fatalf("%d overdue alerts, want 1", n)
 	}
+	if len(alert.OverdueAccounts) != 1 || !strings.HasPrefix(alert.OverdueAccounts[0], "ehr/") {
+		t.Fatalf("alert names %v, want the EHR account", alert.OverdueAccounts)
+	}
 }
 
 // Each account of a case has its own deadline from its target; the case's is the latest.
@@ -383,7 +386,6 @@ func TestCaseAccountsHaveTheirOwnDeadlines(t *testing.T) {
 // With a manual account in the case, an automatic disable that keeps failing still raises
 // tenure.alert.deprovision_overdue at its own (automatic) deadline, naming that account.
 func TestOverdueAutomaticDisableNotHiddenByManualAccount(t *testing.T) {
-	t.Skip("needs the overdue check (alertOverdue, worker.go) to check case_accounts.deadline per account; see TestCaseAccountsHaveTheirOwnDeadlines")
 	mem, policy := failingDisableTarget()
 	legacy, err := manual.New(manual.Config{Deadline: time.Minute})
 	if err != nil {
@@ -402,5 +404,10 @@ func TestOverdueAutomaticDisableNotHiddenByManualAccount(t *testing.T) {
 	if h.alertCount(t, "tenure.alert.deprovision_overdue.w-om") == 0 {
 		c := h.leaverCase(t, "w-om")
 		t.Fatalf("EHR disable failing for 3s past the 500ms automatic deadline, no deprovision_overdue (case deadline %v after open)", c.Deadline.AsTime().Sub(c.OpenedAt.AsTime()))
+	}
+	var alert eventsv1.CaseEvent
+	h.lastPayload(t, "tenure.alert.deprovision_overdue.w-om", &alert)
+	if len(alert.OverdueAccounts) != 1 || !strings.HasPrefix(alert.OverdueAccounts[0], "ehr/") {
+		t.Fatalf("alert names %v, want only the EHR account (the manual one is within its hour)", alert.OverdueAccounts)
 	}
 }

@@ -267,6 +267,7 @@ func (s *Service) AuthRules() authn.Rules {
 		provisionerv1.ProvisioningService_RetryDeadLetter_FullMethodName:    {authn.RoleOperator},
 		provisionerv1.ProvisioningService_RetryAccount_FullMethodName:       {authn.RoleOperator},
 		provisionerv1.ProvisioningService_RetryTask_FullMethodName:          {authn.RoleOperator},
+		provisionerv1.ProvisioningService_LinkAccount_FullMethodName:        {authn.RoleOperator},
 		// Connector health and findings are for whoever watches access: operators, auditors
 		// and security. Starting a reconciliation (it may disable orphans) is an operator's.
 		provisionerv1.ProvisioningService_ListConnectors_FullMethodName: read,

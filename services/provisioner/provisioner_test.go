@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -243,8 +245,64 @@ func TestLeaverCoversReconciledAccounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.join(t, "w3")
-	if _, err := e.svc.LinkAccount(ctx, "w3", "demo", "w3-admin", acct.ID); err != nil {
+	e.join(t, "w4")
+	op := asOperator("op-lin")
+	link := func(ctx context.Context, worker, username, reason string) (*provisionerv1.LinkAccountResponse, error) {
+		return e.svc.LinkAccount(ctx, &provisionerv1.LinkAccountRequest{Connector: "demo", WorkerId: worker, Username: username, Reason: reason})
+	}
+	// Refused, each with a reason an operator can act on, and nothing linked.
+	for _, c := range []struct {
+		ctx                      context.Context
+		worker, username, reason string
+		code                     codes.Code
+		says                     string
+	}{
+		{ctx, "w3", "w3-admin", "CHG-7", codes.Unauthenticated, "authenticated"},
+		{op, "w3", "w3-admin", " ", codes.InvalidArgument, "reason is required"},
+		{op, "", "w3-admin", "CHG-7", codes.InvalidArgument, "worker_id is required"},
+		{op, "w-nobody", "w3-admin", "CHG-7", codes.NotFound, "not known to tenure"},
+		{op, "w3", "no-such-account", "CHG-7", codes.NotFound, "has no account"},
+	} {
+		if _, err := link(c.ctx, c.worker, c.username, c.reason); status.Code(err) != c.code || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("LinkAccount(%q, %q, %q) = %v; want %v saying %q", c.worker, c.username, c.reason, err, c.code, c.says)
+		}
+	}
+	res, err := link(op, "w3", "w3-admin", "CHG-7: the admin account of w3, confirmed with their manager")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if res.Account.GetWorkerId() != "w3" || res.Account.GetUsername() != "w3-admin" || res.CaseId != "" {
+		t.Fatalf("LinkAccount = %v", res)
+	}
+	var linked eventsv1.AccountLinked
+	eventually(t, "tenure.reconcile.linked published", func() error {
+		st, err := e.js.Stream(ctx, natsx.EventsStream)
+		if err != nil {
+			return err
+		}
+		raw, err := st.GetLastMsgForSubject(ctx, "tenure.reconcile.linked.w3")
+		if err != nil {
+			return err
+		}
+		return proto.Unmarshal(raw.Data, &linked)
+	})
+	if linked.LinkedBy != "op-lin" || linked.AccountId != acct.ID || !strings.HasPrefix(linked.Reason, "CHG-7") {
+		t.Fatalf("ledger event %v", &linked)
+	}
+	// Linked to w3, it is not w4's.
+	if _, err := link(op, "w4", "w3-admin", "CHG-8"); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), `"w3"`) {
+		t.Fatalf("linking w3's account to w4: %v", err)
+	}
+	// An orphan that disable_orphans holds with a worker-less link takes its worker.
+	if _, err := e.target.CreateAccount(ctx, connector.AccountSpec{Username: "w4-old"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.pool.Exec(ctx, `INSERT INTO links (link_id, worker_id, connector, username, origin, desired_state, observed_state)
+		VALUES ('lk-orphan', '', 'demo', 'w4-old', 'reconciled', 'disabled', 'enabled')`); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := link(op, "w4", "w4-old", "CHG-9"); err != nil || res.Account.GetLinkId() != "lk-orphan" || res.Account.GetWorkerId() != "w4" {
+		t.Fatalf("linking an orphan's worker-less link: %v, %v", res, err)
 	}
 	eventually(t, "joiner account", func() error {
 		res, _ := e.svc.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: "w3"})

@@ -715,11 +715,26 @@ func (s *Service) watchOverdue(ctx context.Context) error {
 	}
 }
 
+// alertOverdue raises tenure.alert.deprovision_overdue for the accounts of open cases past
+// their own deadline and not verified, once per account: an automatic disable that keeps
+// failing is alerted at its 5 minutes even when the case also waits an hour for a manual
+// task. One alert per case and check names the accounts that became overdue.
 func (s *Service) alertOverdue(ctx context.Context) error {
 	return pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `UPDATE cases SET overdue_alerted_at = now()
-			WHERE status = 'open' AND deadline < now() AND overdue_alerted_at IS NULL
-			RETURNING case_id, worker_id, hr_event_id, opened_at, deadline`)
+		rows, err := tx.Query(ctx, `WITH due AS (
+			  UPDATE case_accounts a SET overdue_alerted_at = now() FROM cases c
+			  WHERE c.case_id = a.case_id AND c.status = 'open' AND a.status <> 'verified'
+			    AND a.deadline < now() AND a.overdue_alerted_at IS NULL
+			  RETURNING a.case_id, a.link_id, a.deadline
+			), marked AS (
+			  UPDATE cases c SET overdue_alerted_at = coalesce(c.overdue_alerted_at, now())
+			  WHERE c.case_id IN (SELECT case_id FROM due)
+			  RETURNING c.case_id, c.worker_id, c.hr_event_id, c.opened_at
+			)
+			SELECT m.case_id, m.worker_id, m.hr_event_id, m.opened_at, max(d.deadline),
+			  array_agg(l.connector || '/' || l.username ORDER BY l.connector, l.username)
+			FROM due d JOIN marked m USING (case_id) JOIN links l ON l.link_id = d.link_id
+			GROUP BY m.case_id, m.worker_id, m.hr_event_id, m.opened_at`)
 		if err != nil {
 			return err
 		}
@@ -727,11 +742,13 @@ func (s *Service) alertOverdue(ctx context.Context) error {
 		for rows.Next() {
 			var id, worker, hr string
 			var opened, deadline time.Time
-			if err := rows.Scan(&id, &worker, &hr, &opened, &deadline); err != nil {
+			var accounts []string
+			if err := rows.Scan(&id, &worker, &hr, &opened, &deadline, &accounts); err != nil {
 				return err
 			}
 			out = append(out, events.Event{ID: events.NewID(), Subject: events.Subject("tenure.alert", "deprovision_overdue", worker), Source: source, WorkerID: worker, Actor: "provisioner",
-				Payload: &eventsv1.CaseEvent{CaseId: id, WorkerId: worker, Status: eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_OPEN, OpenedAt: timestamppb.New(opened), Deadline: timestamppb.New(deadline), HrEventId: hr}})
+				Payload: &eventsv1.CaseEvent{CaseId: id, WorkerId: worker, Status: eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_OPEN, OpenedAt: timestamppb.New(opened),
+					Deadline: timestamppb.New(deadline), HrEventId: hr, OverdueAccounts: accounts}})
 		}
 		if err := rows.Err(); err != nil {
 			return err

@@ -55,6 +55,7 @@ func BenchmarkLeaverFanout(b *testing.B) {
 		targets[t] = c
 	}
 	hook := "http://" + d.HTTPAddr + "/webhooks/" + d.Secrets.WebhookSource
+	prov := provisionerv1.NewProvisioningServiceClient(dial(b, d.GRPCAddr, d.Secrets.Tokens["operator"]))
 
 	var mu sync.Mutex
 	completed := map[string]chan time.Time{}
@@ -90,13 +91,10 @@ func BenchmarkLeaverFanout(b *testing.B) {
 			for i := 0; i < 16; i++ {
 				t := app.DemoTargets[i%len(app.DemoTargets)]
 				user := fmt.Sprintf("%s-x%d", w, i)
-				acct, err := targets[t].CreateAccount(ctx, connector.AccountSpec{Username: user, WorkerID: w})
-				if err != nil {
+				if _, err := targets[t].CreateAccount(ctx, connector.AccountSpec{Username: user, WorkerID: w}); err != nil {
 					b.Fatal(err)
 				}
-				if _, err := d.Provisioner.LinkAccount(ctx, w, "demo-"+t, user, acct.ID); err != nil {
-					b.Fatal(err)
-				}
+				linkFound(b, prov, w, "demo-"+t, user)
 			}
 		}
 		waitJoinersProvisioned(b, d, workers)

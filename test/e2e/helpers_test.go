@@ -12,16 +12,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/tenure-dev/tenure/pkg/authn"
 	"github.com/tenure-dev/tenure/pkg/pgtest"
 	"github.com/tenure-dev/tenure/pkg/webhook"
+	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
 
 func TestMain(m *testing.M) {
@@ -114,7 +118,7 @@ func postWebhookB(t testing.TB, url, secret, id string, body []byte) (int, map[s
 	return resp.StatusCode, out
 }
 
-func dial(t *testing.T, addr, token string) *grpc.ClientConn {
+func dial(t testing.TB, addr, token string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithPerRPCCredentials(authn.BearerCredentials{Token: token, Insecure: true}))
@@ -179,4 +183,23 @@ var _ = context.Background
 // quietLogger keeps benchmark output to the figures.
 func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// linkFound links an account that exists in a target to a worker over gRPC, as an operator
+// does for an account reconciliation found; it waits for the provisioner to know the worker
+// (its joiner may still be on its way).
+func linkFound(tb testing.TB, prov provisionerv1.ProvisioningServiceClient, worker, conn, username string) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := prov.LinkAccount(context.Background(), &provisionerv1.LinkAccountRequest{Connector: conn, WorkerId: worker, Username: username,
+			Reason: "e2e: found by reconciliation, confirmed with the worker's manager"})
+		if err == nil {
+			return
+		}
+		if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "not known to tenure") || time.Now().After(deadline) {
+			tb.Fatalf("link %s/%s to %s: %v", conn, username, worker, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

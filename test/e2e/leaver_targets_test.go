@@ -122,9 +122,7 @@ roles:
 	}
 	link := func(conn, user string) {
 		t.Helper()
-		if _, err := env.Provisioner.LinkAccount(ctx, worker, conn, user, ""); err != nil {
-			t.Fatalf("link %s/%s: %v", conn, user, err)
-		}
+		linkFound(t, prov, worker, conn, user)
 	}
 	for _, u := range scimUsers[1:] {
 		link("saas", u)
@@ -135,7 +133,15 @@ roles:
 	for _, u := range pgUsers[1:] {
 		link("reporting", u)
 	}
-	link("legacy", "nnurse")
+	// The legacy system's account, linked the way an operator does it: with tenurectl.
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	out, err := exec.CommandContext(cctx, tenurectl, "accounts", "link", "legacy", "nnurse", "--worker", worker,
+		"--reason", "CHG-4700: nnurse in the lab system is Nora's", "--addr", env.GRPCAddr, "--token", env.OperatorToken, "--plaintext",
+		"--config", filepath.Join(env.Dir, "none.yaml")).CombinedOutput()
+	cancel()
+	if err != nil || !strings.Contains(string(out), "linked legacy/nnurse to "+worker) {
+		t.Fatalf("tenurectl accounts link: %v\n%s", err, out)
+	}
 
 	// Every LDAP account gets a password, and can bind before the termination.
 	for _, u := range ldapUsers {
@@ -212,7 +218,7 @@ roles:
 	if err != nil || len(tasks.Tasks) != 1 || tasks.Tasks[0].Operation != "disable" || tasks.Tasks[0].CaseId != c.CaseId {
 		t.Fatalf("open tasks = %v, %v", tasks, err)
 	}
-	out, err := exec.Command(tenurectl, "task", "complete", tasks.Tasks[0].TaskId, "--evidence", "locked nnurse in the pharmacy admin console, ticket CHG-4711",
+	out, err = exec.Command(tenurectl, "task", "complete", tasks.Tasks[0].TaskId, "--evidence", "locked nnurse in the pharmacy admin console, ticket CHG-4711",
 		"--addr", env.GRPCAddr, "--token", env.OperatorToken, "--plaintext", "--config", filepath.Join(env.Dir, "none.yaml")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("tenurectl task complete: %v\n%s", err, out)
@@ -333,10 +339,13 @@ func TestLeaverFlakyTargetRetries(t *testing.T) {
 	worker := "w-flaky-1"
 	users := []string{"flo.flaky", "flo.flaky-2"}
 	store.Seed(users...)
+	// The worker, hired (the policy gives the role nothing), and their accounts found in the
+	// target and linked by an operator.
+	if code, res := postWebhook(t, env.Hook, env.HRSecret, "hire-"+worker, hrEvent("hire", worker, "RN", "flo@clinic.example")); code != 202 {
+		t.Fatalf("hire: %d %v", code, res)
+	}
 	for _, u := range users {
-		if _, err := env.Provisioner.LinkAccount(ctx, worker, "flaky", u, ""); err != nil {
-			t.Fatal(err)
-		}
+		linkFound(t, prov, worker, "flaky", u)
 	}
 	failed := make(chan *nats.Msg, 64)
 	sub, err := env.NATS.ChanSubscribe("tenure.result.flaky.failed", failed)

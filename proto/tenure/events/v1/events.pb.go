@@ -1317,6 +1317,126 @@ func (x *ProvisionResult) GetRevokedGrantIds() []string {
 	return nil
 }
 
+// AccountLinked is published on tenure.reconcile.linked.<worker> when an operator links an
+// account found in a target to a worker (ProvisioningService.LinkAccount).
+type AccountLinked struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	LinkId    string                 `protobuf:"bytes,1,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	WorkerId  string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Connector string                 `protobuf:"bytes,3,opt,name=connector,proto3" json:"connector,omitempty"`
+	System    string                 `protobuf:"bytes,4,opt,name=system,proto3" json:"system,omitempty"`
+	Username  string                 `protobuf:"bytes,5,opt,name=username,proto3" json:"username,omitempty"`
+	AccountId string                 `protobuf:"bytes,6,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// The operator, and why.
+	LinkedBy string `protobuf:"bytes,7,opt,name=linked_by,json=linkedBy,proto3" json:"linked_by,omitempty"`
+	Reason   string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The worker's open leaver case the account joined, if any.
+	CaseId        string                 `protobuf:"bytes,9,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	LinkedAt      *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=linked_at,json=linkedAt,proto3" json:"linked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccountLinked) Reset() {
+	*x = AccountLinked{}
+	mi := &file_tenure_events_v1_events_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountLinked) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountLinked) ProtoMessage() {}
+
+func (x *AccountLinked) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_events_v1_events_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountLinked.ProtoReflect.Descriptor instead.
+func (*AccountLinked) Descriptor() ([]byte, []int) {
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AccountLinked) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *AccountLinked) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *AccountLinked) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *AccountLinked) GetSystem() string {
+	if x != nil {
+		return x.System
+	}
+	return ""
+}
+
+func (x *AccountLinked) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *AccountLinked) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *AccountLinked) GetLinkedBy() string {
+	if x != nil {
+		return x.LinkedBy
+	}
+	return ""
+}
+
+func (x *AccountLinked) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AccountLinked) GetCaseId() string {
+	if x != nil {
+		return x.CaseId
+	}
+	return ""
+}
+
+func (x *AccountLinked) GetLinkedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LinkedAt
+	}
+	return nil
+}
+
 // Revocation is published on tenure.revocation.<kind>.<worker> for security teams.
 type Revocation struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -1342,7 +1462,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[6]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1474,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[6]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1487,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{6}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Revocation) GetRevocationId() string {
@@ -1473,14 +1593,17 @@ type CaseEvent struct {
 	CompletedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
 	Deadline    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	// Source event id of the HR event that opened the case.
-	HrEventId     string `protobuf:"bytes,9,opt,name=hr_event_id,json=hrEventId,proto3" json:"hr_event_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HrEventId string `protobuf:"bytes,9,opt,name=hr_event_id,json=hrEventId,proto3" json:"hr_event_id,omitempty"`
+	// tenure.alert.deprovision_overdue: the accounts past their own deadline and not yet
+	// verified, as "connector/username".
+	OverdueAccounts []string `protobuf:"bytes,10,rep,name=overdue_accounts,json=overdueAccounts,proto3" json:"overdue_accounts,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CaseEvent) Reset() {
 	*x = CaseEvent{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[7]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1615,7 @@ func (x *CaseEvent) String() string {
 func (*CaseEvent) ProtoMessage() {}
 
 func (x *CaseEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[7]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1628,7 @@ func (x *CaseEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaseEvent.ProtoReflect.Descriptor instead.
 func (*CaseEvent) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{7}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CaseEvent) GetCaseId() string {
@@ -1571,6 +1694,13 @@ func (x *CaseEvent) GetHrEventId() string {
 	return ""
 }
 
+func (x *CaseEvent) GetOverdueAccounts() []string {
+	if x != nil {
+		return x.OverdueAccounts
+	}
+	return nil
+}
+
 // PolicyLoaded is published on tenure.access.policy_loaded by the approval service each time
 // a new policy version becomes the one that decides, so the ledger records its hash.
 type PolicyLoaded struct {
@@ -1591,7 +1721,7 @@ type PolicyLoaded struct {
 
 func (x *PolicyLoaded) Reset() {
 	*x = PolicyLoaded{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[8]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1733,7 @@ func (x *PolicyLoaded) String() string {
 func (*PolicyLoaded) ProtoMessage() {}
 
 func (x *PolicyLoaded) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[8]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1746,7 @@ func (x *PolicyLoaded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyLoaded.ProtoReflect.Descriptor instead.
 func (*PolicyLoaded) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{8}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PolicyLoaded) GetPolicyHash() string {
@@ -1691,7 +1821,7 @@ type BreakGlassAlert struct {
 
 func (x *BreakGlassAlert) Reset() {
 	*x = BreakGlassAlert{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[9]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1833,7 @@ func (x *BreakGlassAlert) String() string {
 func (*BreakGlassAlert) ProtoMessage() {}
 
 func (x *BreakGlassAlert) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[9]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1846,7 @@ func (x *BreakGlassAlert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakGlassAlert.ProtoReflect.Descriptor instead.
 func (*BreakGlassAlert) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{9}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BreakGlassAlert) GetGrantId() string {
@@ -1821,7 +1951,7 @@ type ReviewEvent struct {
 
 func (x *ReviewEvent) Reset() {
 	*x = ReviewEvent{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[10]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1963,7 @@ func (x *ReviewEvent) String() string {
 func (*ReviewEvent) ProtoMessage() {}
 
 func (x *ReviewEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[10]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1976,7 @@ func (x *ReviewEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReviewEvent.ProtoReflect.Descriptor instead.
 func (*ReviewEvent) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReviewEvent) GetCampaignId() string {
@@ -1956,7 +2086,7 @@ type ReviewDecision struct {
 
 func (x *ReviewDecision) Reset() {
 	*x = ReviewDecision{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2098,7 @@ func (x *ReviewDecision) String() string {
 func (*ReviewDecision) ProtoMessage() {}
 
 func (x *ReviewDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[11]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2111,7 @@ func (x *ReviewDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReviewDecision.ProtoReflect.Descriptor instead.
 func (*ReviewDecision) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReviewDecision) GetCampaignId() string {
@@ -2076,7 +2206,7 @@ type RequestEvent struct {
 
 func (x *RequestEvent) Reset() {
 	*x = RequestEvent{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[12]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2218,7 @@ func (x *RequestEvent) String() string {
 func (*RequestEvent) ProtoMessage() {}
 
 func (x *RequestEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[12]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2231,7 @@ func (x *RequestEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestEvent.ProtoReflect.Descriptor instead.
 func (*RequestEvent) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{12}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RequestEvent) GetRequestId() string {
@@ -2220,7 +2350,7 @@ type ReconcileFinding struct {
 
 func (x *ReconcileFinding) Reset() {
 	*x = ReconcileFinding{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[13]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2362,7 @@ func (x *ReconcileFinding) String() string {
 func (*ReconcileFinding) ProtoMessage() {}
 
 func (x *ReconcileFinding) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[13]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2375,7 @@ func (x *ReconcileFinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileFinding.ProtoReflect.Descriptor instead.
 func (*ReconcileFinding) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{13}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReconcileFinding) GetFindingId() string {
@@ -2391,7 +2521,7 @@ type AccountDeletion struct {
 
 func (x *AccountDeletion) Reset() {
 	*x = AccountDeletion{}
-	mi := &file_tenure_events_v1_events_proto_msgTypes[14]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +2533,7 @@ func (x *AccountDeletion) String() string {
 func (*AccountDeletion) ProtoMessage() {}
 
 func (x *AccountDeletion) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_events_v1_events_proto_msgTypes[14]
+	mi := &file_tenure_events_v1_events_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2546,7 @@ func (x *AccountDeletion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccountDeletion.ProtoReflect.Descriptor instead.
 func (*AccountDeletion) Descriptor() ([]byte, []int) {
-	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{14}
+	return file_tenure_events_v1_events_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AccountDeletion) GetDeletionId() string {
@@ -2598,7 +2728,20 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\fcompleted_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\"\n" +
 	"\fentitlements\x18\x0e \x03(\tR\fentitlements\x12\x1b\n" +
 	"\tgrant_ids\x18\x0f \x03(\tR\bgrantIds\x12*\n" +
-	"\x11revoked_grant_ids\x18\x10 \x03(\tR\x0frevokedGrantIds\"\xb6\x03\n" +
+	"\x11revoked_grant_ids\x18\x10 \x03(\tR\x0frevokedGrantIds\"\xbd\x02\n" +
+	"\rAccountLinked\x12\x17\n" +
+	"\alink_id\x18\x01 \x01(\tR\x06linkId\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1c\n" +
+	"\tconnector\x18\x03 \x01(\tR\tconnector\x12\x16\n" +
+	"\x06system\x18\x04 \x01(\tR\x06system\x12\x1a\n" +
+	"\busername\x18\x05 \x01(\tR\busername\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x06 \x01(\tR\taccountId\x12\x1b\n" +
+	"\tlinked_by\x18\a \x01(\tR\blinkedBy\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12\x17\n" +
+	"\acase_id\x18\t \x01(\tR\x06caseId\x127\n" +
+	"\tlinked_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\blinkedAt\"\xb6\x03\n" +
 	"\n" +
 	"Revocation\x12#\n" +
 	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x124\n" +
@@ -2615,7 +2758,7 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"occurredAt\x12\x1a\n" +
 	"\bverified\x18\v \x01(\bR\bverified\x12\x19\n" +
 	"\bgrant_id\x18\f \x01(\tR\agrantId\x12\"\n" +
-	"\fentitlements\x18\r \x03(\tR\fentitlements\"\x85\x03\n" +
+	"\fentitlements\x18\r \x03(\tR\fentitlements\"\xb0\x03\n" +
 	"\tCaseEvent\x12\x17\n" +
 	"\acase_id\x18\x01 \x01(\tR\x06caseId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12:\n" +
@@ -2625,7 +2768,9 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\topened_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bopenedAt\x12=\n" +
 	"\fcompleted_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x126\n" +
 	"\bdeadline\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12\x1e\n" +
-	"\vhr_event_id\x18\t \x01(\tR\thrEventId\"\xed\x01\n" +
+	"\vhr_event_id\x18\t \x01(\tR\thrEventId\x12)\n" +
+	"\x10overdue_accounts\x18\n" +
+	" \x03(\tR\x0foverdueAccounts\"\xed\x01\n" +
 	"\fPolicyLoaded\x12\x1f\n" +
 	"\vpolicy_hash\x18\x01 \x01(\tR\n" +
 	"policyHash\x12\x12\n" +
@@ -2804,7 +2949,7 @@ func file_tenure_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_tenure_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_tenure_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_tenure_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_tenure_events_v1_events_proto_goTypes = []any{
 	(WorkerType)(0),               // 0: tenure.events.v1.WorkerType
 	(WorkerStatus)(0),             // 1: tenure.events.v1.WorkerStatus
@@ -2821,61 +2966,63 @@ var file_tenure_events_v1_events_proto_goTypes = []any{
 	(*AccessDecision)(nil),        // 12: tenure.events.v1.AccessDecision
 	(*ProvisionCommand)(nil),      // 13: tenure.events.v1.ProvisionCommand
 	(*ProvisionResult)(nil),       // 14: tenure.events.v1.ProvisionResult
-	(*Revocation)(nil),            // 15: tenure.events.v1.Revocation
-	(*CaseEvent)(nil),             // 16: tenure.events.v1.CaseEvent
-	(*PolicyLoaded)(nil),          // 17: tenure.events.v1.PolicyLoaded
-	(*BreakGlassAlert)(nil),       // 18: tenure.events.v1.BreakGlassAlert
-	(*ReviewEvent)(nil),           // 19: tenure.events.v1.ReviewEvent
-	(*ReviewDecision)(nil),        // 20: tenure.events.v1.ReviewDecision
-	(*RequestEvent)(nil),          // 21: tenure.events.v1.RequestEvent
-	(*ReconcileFinding)(nil),      // 22: tenure.events.v1.ReconcileFinding
-	(*AccountDeletion)(nil),       // 23: tenure.events.v1.AccountDeletion
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*AccountLinked)(nil),         // 15: tenure.events.v1.AccountLinked
+	(*Revocation)(nil),            // 16: tenure.events.v1.Revocation
+	(*CaseEvent)(nil),             // 17: tenure.events.v1.CaseEvent
+	(*PolicyLoaded)(nil),          // 18: tenure.events.v1.PolicyLoaded
+	(*BreakGlassAlert)(nil),       // 19: tenure.events.v1.BreakGlassAlert
+	(*ReviewEvent)(nil),           // 20: tenure.events.v1.ReviewEvent
+	(*ReviewDecision)(nil),        // 21: tenure.events.v1.ReviewDecision
+	(*RequestEvent)(nil),          // 22: tenure.events.v1.RequestEvent
+	(*ReconcileFinding)(nil),      // 23: tenure.events.v1.ReconcileFinding
+	(*AccountDeletion)(nil),       // 24: tenure.events.v1.AccountDeletion
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
 }
 var file_tenure_events_v1_events_proto_depIdxs = []int32{
 	0,  // 0: tenure.events.v1.Worker.worker_type:type_name -> tenure.events.v1.WorkerType
 	1,  // 1: tenure.events.v1.Worker.status:type_name -> tenure.events.v1.WorkerStatus
 	2,  // 2: tenure.events.v1.WorkerEvent.kind:type_name -> tenure.events.v1.WorkerEventKind
 	9,  // 3: tenure.events.v1.WorkerEvent.worker:type_name -> tenure.events.v1.Worker
-	24, // 4: tenure.events.v1.WorkerEvent.effective_time:type_name -> google.protobuf.Timestamp
-	24, // 5: tenure.events.v1.WorkerEvent.received_time:type_name -> google.protobuf.Timestamp
-	24, // 6: tenure.events.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
+	25, // 4: tenure.events.v1.WorkerEvent.effective_time:type_name -> google.protobuf.Timestamp
+	25, // 5: tenure.events.v1.WorkerEvent.received_time:type_name -> google.protobuf.Timestamp
+	25, // 6: tenure.events.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
 	3,  // 7: tenure.events.v1.AccessDecision.kind:type_name -> tenure.events.v1.AccessDecisionKind
 	11, // 8: tenure.events.v1.AccessDecision.approvals:type_name -> tenure.events.v1.Approval
-	24, // 9: tenure.events.v1.AccessDecision.decided_at:type_name -> google.protobuf.Timestamp
-	24, // 10: tenure.events.v1.AccessDecision.expires_at:type_name -> google.protobuf.Timestamp
+	25, // 9: tenure.events.v1.AccessDecision.decided_at:type_name -> google.protobuf.Timestamp
+	25, // 10: tenure.events.v1.AccessDecision.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 11: tenure.events.v1.ProvisionCommand.op:type_name -> tenure.events.v1.ProvisionOp
 	4,  // 12: tenure.events.v1.ProvisionResult.op:type_name -> tenure.events.v1.ProvisionOp
 	5,  // 13: tenure.events.v1.ProvisionResult.outcome:type_name -> tenure.events.v1.ProvisionOutcome
 	6,  // 14: tenure.events.v1.ProvisionResult.observed_state:type_name -> tenure.events.v1.AccountState
-	24, // 15: tenure.events.v1.ProvisionResult.completed_at:type_name -> google.protobuf.Timestamp
-	7,  // 16: tenure.events.v1.Revocation.kind:type_name -> tenure.events.v1.RevocationKind
-	24, // 17: tenure.events.v1.Revocation.occurred_at:type_name -> google.protobuf.Timestamp
-	8,  // 18: tenure.events.v1.CaseEvent.status:type_name -> tenure.events.v1.LeaverCaseStatus
-	24, // 19: tenure.events.v1.CaseEvent.opened_at:type_name -> google.protobuf.Timestamp
-	24, // 20: tenure.events.v1.CaseEvent.completed_at:type_name -> google.protobuf.Timestamp
-	24, // 21: tenure.events.v1.CaseEvent.deadline:type_name -> google.protobuf.Timestamp
-	24, // 22: tenure.events.v1.PolicyLoaded.loaded_at:type_name -> google.protobuf.Timestamp
-	24, // 23: tenure.events.v1.BreakGlassAlert.granted_at:type_name -> google.protobuf.Timestamp
-	24, // 24: tenure.events.v1.BreakGlassAlert.expires_at:type_name -> google.protobuf.Timestamp
-	24, // 25: tenure.events.v1.BreakGlassAlert.review_due:type_name -> google.protobuf.Timestamp
-	24, // 26: tenure.events.v1.ReviewEvent.started_at:type_name -> google.protobuf.Timestamp
-	24, // 27: tenure.events.v1.ReviewEvent.deadline:type_name -> google.protobuf.Timestamp
-	24, // 28: tenure.events.v1.ReviewEvent.closed_at:type_name -> google.protobuf.Timestamp
-	24, // 29: tenure.events.v1.ReviewDecision.decided_at:type_name -> google.protobuf.Timestamp
-	11, // 30: tenure.events.v1.RequestEvent.approvals:type_name -> tenure.events.v1.Approval
-	24, // 31: tenure.events.v1.RequestEvent.at:type_name -> google.protobuf.Timestamp
-	6,  // 32: tenure.events.v1.ReconcileFinding.observed_state:type_name -> tenure.events.v1.AccountState
-	24, // 33: tenure.events.v1.ReconcileFinding.first_seen:type_name -> google.protobuf.Timestamp
-	24, // 34: tenure.events.v1.ReconcileFinding.last_seen:type_name -> google.protobuf.Timestamp
-	24, // 35: tenure.events.v1.ReconcileFinding.resolved_at:type_name -> google.protobuf.Timestamp
-	24, // 36: tenure.events.v1.AccountDeletion.due_at:type_name -> google.protobuf.Timestamp
-	24, // 37: tenure.events.v1.AccountDeletion.at:type_name -> google.protobuf.Timestamp
-	38, // [38:38] is the sub-list for method output_type
-	38, // [38:38] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	25, // 15: tenure.events.v1.ProvisionResult.completed_at:type_name -> google.protobuf.Timestamp
+	25, // 16: tenure.events.v1.AccountLinked.linked_at:type_name -> google.protobuf.Timestamp
+	7,  // 17: tenure.events.v1.Revocation.kind:type_name -> tenure.events.v1.RevocationKind
+	25, // 18: tenure.events.v1.Revocation.occurred_at:type_name -> google.protobuf.Timestamp
+	8,  // 19: tenure.events.v1.CaseEvent.status:type_name -> tenure.events.v1.LeaverCaseStatus
+	25, // 20: tenure.events.v1.CaseEvent.opened_at:type_name -> google.protobuf.Timestamp
+	25, // 21: tenure.events.v1.CaseEvent.completed_at:type_name -> google.protobuf.Timestamp
+	25, // 22: tenure.events.v1.CaseEvent.deadline:type_name -> google.protobuf.Timestamp
+	25, // 23: tenure.events.v1.PolicyLoaded.loaded_at:type_name -> google.protobuf.Timestamp
+	25, // 24: tenure.events.v1.BreakGlassAlert.granted_at:type_name -> google.protobuf.Timestamp
+	25, // 25: tenure.events.v1.BreakGlassAlert.expires_at:type_name -> google.protobuf.Timestamp
+	25, // 26: tenure.events.v1.BreakGlassAlert.review_due:type_name -> google.protobuf.Timestamp
+	25, // 27: tenure.events.v1.ReviewEvent.started_at:type_name -> google.protobuf.Timestamp
+	25, // 28: tenure.events.v1.ReviewEvent.deadline:type_name -> google.protobuf.Timestamp
+	25, // 29: tenure.events.v1.ReviewEvent.closed_at:type_name -> google.protobuf.Timestamp
+	25, // 30: tenure.events.v1.ReviewDecision.decided_at:type_name -> google.protobuf.Timestamp
+	11, // 31: tenure.events.v1.RequestEvent.approvals:type_name -> tenure.events.v1.Approval
+	25, // 32: tenure.events.v1.RequestEvent.at:type_name -> google.protobuf.Timestamp
+	6,  // 33: tenure.events.v1.ReconcileFinding.observed_state:type_name -> tenure.events.v1.AccountState
+	25, // 34: tenure.events.v1.ReconcileFinding.first_seen:type_name -> google.protobuf.Timestamp
+	25, // 35: tenure.events.v1.ReconcileFinding.last_seen:type_name -> google.protobuf.Timestamp
+	25, // 36: tenure.events.v1.ReconcileFinding.resolved_at:type_name -> google.protobuf.Timestamp
+	25, // 37: tenure.events.v1.AccountDeletion.due_at:type_name -> google.protobuf.Timestamp
+	25, // 38: tenure.events.v1.AccountDeletion.at:type_name -> google.protobuf.Timestamp
+	39, // [39:39] is the sub-list for method output_type
+	39, // [39:39] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_tenure_events_v1_events_proto_init() }
@@ -2889,7 +3036,7 @@ func file_tenure_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_events_v1_events_proto_rawDesc), len(file_tenure_events_v1_events_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -24,6 +24,130 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type LinkAccountRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Connector string                 `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	WorkerId  string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// The account's login name in the target (what ListFindings shows).
+	Username string `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
+	// Why the account is the worker's: a ticket, what was checked. Required; it goes to the
+	// ledger with the operator's name.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkAccountRequest) Reset() {
+	*x = LinkAccountRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkAccountRequest) ProtoMessage() {}
+
+func (x *LinkAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkAccountRequest.ProtoReflect.Descriptor instead.
+func (*LinkAccountRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *LinkAccountRequest) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *LinkAccountRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *LinkAccountRequest) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *LinkAccountRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type LinkAccountResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Account *Account               `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	// The worker's open leaver case the account joined, if any.
+	CaseId        string `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkAccountResponse) Reset() {
+	*x = LinkAccountResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkAccountResponse) ProtoMessage() {}
+
+func (x *LinkAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkAccountResponse.ProtoReflect.Descriptor instead.
+func (*LinkAccountResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LinkAccountResponse) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+func (x *LinkAccountResponse) GetCaseId() string {
+	if x != nil {
+		return x.CaseId
+	}
+	return ""
+}
+
 type GetLeaverCaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -34,7 +158,7 @@ type GetLeaverCaseRequest struct {
 
 func (x *GetLeaverCaseRequest) Reset() {
 	*x = GetLeaverCaseRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[0]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +170,7 @@ func (x *GetLeaverCaseRequest) String() string {
 func (*GetLeaverCaseRequest) ProtoMessage() {}
 
 func (x *GetLeaverCaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[0]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +183,7 @@ func (x *GetLeaverCaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeaverCaseRequest.ProtoReflect.Descriptor instead.
 func (*GetLeaverCaseRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{0}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetLeaverCaseRequest) GetWorkerId() string {
@@ -94,7 +218,7 @@ type CaseAccount struct {
 
 func (x *CaseAccount) Reset() {
 	*x = CaseAccount{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[1]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -106,7 +230,7 @@ func (x *CaseAccount) String() string {
 func (*CaseAccount) ProtoMessage() {}
 
 func (x *CaseAccount) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[1]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -119,7 +243,7 @@ func (x *CaseAccount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaseAccount.ProtoReflect.Descriptor instead.
 func (*CaseAccount) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{1}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CaseAccount) GetLinkId() string {
@@ -199,7 +323,7 @@ type LeaverCase struct {
 
 func (x *LeaverCase) Reset() {
 	*x = LeaverCase{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[2]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -211,7 +335,7 @@ func (x *LeaverCase) String() string {
 func (*LeaverCase) ProtoMessage() {}
 
 func (x *LeaverCase) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[2]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -224,7 +348,7 @@ func (x *LeaverCase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaverCase.ProtoReflect.Descriptor instead.
 func (*LeaverCase) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{2}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LeaverCase) GetCaseId() string {
@@ -316,7 +440,7 @@ type Deletion struct {
 
 func (x *Deletion) Reset() {
 	*x = Deletion{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +452,7 @@ func (x *Deletion) String() string {
 func (*Deletion) ProtoMessage() {}
 
 func (x *Deletion) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +465,7 @@ func (x *Deletion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deletion.ProtoReflect.Descriptor instead.
 func (*Deletion) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{3}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Deletion) GetDeletionId() string {
@@ -409,7 +533,7 @@ type GetLeaverCaseResponse struct {
 
 func (x *GetLeaverCaseResponse) Reset() {
 	*x = GetLeaverCaseResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +545,7 @@ func (x *GetLeaverCaseResponse) String() string {
 func (*GetLeaverCaseResponse) ProtoMessage() {}
 
 func (x *GetLeaverCaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +558,7 @@ func (x *GetLeaverCaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeaverCaseResponse.ProtoReflect.Descriptor instead.
 func (*GetLeaverCaseResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{4}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetLeaverCaseResponse) GetLeaverCase() *LeaverCase {
@@ -452,7 +576,7 @@ type ListQueuesRequest struct {
 
 func (x *ListQueuesRequest) Reset() {
 	*x = ListQueuesRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +588,7 @@ func (x *ListQueuesRequest) String() string {
 func (*ListQueuesRequest) ProtoMessage() {}
 
 func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +601,7 @@ func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{5}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{7}
 }
 
 type Queue struct {
@@ -509,7 +633,7 @@ type Queue struct {
 
 func (x *Queue) Reset() {
 	*x = Queue{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +645,7 @@ func (x *Queue) String() string {
 func (*Queue) ProtoMessage() {}
 
 func (x *Queue) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +658,7 @@ func (x *Queue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Queue.ProtoReflect.Descriptor instead.
 func (*Queue) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{6}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Queue) GetConnector() string {
@@ -609,7 +733,7 @@ type ListQueuesResponse struct {
 
 func (x *ListQueuesResponse) Reset() {
 	*x = ListQueuesResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +745,7 @@ func (x *ListQueuesResponse) String() string {
 func (*ListQueuesResponse) ProtoMessage() {}
 
 func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +758,7 @@ func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesResponse.ProtoReflect.Descriptor instead.
 func (*ListQueuesResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{7}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListQueuesResponse) GetQueues() []*Queue {
@@ -653,7 +777,7 @@ type ListAccountsRequest struct {
 
 func (x *ListAccountsRequest) Reset() {
 	*x = ListAccountsRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +789,7 @@ func (x *ListAccountsRequest) String() string {
 func (*ListAccountsRequest) ProtoMessage() {}
 
 func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +802,7 @@ func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{8}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListAccountsRequest) GetWorkerId() string {
@@ -706,7 +830,7 @@ type Account struct {
 
 func (x *Account) Reset() {
 	*x = Account{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +842,7 @@ func (x *Account) String() string {
 func (*Account) ProtoMessage() {}
 
 func (x *Account) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +855,7 @@ func (x *Account) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Account.ProtoReflect.Descriptor instead.
 func (*Account) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{9}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Account) GetLinkId() string {
@@ -813,7 +937,7 @@ type ListAccountsResponse struct {
 
 func (x *ListAccountsResponse) Reset() {
 	*x = ListAccountsResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +949,7 @@ func (x *ListAccountsResponse) String() string {
 func (*ListAccountsResponse) ProtoMessage() {}
 
 func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +962,7 @@ func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{10}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListAccountsResponse) GetAccounts() []*Account {
@@ -865,7 +989,7 @@ type Attestation struct {
 
 func (x *Attestation) Reset() {
 	*x = Attestation{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1001,7 @@ func (x *Attestation) String() string {
 func (*Attestation) ProtoMessage() {}
 
 func (x *Attestation) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1014,7 @@ func (x *Attestation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attestation.ProtoReflect.Descriptor instead.
 func (*Attestation) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{11}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Attestation) GetCompletedBy() string {
@@ -957,7 +1081,7 @@ type ManualTask struct {
 
 func (x *ManualTask) Reset() {
 	*x = ManualTask{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1093,7 @@ func (x *ManualTask) String() string {
 func (*ManualTask) ProtoMessage() {}
 
 func (x *ManualTask) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1106,7 @@ func (x *ManualTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManualTask.ProtoReflect.Descriptor instead.
 func (*ManualTask) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{12}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ManualTask) GetTaskId() string {
@@ -1104,7 +1228,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1240,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1253,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{13}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListTasksRequest) GetStatus() string {
@@ -1169,7 +1293,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1305,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1318,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{14}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTasksResponse) GetTasks() []*ManualTask {
@@ -1217,7 +1341,7 @@ type CompleteManualTaskRequest struct {
 
 func (x *CompleteManualTaskRequest) Reset() {
 	*x = CompleteManualTaskRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1353,7 @@ func (x *CompleteManualTaskRequest) String() string {
 func (*CompleteManualTaskRequest) ProtoMessage() {}
 
 func (x *CompleteManualTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1366,7 @@ func (x *CompleteManualTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteManualTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteManualTaskRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{15}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CompleteManualTaskRequest) GetTaskId() string {
@@ -1282,7 +1406,7 @@ type CompleteManualTaskResponse struct {
 
 func (x *CompleteManualTaskResponse) Reset() {
 	*x = CompleteManualTaskResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1418,7 @@ func (x *CompleteManualTaskResponse) String() string {
 func (*CompleteManualTaskResponse) ProtoMessage() {}
 
 func (x *CompleteManualTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1431,7 @@ func (x *CompleteManualTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteManualTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteManualTaskResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{16}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CompleteManualTaskResponse) GetTask() *ManualTask {
@@ -1344,7 +1468,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1480,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1493,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{17}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeadLetter) GetId() uint64 {
@@ -1483,7 +1607,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1495,7 +1619,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1508,7 +1632,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{18}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListDeadLettersRequest) GetConnector() string {
@@ -1541,7 +1665,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1677,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1690,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{19}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
@@ -1585,7 +1709,7 @@ type RetryDeadLetterRequest struct {
 
 func (x *RetryDeadLetterRequest) Reset() {
 	*x = RetryDeadLetterRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1721,7 @@ func (x *RetryDeadLetterRequest) String() string {
 func (*RetryDeadLetterRequest) ProtoMessage() {}
 
 func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1734,7 @@ func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*RetryDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{20}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RetryDeadLetterRequest) GetId() uint64 {
@@ -1631,7 +1755,7 @@ type RetryDeadLetterResponse struct {
 
 func (x *RetryDeadLetterResponse) Reset() {
 	*x = RetryDeadLetterResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1767,7 @@ func (x *RetryDeadLetterResponse) String() string {
 func (*RetryDeadLetterResponse) ProtoMessage() {}
 
 func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1780,7 @@ func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*RetryDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{21}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RetryDeadLetterResponse) GetDeadLetter() *DeadLetter {
@@ -1682,7 +1806,7 @@ type RetryAccountRequest struct {
 
 func (x *RetryAccountRequest) Reset() {
 	*x = RetryAccountRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1818,7 @@ func (x *RetryAccountRequest) String() string {
 func (*RetryAccountRequest) ProtoMessage() {}
 
 func (x *RetryAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1831,7 @@ func (x *RetryAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryAccountRequest.ProtoReflect.Descriptor instead.
 func (*RetryAccountRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{22}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RetryAccountRequest) GetLinkId() string {
@@ -1727,7 +1851,7 @@ type RetryAccountResponse struct {
 
 func (x *RetryAccountResponse) Reset() {
 	*x = RetryAccountResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1863,7 @@ func (x *RetryAccountResponse) String() string {
 func (*RetryAccountResponse) ProtoMessage() {}
 
 func (x *RetryAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1876,7 @@ func (x *RetryAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryAccountResponse.ProtoReflect.Descriptor instead.
 func (*RetryAccountResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{23}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RetryAccountResponse) GetCommandId() string {
@@ -1781,7 +1905,7 @@ type RetryTaskRequest struct {
 
 func (x *RetryTaskRequest) Reset() {
 	*x = RetryTaskRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1917,7 @@ func (x *RetryTaskRequest) String() string {
 func (*RetryTaskRequest) ProtoMessage() {}
 
 func (x *RetryTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1930,7 @@ func (x *RetryTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryTaskRequest.ProtoReflect.Descriptor instead.
 func (*RetryTaskRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{24}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RetryTaskRequest) GetLinkId() string {
@@ -1833,7 +1957,7 @@ type RetryTaskResponse struct {
 
 func (x *RetryTaskResponse) Reset() {
 	*x = RetryTaskResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +1969,7 @@ func (x *RetryTaskResponse) String() string {
 func (*RetryTaskResponse) ProtoMessage() {}
 
 func (x *RetryTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +1982,7 @@ func (x *RetryTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryTaskResponse.ProtoReflect.Descriptor instead.
 func (*RetryTaskResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{25}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RetryTaskResponse) GetCommandIds() []string {
@@ -1876,7 +2000,7 @@ type ListConnectorsRequest struct {
 
 func (x *ListConnectorsRequest) Reset() {
 	*x = ListConnectorsRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +2012,7 @@ func (x *ListConnectorsRequest) String() string {
 func (*ListConnectorsRequest) ProtoMessage() {}
 
 func (x *ListConnectorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +2025,7 @@ func (x *ListConnectorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectorsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectorsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{26}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{28}
 }
 
 // ConnectorPolicy summarises how the host drives a target.
@@ -1924,7 +2048,7 @@ type ConnectorPolicy struct {
 
 func (x *ConnectorPolicy) Reset() {
 	*x = ConnectorPolicy{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1936,7 +2060,7 @@ func (x *ConnectorPolicy) String() string {
 func (*ConnectorPolicy) ProtoMessage() {}
 
 func (x *ConnectorPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1949,7 +2073,7 @@ func (x *ConnectorPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorPolicy.ProtoReflect.Descriptor instead.
 func (*ConnectorPolicy) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{27}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ConnectorPolicy) GetRate() float64 {
@@ -2030,7 +2154,7 @@ type ConnectorHealth struct {
 
 func (x *ConnectorHealth) Reset() {
 	*x = ConnectorHealth{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2166,7 @@ func (x *ConnectorHealth) String() string {
 func (*ConnectorHealth) ProtoMessage() {}
 
 func (x *ConnectorHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2179,7 @@ func (x *ConnectorHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorHealth.ProtoReflect.Descriptor instead.
 func (*ConnectorHealth) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{28}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ConnectorHealth) GetHealthy() bool {
@@ -2110,7 +2234,7 @@ type ConnectorInfo struct {
 
 func (x *ConnectorInfo) Reset() {
 	*x = ConnectorInfo{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2122,7 +2246,7 @@ func (x *ConnectorInfo) String() string {
 func (*ConnectorInfo) ProtoMessage() {}
 
 func (x *ConnectorInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2135,7 +2259,7 @@ func (x *ConnectorInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorInfo.ProtoReflect.Descriptor instead.
 func (*ConnectorInfo) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{29}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConnectorInfo) GetName() string {
@@ -2203,7 +2327,7 @@ type ListConnectorsResponse struct {
 
 func (x *ListConnectorsResponse) Reset() {
 	*x = ListConnectorsResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2339,7 @@ func (x *ListConnectorsResponse) String() string {
 func (*ListConnectorsResponse) ProtoMessage() {}
 
 func (x *ListConnectorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2352,7 @@ func (x *ListConnectorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectorsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectorsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{30}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListConnectorsResponse) GetConnectors() []*ConnectorInfo {
@@ -2247,7 +2371,7 @@ type ReconcileRequest struct {
 
 func (x *ReconcileRequest) Reset() {
 	*x = ReconcileRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +2383,7 @@ func (x *ReconcileRequest) String() string {
 func (*ReconcileRequest) ProtoMessage() {}
 
 func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +2396,7 @@ func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileRequest.ProtoReflect.Descriptor instead.
 func (*ReconcileRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{31}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReconcileRequest) GetConnector() string {
@@ -2306,7 +2430,7 @@ type ReconcileRun struct {
 
 func (x *ReconcileRun) Reset() {
 	*x = ReconcileRun{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2318,7 +2442,7 @@ func (x *ReconcileRun) String() string {
 func (*ReconcileRun) ProtoMessage() {}
 
 func (x *ReconcileRun) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2331,7 +2455,7 @@ func (x *ReconcileRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileRun.ProtoReflect.Descriptor instead.
 func (*ReconcileRun) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{32}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReconcileRun) GetRunId() string {
@@ -2422,7 +2546,7 @@ type ReconcileResponse struct {
 
 func (x *ReconcileResponse) Reset() {
 	*x = ReconcileResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2558,7 @@ func (x *ReconcileResponse) String() string {
 func (*ReconcileResponse) ProtoMessage() {}
 
 func (x *ReconcileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2571,7 @@ func (x *ReconcileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileResponse.ProtoReflect.Descriptor instead.
 func (*ReconcileResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{33}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ReconcileResponse) GetRun() *ReconcileRun {
@@ -2479,7 +2603,7 @@ type ListFindingsRequest struct {
 
 func (x *ListFindingsRequest) Reset() {
 	*x = ListFindingsRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2491,7 +2615,7 @@ func (x *ListFindingsRequest) String() string {
 func (*ListFindingsRequest) ProtoMessage() {}
 
 func (x *ListFindingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2504,7 +2628,7 @@ func (x *ListFindingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFindingsRequest.ProtoReflect.Descriptor instead.
 func (*ListFindingsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{34}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListFindingsRequest) GetConnector() string {
@@ -2544,7 +2668,7 @@ type ListFindingsResponse struct {
 
 func (x *ListFindingsResponse) Reset() {
 	*x = ListFindingsResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2680,7 @@ func (x *ListFindingsResponse) String() string {
 func (*ListFindingsResponse) ProtoMessage() {}
 
 func (x *ListFindingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2693,7 @@ func (x *ListFindingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFindingsResponse.ProtoReflect.Descriptor instead.
 func (*ListFindingsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{35}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListFindingsResponse) GetFindings() []*v1.ReconcileFinding {
@@ -2583,7 +2707,15 @@ var File_tenure_provisioner_v1_provisioning_proto protoreflect.FileDescriptor
 
 const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\n" +
-	"(tenure/provisioner/v1/provisioning.proto\x12\x15tenure.provisioner.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtenure/events/v1/events.proto\"L\n" +
+	"(tenure/provisioner/v1/provisioning.proto\x12\x15tenure.provisioner.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtenure/events/v1/events.proto\"\x83\x01\n" +
+	"\x12LinkAccountRequest\x12\x1c\n" +
+	"\tconnector\x18\x01 \x01(\tR\tconnector\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1a\n" +
+	"\busername\x18\x03 \x01(\tR\busername\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"h\n" +
+	"\x13LinkAccountResponse\x128\n" +
+	"\aaccount\x18\x01 \x01(\v2\x1e.tenure.provisioner.v1.AccountR\aaccount\x12\x17\n" +
+	"\acase_id\x18\x02 \x01(\tR\x06caseId\"L\n" +
 	"\x14GetLeaverCaseRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x17\n" +
 	"\acase_id\x18\x02 \x01(\tR\x06caseId\"\xb7\x02\n" +
@@ -2803,7 +2935,7 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x14\n" +
 	"\x05limit\x18\x04 \x01(\x05R\x05limit\"V\n" +
 	"\x14ListFindingsResponse\x12>\n" +
-	"\bfindings\x18\x01 \x03(\v2\".tenure.events.v1.ReconcileFindingR\bfindings2\x8d\n" +
+	"\bfindings\x18\x01 \x03(\v2\".tenure.events.v1.ReconcileFindingR\bfindings2\xf3\n" +
 	"\n" +
 	"\x13ProvisioningService\x12j\n" +
 	"\rGetLeaverCase\x12+.tenure.provisioner.v1.GetLeaverCaseRequest\x1a,.tenure.provisioner.v1.GetLeaverCaseResponse\x12a\n" +
@@ -2818,7 +2950,8 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\fListFindings\x12*.tenure.provisioner.v1.ListFindingsRequest\x1a+.tenure.provisioner.v1.ListFindingsResponse\x12p\n" +
 	"\x0fListDeadLetters\x12-.tenure.provisioner.v1.ListDeadLettersRequest\x1a..tenure.provisioner.v1.ListDeadLettersResponse\x12p\n" +
 	"\x0fRetryDeadLetter\x12-.tenure.provisioner.v1.RetryDeadLetterRequest\x1a..tenure.provisioner.v1.RetryDeadLetterResponse\x12g\n" +
-	"\fRetryAccount\x12*.tenure.provisioner.v1.RetryAccountRequest\x1a+.tenure.provisioner.v1.RetryAccountResponseBHZFgithub.com/tenure-dev/tenure/proto/tenure/provisioner/v1;provisionerv1b\x06proto3"
+	"\fRetryAccount\x12*.tenure.provisioner.v1.RetryAccountRequest\x1a+.tenure.provisioner.v1.RetryAccountResponse\x12d\n" +
+	"\vLinkAccount\x12).tenure.provisioner.v1.LinkAccountRequest\x1a*.tenure.provisioner.v1.LinkAccountResponseBHZFgithub.com/tenure-dev/tenure/proto/tenure/provisioner/v1;provisionerv1b\x06proto3"
 
 var (
 	file_tenure_provisioner_v1_provisioning_proto_rawDescOnce sync.Once
@@ -2832,124 +2965,129 @@ func file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP() []byte {
 	return file_tenure_provisioner_v1_provisioning_proto_rawDescData
 }
 
-var file_tenure_provisioner_v1_provisioning_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_tenure_provisioner_v1_provisioning_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_tenure_provisioner_v1_provisioning_proto_goTypes = []any{
-	(*GetLeaverCaseRequest)(nil),       // 0: tenure.provisioner.v1.GetLeaverCaseRequest
-	(*CaseAccount)(nil),                // 1: tenure.provisioner.v1.CaseAccount
-	(*LeaverCase)(nil),                 // 2: tenure.provisioner.v1.LeaverCase
-	(*Deletion)(nil),                   // 3: tenure.provisioner.v1.Deletion
-	(*GetLeaverCaseResponse)(nil),      // 4: tenure.provisioner.v1.GetLeaverCaseResponse
-	(*ListQueuesRequest)(nil),          // 5: tenure.provisioner.v1.ListQueuesRequest
-	(*Queue)(nil),                      // 6: tenure.provisioner.v1.Queue
-	(*ListQueuesResponse)(nil),         // 7: tenure.provisioner.v1.ListQueuesResponse
-	(*ListAccountsRequest)(nil),        // 8: tenure.provisioner.v1.ListAccountsRequest
-	(*Account)(nil),                    // 9: tenure.provisioner.v1.Account
-	(*ListAccountsResponse)(nil),       // 10: tenure.provisioner.v1.ListAccountsResponse
-	(*Attestation)(nil),                // 11: tenure.provisioner.v1.Attestation
-	(*ManualTask)(nil),                 // 12: tenure.provisioner.v1.ManualTask
-	(*ListTasksRequest)(nil),           // 13: tenure.provisioner.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),          // 14: tenure.provisioner.v1.ListTasksResponse
-	(*CompleteManualTaskRequest)(nil),  // 15: tenure.provisioner.v1.CompleteManualTaskRequest
-	(*CompleteManualTaskResponse)(nil), // 16: tenure.provisioner.v1.CompleteManualTaskResponse
-	(*DeadLetter)(nil),                 // 17: tenure.provisioner.v1.DeadLetter
-	(*ListDeadLettersRequest)(nil),     // 18: tenure.provisioner.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),    // 19: tenure.provisioner.v1.ListDeadLettersResponse
-	(*RetryDeadLetterRequest)(nil),     // 20: tenure.provisioner.v1.RetryDeadLetterRequest
-	(*RetryDeadLetterResponse)(nil),    // 21: tenure.provisioner.v1.RetryDeadLetterResponse
-	(*RetryAccountRequest)(nil),        // 22: tenure.provisioner.v1.RetryAccountRequest
-	(*RetryAccountResponse)(nil),       // 23: tenure.provisioner.v1.RetryAccountResponse
-	(*RetryTaskRequest)(nil),           // 24: tenure.provisioner.v1.RetryTaskRequest
-	(*RetryTaskResponse)(nil),          // 25: tenure.provisioner.v1.RetryTaskResponse
-	(*ListConnectorsRequest)(nil),      // 26: tenure.provisioner.v1.ListConnectorsRequest
-	(*ConnectorPolicy)(nil),            // 27: tenure.provisioner.v1.ConnectorPolicy
-	(*ConnectorHealth)(nil),            // 28: tenure.provisioner.v1.ConnectorHealth
-	(*ConnectorInfo)(nil),              // 29: tenure.provisioner.v1.ConnectorInfo
-	(*ListConnectorsResponse)(nil),     // 30: tenure.provisioner.v1.ListConnectorsResponse
-	(*ReconcileRequest)(nil),           // 31: tenure.provisioner.v1.ReconcileRequest
-	(*ReconcileRun)(nil),               // 32: tenure.provisioner.v1.ReconcileRun
-	(*ReconcileResponse)(nil),          // 33: tenure.provisioner.v1.ReconcileResponse
-	(*ListFindingsRequest)(nil),        // 34: tenure.provisioner.v1.ListFindingsRequest
-	(*ListFindingsResponse)(nil),       // 35: tenure.provisioner.v1.ListFindingsResponse
-	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
-	(v1.AccountState)(0),               // 37: tenure.events.v1.AccountState
-	(v1.LeaverCaseStatus)(0),           // 38: tenure.events.v1.LeaverCaseStatus
-	(*durationpb.Duration)(nil),        // 39: google.protobuf.Duration
-	(*v1.ReconcileFinding)(nil),        // 40: tenure.events.v1.ReconcileFinding
+	(*LinkAccountRequest)(nil),         // 0: tenure.provisioner.v1.LinkAccountRequest
+	(*LinkAccountResponse)(nil),        // 1: tenure.provisioner.v1.LinkAccountResponse
+	(*GetLeaverCaseRequest)(nil),       // 2: tenure.provisioner.v1.GetLeaverCaseRequest
+	(*CaseAccount)(nil),                // 3: tenure.provisioner.v1.CaseAccount
+	(*LeaverCase)(nil),                 // 4: tenure.provisioner.v1.LeaverCase
+	(*Deletion)(nil),                   // 5: tenure.provisioner.v1.Deletion
+	(*GetLeaverCaseResponse)(nil),      // 6: tenure.provisioner.v1.GetLeaverCaseResponse
+	(*ListQueuesRequest)(nil),          // 7: tenure.provisioner.v1.ListQueuesRequest
+	(*Queue)(nil),                      // 8: tenure.provisioner.v1.Queue
+	(*ListQueuesResponse)(nil),         // 9: tenure.provisioner.v1.ListQueuesResponse
+	(*ListAccountsRequest)(nil),        // 10: tenure.provisioner.v1.ListAccountsRequest
+	(*Account)(nil),                    // 11: tenure.provisioner.v1.Account
+	(*ListAccountsResponse)(nil),       // 12: tenure.provisioner.v1.ListAccountsResponse
+	(*Attestation)(nil),                // 13: tenure.provisioner.v1.Attestation
+	(*ManualTask)(nil),                 // 14: tenure.provisioner.v1.ManualTask
+	(*ListTasksRequest)(nil),           // 15: tenure.provisioner.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),          // 16: tenure.provisioner.v1.ListTasksResponse
+	(*CompleteManualTaskRequest)(nil),  // 17: tenure.provisioner.v1.CompleteManualTaskRequest
+	(*CompleteManualTaskResponse)(nil), // 18: tenure.provisioner.v1.CompleteManualTaskResponse
+	(*DeadLetter)(nil),                 // 19: tenure.provisioner.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),     // 20: tenure.provisioner.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),    // 21: tenure.provisioner.v1.ListDeadLettersResponse
+	(*RetryDeadLetterRequest)(nil),     // 22: tenure.provisioner.v1.RetryDeadLetterRequest
+	(*RetryDeadLetterResponse)(nil),    // 23: tenure.provisioner.v1.RetryDeadLetterResponse
+	(*RetryAccountRequest)(nil),        // 24: tenure.provisioner.v1.RetryAccountRequest
+	(*RetryAccountResponse)(nil),       // 25: tenure.provisioner.v1.RetryAccountResponse
+	(*RetryTaskRequest)(nil),           // 26: tenure.provisioner.v1.RetryTaskRequest
+	(*RetryTaskResponse)(nil),          // 27: tenure.provisioner.v1.RetryTaskResponse
+	(*ListConnectorsRequest)(nil),      // 28: tenure.provisioner.v1.ListConnectorsRequest
+	(*ConnectorPolicy)(nil),            // 29: tenure.provisioner.v1.ConnectorPolicy
+	(*ConnectorHealth)(nil),            // 30: tenure.provisioner.v1.ConnectorHealth
+	(*ConnectorInfo)(nil),              // 31: tenure.provisioner.v1.ConnectorInfo
+	(*ListConnectorsResponse)(nil),     // 32: tenure.provisioner.v1.ListConnectorsResponse
+	(*ReconcileRequest)(nil),           // 33: tenure.provisioner.v1.ReconcileRequest
+	(*ReconcileRun)(nil),               // 34: tenure.provisioner.v1.ReconcileRun
+	(*ReconcileResponse)(nil),          // 35: tenure.provisioner.v1.ReconcileResponse
+	(*ListFindingsRequest)(nil),        // 36: tenure.provisioner.v1.ListFindingsRequest
+	(*ListFindingsResponse)(nil),       // 37: tenure.provisioner.v1.ListFindingsResponse
+	(*timestamppb.Timestamp)(nil),      // 38: google.protobuf.Timestamp
+	(v1.AccountState)(0),               // 39: tenure.events.v1.AccountState
+	(v1.LeaverCaseStatus)(0),           // 40: tenure.events.v1.LeaverCaseStatus
+	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
+	(*v1.ReconcileFinding)(nil),        // 42: tenure.events.v1.ReconcileFinding
 }
 var file_tenure_provisioner_v1_provisioning_proto_depIdxs = []int32{
-	36, // 0: tenure.provisioner.v1.CaseAccount.verified_at:type_name -> google.protobuf.Timestamp
-	37, // 1: tenure.provisioner.v1.CaseAccount.observed_state:type_name -> tenure.events.v1.AccountState
-	38, // 2: tenure.provisioner.v1.LeaverCase.status:type_name -> tenure.events.v1.LeaverCaseStatus
-	36, // 3: tenure.provisioner.v1.LeaverCase.opened_at:type_name -> google.protobuf.Timestamp
-	36, // 4: tenure.provisioner.v1.LeaverCase.completed_at:type_name -> google.protobuf.Timestamp
-	36, // 5: tenure.provisioner.v1.LeaverCase.deadline:type_name -> google.protobuf.Timestamp
-	1,  // 6: tenure.provisioner.v1.LeaverCase.accounts:type_name -> tenure.provisioner.v1.CaseAccount
-	36, // 7: tenure.provisioner.v1.LeaverCase.rescinded_at:type_name -> google.protobuf.Timestamp
-	3,  // 8: tenure.provisioner.v1.LeaverCase.deletions:type_name -> tenure.provisioner.v1.Deletion
-	36, // 9: tenure.provisioner.v1.Deletion.due_at:type_name -> google.protobuf.Timestamp
-	36, // 10: tenure.provisioner.v1.Deletion.completed_at:type_name -> google.protobuf.Timestamp
-	2,  // 11: tenure.provisioner.v1.GetLeaverCaseResponse.leaver_case:type_name -> tenure.provisioner.v1.LeaverCase
-	39, // 12: tenure.provisioner.v1.Queue.oldest_age:type_name -> google.protobuf.Duration
-	6,  // 13: tenure.provisioner.v1.ListQueuesResponse.queues:type_name -> tenure.provisioner.v1.Queue
-	37, // 14: tenure.provisioner.v1.Account.desired_state:type_name -> tenure.events.v1.AccountState
-	37, // 15: tenure.provisioner.v1.Account.observed_state:type_name -> tenure.events.v1.AccountState
-	36, // 16: tenure.provisioner.v1.Account.verified_at:type_name -> google.protobuf.Timestamp
-	9,  // 17: tenure.provisioner.v1.ListAccountsResponse.accounts:type_name -> tenure.provisioner.v1.Account
-	36, // 18: tenure.provisioner.v1.Attestation.completed_at:type_name -> google.protobuf.Timestamp
-	36, // 19: tenure.provisioner.v1.ManualTask.created_at:type_name -> google.protobuf.Timestamp
-	36, // 20: tenure.provisioner.v1.ManualTask.deadline:type_name -> google.protobuf.Timestamp
-	11, // 21: tenure.provisioner.v1.ManualTask.attestation:type_name -> tenure.provisioner.v1.Attestation
-	12, // 22: tenure.provisioner.v1.ListTasksResponse.tasks:type_name -> tenure.provisioner.v1.ManualTask
-	12, // 23: tenure.provisioner.v1.CompleteManualTaskResponse.task:type_name -> tenure.provisioner.v1.ManualTask
-	36, // 24: tenure.provisioner.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
-	36, // 25: tenure.provisioner.v1.DeadLetter.retried_at:type_name -> google.protobuf.Timestamp
-	17, // 26: tenure.provisioner.v1.ListDeadLettersResponse.dead_letters:type_name -> tenure.provisioner.v1.DeadLetter
-	17, // 27: tenure.provisioner.v1.RetryDeadLetterResponse.dead_letter:type_name -> tenure.provisioner.v1.DeadLetter
-	39, // 28: tenure.provisioner.v1.ConnectorPolicy.timeout:type_name -> google.protobuf.Duration
-	39, // 29: tenure.provisioner.v1.ConnectorPolicy.delete_after:type_name -> google.protobuf.Duration
-	39, // 30: tenure.provisioner.v1.ConnectorPolicy.reconcile_interval:type_name -> google.protobuf.Duration
-	36, // 31: tenure.provisioner.v1.ConnectorHealth.checked_at:type_name -> google.protobuf.Timestamp
-	39, // 32: tenure.provisioner.v1.ConnectorHealth.latency:type_name -> google.protobuf.Duration
-	36, // 33: tenure.provisioner.v1.ConnectorHealth.last_error_at:type_name -> google.protobuf.Timestamp
-	27, // 34: tenure.provisioner.v1.ConnectorInfo.policy:type_name -> tenure.provisioner.v1.ConnectorPolicy
-	28, // 35: tenure.provisioner.v1.ConnectorInfo.health:type_name -> tenure.provisioner.v1.ConnectorHealth
-	36, // 36: tenure.provisioner.v1.ConnectorInfo.last_reconciled_at:type_name -> google.protobuf.Timestamp
-	36, // 37: tenure.provisioner.v1.ConnectorInfo.next_reconcile_at:type_name -> google.protobuf.Timestamp
-	29, // 38: tenure.provisioner.v1.ListConnectorsResponse.connectors:type_name -> tenure.provisioner.v1.ConnectorInfo
-	36, // 39: tenure.provisioner.v1.ReconcileRun.started_at:type_name -> google.protobuf.Timestamp
-	36, // 40: tenure.provisioner.v1.ReconcileRun.finished_at:type_name -> google.protobuf.Timestamp
-	32, // 41: tenure.provisioner.v1.ReconcileResponse.run:type_name -> tenure.provisioner.v1.ReconcileRun
-	40, // 42: tenure.provisioner.v1.ReconcileResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
-	40, // 43: tenure.provisioner.v1.ListFindingsResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
-	0,  // 44: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:input_type -> tenure.provisioner.v1.GetLeaverCaseRequest
-	5,  // 45: tenure.provisioner.v1.ProvisioningService.ListQueues:input_type -> tenure.provisioner.v1.ListQueuesRequest
-	8,  // 46: tenure.provisioner.v1.ProvisioningService.ListAccounts:input_type -> tenure.provisioner.v1.ListAccountsRequest
-	13, // 47: tenure.provisioner.v1.ProvisioningService.ListTasks:input_type -> tenure.provisioner.v1.ListTasksRequest
-	15, // 48: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:input_type -> tenure.provisioner.v1.CompleteManualTaskRequest
-	24, // 49: tenure.provisioner.v1.ProvisioningService.RetryTask:input_type -> tenure.provisioner.v1.RetryTaskRequest
-	26, // 50: tenure.provisioner.v1.ProvisioningService.ListConnectors:input_type -> tenure.provisioner.v1.ListConnectorsRequest
-	31, // 51: tenure.provisioner.v1.ProvisioningService.Reconcile:input_type -> tenure.provisioner.v1.ReconcileRequest
-	34, // 52: tenure.provisioner.v1.ProvisioningService.ListFindings:input_type -> tenure.provisioner.v1.ListFindingsRequest
-	18, // 53: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:input_type -> tenure.provisioner.v1.ListDeadLettersRequest
-	20, // 54: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:input_type -> tenure.provisioner.v1.RetryDeadLetterRequest
-	22, // 55: tenure.provisioner.v1.ProvisioningService.RetryAccount:input_type -> tenure.provisioner.v1.RetryAccountRequest
-	4,  // 56: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:output_type -> tenure.provisioner.v1.GetLeaverCaseResponse
-	7,  // 57: tenure.provisioner.v1.ProvisioningService.ListQueues:output_type -> tenure.provisioner.v1.ListQueuesResponse
-	10, // 58: tenure.provisioner.v1.ProvisioningService.ListAccounts:output_type -> tenure.provisioner.v1.ListAccountsResponse
-	14, // 59: tenure.provisioner.v1.ProvisioningService.ListTasks:output_type -> tenure.provisioner.v1.ListTasksResponse
-	16, // 60: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:output_type -> tenure.provisioner.v1.CompleteManualTaskResponse
-	25, // 61: tenure.provisioner.v1.ProvisioningService.RetryTask:output_type -> tenure.provisioner.v1.RetryTaskResponse
-	30, // 62: tenure.provisioner.v1.ProvisioningService.ListConnectors:output_type -> tenure.provisioner.v1.ListConnectorsResponse
-	33, // 63: tenure.provisioner.v1.ProvisioningService.Reconcile:output_type -> tenure.provisioner.v1.ReconcileResponse
-	35, // 64: tenure.provisioner.v1.ProvisioningService.ListFindings:output_type -> tenure.provisioner.v1.ListFindingsResponse
-	19, // 65: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:output_type -> tenure.provisioner.v1.ListDeadLettersResponse
-	21, // 66: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:output_type -> tenure.provisioner.v1.RetryDeadLetterResponse
-	23, // 67: tenure.provisioner.v1.ProvisioningService.RetryAccount:output_type -> tenure.provisioner.v1.RetryAccountResponse
-	56, // [56:68] is the sub-list for method output_type
-	44, // [44:56] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	11, // 0: tenure.provisioner.v1.LinkAccountResponse.account:type_name -> tenure.provisioner.v1.Account
+	38, // 1: tenure.provisioner.v1.CaseAccount.verified_at:type_name -> google.protobuf.Timestamp
+	39, // 2: tenure.provisioner.v1.CaseAccount.observed_state:type_name -> tenure.events.v1.AccountState
+	40, // 3: tenure.provisioner.v1.LeaverCase.status:type_name -> tenure.events.v1.LeaverCaseStatus
+	38, // 4: tenure.provisioner.v1.LeaverCase.opened_at:type_name -> google.protobuf.Timestamp
+	38, // 5: tenure.provisioner.v1.LeaverCase.completed_at:type_name -> google.protobuf.Timestamp
+	38, // 6: tenure.provisioner.v1.LeaverCase.deadline:type_name -> google.protobuf.Timestamp
+	3,  // 7: tenure.provisioner.v1.LeaverCase.accounts:type_name -> tenure.provisioner.v1.CaseAccount
+	38, // 8: tenure.provisioner.v1.LeaverCase.rescinded_at:type_name -> google.protobuf.Timestamp
+	5,  // 9: tenure.provisioner.v1.LeaverCase.deletions:type_name -> tenure.provisioner.v1.Deletion
+	38, // 10: tenure.provisioner.v1.Deletion.due_at:type_name -> google.protobuf.Timestamp
+	38, // 11: tenure.provisioner.v1.Deletion.completed_at:type_name -> google.protobuf.Timestamp
+	4,  // 12: tenure.provisioner.v1.GetLeaverCaseResponse.leaver_case:type_name -> tenure.provisioner.v1.LeaverCase
+	41, // 13: tenure.provisioner.v1.Queue.oldest_age:type_name -> google.protobuf.Duration
+	8,  // 14: tenure.provisioner.v1.ListQueuesResponse.queues:type_name -> tenure.provisioner.v1.Queue
+	39, // 15: tenure.provisioner.v1.Account.desired_state:type_name -> tenure.events.v1.AccountState
+	39, // 16: tenure.provisioner.v1.Account.observed_state:type_name -> tenure.events.v1.AccountState
+	38, // 17: tenure.provisioner.v1.Account.verified_at:type_name -> google.protobuf.Timestamp
+	11, // 18: tenure.provisioner.v1.ListAccountsResponse.accounts:type_name -> tenure.provisioner.v1.Account
+	38, // 19: tenure.provisioner.v1.Attestation.completed_at:type_name -> google.protobuf.Timestamp
+	38, // 20: tenure.provisioner.v1.ManualTask.created_at:type_name -> google.protobuf.Timestamp
+	38, // 21: tenure.provisioner.v1.ManualTask.deadline:type_name -> google.protobuf.Timestamp
+	13, // 22: tenure.provisioner.v1.ManualTask.attestation:type_name -> tenure.provisioner.v1.Attestation
+	14, // 23: tenure.provisioner.v1.ListTasksResponse.tasks:type_name -> tenure.provisioner.v1.ManualTask
+	14, // 24: tenure.provisioner.v1.CompleteManualTaskResponse.task:type_name -> tenure.provisioner.v1.ManualTask
+	38, // 25: tenure.provisioner.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
+	38, // 26: tenure.provisioner.v1.DeadLetter.retried_at:type_name -> google.protobuf.Timestamp
+	19, // 27: tenure.provisioner.v1.ListDeadLettersResponse.dead_letters:type_name -> tenure.provisioner.v1.DeadLetter
+	19, // 28: tenure.provisioner.v1.RetryDeadLetterResponse.dead_letter:type_name -> tenure.provisioner.v1.DeadLetter
+	41, // 29: tenure.provisioner.v1.ConnectorPolicy.timeout:type_name -> google.protobuf.Duration
+	41, // 30: tenure.provisioner.v1.ConnectorPolicy.delete_after:type_name -> google.protobuf.Duration
+	41, // 31: tenure.provisioner.v1.ConnectorPolicy.reconcile_interval:type_name -> google.protobuf.Duration
+	38, // 32: tenure.provisioner.v1.ConnectorHealth.checked_at:type_name -> google.protobuf.Timestamp
+	41, // 33: tenure.provisioner.v1.ConnectorHealth.latency:type_name -> google.protobuf.Duration
+	38, // 34: tenure.provisioner.v1.ConnectorHealth.last_error_at:type_name -> google.protobuf.Timestamp
+	29, // 35: tenure.provisioner.v1.ConnectorInfo.policy:type_name -> tenure.provisioner.v1.ConnectorPolicy
+	30, // 36: tenure.provisioner.v1.ConnectorInfo.health:type_name -> tenure.provisioner.v1.ConnectorHealth
+	38, // 37: tenure.provisioner.v1.ConnectorInfo.last_reconciled_at:type_name -> google.protobuf.Timestamp
+	38, // 38: tenure.provisioner.v1.ConnectorInfo.next_reconcile_at:type_name -> google.protobuf.Timestamp
+	31, // 39: tenure.provisioner.v1.ListConnectorsResponse.connectors:type_name -> tenure.provisioner.v1.ConnectorInfo
+	38, // 40: tenure.provisioner.v1.ReconcileRun.started_at:type_name -> google.protobuf.Timestamp
+	38, // 41: tenure.provisioner.v1.ReconcileRun.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 42: tenure.provisioner.v1.ReconcileResponse.run:type_name -> tenure.provisioner.v1.ReconcileRun
+	42, // 43: tenure.provisioner.v1.ReconcileResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
+	42, // 44: tenure.provisioner.v1.ListFindingsResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
+	2,  // 45: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:input_type -> tenure.provisioner.v1.GetLeaverCaseRequest
+	7,  // 46: tenure.provisioner.v1.ProvisioningService.ListQueues:input_type -> tenure.provisioner.v1.ListQueuesRequest
+	10, // 47: tenure.provisioner.v1.ProvisioningService.ListAccounts:input_type -> tenure.provisioner.v1.ListAccountsRequest
+	15, // 48: tenure.provisioner.v1.ProvisioningService.ListTasks:input_type -> tenure.provisioner.v1.ListTasksRequest
+	17, // 49: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:input_type -> tenure.provisioner.v1.CompleteManualTaskRequest
+	26, // 50: tenure.provisioner.v1.ProvisioningService.RetryTask:input_type -> tenure.provisioner.v1.RetryTaskRequest
+	28, // 51: tenure.provisioner.v1.ProvisioningService.ListConnectors:input_type -> tenure.provisioner.v1.ListConnectorsRequest
+	33, // 52: tenure.provisioner.v1.ProvisioningService.Reconcile:input_type -> tenure.provisioner.v1.ReconcileRequest
+	36, // 53: tenure.provisioner.v1.ProvisioningService.ListFindings:input_type -> tenure.provisioner.v1.ListFindingsRequest
+	20, // 54: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:input_type -> tenure.provisioner.v1.ListDeadLettersRequest
+	22, // 55: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:input_type -> tenure.provisioner.v1.RetryDeadLetterRequest
+	24, // 56: tenure.provisioner.v1.ProvisioningService.RetryAccount:input_type -> tenure.provisioner.v1.RetryAccountRequest
+	0,  // 57: tenure.provisioner.v1.ProvisioningService.LinkAccount:input_type -> tenure.provisioner.v1.LinkAccountRequest
+	6,  // 58: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:output_type -> tenure.provisioner.v1.GetLeaverCaseResponse
+	9,  // 59: tenure.provisioner.v1.ProvisioningService.ListQueues:output_type -> tenure.provisioner.v1.ListQueuesResponse
+	12, // 60: tenure.provisioner.v1.ProvisioningService.ListAccounts:output_type -> tenure.provisioner.v1.ListAccountsResponse
+	16, // 61: tenure.provisioner.v1.ProvisioningService.ListTasks:output_type -> tenure.provisioner.v1.ListTasksResponse
+	18, // 62: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:output_type -> tenure.provisioner.v1.CompleteManualTaskResponse
+	27, // 63: tenure.provisioner.v1.ProvisioningService.RetryTask:output_type -> tenure.provisioner.v1.RetryTaskResponse
+	32, // 64: tenure.provisioner.v1.ProvisioningService.ListConnectors:output_type -> tenure.provisioner.v1.ListConnectorsResponse
+	35, // 65: tenure.provisioner.v1.ProvisioningService.Reconcile:output_type -> tenure.provisioner.v1.ReconcileResponse
+	37, // 66: tenure.provisioner.v1.ProvisioningService.ListFindings:output_type -> tenure.provisioner.v1.ListFindingsResponse
+	21, // 67: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:output_type -> tenure.provisioner.v1.ListDeadLettersResponse
+	23, // 68: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:output_type -> tenure.provisioner.v1.RetryDeadLetterResponse
+	25, // 69: tenure.provisioner.v1.ProvisioningService.RetryAccount:output_type -> tenure.provisioner.v1.RetryAccountResponse
+	1,  // 70: tenure.provisioner.v1.ProvisioningService.LinkAccount:output_type -> tenure.provisioner.v1.LinkAccountResponse
+	58, // [58:71] is the sub-list for method output_type
+	45, // [45:58] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_tenure_provisioner_v1_provisioning_proto_init() }
@@ -2963,7 +3101,7 @@ func file_tenure_provisioner_v1_provisioning_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_provisioner_v1_provisioning_proto_rawDesc), len(file_tenure_provisioner_v1_provisioning_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	ProvisioningService_ListDeadLetters_FullMethodName    = "/tenure.provisioner.v1.ProvisioningService/ListDeadLetters"
 	ProvisioningService_RetryDeadLetter_FullMethodName    = "/tenure.provisioner.v1.ProvisioningService/RetryDeadLetter"
 	ProvisioningService_RetryAccount_FullMethodName       = "/tenure.provisioner.v1.ProvisioningService/RetryAccount"
+	ProvisioningService_LinkAccount_FullMethodName        = "/tenure.provisioner.v1.ProvisioningService/LinkAccount"
 )
 
 // ProvisioningServiceClient is the client API for ProvisioningService service.
@@ -69,6 +70,12 @@ type ProvisioningServiceClient interface {
 	// RetryAccount issues a fresh command that converges one account link to its desired
 	// state, e.g. a failed account of a leaver case.
 	RetryAccount(ctx context.Context, in *RetryAccountRequest, opts ...grpc.CallOption) (*RetryAccountResponse, error)
+	// LinkAccount links an account that exists in a target (an orphan reconciliation found, an
+	// account an operator knows of) to a worker, so the worker's accounts and leaver case cover
+	// it. Operators only. The account is read from the target first; an account linked to
+	// another worker is refused. If the worker has an open leaver case the account joins it and
+	// is disabled at once. Published (and kept in the ledger) as tenure.reconcile.linked.<worker>.
+	LinkAccount(ctx context.Context, in *LinkAccountRequest, opts ...grpc.CallOption) (*LinkAccountResponse, error)
 }
 
 type provisioningServiceClient struct {
@@ -199,6 +206,16 @@ func (c *provisioningServiceClient) RetryAccount(ctx context.Context, in *RetryA
 	return out, nil
 }
 
+func (c *provisioningServiceClient) LinkAccount(ctx context.Context, in *LinkAccountRequest, opts ...grpc.CallOption) (*LinkAccountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LinkAccountResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_LinkAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProvisioningServiceServer is the server API for ProvisioningService service.
 // All implementations must embed UnimplementedProvisioningServiceServer
 // for forward compatibility.
@@ -235,6 +252,12 @@ type ProvisioningServiceServer interface {
 	// RetryAccount issues a fresh command that converges one account link to its desired
 	// state, e.g. a failed account of a leaver case.
 	RetryAccount(context.Context, *RetryAccountRequest) (*RetryAccountResponse, error)
+	// LinkAccount links an account that exists in a target (an orphan reconciliation found, an
+	// account an operator knows of) to a worker, so the worker's accounts and leaver case cover
+	// it. Operators only. The account is read from the target first; an account linked to
+	// another worker is refused. If the worker has an open leaver case the account joins it and
+	// is disabled at once. Published (and kept in the ledger) as tenure.reconcile.linked.<worker>.
+	LinkAccount(context.Context, *LinkAccountRequest) (*LinkAccountResponse, error)
 	mustEmbedUnimplementedProvisioningServiceServer()
 }
 
@@ -280,6 +303,9 @@ func (UnimplementedProvisioningServiceServer) RetryDeadLetter(context.Context, *
 }
 func (UnimplementedProvisioningServiceServer) RetryAccount(context.Context, *RetryAccountRequest) (*RetryAccountResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RetryAccount not implemented")
+}
+func (UnimplementedProvisioningServiceServer) LinkAccount(context.Context, *LinkAccountRequest) (*LinkAccountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LinkAccount not implemented")
 }
 func (UnimplementedProvisioningServiceServer) mustEmbedUnimplementedProvisioningServiceServer() {}
 func (UnimplementedProvisioningServiceServer) testEmbeddedByValue()                             {}
@@ -518,6 +544,24 @@ func _ProvisioningService_RetryAccount_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProvisioningService_LinkAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LinkAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).LinkAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_LinkAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).LinkAccount(ctx, req.(*LinkAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ProvisioningService_ServiceDesc is the grpc.ServiceDesc for ProvisioningService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -572,6 +616,10 @@ var ProvisioningService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RetryAccount",
 			Handler:    _ProvisioningService_RetryAccount_Handler,
+		},
+		{
+			MethodName: "LinkAccount",
+			Handler:    _ProvisioningService_LinkAccount_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
