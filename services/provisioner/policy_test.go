@@ -380,3 +380,35 @@ func TestDisableComesBeforeSessionRevocation(t *testing.T) {
 		t.Fatalf("calls in order %v: want disable, then sessions and credentials", ops)
 	}
 }
+
+// An account the target recreated under the same name with a new id (a restore, a
+// re-import) is the one a leaver's disable reaches: the name does not stay enabled because the
+// old id is gone. No session is reported revoked for the account that was not there.
+func TestDisableFindsAnAccountRecreatedUnderItsName(t *testing.T) {
+	ctx := context.Background()
+	mem := connectortest.NewMemory("readers")
+	h := startHost(t, Config{Targets: []Target{{Name: "restored", Type: "memory", Conn: mem}}})
+	h.hire(t, "w-rc", "restored")
+	h.waitVerified(t, "w-rc", 1)
+	old, err := mem.GetAccount(ctx, connector.AccountRef{Username: h.accounts(t, "w-rc")[0].Username})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mem.DeleteAccount(ctx, connector.AccountRef{ID: old.ID}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := mem.CreateAccount(ctx, connector.AccountSpec{Username: old.Username})
+	if err != nil || again.ID == old.ID || again.State != connector.StateEnabled {
+		t.Fatalf("recreated %v, %v", again, err)
+	}
+	h.fire(t, "w-rc")
+	h.waitCase(t, "w-rc", eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED)
+	if a, err := mem.GetAccount(ctx, connector.AccountRef{Username: old.Username}); err != nil || a.State != connector.StateDisabled {
+		t.Fatalf("the recreated account after the leaver's case: %v, %v", a, err)
+	}
+	var id string
+	if err := h.pool.QueryRow(ctx, "SELECT account_id FROM links WHERE worker_id = 'w-rc'").Scan(&id); err != nil || id != again.ID {
+		t.Fatalf("link's account id %q, %v; want the new %q", id, err, again.ID)
+	}
+	h.hasMessage(t, "tenure.revocation.account_disabled.w-rc")
+}

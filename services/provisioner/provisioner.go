@@ -221,7 +221,8 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 }
 
 // ackWait is how long a command may go without a heartbeat before JetStream redelivers it;
-// the worker heartbeats every ackWait/3 while it waits for a slot or a retry.
+// the worker heartbeats every ackWait/3 for as long as it holds the command (its turn in the
+// link's lane, every wait of the runner and the calls themselves).
 const ackWait = time.Minute
 
 func workDurable(target string) string { return "provisioner-" + target }

@@ -390,45 +390,34 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 		}
 		return acct, revocations{}, err
 	case stateDisabled:
-		// Disable first, then end the sessions: the other way round, a sign-in between the two
-		// would leave a live session on a disabled account.
-		var rev revocations
 		d, ok := c.(connector.Disabler)
 		if !ok {
 			return connector.Account{}, revocations{}, connector.Permanent(fmt.Errorf("connector %s (%s) cannot disable accounts", t.Name, t.Type))
 		}
-		if err := call(ctx, connector.CapDisable, func(ctx context.Context) error { return d.DisableAccount(ctx, ref) }); err != nil && !errors.Is(err, connector.ErrNotFound) {
-			return connector.Account{}, revocations{}, fmt.Errorf("disable: %w", err)
-		}
-		if r, ok := c.(connector.SessionRevoker); ok {
-			err := call(ctx, connector.CapSessions, func(ctx context.Context) error { return r.RevokeSessions(ctx, ref) })
-			switch {
-			case err == nil || errors.Is(err, connector.ErrNotFound):
-				rev.sessions = true
-			case errors.Is(err, errors.ErrUnsupported):
-				// The target cannot end sessions (a webhook receiver answering 501): the
-				// disable still counts, without a session revocation.
-			default:
-				return connector.Account{}, revocations{}, fmt.Errorf("revoke sessions: %w", err)
-			}
-		}
-		// A leaver's passwords, API tokens and keys outlive a disabled login (a script's
-		// connection string, a personal access token), and a re-enabled account would bring
-		// them back. Revoked after the disable, so nothing signs in meanwhile with a fresh
-		// credential; the read-back below checks that the account is still disabled.
-		if r, ok := c.(connector.CredentialRevoker); ok && leaver {
-			err := call(ctx, connector.CapCredentials, func(ctx context.Context) error { return r.RevokeCredentials(ctx, ref) })
-			switch {
-			case err == nil || errors.Is(err, connector.ErrNotFound):
-				rev.credentials = true
-			case errors.Is(err, errors.ErrUnsupported):
-				// The target cannot (a webhook receiver answering 501): the disable counts
-				// without a credential revocation.
-			default:
-				return connector.Account{}, revocations{}, fmt.Errorf("revoke credentials: %w", err)
-			}
+		rev, err := disableAndRevoke(ctx, t, d, ref, leaver)
+		if err != nil {
+			return connector.Account{}, revocations{}, err
 		}
 		acct, err := get()
+		if errors.Is(err, connector.ErrNotFound) && ref.ID != "" {
+			// Gone under its id, but the target may have the name again under a new one (a
+			// restore or re-import recreated it): a leaver's name must not stay enabled there.
+			var again connector.Account
+			gerr := call(ctx, "get", func(ctx context.Context) (err error) {
+				again, err = c.GetAccount(ctx, connector.AccountRef{Username: l.username})
+				return err
+			})
+			if gerr == nil && again.ID != "" && again.ID != ref.ID {
+				s.log.WarnContext(ctx, "account recreated in the target under a new id: disabling it too", "connector", t.Name,
+					"username", l.username, "old_id", ref.ID, "new_id", again.ID)
+				ref = connector.AccountRef{ID: again.ID, Username: l.username}
+				l.accountID = again.ID
+				if rev, err = disableAndRevoke(ctx, t, d, ref, leaver); err != nil {
+					return connector.Account{}, revocations{}, err
+				}
+				acct, err = get()
+			}
+		}
 		if errors.Is(err, connector.ErrNotFound) {
 			return connector.Account{Username: l.username, State: connector.StateAbsent}, rev, nil
 		}
@@ -492,6 +481,45 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 		acct, err = get()
 		return acct, revocations{}, err
 	}
+}
+
+// disableAndRevoke disables the account, then ends its sessions and, for a leaver, revokes
+// its credentials, where the connector can. Disable first: the other way round, a sign-in
+// between the two would leave a live session on a disabled account. A revocation counts only
+// when the target did it; an account it does not know has nothing to revoke.
+func disableAndRevoke(ctx context.Context, t *Target, d connector.Disabler, ref connector.AccountRef, leaver bool) (revocations, error) {
+	var rev revocations
+	call, c := t.runner.Call, t.Conn
+	if err := call(ctx, connector.CapDisable, func(ctx context.Context) error { return d.DisableAccount(ctx, ref) }); err != nil && !errors.Is(err, connector.ErrNotFound) {
+		return rev, fmt.Errorf("disable: %w", err)
+	}
+	if r, ok := c.(connector.SessionRevoker); ok {
+		err := call(ctx, connector.CapSessions, func(ctx context.Context) error { return r.RevokeSessions(ctx, ref) })
+		switch {
+		case err == nil:
+			rev.sessions = true
+		case errors.Is(err, connector.ErrNotFound), errors.Is(err, errors.ErrUnsupported):
+			// No such account, or a target that cannot end sessions (a webhook receiver
+			// answering 501): the disable still counts, without a session revocation.
+		default:
+			return rev, fmt.Errorf("revoke sessions: %w", err)
+		}
+	}
+	// A leaver's passwords, API tokens and keys outlive a disabled login (a script's
+	// connection string, a personal access token), and a re-enabled account would bring them
+	// back. Revoked after the disable, so nothing signs in meanwhile with a fresh credential;
+	// the read-back checks that the account is still disabled.
+	if r, ok := c.(connector.CredentialRevoker); ok && leaver {
+		err := call(ctx, connector.CapCredentials, func(ctx context.Context) error { return r.RevokeCredentials(ctx, ref) })
+		switch {
+		case err == nil:
+			rev.credentials = true
+		case errors.Is(err, connector.ErrNotFound), errors.Is(err, errors.ErrUnsupported):
+		default:
+			return rev, fmt.Errorf("revoke credentials: %w", err)
+		}
+	}
+	return rev, nil
 }
 
 // attested says the target's accounts are tenure's own records (attested tasks): none can be
