@@ -328,13 +328,20 @@ func TestWorkday(t *testing.T) {
 		{"unknown field", `{"Worker_Event":{"Business_Process_Type":"Hire","Worker":{"Worker_ID":"1","Shoe_Size":"44"}}}`, "Worker_Event.Worker.Shoe_Size"},
 		{"unknown contingent type", `{"Worker_Event":{"Business_Process_Type":"Hire","Worker":{"Worker_ID":"1","Worker_Type":"Contingent_Worker","Contingent_Worker_Type":"Robot"}}}`, "Worker_Event.Worker.Contingent_Worker_Type"},
 		{"no worker", `{"Worker_Event":{"Business_Process_Type":"Hire"}}`, "Worker_Event.Worker"},
-		{"self manager", `{"Worker_Event":{"Business_Process_Type":"Change Job","Worker":{"Worker_ID":"7","Position":{"Manager_Worker_ID":"7"}}}}`, "worker.manager_id"},
+		{"self manager", `{"Worker_Event":{"Business_Process_Type":"Change Job","Worker":{"Worker_ID":"7","Position":{"Manager_Worker_ID":"7"}}}}`, "Worker_Event.Worker.Position.Manager_Worker_ID"},
 	}
 	for i, b := range bad {
 		a := h.post(delivery{source: "workday", id: "bad-" + strconv.Itoa(i), secret: workdaySecret, body: b.body})
 		if a.Status/100 != 4 || a.Field != b.field {
 			t.Errorf("%s: %d %s; want field %s", b.name, a.Status, a.Raw, b.field)
 		}
+	}
+	// The vendor's field is named first, tenure's canonical path after it.
+	a = h.post(delivery{source: "workday", id: "bad-email", secret: workdaySecret,
+		body: `{"Worker_Event":{"Business_Process_Type":"Change Job","Worker":{"Worker_ID":"7","Email_Address":"not an email"}}}`})
+	if a.Status != 422 || a.Field != "Worker_Event.Worker.Email_Address" || !strings.HasPrefix(a.Error, "Worker_Event.Worker.Email_Address") ||
+		!strings.Contains(a.Error, "(tenure's worker.email)") {
+		t.Errorf("bad email: %d %s", a.Status, a.Raw)
 	}
 }
 

@@ -437,3 +437,20 @@ func decodeLenientJSON(body []byte, v any) error {
 }
 
 var stringType = reflect.TypeOf("")
+
+// bambooFieldNames names the canonical fields by BambooHR's employee field names.
+var bambooFieldNames = map[string]string{
+	"worker.worker_id":   "id",
+	"worker.worker_type": "employmentHistoryStatus",
+	"worker.given_name":  "firstName",
+	"worker.family_name": "lastName",
+	"worker.email":       "workEmail",
+	"worker.job_code":    "jobTitle",
+	"worker.department":  "department",
+	"worker.manager_id":  "supervisorEId",
+	"worker.location":    "location",
+	"worker.start_date":  "hireDate",
+	"worker.end_date":    "terminationDate",
+}
+
+func (a *bambooHRAdapter) VendorField(canonical string) string { return bambooFieldNames[canonical] }

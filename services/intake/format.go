@@ -2,6 +2,7 @@ package intake
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -37,6 +38,35 @@ type Delivery struct {
 // sender retries (for example an HRIS API that is down).
 type Adapter interface {
 	Decode(ctx context.Context, d Delivery) (HREvent, error)
+}
+
+// FieldNamer is an Adapter whose format names fields differently from the canonical event. A
+// validation error then names the vendor's field (the one to fix in the HRIS or in its
+// integration), with the canonical path in the message: VendorField returns it for a
+// canonical path such as "worker.manager_id", or "" when there is none.
+type FieldNamer interface {
+	VendorField(canonical string) string
+}
+
+// vendorFieldError rewrites a validation error of an event a FieldNamer decoded.
+func vendorFieldError(a Adapter, err error) error {
+	fn, ok := a.(FieldNamer)
+	var ie *InputError
+	if !ok || !errors.As(err, &ie) || ie.Field == "" {
+		return err
+	}
+	name := fn.VendorField(ie.Field)
+	if name == "" {
+		return err
+	}
+	out := *ie
+	out.Field = name
+	if strings.Contains(ie.Message, ie.Field) {
+		out.Message = strings.Replace(ie.Message, ie.Field, name, 1) + " (tenure's " + ie.Field + ")"
+	} else {
+		out.Message = name + " (tenure's " + ie.Field + "): " + ie.Message
+	}
+	return &out
 }
 
 // BatchAdapter is an Adapter whose deliveries may carry several workers' events (BambooHR's

@@ -306,3 +306,21 @@ func parseHiBobTime(s string) (time.Time, error) {
 	}
 	return time.Time{}, errors.New("bad time")
 }
+
+// hibobFieldIDs names the canonical fields by the HiBob field ids of the employee record the
+// adapter fetched.
+var hibobFieldIDs = map[string]string{
+	"worker.worker_id":   "root.id",
+	"worker.worker_type": "payroll.employment.type",
+	"worker.given_name":  "root.firstName",
+	"worker.family_name": "root.surname",
+	"worker.email":       "root.email",
+	"worker.job_code":    "work.title",
+	"worker.department":  "work.department",
+	"worker.manager_id":  "work.reportsTo",
+	"worker.location":    "work.site",
+	"worker.start_date":  "work.startDate",
+	"worker.end_date":    "payroll.employment.contractEndDate",
+}
+
+func (a *hiBobAdapter) VendorField(canonical string) string { return hibobFieldIDs[canonical] }

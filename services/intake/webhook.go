@@ -205,6 +205,7 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 	for i, ev := range evs {
 		o.workerID = clip(ev.Worker.WorkerID)
 		if changes[i], err = validate(ev); err != nil {
+			err = vendorFieldError(src.adapter, err)
 			if len(evs) > 1 {
 				err = prefixField(err, fmt.Sprintf("events[%d]", i))
 			}

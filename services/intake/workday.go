@@ -166,3 +166,25 @@ func (workdayAdapter) Decode(_ context.Context, d Delivery) (HREvent, error) {
 }
 
 func isDate(s string) bool { return endOfDate(s) != "" }
+
+// workdayFields names the canonical fields as a Workday worker change carries them.
+var workdayFields = map[string]string{
+	"type":               "Worker_Event.Business_Process_Type",
+	"reason":             "Worker_Event.Reason",
+	"effective_time":     "Worker_Event.Effective_Moment",
+	"worker.worker_id":   "Worker_Event.Worker.Worker_ID",
+	"worker.worker_type": "Worker_Event.Worker.Worker_Type",
+	"worker.given_name":  "Worker_Event.Worker.Legal_Name.First_Name",
+	"worker.family_name": "Worker_Event.Worker.Legal_Name.Last_Name",
+	"worker.email":       "Worker_Event.Worker.Email_Address",
+	"worker.job_code":    "Worker_Event.Worker.Position.Job_Profile_ID",
+	"worker.department":  "Worker_Event.Worker.Position.Supervisory_Organization",
+	"worker.manager_id":  "Worker_Event.Worker.Position.Manager_Worker_ID",
+	"worker.location":    "Worker_Event.Worker.Position.Location",
+	"worker.start_date":  "Worker_Event.Worker.Hire_Date",
+	"worker.end_date":    "Worker_Event.Worker.Contract_End_Date",
+	"worker.sponsor_id":  "Worker_Event.Worker.Sponsor_Worker_ID",
+	"worker.vendor_org":  "Worker_Event.Worker.Supplier",
+}
+
+func (workdayAdapter) VendorField(canonical string) string { return workdayFields[canonical] }
