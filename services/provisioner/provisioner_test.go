@@ -246,6 +246,15 @@ func TestLeaverCoversReconciledAccounts(t *testing.T) {
 	}
 	e.join(t, "w3")
 	e.join(t, "w4")
+	// Both known to the provisioner: their joiner accounts exist.
+	eventually(t, "joiners", func() error {
+		for _, w := range []string{"w3", "w4"} {
+			if res, _ := e.svc.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: w}); len(res.GetAccounts()) != 1 {
+				return fmt.Errorf("%s: accounts %v", w, res.GetAccounts())
+			}
+		}
+		return nil
+	})
 	op := asOperator("op-lin")
 	link := func(ctx context.Context, worker, username, reason string) (*provisionerv1.LinkAccountResponse, error) {
 		return e.svc.LinkAccount(ctx, &provisionerv1.LinkAccountRequest{Connector: "demo", WorkerId: worker, Username: username, Reason: reason})
