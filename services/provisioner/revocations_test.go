@@ -19,10 +19,16 @@ import (
 )
 
 // streamMsgs returns every message on subject in TENURE_EVENTS, oldest first.
-func (e *env) streamMsgs(t *testing.T, subject string) []jetstream.RawStreamMsg {
+func (e *env) streamMsgs(t *testing.T, subject string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	return subjectMsgs(t, e.js, subject)
+}
+
+// subjectMsgs returns every message on subject in TENURE_EVENTS, oldest first.
+func subjectMsgs(t *testing.T, js jetstream.JetStream, subject string) []*jetstream.RawStreamMsg {
 	t.Helper()
 	ctx := context.Background()
-	st, err := e.js.Stream(ctx, natsx.EventsStream)
+	st, err := js.Stream(ctx, natsx.EventsStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,14 +39,10 @@ func (e *env) streamMsgs(t *testing.T, subject string) []jetstream.RawStreamMsg 
 	if info.State.Subjects[subject] == 0 {
 		return nil
 	}
-	var out []jetstream.RawStreamMsg
+	var out []*jetstream.RawStreamMsg
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if err != nil {
-			continue // deleted
-		}
-		if m.Subject == subject {
-			out = append(out, *m)
+		if m, err := st.GetMsg(ctx, seq); err == nil && m.Subject == subject { // err: deleted
+			out = append(out, m)
 		}
 	}
 	return out
@@ -102,7 +104,7 @@ func (e *env) waitVerified(t *testing.T, worker string, want eventsv1.AccountSta
 
 // redeliver publishes an earlier message again with its ce-id but without Nats-Msg-Id, as
 // JetStream redelivers it after the duplicate window: only the inbox can drop it.
-func (e *env) redeliver(t *testing.T, m jetstream.RawStreamMsg) uint64 {
+func (e *env) redeliver(t *testing.T, m *jetstream.RawStreamMsg) uint64 {
 	t.Helper()
 	h := nats.Header{}
 	for k, v := range m.Header {

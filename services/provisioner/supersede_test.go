@@ -16,7 +16,6 @@ import (
 	"github.com/tenure-dev/tenure/pkg/connector"
 	"github.com/tenure-dev/tenure/pkg/connector/connectortest"
 	"github.com/tenure-dev/tenure/pkg/events"
-	"github.com/tenure-dev/tenure/pkg/natsx"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -73,25 +72,7 @@ func (h *host) sendWorkerEvent(t *testing.T, worker string, kind eventsv1.Worker
 // messagesOn returns the messages on subject in the events stream, oldest first.
 func (h *host) messagesOn(t *testing.T, subject string) []*jetstream.RawStreamMsg {
 	t.Helper()
-	ctx := context.Background()
-	st, err := h.js.Stream(ctx, natsx.EventsStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State.Subjects[subject] == 0 {
-		return nil
-	}
-	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-		if m, err := st.GetMsg(ctx, seq); err == nil && m.Subject == subject {
-			out = append(out, m)
-		}
-	}
-	return out
+	return subjectMsgs(t, h.js, subject)
 }
 
 // results are the provision results of the worker's link at generation gen on subject.
