@@ -140,9 +140,11 @@ func (s *Service) setWorkerLinks(ctx context.Context, tx pgx.Tx, worker, state, 
 	case state == stateDisabled:
 		why = "leave of absence started"
 	}
-	ids := make([]string, len(links))
-	for i, x := range links {
-		ids[i] = x.id
+	var ids []string // only people's tasks (manual targets) can be stale
+	for _, x := range links {
+		if t := s.targets[x.conn]; t != nil && attested(t) {
+			ids = append(ids, x.id)
+		}
 	}
 	if err := supersedeStaleTasks(ctx, tx, ids, why); err != nil {
 		return nil, err
@@ -347,6 +349,15 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 	return nil, natsx.Permanent(fmt.Errorf("unknown decision kind %v", d.GetKind()))
 }
 
+// supersedeLinkTasks is supersedeStaleTasks for one link; only a manual target's links have
+// tasks (people's work), so others cost no statement.
+func (s *Service) supersedeLinkTasks(ctx context.Context, tx pgx.Tx, conn, linkID, why string) error {
+	if t := s.targets[conn]; t == nil || !attested(t) {
+		return nil
+	}
+	return supersedeStaleTasks(ctx, tx, []string{linkID}, why)
+}
+
 // reconverge recomputes a link's desired state from its active grants and, if it changed,
 // bumps the generation and emits a command. Open tasks that no longer ask for the link's
 // desired state are superseded, why being the decision.
@@ -375,13 +386,13 @@ func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, sta
 				return nil, err
 			}
 		}
-		return nil, supersedeStaleTasks(ctx, tx, []string{linkID}, why)
+		return nil, s.supersedeLinkTasks(ctx, tx, conn, linkID, why)
 	}
 	if err := tx.QueryRow(ctx, `UPDATE links SET desired_state = $2, desired_entitlements = $3, generation = generation + 1
 		WHERE link_id = $1 RETURNING generation`, linkID, state, ents).Scan(&gen); err != nil {
 		return nil, err
 	}
-	if err := supersedeStaleTasks(ctx, tx, []string{linkID}, why); err != nil {
+	if err := s.supersedeLinkTasks(ctx, tx, conn, linkID, why); err != nil {
 		return nil, err
 	}
 	op := eventsv1.ProvisionOp_PROVISION_OP_ENSURE
