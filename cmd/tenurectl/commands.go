@@ -34,6 +34,9 @@ var commands = map[string]command{}
 // groups built into main.go.
 var builtinGroups = []string{"ledger", "webhook", "worker"}
 
+// groupTakesArgs are groups that are also a command taking a positional argument.
+var groupTakesArgs = map[string]bool{"accounts": true}
+
 func isGroup(word string) bool {
 	for _, g := range builtinGroups {
 		if g == word {

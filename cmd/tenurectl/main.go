@@ -182,10 +182,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	// A group name takes the next word as its subcommand, unless that is a flag: then the
-	// group's own command runs ("tenurectl queue --watch").
+	// A group name takes the next word as its subcommand, unless that is a flag, or the group
+	// is also a command of its own whose argument this is ("tenurectl accounts WORKER" beside
+	// "tenurectl accounts link ..."): then the group's own command runs ("tenurectl queue
+	// --watch").
 	if len(rest) > 0 && isGroup(cmd) && !strings.HasPrefix(rest[0], "-") {
-		cmd, rest = cmd+" "+rest[0], rest[1:]
+		if _, sub := commands[cmd+" "+rest[0]]; sub || !groupTakesArgs[cmd] {
+			cmd, rest = cmd+" "+rest[0], rest[1:]
+		}
 	}
 	fs := flag.NewFlagSet("tenurectl "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -104,6 +104,16 @@ func TestReconcileFindingsConnectorsAndQueueWatch(t *testing.T) {
 	if out, err := ctl(t, addr, op, "queue"); err != nil || !strings.Contains(out, "OLDEST") || !strings.Contains(out, "saas") {
 		t.Fatalf("queue: %v\n%s", err, out)
 	}
+	// "accounts WORKER" and "accounts link ..." live side by side.
+	if out, err := ctl(t, addr, op, "accounts", "w-none"); err != nil || !strings.Contains(out, "CONNECTOR") {
+		t.Fatalf("accounts WORKER: %v\n%s", err, out)
+	}
+	if out, err := ctl(t, addr, op, "accounts", "link", "saas", "frontdesk", "--worker", "w-none"); err == nil || !strings.Contains(err.Error(), "usage: tenurectl accounts link") {
+		t.Fatalf("accounts link without a reason: %v\n%s", err, out)
+	}
+	if out, err := ctl(t, addr, op, "accounts", "link", "saas", "frontdesk", "--worker", "w-none", "--reason", "CHG-1"); err == nil || !strings.Contains(err.Error(), "not known to tenure") {
+		t.Fatalf("accounts link to an unknown worker: %v\n%s", err, out)
+	}
 	if out, err := ctl(t, addr, op, "queue", "--watch", "--interval", "1ms"); err == nil || !strings.Contains(err.Error(), "below") {
 		t.Fatalf("queue --watch --interval 1ms: %v\n%s", err, out)
 	}

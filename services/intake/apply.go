@@ -49,9 +49,10 @@ type applyPlan struct {
 	w        *eventsv1.Worker
 	eff      time.Time // the event's effective time, kept in the history
 	writeEff time.Time // the effective time of the record written
-	// supersedeAt, set for a leaver that applies, cancels (at that time) the worker's held
-	// events that HR sent before it: a hire, job change or leave scheduled for later does
-	// not outlive the termination (a rescind brings them back).
+	// supersedeAt, set for a termination that applies, cancels (at that time) the worker's
+	// held events that HR sent before it: a hire, job change or leave scheduled for later does
+	// not outlive the termination (a rescind brings them back). A rehire is a new employment
+	// after it and stays.
 	supersedeAt time.Time
 }
 
@@ -187,7 +188,9 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 		}
 	}
 	pl := applyPlan{applyResult: res, p: p, w: w, eff: eff, writeEff: writeEff}
-	if !res.stale && et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER {
+	if !res.stale && p.c.hrType == "termination" {
+		// A contract end is the calendar, not HR: what HR scheduled (a conversion's rehire)
+		// stands.
 		pl.supersedeAt = s.now()
 	}
 	return pl, nil
@@ -217,7 +220,7 @@ func (pl *applyPlan) queueWrites(b *pgx.Batch) error {
 	if !pl.supersedeAt.IsZero() {
 		b.Queue(`UPDATE scheduled_events SET state = 'cancelled', done_at = $2, error = $3
 			WHERE worker_id = $1 AND state = 'scheduled' AND received_at < $4
-			AND hr_event_type NOT IN ('termination', 'contract_end', 'termination_rescinded')`,
+			AND hr_event_type NOT IN ('termination', 'contract_end', 'termination_rescinded', 'rehire')`,
 			pl.w.WorkerId, pl.supersedeAt, supersededBy(p.eventID), p.received)
 	}
 	return queueHistory(b, p.c, pl.w, p.eventID, p.source, pl.eff, p.received, !pl.stale)
@@ -272,19 +275,26 @@ func (s *Service) rescind(ctx context.Context, tx pgx.Tx, id string, cur *record
 		}
 		return nil, Unprocessable("worker.worker_id", "worker %q has no termination to rescind", clip(id))
 	}
-	// The termination to undo is the last one applied. It took effect for tenure when it was
-	// applied: at its effective time, or when it arrived if HR backdated it.
+	// The rescind undoes the worker's leaving: every termination applied since the worker was
+	// last brought back (a hire, rehire or rescind), HR's corrections of the date included. It
+	// took effect for tenure when the first of them applied: at its effective time, or when it
+	// arrived if HR backdated it.
 	var (
-		termID             string
-		termSeq            int64
-		termEff, termRecvd time.Time
+		termIDs              []string
+		firstSeq             *int64
+		firstEff, firstRecvd *time.Time
 	)
-	err = tx.QueryRow(ctx, `SELECT event_id, seq, effective_time, received_at FROM worker_history
-		WHERE worker_id = $1 AND applied AND kind = 'leaver' ORDER BY seq DESC LIMIT 1`, id).Scan(&termID, &termSeq, &termEff, &termRecvd)
-	if errors.Is(err, pgx.ErrNoRows) {
-		termEff, termRecvd, termSeq = cur.effectiveTime, cur.effectiveTime, math.MaxInt64
-	} else if err != nil {
+	err = tx.QueryRow(ctx, `SELECT coalesce(array_agg(event_id ORDER BY seq), '{}'), min(seq),
+		  (array_agg(effective_time ORDER BY seq))[1], (array_agg(received_at ORDER BY seq))[1]
+		FROM worker_history WHERE worker_id = $1 AND applied AND kind = 'leaver'
+		  AND seq > coalesce((SELECT max(seq) FROM worker_history WHERE worker_id = $1 AND applied
+		    AND hr_event_type IN ('hire', 'rehire', 'termination_rescinded')), 0)`, id).Scan(&termIDs, &firstSeq, &firstEff, &firstRecvd)
+	if err != nil {
 		return nil, fmt.Errorf("intake: read history: %w", err)
+	}
+	termEff, termRecvd, termSeq := cur.effectiveTime, cur.effectiveTime, int64(math.MaxInt64)
+	if firstSeq != nil {
+		termEff, termRecvd, termSeq = *firstEff, *firstRecvd, *firstSeq
 	}
 	took := termEff
 	if termRecvd.After(took) {
@@ -294,15 +304,20 @@ func (s *Service) rescind(ctx context.Context, tx pgx.Tx, id string, cur *record
 		return nil, Unprocessable("type", "the termination of worker %q took effect %s, more than the rescind grace window (%s) ago; send a rehire instead",
 			clip(id), took.UTC().Format(time.RFC3339), s.cfg.RescindGrace)
 	}
-	// What HR had scheduled before the termination is scheduled again.
-	if termID != "" {
+	// What HR had scheduled before the terminations is scheduled again.
+	if len(termIDs) > 0 {
+		why := make([]string, len(termIDs))
+		for i, t := range termIDs {
+			why[i] = supersededBy(t)
+		}
 		if _, err := tx.Exec(ctx, `UPDATE scheduled_events SET state = 'scheduled', done_at = NULL, error = ''
-			WHERE worker_id = $1 AND state = 'cancelled' AND error = $2`, id, supersededBy(termID)); err != nil {
+			WHERE worker_id = $1 AND state = 'cancelled' AND error = ANY($2)`, id, why); err != nil {
 			return nil, fmt.Errorf("intake: restore held events: %w", err)
 		}
 	}
-	// Restore the record the worker had when the termination applied: the last one applied
-	// before it, whatever its effective date (a backdated termination keeps a later job change).
+	// Restore the record the worker had when the first termination applied: the last one
+	// applied before it, whatever its effective date (a backdated termination keeps a later
+	// job change).
 	var raw []byte
 	err = tx.QueryRow(ctx, `SELECT record FROM worker_history WHERE worker_id = $1 AND applied AND kind <> 'leaver'
 		AND seq < $2 ORDER BY seq DESC LIMIT 1`, id, termSeq).Scan(&raw)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -270,6 +271,11 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 		it.msg.Header.Set(jetstream.ExpectedStreamHeader, natsx.EventsStream)
 	}
 	s.publishAll(ctx, batch)
+	if !slices.ContainsFunc(batch, func(it *ingestItem) bool { return !it.undo }) {
+		// Nothing of the batch stays (a rescind whose publish failed, say): roll back what its
+		// plans did in the transaction too (the held events a rescind cancelled or restored).
+		return nil
+	}
 
 	// Round trip 3: the registry and history writes, and the receipts' final state.
 	b = &pgx.Batch{}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenure-dev/tenure/pkg/natsx"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 )
 
@@ -198,5 +199,76 @@ func TestTextLimitsCountCharacters(t *testing.T) {
 	a = h.post(delivery{id: "h3", secret: acmeSecret, body: `{"type":"hire","worker":{"worker_id":"U3","worker_type":"employee","given_name":"A\u0085B"}}`})
 	if a.Status != http.StatusUnprocessableEntity || a.Field != "worker.given_name" {
 		t.Fatalf("a C1 control character: %d %s", a.Status, a.Raw)
+	}
+}
+
+// HR corrects a termination's date with a second termination: a rescind undoes both, puts
+// back what the first cancelled, and counts its grace from the first.
+func TestRescindAfterCorrectedTermination(t *testing.T) {
+	clock := &testClock{}
+	h := newHarness(t, withClock(clock))
+	mustAccept(t, h.postAt(clock, delivery{id: "h", secret: acmeSecret, body: hireBody}))
+	move := clock.Now().Add(14 * 24 * time.Hour).Truncate(time.Second)
+	if a := h.postAt(clock, delivery{id: "j", secret: acmeSecret, body: fmt.Sprintf(`{"type":"job_change","worker":{"worker_id":"E1001","job_code":"CHARGE-RN"},"effective_time":%q}`, rfc(move))}); a.State != "scheduled" {
+		t.Fatalf("held job change: %s", a.Raw)
+	}
+	clock.Advance(time.Hour)
+	mustAccept(t, h.postAt(clock, delivery{id: "t1", secret: acmeSecret, body: `{"type":"termination","worker":{"worker_id":"E1001"}}`}))
+	clock.Advance(time.Hour)
+	mustAccept(t, h.postAt(clock, delivery{id: "t2", secret: acmeSecret, body: fmt.Sprintf(`{"type":"termination","worker":{"worker_id":"E1001"},"effective_time":%q}`, rfc(clock.Now()))}))
+	clock.Advance(time.Hour)
+	mustAccept(t, h.postAt(clock, delivery{id: "x", secret: acmeSecret, body: `{"type":"termination_rescinded","worker":{"worker_id":"E1001"}}`}))
+	clock.Advance(15 * 24 * time.Hour)
+	fireHeld(t, h)
+	if w := h.worker("E1001"); w.GetStatus() != eventsv1.WorkerStatus_WORKER_STATUS_ACTIVE || w.GetJobCode() != "CHARGE-RN" {
+		t.Fatalf("after rescind and the job change's date: %v %q, want active CHARGE-RN", w.GetStatus(), w.GetJobCode())
+	}
+}
+
+// A contract end is the calendar, not HR: a rehire HR scheduled (a contractor converted to an
+// employee the next day) still fires.
+func TestContractEndKeepsAHeldRehire(t *testing.T) {
+	clock := &testClock{}
+	h := newHarness(t, withClock(clock))
+	end := clock.Now().In(time.UTC).Format(time.DateOnly)
+	mustAccept(t, h.postAt(clock, delivery{id: "h", secret: acmeSecret, body: fmt.Sprintf(`{"type":"hire","worker":{"worker_id":"C7","worker_type":"contractor","sponsor_id":"E1","end_date":%q}}`, end)}))
+	back := clock.Now().Add(36 * time.Hour).Truncate(time.Second)
+	if a := h.postAt(clock, delivery{id: "r", secret: acmeSecret, body: fmt.Sprintf(`{"type":"rehire","worker":{"worker_id":"C7","worker_type":"employee"},"effective_time":%q}`, rfc(back))}); a.State != "scheduled" {
+		t.Fatalf("held rehire: %s", a.Raw)
+	}
+	clock.Advance(25 * time.Hour)
+	fireHeld(t, h)
+	if w := h.worker("C7"); w.GetStatus() != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
+		t.Fatalf("after the contract's end: %v", w.GetStatus())
+	}
+	clock.Advance(12 * time.Hour)
+	fireHeld(t, h)
+	if w := h.worker("C7"); w.GetStatus() != eventsv1.WorkerStatus_WORKER_STATUS_ACTIVE || w.GetWorkerType() != eventsv1.WorkerType_WORKER_TYPE_EMPLOYEE {
+		t.Fatalf("after the rehire's time: %v %v, want an active employee", w.GetStatus(), w.GetWorkerType())
+	}
+}
+
+// A rescind whose publish fails stores nothing, the held events it would cancel or restore
+// included: the HRIS retry starts afresh.
+func TestFailedRescindChangesNoHeldEvent(t *testing.T) {
+	clock := &testClock{}
+	h := newHarness(t, withClock(clock), func(c *Config) { c.PublishTimeout = time.Second })
+	mustAccept(t, h.postAt(clock, delivery{id: "h", secret: acmeSecret, body: hireBody}))
+	move := clock.Now().Add(14 * 24 * time.Hour).Truncate(time.Second)
+	if a := h.postAt(clock, delivery{id: "j", secret: acmeSecret, body: fmt.Sprintf(`{"type":"job_change","worker":{"worker_id":"E1001","job_code":"CHARGE-RN"},"effective_time":%q}`, rfc(move))}); a.State != "scheduled" {
+		t.Fatalf("held job change: %s", a.Raw)
+	}
+	clock.Advance(time.Hour)
+	mustAccept(t, h.postAt(clock, delivery{id: "t", secret: acmeSecret, body: `{"type":"termination","worker":{"worker_id":"E1001"}}`}))
+	if err := h.nats.JS.DeleteStream(context.Background(), natsx.EventsStream); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour)
+	if a := h.postAt(clock, delivery{id: "x", secret: acmeSecret, body: `{"type":"termination_rescinded","worker":{"worker_id":"E1001"}}`}); a.Status != http.StatusServiceUnavailable {
+		t.Fatalf("rescind with the stream gone: %d %s", a.Status, a.Raw)
+	}
+	var state string
+	if err := h.pool.QueryRow(context.Background(), `SELECT state FROM scheduled_events WHERE source_event_id = 'j'`).Scan(&state); err != nil || state != "cancelled" {
+		t.Fatalf("held job change after the failed rescind: %q, %v; want still cancelled", state, err)
 	}
 }

@@ -485,6 +485,12 @@ func (s *Service) linkAccount(ctx context.Context, worker, conn, username, accou
 	var out []events.Event
 	var caseID string
 	err := pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		// The worker's row first: a termination applied at the same moment waits for this
+		// link (and then disables it with the rest), or this sees the worker terminated.
+		var status string
+		if err := tx.QueryRow(ctx, "SELECT status FROM workers WHERE worker_id = $1 FOR UPDATE", worker).Scan(&status); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
 		// An account already linked keeps its worker: re-linking it to the same worker
 		// refreshes its id; to another worker it is refused. An orphan's link without a
 		// worker (disable_orphans) takes the worker, and keeps its desired state.
@@ -535,6 +541,18 @@ func (s *Service) linkAccount(ctx context.Context, worker, conn, username, accou
 			out = append(out, dels...)
 		} else if errors.Is(err, pgx.ErrNoRows) {
 			caseID = ""
+			if status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String() || status == eventsv1.WorkerStatus_WORKER_STATUS_ON_LEAVE.String() {
+				// A leaver whose case is done, or a worker on leave: the account found is
+				// disabled like the worker's others.
+				var gen int64
+				err := tx.QueryRow(ctx, `UPDATE links SET desired_state = 'disabled', generation = generation + 1
+					WHERE link_id = $1 AND desired_state = 'enabled' RETURNING generation`, id).Scan(&gen)
+				if err == nil {
+					out = append(out, command(worker, conn, id, gen, eventsv1.ProvisionOp_PROVISION_OP_DISABLE, ""))
+				} else if !errors.Is(err, pgx.ErrNoRows) {
+					return err
+				}
+			}
 		} else {
 			return err
 		}

@@ -335,6 +335,19 @@ func TestLeaverCoversReconciledAccounts(t *testing.T) {
 	if a.State != connector.StateDisabled {
 		t.Fatal("reconciled account not disabled")
 	}
+	// One found after the case completed is disabled too: the worker has left.
+	if _, err := e.target.CreateAccount(ctx, connector.AccountSpec{Username: "w3-late", WorkerID: "w3"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := link(op, "w3", "w3-late", "CHG-10: found after the case"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "late account disabled", func() error {
+		if a, err := e.target.GetAccount(ctx, connector.AccountRef{Username: "w3-late"}); err != nil || a.State != connector.StateDisabled {
+			return fmt.Errorf("w3-late: %v, %v", a, err)
+		}
+		return nil
+	})
 	q, err := e.svc.ListQueues(ctx, &provisionerv1.ListQueuesRequest{})
 	if err != nil || len(q.Queues) != 1 || q.Queues[0].Connector != "demo" {
 		t.Fatalf("ListQueues = %v, %v", q, err)

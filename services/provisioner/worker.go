@@ -407,6 +407,10 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 				again, err = c.GetAccount(ctx, connector.AccountRef{Username: l.username})
 				return err
 			})
+			if gerr != nil && !errors.Is(gerr, connector.ErrNotFound) {
+				// Not knowing whether the name is back is not "gone": try again.
+				return connector.Account{}, revocations{}, fmt.Errorf("read %s by name: %w", l.username, gerr)
+			}
 			if gerr == nil && again.ID != "" && again.ID != ref.ID {
 				s.log.WarnContext(ctx, "account recreated in the target under a new id: disabling it too", "connector", t.Name,
 					"username", l.username, "old_id", ref.ID, "new_id", again.ID)
