@@ -101,16 +101,23 @@ func TestTerminationSupersedesHeldEvents(t *testing.T) {
 	}
 }
 
-// A rescind brings back what the termination cancelled.
-func TestRescindRestoresSupersededHeldEvents(t *testing.T) {
-	clock := &testClock{}
-	h := newHarness(t, withClock(clock))
+// hireWithHeldJobChange hires E1001 and holds a job change to CHARGE-RN (webhook-id "j") for
+// two weeks later; the clock is an hour on.
+func hireWithHeldJobChange(t *testing.T, h *harness, clock *testClock) {
+	t.Helper()
 	mustAccept(t, h.postAt(clock, delivery{id: "h", secret: acmeSecret, body: hireBody}))
 	move := clock.Now().Add(14 * 24 * time.Hour).Truncate(time.Second)
 	if a := h.postAt(clock, delivery{id: "j", secret: acmeSecret, body: fmt.Sprintf(`{"type":"job_change","worker":{"worker_id":"E1001","job_code":"CHARGE-RN"},"effective_time":%q}`, rfc(move))}); a.State != "scheduled" {
 		t.Fatalf("held job change: %s", a.Raw)
 	}
 	clock.Advance(time.Hour)
+}
+
+// A rescind brings back what the termination cancelled.
+func TestRescindRestoresSupersededHeldEvents(t *testing.T) {
+	clock := &testClock{}
+	h := newHarness(t, withClock(clock))
+	hireWithHeldJobChange(t, h, clock)
 	mustAccept(t, h.postAt(clock, delivery{id: "t", secret: acmeSecret, body: `{"type":"termination","worker":{"worker_id":"E1001"}}`}))
 	clock.Advance(time.Hour)
 	mustAccept(t, h.postAt(clock, delivery{id: "x", secret: acmeSecret, body: `{"type":"termination_rescinded","worker":{"worker_id":"E1001"}}`}))
@@ -207,12 +214,7 @@ func TestTextLimitsCountCharacters(t *testing.T) {
 func TestRescindAfterCorrectedTermination(t *testing.T) {
 	clock := &testClock{}
 	h := newHarness(t, withClock(clock))
-	mustAccept(t, h.postAt(clock, delivery{id: "h", secret: acmeSecret, body: hireBody}))
-	move := clock.Now().Add(14 * 24 * time.Hour).Truncate(time.Second)
-	if a := h.postAt(clock, delivery{id: "j", secret: acmeSecret, body: fmt.Sprintf(`{"type":"job_change","worker":{"worker_id":"E1001","job_code":"CHARGE-RN"},"effective_time":%q}`, rfc(move))}); a.State != "scheduled" {
-		t.Fatalf("held job change: %s", a.Raw)
-	}
-	clock.Advance(time.Hour)
+	hireWithHeldJobChange(t, h, clock)
 	mustAccept(t, h.postAt(clock, delivery{id: "t1", secret: acmeSecret, body: `{"type":"termination","worker":{"worker_id":"E1001"}}`}))
 	clock.Advance(time.Hour)
 	mustAccept(t, h.postAt(clock, delivery{id: "t2", secret: acmeSecret, body: fmt.Sprintf(`{"type":"termination","worker":{"worker_id":"E1001"},"effective_time":%q}`, rfc(clock.Now()))}))
@@ -253,12 +255,7 @@ func TestContractEndKeepsAHeldRehire(t *testing.T) {
 func TestFailedRescindChangesNoHeldEvent(t *testing.T) {
 	clock := &testClock{}
 	h := newHarness(t, withClock(clock), func(c *Config) { c.PublishTimeout = time.Second })
-	mustAccept(t, h.postAt(clock, delivery{id: "h", secret: acmeSecret, body: hireBody}))
-	move := clock.Now().Add(14 * 24 * time.Hour).Truncate(time.Second)
-	if a := h.postAt(clock, delivery{id: "j", secret: acmeSecret, body: fmt.Sprintf(`{"type":"job_change","worker":{"worker_id":"E1001","job_code":"CHARGE-RN"},"effective_time":%q}`, rfc(move))}); a.State != "scheduled" {
-		t.Fatalf("held job change: %s", a.Raw)
-	}
-	clock.Advance(time.Hour)
+	hireWithHeldJobChange(t, h, clock)
 	mustAccept(t, h.postAt(clock, delivery{id: "t", secret: acmeSecret, body: `{"type":"termination","worker":{"worker_id":"E1001"}}`}))
 	if err := h.nats.JS.DeleteStream(context.Background(), natsx.EventsStream); err != nil {
 		t.Fatal(err)
