@@ -129,7 +129,7 @@ func dial(t testing.TB, addr, token string) *grpc.ClientConn {
 	return conn
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var err error
@@ -178,8 +178,6 @@ func (b *safeBuffer) String() string {
 	return b.Buffer.String()
 }
 
-var _ = context.Background
-
 // quietLogger keeps benchmark output to the figures.
 func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -190,16 +188,12 @@ func quietLogger() *slog.Logger {
 // (its joiner may still be on its way).
 func linkFound(tb testing.TB, prov provisionerv1.ProvisioningServiceClient, worker, conn, username string) {
 	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(tb, 30*time.Second, fmt.Sprintf("link %s/%s to %s", conn, username, worker), func() error {
 		_, err := prov.LinkAccount(context.Background(), &provisionerv1.LinkAccountRequest{Connector: conn, WorkerId: worker, Username: username,
 			Reason: "e2e: found by reconciliation, confirmed with the worker's manager"})
-		if err == nil {
-			return
-		}
-		if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "not known to tenure") || time.Now().After(deadline) {
+		if err != nil && (status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "not known to tenure")) {
 			tb.Fatalf("link %s/%s to %s: %v", conn, username, worker, err)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err
+	})
 }
