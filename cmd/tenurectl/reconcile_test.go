@@ -4,15 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
-	"github.com/tenure-dev/tenure/pkg/authn"
 	"github.com/tenure-dev/tenure/pkg/connector"
 	"github.com/tenure-dev/tenure/pkg/connector/connectortest"
 	"github.com/tenure-dev/tenure/pkg/natsx/natstest"
@@ -48,23 +44,8 @@ func TestReconcileFindingsConnectorsAndQueueWatch(t *testing.T) {
 	done := make(chan struct{})
 	go func() { svc.Run(rctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	auth, err := authn.New([]authn.TokenEntry{
-		{Name: "op-ann", Roles: []authn.Role{authn.RoleOperator}, Token: "operator-token-0123456789"},
-		{Name: "aud-bo", Roles: []authn.Role{authn.RoleAuditor}, Token: "auditor-token-0123456789"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(auth.UnaryInterceptor(svc.AuthRules())))
-	svc.RegisterGRPC(g)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
-	addr := lis.Addr().String()
-	const op, aud = "operator-token-0123456789", "auditor-token-0123456789"
+	addr := serveGRPC(t, svc)
+	const op, aud = opToken, audToken
 
 	out, err := ctl(t, addr, aud, "connectors")
 	if err != nil || !strings.Contains(out, "saas") || !strings.Contains(out, "memory") || !strings.Contains(out, " ok ") || !strings.Contains(out, "720h0m0s") ||

@@ -35,6 +35,34 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
+// The bearer tokens of serveGRPC's operator (op-ann) and auditor (aud-bo).
+const opToken, audToken = "operator-token-0123456789", "auditor-token-0123456789"
+
+// serveGRPC serves a tenure service's gRPC API on a loopback port behind bearer tokens, with
+// its own authorization rules, until the test ends, and returns the address.
+func serveGRPC(t *testing.T, svc interface {
+	AuthRules() authn.Rules
+	RegisterGRPC(*grpc.Server)
+}) string {
+	t.Helper()
+	auth, err := authn.New([]authn.TokenEntry{
+		{Name: "op-ann", Roles: []authn.Role{authn.RoleOperator}, Token: opToken},
+		{Name: "aud-bo", Roles: []authn.Role{authn.RoleAuditor}, Token: audToken},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(auth.UnaryInterceptor(svc.AuthRules())))
+	svc.RegisterGRPC(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	return lis.Addr().String()
+}
+
 // ctl runs tenurectl against addr with token and returns its output.
 func ctl(t *testing.T, addr, token string, args ...string) (string, error) {
 	t.Helper()
@@ -89,23 +117,8 @@ func TestTaskAndQueueCommands(t *testing.T) {
 	go func() { svc.Run(rctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	auth, err := authn.New([]authn.TokenEntry{
-		{Name: "op-ann", Roles: []authn.Role{authn.RoleOperator}, Token: "operator-token-0123456789"},
-		{Name: "aud-bo", Roles: []authn.Role{authn.RoleAuditor}, Token: "auditor-token-0123456789"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(auth.UnaryInterceptor(svc.AuthRules())))
-	svc.RegisterGRPC(g)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
-	addr := lis.Addr().String()
-	const op, aud = "operator-token-0123456789", "auditor-token-0123456789"
+	addr := serveGRPC(t, svc)
+	const op, aud = opToken, audToken
 
 	publish := func(subject, worker string, payload proto.Message) {
 		msg, err := events.Msg(ctx, events.Event{ID: events.NewID(), Subject: subject, Source: "test", WorkerID: worker, Payload: payload})

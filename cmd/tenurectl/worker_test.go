@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
-	"github.com/tenure-dev/tenure/pkg/authn"
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/natsx/natstest"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
@@ -69,23 +65,8 @@ func TestWorkerAndHRCommands(t *testing.T) {
 	post("h2", `{"type":"hire","worker":{"worker_id":"C2","worker_type":"contractor","given_name":"Cy","family_name":"Temp","sponsor_id":"E1","vendor_org":"Staffing Co","end_date":"2030-01-31"}}`)
 	post("j1", `{"type":"job_change","worker":{"worker_id":"E1","job_code":"CHARGE-RN"}}`)
 
-	auth, err := authn.New([]authn.TokenEntry{
-		{Name: "op-ann", Roles: []authn.Role{authn.RoleOperator}, Token: "operator-token-0123456789"},
-		{Name: "aud-bo", Roles: []authn.Role{authn.RoleAuditor}, Token: "auditor-token-0123456789"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(auth.UnaryInterceptor(svc.AuthRules())))
-	svc.RegisterGRPC(g)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
-	addr := lis.Addr().String()
-	const op, aud = "operator-token-0123456789", "auditor-token-0123456789"
+	addr := serveGRPC(t, svc)
+	const op, aud = opToken, audToken
 
 	out, err := ctl(t, addr, aud, "worker", "get", "C2")
 	for _, want := range []string{"contractor", "Cy Temp", "sponsor", "E1", "vendor org", "Staffing Co", "2030-01-31"} {
