@@ -99,16 +99,25 @@ func (ls *linkLanes) wait(ctx context.Context, id string, gen int64, heartbeat f
 		l.preempt()
 	}
 	ls.mu.Unlock()
+	take := func() *laneTurn {
+		ls.mu.Lock()
+		ls.unwaitLocked(l, gen)
+		l.gen, l.preempt = gen, nil
+		ls.mu.Unlock()
+		return &laneTurn{ls: ls, id: id, l: l, gen: gen}
+	}
+	// The lane is free nearly always: take it without starting a heartbeat ticker.
+	select {
+	case l.turn <- struct{}{}:
+		return take(), nil
+	default:
+	}
 	tick := time.NewTicker(ackWait / 3)
 	defer tick.Stop()
 	for {
 		select {
 		case l.turn <- struct{}{}:
-			ls.mu.Lock()
-			ls.unwaitLocked(l, gen)
-			l.gen, l.preempt = gen, nil
-			ls.mu.Unlock()
-			return &laneTurn{ls: ls, id: id, l: l, gen: gen}, nil
+			return take(), nil
 		case <-tick.C:
 			heartbeat()
 		case <-ctx.Done():
