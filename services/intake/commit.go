@@ -337,14 +337,17 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 	return nil
 }
 
+// receiptOf reads the stored receipt of a webhook-id: body hash, event id, subject, stream
+// sequence.
+const receiptOf = `SELECT body_sha256, event_id, subject, stream_seq FROM receipts WHERE source = $1 AND webhook_id = $2`
+
 // readDuplicates answers the items whose receipt already existed: a duplicate with the
 // original's event, or errConflict when the body differs.
 func readDuplicates(ctx context.Context, tx pgx.Tx, batch []*ingestItem) error {
 	b := &pgx.Batch{}
 	for _, it := range batch {
 		if !it.inserted {
-			b.Queue(`SELECT body_sha256, event_id, subject, stream_seq FROM receipts WHERE source = $1 AND webhook_id = $2`,
-				it.d.Source, it.d.WebhookID)
+			b.Queue(receiptOf, it.d.Source, it.d.WebhookID)
 		}
 	}
 	if b.Len() == 0 {

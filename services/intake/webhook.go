@@ -229,9 +229,7 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 		var ie *InputError
 		switch {
 		case errors.Is(err, errConflict):
-			o.outcome = "conflict"
-			return fail(w, o, http.StatusConflict, webhook.HeaderID,
-				fmt.Sprintf("webhook-id %q was already received from source %s with a different body", clip(dd.WebhookID), name))
+			return conflict(w, o, dd.WebhookID, name)
 		case errors.As(err, &ie):
 			return s.inputFailure(w, o, err)
 		case err != nil:
@@ -413,9 +411,15 @@ type priorReceipt struct {
 // one of several events is stored under webhook-id/worker-id).
 func (s *Service) receivedBefore(ctx context.Context, d Delivery) (priorReceipt, bool) {
 	var p priorReceipt
-	err := s.pool.QueryRow(ctx, `SELECT body_sha256, event_id, subject, stream_seq FROM receipts WHERE source = $1 AND webhook_id = $2`,
-		d.Source, d.WebhookID).Scan(&p.sum, &p.eventID, &p.subject, &p.seq)
+	err := s.pool.QueryRow(ctx, receiptOf, d.Source, d.WebhookID).Scan(&p.sum, &p.eventID, &p.subject, &p.seq)
 	return p, err == nil
+}
+
+// conflict answers a webhook-id received before with another body.
+func conflict(w http.ResponseWriter, o outcome, webhookID, source string) outcome {
+	o.outcome = "conflict"
+	return fail(w, o, http.StatusConflict, webhook.HeaderID,
+		fmt.Sprintf("webhook-id %q was already received from source %s with a different body", clip(webhookID), source))
 }
 
 // answerRedelivery answers a webhook-id received before, as ingest would: 200 duplicate, or
@@ -423,9 +427,7 @@ func (s *Service) receivedBefore(ctx context.Context, d Delivery) (priorReceipt,
 func (s *Service) answerRedelivery(w http.ResponseWriter, o outcome, d Delivery, p priorReceipt) outcome {
 	o.eventID = p.eventID
 	if sum := sha256.Sum256(d.Body); !bytes.Equal(sum[:], p.sum) {
-		o.outcome = "conflict"
-		return fail(w, o, http.StatusConflict, webhook.HeaderID,
-			fmt.Sprintf("webhook-id %q was already received from source %s with a different body", clip(d.WebhookID), d.Source))
+		return conflict(w, o, d.WebhookID, d.Source)
 	}
 	b := acceptedBody{Status: "duplicate", EventID: p.eventID, Subject: p.subject}
 	if p.seq != nil {
