@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -394,8 +395,9 @@ func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 	}
 	if cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
 		rev := func(kind eventsv1.RevocationKind, tok string) events.Event {
-			return events.Event{ID: events.NewID(), Subject: events.Subject("tenure.revocation", tok, l.worker), Source: source, WorkerID: l.worker, Actor: "provisioner",
-				Payload: &eventsv1.Revocation{RevocationId: events.NewID(), Kind: kind, WorkerId: l.worker, Email: l.email, Connector: cmd.GetConnector(),
+			id := accountRevocationID(tok, l.id, cmd.GetGeneration())
+			return events.Event{ID: id, Subject: events.Subject("tenure.revocation", tok, l.worker), Source: source, WorkerID: l.worker, Actor: "provisioner",
+				Payload: &eventsv1.Revocation{RevocationId: id, Kind: kind, WorkerId: l.worker, Email: l.email, Connector: cmd.GetConnector(),
 					System: system, LinkId: l.id, Username: l.username, CaseId: cmd.GetCaseId(), OccurredAt: timestamppb.New(now), Verified: true}}
 		}
 		if it.revoked.sessions {
@@ -407,6 +409,15 @@ func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 		}
 	}
 	return out
+}
+
+// accountRevocationID names an account-level revocation by what it reports: the decision
+// (the link at a generation) that a disable carried out. A disable of one generation can be
+// verified twice (issued again by reconvergeStale, on another replica), and both
+// verifications report the same revocation: with one id, JetStream (Nats-Msg-Id), the ledger
+// (ce-id) and the SSF transmitter (jti) keep it once.
+func accountRevocationID(kind, linkID string, generation int64) string {
+	return fmt.Sprintf("provisioner:%s:%s:%d", kind, linkID, generation)
 }
 
 // reconvergeStale handles the items that touched the target although their link has moved

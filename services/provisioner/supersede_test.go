@@ -16,6 +16,7 @@ import (
 	"github.com/tenure-dev/tenure/pkg/connector"
 	"github.com/tenure-dev/tenure/pkg/connector/connectortest"
 	"github.com/tenure-dev/tenure/pkg/events"
+	"github.com/tenure-dev/tenure/pkg/pgstore"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -180,6 +181,27 @@ func TestLateEnsureOnAnotherReplicaIsReconverged(t *testing.T) {
 	})
 	if c := h.leaverCase(t, "w-race"); c.Status != eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED {
 		t.Fatalf("case %v", c)
+	}
+	// Both verifications of generation 3 report one revocation: security teams get
+	// account_disabled (and session_revoked) once, under the id of that decision.
+	eventually(t, "the outbox drained", func() error {
+		if n, err := pgstore.Pending(context.Background(), h.svc.pool); err != nil || n > 0 {
+			return fmt.Errorf("%d pending (%v)", n, err)
+		}
+		return nil
+	})
+	for _, kind := range []string{"account_disabled", "session_revoked"} {
+		msgs := h.messagesOn(t, events.Subject("tenure.revocation", kind, "w-race"))
+		if len(msgs) != 1 {
+			t.Fatalf("%s published %d times for one disable decision", kind, len(msgs))
+		}
+		var r eventsv1.Revocation
+		if err := proto.Unmarshal(msgs[0].Data, &r); err != nil {
+			t.Fatal(err)
+		}
+		if want := accountRevocationID(kind, l.LinkId, 3); r.RevocationId != want || msgs[0].Header.Get(jetstream.MsgIDHeader) != want {
+			t.Fatalf("%s: revocation_id %q, Nats-Msg-Id %q: want %q", kind, r.RevocationId, msgs[0].Header.Get(jetstream.MsgIDHeader), want)
+		}
 	}
 }
 
