@@ -414,8 +414,8 @@ func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 // accountRevocationID names an account-level revocation by what it reports: the decision
 // (the link at a generation) that a disable carried out. A disable of one generation can be
 // verified twice (issued again by reconvergeStale, on another replica), and both
-// verifications report the same revocation: with one id, JetStream (Nats-Msg-Id), the ledger
-// (ce-id) and the SSF transmitter (jti) keep it once.
+// verifications report the same revocation: with one id, JetStream (Nats-Msg-Id, within its
+// dedupe window), the ledger (ce-id) and the SSF transmitter (jti) keep it once.
 func accountRevocationID(kind, linkID string, generation int64) string {
 	return fmt.Sprintf("provisioner:%s:%s:%d", kind, linkID, generation)
 }
