@@ -337,7 +337,7 @@ func validate(ev HREvent) (change, error) {
 	if !start.IsZero() && !end.IsZero() && end.Before(start) {
 		return change{}, Unprocessable("worker.end_date", "worker.end_date %s is before worker.start_date %s", w.EndDate, w.StartDate)
 	}
-	if err := checkWorkerRefs(out, "worker."); err != nil {
+	if err := checkWorkerRefs(out); err != nil {
 		return change{}, err
 	}
 	c := change{hrType: ev.Type, typ: et, worker: out}
@@ -357,12 +357,12 @@ func validate(ev HREvent) (change, error) {
 
 // checkWorkerRefs rejects a worker who is their own manager or sponsor: HR data entry slips
 // that would make the worker approve their own access.
-func checkWorkerRefs(w *eventsv1.Worker, prefix string) error {
+func checkWorkerRefs(w *eventsv1.Worker) error {
 	if w.ManagerId != "" && w.ManagerId == w.WorkerId {
-		return Unprocessable(prefix+"manager_id", "%smanager_id %q is the worker itself", prefix, clip(w.ManagerId))
+		return Unprocessable("worker.manager_id", "worker.manager_id %q is the worker itself", clip(w.ManagerId))
 	}
 	if w.SponsorId != "" && w.SponsorId == w.WorkerId {
-		return Unprocessable(prefix+"sponsor_id", "%ssponsor_id %q is the worker itself", prefix, clip(w.SponsorId))
+		return Unprocessable("worker.sponsor_id", "worker.sponsor_id %q is the worker itself", clip(w.SponsorId))
 	}
 	return nil
 }
