@@ -198,16 +198,12 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 	}
 	cmds := len(out)
 	if cmds > 0 {
-		// An account's deadline runs from when it joined the case; one already in the case
-		// (a repeated leaver event) keeps its deadline.
-		joined := opened
-		if !newCase {
-			joined = now
-		}
+		// An account's deadline runs from when it joined the case (now); one already in the
+		// case (a repeated leaver event) keeps its deadline: the insert leaves its row alone.
 		links, gens, deadlines := make([]string, cmds), make([]int64, cmds), make([]time.Time, cmds)
 		for i, c := range out {
 			cmd := c.Payload.(*eventsv1.ProvisionCommand)
-			links[i], gens[i], deadlines[i] = cmd.LinkId, cmd.Generation, joined.Add(s.accountDeadline(cmd.Connector))
+			links[i], gens[i], deadlines[i] = cmd.LinkId, cmd.Generation, now.Add(s.accountDeadline(cmd.Connector))
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation, deadline)
 			SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::timestamptz[])

@@ -492,13 +492,10 @@ func (s *Service) reconvergeStale(ctx context.Context, tx pgx.Tx, items []*finis
 			"link", cur.l.id, "username", cur.l.username, "command_generation", it.cmd.GetGeneration(), "observed", observed,
 			"desired", cur.l.desired, "generation", cur.l.generation)
 		var ev events.Event
-		switch cur.l.desired {
-		case stateAbsent:
+		if cur.l.desired == stateAbsent {
 			ev = deleteCommand(cur.l.worker, cur.l.conn, cur.l.id, cur.l.generation)
-		case stateDisabled:
-			ev = command(cur.l.worker, cur.l.conn, cur.l.id, cur.l.generation, eventsv1.ProvisionOp_PROVISION_OP_DISABLE, cur.caseID)
-		default:
-			ev = command(cur.l.worker, cur.l.conn, cur.l.id, cur.l.generation, eventsv1.ProvisionOp_PROVISION_OP_ENSURE, cur.caseID)
+		} else {
+			ev = command(cur.l.worker, cur.l.conn, cur.l.id, cur.l.generation, opFor(cur.l.desired), cur.caseID)
 		}
 		it.reissued = append(it.reissued, ev)
 	}
