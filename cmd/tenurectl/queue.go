@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -182,7 +181,7 @@ func queueList(e *env) error {
 			}
 			// A live view outlasts a blip (tenure restarting, a dropped connection): say so
 			// and try again on the next tick.
-			fmt.Fprintf(os.Stdout, "\x1b[H\x1b[2Jtenure queues at %s: %v (retrying every %s; Ctrl-C to stop)\n", time.Now().Format("15:04:05"), err, *interval)
+			fmt.Fprintf(e.stdout, "\x1b[H\x1b[2Jtenure queues at %s: %v (retrying every %s; Ctrl-C to stop)\n", time.Now().Format("15:04:05"), err, *interval)
 		}
 		select {
 		case <-e.ctx.Done():
