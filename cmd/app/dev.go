@@ -147,7 +147,9 @@ func StartDev(ctx context.Context, o DevOptions) (_ *Dev, err error) {
 			return nil, err
 		}
 	}
-	st, err := Start(ctx, &cfg, Options{Log: o.Log})
+	// The services reach the embedded server in memory; its TCP port stays for tenurectl,
+	// the nats CLI and anything else outside this process.
+	st, err := Start(ctx, &cfg, Options{Log: o.Log, NATSServer: ns})
 	if err != nil {
 		return nil, err
 	}

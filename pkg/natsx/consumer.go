@@ -267,7 +267,12 @@ func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	err := c.safeHandle(ctx, msg)
 	if err == nil {
-		if err := msg.DoubleAck(ctx); err != nil {
+		// A plain ack, not a confirmed one: waiting for the server's answer held a handler
+		// slot for a round trip to a busy server (in a mass termination, most of the
+		// provisioner's event handlers waited there). An ack that is lost only means a
+		// redelivery, which every handler already absorbs (inbox claims, ledger msg_id, SSF
+		// jti), as it must after a crash between its commit and its ack.
+		if err := msg.Ack(); err != nil {
 			c.log.WarnContext(ctx, "ack", "subject", msg.Subject(), "err", err)
 		}
 		return

@@ -68,9 +68,10 @@ func BenchmarkMassTermination(b *testing.B) {
 	}
 	defer admin.Close(ctx)
 
-	var completed, opened atomic.Int64
+	var completed, opened, published atomic.Int64
 	allDone := make(chan time.Time, 1)
 	allOpened := make(chan time.Time, 1)
+	allPublished := make(chan time.Time, 1)
 	var target atomic.Int64
 	sub, err := env.NATS.Subscribe("tenure.case.completed.>", func(m *nats.Msg) {
 		if completed.Add(1) == target.Load() {
@@ -92,6 +93,17 @@ func BenchmarkMassTermination(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer osub.Unsubscribe()
+	// When the last termination reached JetStream shows whether the intake's outbox relay
+	// keeps up with what it accepts.
+	psub, err := env.NATS.Subscribe("tenure.hr.leaver.>", func(m *nats.Msg) {
+		if published.Add(1) == target.Load() {
+			allPublished <- time.Now()
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer psub.Unsubscribe()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	key, _ := webhook.ParseSecret(env.HRSecret)
 
@@ -116,6 +128,7 @@ func BenchmarkMassTermination(b *testing.B) {
 		}
 		completed.Store(0)
 		opened.Store(0)
+		published.Store(0)
 		target.Store(int64(leavers))
 		stopSampler := samplePostgres(b, env.AdminURL)
 		msgs0 := streamMsgs(b, env.NATS)
@@ -154,7 +167,13 @@ func BenchmarkMassTermination(b *testing.B) {
 		b.StopTimer()
 		stopSampler()
 		total := end.Sub(start)
-		var lastOpened time.Duration
+		var lastOpened, lastPublished time.Duration
+		select {
+		case at := <-allPublished:
+			lastPublished = at.Sub(start)
+		case <-time.After(10 * time.Second):
+			b.Fatalf("%d of %d terminations seen on JetStream", published.Load(), leavers)
+		}
 		select {
 		case at := <-allOpened:
 			lastOpened = at.Sub(start)
@@ -171,9 +190,10 @@ func BenchmarkMassTermination(b *testing.B) {
 		b.ReportMetric(total.Seconds(), "all-verified-s")
 		b.ReportMetric(float64(len(users))/total.Seconds(), "disables/s")
 		b.ReportMetric(accepted.Seconds(), "accept-all-s")
+		b.ReportMetric(lastPublished.Seconds(), "all-published-s")
 		b.ReportMetric(lastOpened.Seconds(), "all-opened-s")
-		fmt.Printf("%d leavers × %d accounts: all verified in %.1f s (%.0f disables/s); all terminations accepted in %.1f s, all cases opened in %.1f s (%.0f cases/s); %.1f JetStream messages per leaver\n",
-			leavers, perLeaver, total.Seconds(), float64(len(users))/total.Seconds(), accepted.Seconds(), lastOpened.Seconds(),
+		fmt.Printf("%d leavers × %d accounts: all verified in %.1f s (%.0f disables/s); all terminations accepted in %.1f s, published in %.1f s, all cases opened in %.1f s (%.0f cases/s); %.1f JetStream messages per leaver\n",
+			leavers, perLeaver, total.Seconds(), float64(len(users))/total.Seconds(), accepted.Seconds(), lastPublished.Seconds(), lastOpened.Seconds(),
 			float64(leavers)/lastOpened.Seconds(), msgsPerLeaver)
 	}
 }

@@ -122,7 +122,8 @@ func startStack(tb testing.TB, o stackOptions) *stackEnv {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	st, err := app.Start(ctx, &cfg, app.Options{Log: log})
+	// As `tenure dev`: the services reach the embedded server in memory.
+	st, err := app.Start(ctx, &cfg, app.Options{Log: log, NATSServer: ns})
 	if err != nil {
 		tb.Fatal(err)
 	}
