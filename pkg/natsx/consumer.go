@@ -50,6 +50,9 @@ type ConsumerSpec struct {
 	Lane func(subject string) string
 	// DeliverNew starts a new consumer at new messages instead of the stream's start.
 	DeliverNew bool
+	// TrackHeld keeps the bookkeeping OldestHeld reports (a work queue whose age operators
+	// watch); other consumers skip its cost on every message.
+	TrackHeld bool
 }
 
 func (s *ConsumerSpec) defaults() {
@@ -139,6 +142,7 @@ func (h *held) remove(seq uint64) {
 // needs no permission beyond consuming: a NATS user that may not read the stream's raw
 // messages can still tell how old its work is. Other processes consuming the same durable
 // hold their own messages, and a message nak'd for a later redelivery is held by nobody.
+// Without ConsumerSpec.TrackHeld it reports nothing held.
 func (c *Consumer) OldestHeld() (time.Time, int) {
 	c.held.mu.Lock()
 	defer c.held.mu.Unlock()
@@ -193,7 +197,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		c.held.add(msg)
+		if c.spec.TrackHeld {
+			c.held.add(msg)
+		}
 		var lane string
 		if c.spec.Lane != nil {
 			lane = c.spec.Lane(msg.Subject())
@@ -252,7 +258,7 @@ func (l *lanes) next(lane string) jetstream.Msg {
 
 func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg) {
 	meta, _ := msg.Metadata()
-	if meta != nil {
+	if meta != nil && c.spec.TrackHeld {
 		// Whatever the outcome below (ack, nak, term), this process no longer holds it.
 		defer c.held.remove(meta.Sequence.Stream)
 	}

@@ -305,7 +305,7 @@ func TestOldestHeldTracksMessagesInHand(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan string, 4)
 	c, err := natsx.NewConsumer(context.Background(), s.JS, natsx.ConsumerSpec{
-		Durable: "held", FilterSubjects: []string{"tenure.hr.>"}, Concurrency: 4, Lane: events.WorkerTokenOf,
+		Durable: "held", FilterSubjects: []string{"tenure.hr.>"}, Concurrency: 4, Lane: events.WorkerTokenOf, TrackHeld: true,
 	}, func(ctx context.Context, msg jetstream.Msg) error {
 		started <- msg.Subject()
 		<-release

@@ -1,7 +1,6 @@
 package intake
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -359,19 +358,11 @@ func readDuplicates(ctx context.Context, tx pgx.Tx, batch []*ingestItem) error {
 		if it.inserted {
 			continue
 		}
-		var prev []byte
-		var seq *int64
-		if err := br.QueryRow().Scan(&prev, &it.res.eventID, &it.res.subject, &seq); err != nil {
+		var p priorReceipt
+		if err := br.QueryRow().Scan(&p.sum, &p.eventID, &p.subject, &p.seq); err != nil {
 			return fmt.Errorf("intake: read receipt: %w", err)
 		}
-		if !bytes.Equal(prev, it.sum[:]) {
-			it.err = errConflict
-			continue
-		}
-		if seq != nil {
-			it.res.seq = uint64(*seq)
-		}
-		it.res.duplicate = true
+		it.res, it.err = p.result(it.sum[:])
 	}
 	return br.Close()
 }

@@ -345,7 +345,7 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 			return nil, err
 		}
 	}
-	reg, err := loadRegistry(ctx, tx)
+	reg, err := loadRegistry(ctx, tx, !req.allSources)
 	if err != nil {
 		return nil, err
 	}
@@ -544,15 +544,20 @@ type registryRecord struct {
 // loadRegistry reads every registry record with its owner: the source of the worker's latest
 // applied hire or rehire (a joiner from another source moves the worker to it), else of their
 // first applied event, else the record's source. The record's own source column is the last
-// event's, which a contract end ("intake") or another source's mover changes.
-func loadRegistry(ctx context.Context, tx pgx.Tx) (map[string]*registryRecord, error) {
-	rows, err := tx.Query(ctx, "SELECT "+workerColumns+`, COALESCE((
+// event's, which a contract end ("intake") or another source's mover changes. Without
+// withOwner (a comparison across every source) owner is left empty.
+func loadRegistry(ctx context.Context, tx pgx.Tx, withOwner bool) (map[string]*registryRecord, error) {
+	owner := "''"
+	if withOwner {
+		owner = `COALESCE((
 		SELECT h.source FROM worker_history h WHERE h.worker_id = workers.worker_id AND h.applied
 		ORDER BY h.hr_event_type IN ('hire', 'rehire') DESC,
 			CASE WHEN h.hr_event_type IN ('hire', 'rehire') THEN h.effective_time END DESC,
 			CASE WHEN h.hr_event_type IN ('hire', 'rehire') THEN h.seq END DESC,
 			h.seq
-		LIMIT 1), workers.source) FROM workers`)
+		LIMIT 1), workers.source)`
+	}
+	rows, err := tx.Query(ctx, "SELECT "+workerColumns+", "+owner+" FROM workers")
 	if err != nil {
 		return nil, fmt.Errorf("intake: read registry: %w", err)
 	}

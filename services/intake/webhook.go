@@ -407,6 +407,20 @@ type priorReceipt struct {
 	seq     *int64
 }
 
+// result answers a delivery whose body hashes to sum, as ingest does for a webhook-id it
+// has stored: a duplicate of the original event, or errConflict when the body differs.
+func (p priorReceipt) result(sum []byte) (ingestResult, error) {
+	r := ingestResult{eventID: p.eventID, subject: p.subject}
+	if !bytes.Equal(sum, p.sum) {
+		return r, errConflict
+	}
+	r.duplicate = true
+	if p.seq != nil {
+		r.seq = uint64(*p.seq)
+	}
+	return r, nil
+}
+
 // receivedBefore looks up the receipt of the delivery's webhook-id (a delivery of one event;
 // one of several events is stored under webhook-id/worker-id).
 func (s *Service) receivedBefore(ctx context.Context, d Delivery) (priorReceipt, bool) {
@@ -426,14 +440,12 @@ func conflict(w http.ResponseWriter, o outcome, webhookID, source string) outcom
 // 409 when the body differs.
 func (s *Service) answerRedelivery(w http.ResponseWriter, o outcome, d Delivery, p priorReceipt) outcome {
 	o.eventID = p.eventID
-	if sum := sha256.Sum256(d.Body); !bytes.Equal(sum[:], p.sum) {
+	sum := sha256.Sum256(d.Body)
+	r, err := p.result(sum[:])
+	if err != nil {
 		return conflict(w, o, d.WebhookID, d.Source)
 	}
-	b := acceptedBody{Status: "duplicate", EventID: p.eventID, Subject: p.subject}
-	if p.seq != nil {
-		b.StreamSeq = uint64(*p.seq)
-	}
-	writeJSON(w, http.StatusOK, b)
+	writeJSON(w, http.StatusOK, acceptedBody{Status: "duplicate", EventID: r.eventID, Subject: r.subject, StreamSeq: r.seq})
 	o.status, o.outcome = http.StatusOK, "duplicate"
 	return o
 }

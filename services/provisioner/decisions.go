@@ -198,20 +198,12 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 	}
 	cmds := len(out)
 	if cmds > 0 {
-		// An account's deadline runs from when it joined the case (now); one already in the
-		// case (a repeated leaver event) keeps its deadline: the insert leaves its row alone.
-		links, gens, deadlines := make([]string, cmds), make([]int64, cmds), make([]time.Time, cmds)
+		accts := make([]caseAccount, cmds)
 		for i, c := range out {
 			cmd := c.Payload.(*eventsv1.ProvisionCommand)
-			links[i], gens[i], deadlines[i] = cmd.LinkId, cmd.Generation, now.Add(s.accountDeadline(cmd.Connector))
+			accts[i] = caseAccount{link: cmd.LinkId, gen: cmd.Generation, conn: cmd.Connector}
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation, deadline)
-			SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::timestamptz[])
-			ON CONFLICT (case_id, link_id) DO UPDATE SET generation = excluded.generation, status = 'pending'`, caseID, links, gens, deadlines); err != nil {
-			return nil, err
-		}
-		if err := tx.QueryRow(ctx, `UPDATE cases c SET deadline = (SELECT max(a.deadline) FROM case_accounts a WHERE a.case_id = c.case_id)
-			WHERE c.case_id = $1 RETURNING c.deadline`, caseID).Scan(&deadline); err != nil {
+		if _, deadline, err = s.addToCase(ctx, tx, caseID, now, accts...); err != nil {
 			return nil, err
 		}
 	}
@@ -235,6 +227,31 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 		return nil, err
 	}
 	return append(out, done...), nil
+}
+
+// caseAccount is a link joining a leaver case at the generation of its disable command.
+type caseAccount struct {
+	link, conn string
+	gen        int64
+}
+
+// addToCase puts accounts into an open case, each due at now plus its target's deadline, and
+// moves the case's deadline to its latest account's. An account already in the case (a
+// repeated leaver event) takes the new generation and is pending again but keeps its
+// deadline. It returns when the case opened and its deadline.
+func (s *Service) addToCase(ctx context.Context, tx pgx.Tx, caseID string, now time.Time, accts ...caseAccount) (opened, deadline time.Time, err error) {
+	links, gens, deadlines := make([]string, len(accts)), make([]int64, len(accts)), make([]time.Time, len(accts))
+	for i, a := range accts {
+		links[i], gens[i], deadlines[i] = a.link, a.gen, now.Add(s.accountDeadline(a.conn))
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation, deadline)
+		SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::timestamptz[])
+		ON CONFLICT (case_id, link_id) DO UPDATE SET generation = excluded.generation, status = 'pending'`, caseID, links, gens, deadlines); err != nil {
+		return opened, deadline, err
+	}
+	err = tx.QueryRow(ctx, `UPDATE cases c SET deadline = (SELECT max(a.deadline) FROM case_accounts a WHERE a.case_id = c.case_id)
+		WHERE c.case_id = $1 RETURNING c.opened_at, c.deadline`, caseID).Scan(&opened, &deadline)
+	return opened, deadline, err
 }
 
 // accountDeadline is how long a leaver case's account in the target may take to be verified
@@ -513,23 +530,15 @@ func (s *Service) linkAccount(ctx context.Context, worker, conn, username, accou
 			if err := tx.QueryRow(ctx, "UPDATE links SET desired_state = 'disabled', generation = generation + 1 WHERE link_id = $1 RETURNING generation", id).Scan(&gen); err != nil {
 				return err
 			}
-			if err := supersedeStaleTasks(ctx, tx, []string{id}, "leaver case "+caseID); err != nil {
+			if err := s.supersedeLinkTasks(ctx, tx, conn, id, "leaver case "+caseID); err != nil {
 				return err
 			}
 			// Found after the case opened: the account's deadline runs from now.
-			if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation, deadline) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (case_id, link_id) DO UPDATE SET generation = $3, status = 'pending'`, caseID, id, gen, time.Now().UTC().Add(s.accountDeadline(conn))); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `UPDATE cases c SET deadline = (SELECT max(a.deadline) FROM case_accounts a WHERE a.case_id = c.case_id)
-				WHERE c.case_id = $1`, caseID); err != nil {
+			opened, _, err := s.addToCase(ctx, tx, caseID, time.Now().UTC(), caseAccount{link: id, gen: gen, conn: conn})
+			if err != nil {
 				return err
 			}
 			out = append(out, command(worker, conn, id, gen, eventsv1.ProvisionOp_PROVISION_OP_DISABLE, caseID))
-			var opened time.Time
-			if err := tx.QueryRow(ctx, "SELECT opened_at FROM cases WHERE case_id = $1", caseID).Scan(&opened); err != nil {
-				return err
-			}
 			dels, err := s.scheduleDeletions(ctx, tx, caseID, opened, out)
 			if err != nil {
 				return err

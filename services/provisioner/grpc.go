@@ -210,10 +210,7 @@ func (s *Service) LinkAccount(ctx context.Context, req *provisionerv1.LinkAccoun
 		// legacy system, so the operator's word (and reason) is the evidence.
 		acct.Username = req.GetUsername()
 	} else {
-		err = t.runner.Call(ctx, "get", func(ctx context.Context) (err error) {
-			acct, err = t.Conn.GetAccount(ctx, connector.AccountRef{Username: req.GetUsername()})
-			return err
-		})
+		acct, err = t.getAccount(ctx, connector.AccountRef{Username: req.GetUsername()})
 	}
 	switch {
 	case errors.Is(err, connector.ErrNotFound):

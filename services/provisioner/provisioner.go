@@ -202,6 +202,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 			MaxDeliver:    cfg.MaxDeliver,
 			BackOff:       cfg.BackOff,
 			AckWait:       ackWait,
+			TrackHeld:     true, // ListQueues reports the oldest command in hand
 		}, func(ctx context.Context, msg jetstream.Msg) error { return s.work(ctx, t, msg) }, s.log.With("target", t.Name))
 		if err != nil {
 			return nil, err

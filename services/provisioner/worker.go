@@ -324,16 +324,23 @@ func (s *Service) supersede(ctx context.Context, t *Target, meta events.Meta, su
 	return s.finish(ctx, meta, subject, cmd, cur, s.readBack(ctx, t, cur), superseded, attempts, revocations{}, true)
 }
 
+// getAccount reads one account from the target through the runner, which owns retries,
+// rate limits and tracing for reads as for writes.
+func (t *Target) getAccount(ctx context.Context, ref connector.AccountRef) (connector.Account, error) {
+	var a connector.Account
+	err := t.runner.Call(ctx, "get", func(ctx context.Context) (err error) {
+		a, err = t.Conn.GetAccount(ctx, ref)
+		return err
+	})
+	return a, err
+}
+
 // readBack reads the link's account from the target; nil when the target did not answer.
 func (s *Service) readBack(ctx context.Context, t *Target, l link) *connector.Account {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(s.stop, cancel)()
-	var a connector.Account
-	err := t.runner.Call(ctx, "get", func(ctx context.Context) (err error) {
-		a, err = t.Conn.GetAccount(ctx, connector.AccountRef{ID: l.accountID, Username: l.username})
-		return err
-	})
+	a, err := t.getAccount(ctx, connector.AccountRef{ID: l.accountID, Username: l.username})
 	switch {
 	case errors.Is(err, connector.ErrNotFound):
 		return &connector.Account{ID: l.accountID, Username: l.username, State: connector.StateAbsent}
@@ -375,14 +382,7 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 	ref := connector.AccountRef{ID: l.accountID, Username: l.username}
 	c := t.Conn
 	call := t.runner.Call
-	get := func() (connector.Account, error) {
-		var a connector.Account
-		err := call(ctx, "get", func(ctx context.Context) (err error) {
-			a, err = c.GetAccount(ctx, ref)
-			return err
-		})
-		return a, err
-	}
+	get := func() (connector.Account, error) { return t.getAccount(ctx, ref) } // ref may move to a recreated account
 	switch l.desired {
 	case stateAbsent:
 		d, ok := c.(connector.Deleter)
@@ -411,11 +411,7 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 		if errors.Is(err, connector.ErrNotFound) && ref.ID != "" {
 			// Gone under its id, but the target may have the name again under a new one (a
 			// restore or re-import recreated it): a leaver's name must not stay enabled there.
-			var again connector.Account
-			gerr := call(ctx, "get", func(ctx context.Context) (err error) {
-				again, err = c.GetAccount(ctx, connector.AccountRef{Username: l.username})
-				return err
-			})
+			again, gerr := t.getAccount(ctx, connector.AccountRef{Username: l.username})
 			if gerr != nil && !errors.Is(gerr, connector.ErrNotFound) {
 				// Not knowing whether the name is back is not "gone": try again.
 				return connector.Account{}, revocations{}, fmt.Errorf("read %s by name: %w", l.username, gerr)
@@ -589,10 +585,7 @@ func (s *Service) freshUsername(ctx context.Context, t *Target, l *link, found c
 			continue // a tombstone or another worker's link
 		}
 		l.username = name
-		err = t.runner.Call(ctx, "get", func(ctx context.Context) error {
-			_, err := t.Conn.GetAccount(ctx, connector.AccountRef{Username: name})
-			return err
-		})
+		_, err = t.getAccount(ctx, connector.AccountRef{Username: name})
 		if errors.Is(err, connector.ErrNotFound) {
 			s.log.WarnContext(ctx, "username taken in the target by an account tenure does not link; not adopting it",
 				"connector", t.Name, "username", taken, "account_id", found.ID, "account_state", found.State, "worker", l.worker, "new_username", name)
