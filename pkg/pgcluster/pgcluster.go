@@ -1,5 +1,6 @@
 // Package pgcluster initialises, starts and stops a throwaway PostgreSQL cluster on a loopback
-// port. `tenure dev` uses it for its embedded default and tests use it through pgtest.
+// port and a Unix socket. `tenure dev` uses it for its embedded default and tests use it
+// through pgtest.
 package pgcluster
 
 import (
@@ -7,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -31,6 +33,7 @@ type Options struct {
 // Cluster is a running PostgreSQL server started by this process.
 type Cluster struct {
 	dir     string
+	socket  string // the Unix socket's directory; "" when only TCP listens
 	port    int
 	bin     string
 	runAs   string
@@ -90,6 +93,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err := c.chown(dir); err != nil {
 		return nil, err
 	}
+	if socketDirOK(dir) {
+		c.socket = dir
+	}
 	data := filepath.Join(dir, "data")
 	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); errors.Is(err, os.ErrNotExist) {
 		out, err := c.run(ctx, "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions")
@@ -107,7 +113,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		settings := []string{
 			"-c listen_addresses=127.0.0.1",
 			"-p " + strconv.Itoa(port),
-			"-c unix_socket_directories=''",
+			"-c unix_socket_directories=" + shellQuote(c.socket),
 			"-c max_connections=200",
 		}
 		if !opts.Durable {
@@ -133,10 +139,27 @@ func (c *Cluster) Port() int { return c.port }
 // Dir is the directory holding the cluster.
 func (c *Cluster) Dir() string { return c.dir }
 
-// URL returns a connection URL for the superuser "postgres" and the given database.
+// URL returns a connection URL for the superuser "postgres" and the given database: through
+// the Unix socket when there is one (a local round trip costs the kernel about half what
+// loopback TCP does, and a mass termination makes tens of round trips per leaver), else
+// through the loopback port. The port stays open for tools that only speak TCP.
 func (c *Cluster) URL(database string) string {
+	if c.socket != "" {
+		q := url.Values{"host": {c.socket}, "port": {strconv.Itoa(c.port)}, "sslmode": {"disable"}}
+		return "postgres://postgres@/" + database + "?" + q.Encode()
+	}
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.port, database)
 }
+
+// socketDirOK says whether dir can hold the server's Unix socket: its path must fit a
+// socket address (107 bytes on Linux, with "/.s.PGSQL.<port>") and pass pg_ctl's shell
+// unquoted.
+func socketDirOK(dir string) bool {
+	return len(dir)+len("/.s.PGSQL.65535") <= 107 && !strings.ContainsAny(dir, " '\"\\$`")
+}
+
+// shellQuote quotes a setting's value for pg_ctl -o, which passes it through a shell.
+func shellQuote(s string) string { return "'" + s + "'" }
 
 // Stop shuts the server down ("fast" mode: active sessions are cancelled).
 func (c *Cluster) Stop() error {

@@ -2,8 +2,10 @@ package pgcluster
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,5 +55,52 @@ func TestStartQueryStopRestart(t *testing.T) {
 	var v int
 	if err := conn.QueryRow(ctx, "SELECT v FROM kept").Scan(&v); err != nil || v != 42 {
 		t.Fatalf("data not kept across restart: v=%d err=%v", v, err)
+	}
+}
+
+// URL goes through the Unix socket in the cluster's directory, and the loopback port still
+// answers for tools that only speak TCP. A directory whose path cannot hold a socket address
+// gets a TCP URL instead.
+func TestURLUsesTheSocketWhereItFits(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	short, err := os.MkdirTemp("", "pgcluster-sock-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(short)
+	long := filepath.Join(short, strings.Repeat("d", 100))
+	for _, tc := range []struct {
+		dir    string
+		socket bool
+	}{{short, true}, {long, false}} {
+		c, err := Start(ctx, Options{Dir: tc.dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// inet_client_addr() is NULL for a Unix-socket session.
+		overSocket := func(url string) bool {
+			t.Helper()
+			conn, err := pgx.Connect(ctx, url)
+			if err != nil {
+				c.Stop()
+				t.Fatalf("connect %s: %v", url, err)
+			}
+			defer conn.Close(ctx)
+			var local bool
+			if err := conn.QueryRow(ctx, "SELECT inet_client_addr() IS NULL").Scan(&local); err != nil {
+				t.Fatal(err)
+			}
+			return local
+		}
+		if got := overSocket(c.URL("postgres")); got != tc.socket {
+			t.Errorf("dir of %d bytes: URL %s over the socket = %v, want %v", len(tc.dir), c.URL("postgres"), got, tc.socket)
+		}
+		if overSocket(fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", c.Port())) {
+			t.Error("the loopback port answered over the socket")
+		}
+		if err := c.Stop(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -10,8 +10,8 @@ package pgtest
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -111,16 +111,13 @@ func NewDatabase(t testing.TB) string {
 	return WithDatabase(base, name)
 }
 
-// WithDatabase returns url pointing at another database.
-func WithDatabase(url, database string) string {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return url
+// WithDatabase returns a postgres:// URL pointing at another database; the rest of it (a
+// Unix socket directory in ?host=, say) stays as it was.
+func WithDatabase(dbURL, database string) string {
+	u, err := url.Parse(dbURL)
+	if err != nil || u.Scheme == "" {
+		return dbURL
 	}
-	i := strings.Index(url, "?")
-	q := ""
-	if i >= 0 {
-		q = url[i:]
-	}
-	return fmt.Sprintf("postgres://%s@%s:%d/%s%s", cfg.User, cfg.Host, cfg.Port, database, q)
+	u.Path, u.RawPath = "/"+database, ""
+	return u.String()
 }

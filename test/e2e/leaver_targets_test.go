@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -312,11 +313,12 @@ roles:
 // roleURL is a URL of the cluster's "postgres" database as role (the test cluster trusts
 // local logins; tenure's own database is closed to everyone but its service roles).
 func roleURL(adminURL, role string) string {
-	cfg, err := pgx.ParseConfig(adminURL)
+	u, err := url.Parse(adminURL)
 	if err != nil {
 		return adminURL
 	}
-	return fmt.Sprintf("postgres://%s@%s:%d/postgres?sslmode=disable", role, cfg.Host, cfg.Port)
+	u.User, u.Path = url.User(role), "/postgres"
+	return u.String()
 }
 
 // A target that answers 503 and 429 (with Retry-After) for a while still ends with every
