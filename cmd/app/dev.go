@@ -147,9 +147,7 @@ func StartDev(ctx context.Context, o DevOptions) (_ *Dev, err error) {
 			return nil, err
 		}
 	}
-	// The services reach the embedded server in memory; its TCP port stays for tenurectl,
-	// the nats CLI and anything else outside this process.
-	st, err := Start(ctx, &cfg, Options{Log: o.Log, NATSServer: ns})
+	st, err := Start(ctx, &cfg, Options{Log: o.Log})
 	if err != nil {
 		return nil, err
 	}

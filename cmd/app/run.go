@@ -45,9 +45,6 @@ type Options struct {
 	Targets  []provisioner.Target
 	Sources  map[string]intake.SourceConfig
 	ExtraRun []func(ctx context.Context) error
-	// NATSServer, when set, is a nats-server running in this process (`tenure dev`'s
-	// embedded one): the services connect to it in memory instead of over TCP.
-	NATSServer nats.InProcessConnProvider
 }
 
 // Stack is a running set of services with their HTTP and gRPC servers.
@@ -118,9 +115,6 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 	}
 	if cfg.NATSCAFile != "" {
 		nopts = append(nopts, nats.RootCAs(cfg.NATSCAFile))
-	}
-	if o.NATSServer != nil {
-		nopts = append(nopts, nats.InProcessServer(o.NATSServer))
 	}
 	nc, err := nats.Connect(cfg.NATSURL, nopts...)
 	if err != nil {

@@ -122,8 +122,7 @@ func startStack(tb testing.TB, o stackOptions) *stackEnv {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	// As `tenure dev`: the services reach the embedded server in memory.
-	st, err := app.Start(ctx, &cfg, app.Options{Log: log, NATSServer: ns})
+	st, err := app.Start(ctx, &cfg, app.Options{Log: log})
 	if err != nil {
 		tb.Fatal(err)
 	}
