@@ -68,42 +68,13 @@ func BenchmarkMassTermination(b *testing.B) {
 	}
 	defer admin.Close(ctx)
 
-	var completed, opened, published atomic.Int64
-	allDone := make(chan time.Time, 1)
-	allOpened := make(chan time.Time, 1)
-	allPublished := make(chan time.Time, 1)
 	var target atomic.Int64
-	sub, err := env.NATS.Subscribe("tenure.case.completed.>", func(m *nats.Msg) {
-		if completed.Add(1) == target.Load() {
-			allDone <- time.Now()
-		}
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	completed, allDone := countTo(b, env.NATS, "tenure.case.completed.>", &target)
 	// When the last case opened shows whether opening cases (the provisioner's event
 	// consumer) or working the disables is what takes the time.
-	osub, err := env.NATS.Subscribe("tenure.case.opened.>", func(m *nats.Msg) {
-		if opened.Add(1) == target.Load() {
-			allOpened <- time.Now()
-		}
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer osub.Unsubscribe()
-	// When the last termination reached JetStream shows whether the intake's outbox relay
-	// keeps up with what it accepts.
-	psub, err := env.NATS.Subscribe("tenure.hr.leaver.>", func(m *nats.Msg) {
-		if published.Add(1) == target.Load() {
-			allPublished <- time.Now()
-		}
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer psub.Unsubscribe()
+	opened, allOpened := countTo(b, env.NATS, "tenure.case.opened.>", &target)
+	// When the last termination reached JetStream shows whether the intake keeps up.
+	published, allPublished := countTo(b, env.NATS, "tenure.hr.leaver.>", &target)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	key, _ := webhook.ParseSecret(env.HRSecret)
 
@@ -196,6 +167,23 @@ func BenchmarkMassTermination(b *testing.B) {
 			leavers, perLeaver, total.Seconds(), float64(len(users))/total.Seconds(), accepted.Seconds(), lastPublished.Seconds(), lastOpened.Seconds(),
 			float64(leavers)/lastOpened.Seconds(), msgsPerLeaver)
 	}
+}
+
+// countTo counts the messages on subject and sends the time on the channel when the count
+// reaches target (reset the counter between iterations).
+func countTo(b *testing.B, nc *nats.Conn, subject string, target *atomic.Int64) (*atomic.Int64, chan time.Time) {
+	var n atomic.Int64
+	at := make(chan time.Time, 1)
+	sub, err := nc.Subscribe(subject, func(*nats.Msg) {
+		if n.Add(1) == target.Load() {
+			at <- time.Now()
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sub.Unsubscribe() })
+	return &n, at
 }
 
 // BenchmarkRateLimitedTarget disables 300 accounts (100 leavers × 3) in one webhook target
