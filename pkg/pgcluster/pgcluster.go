@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -145,17 +144,18 @@ func (c *Cluster) Dir() string { return c.dir }
 // through the loopback port. The port stays open for tools that only speak TCP.
 func (c *Cluster) URL(database string) string {
 	if c.socket != "" {
-		q := url.Values{"host": {c.socket}, "port": {strconv.Itoa(c.port)}, "sslmode": {"disable"}}
-		return "postgres://postgres@/" + database + "?" + q.Encode()
+		// The directory unescaped, so the URL stays readable (socketDirOK keeps out what
+		// would need escaping).
+		return fmt.Sprintf("postgres://postgres@/%s?host=%s&port=%d&sslmode=disable", database, c.socket, c.port)
 	}
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.port, database)
 }
 
 // socketDirOK says whether dir can hold the server's Unix socket: its path must fit a
-// socket address (107 bytes on Linux, with "/.s.PGSQL.<port>") and pass pg_ctl's shell
-// unquoted.
+// socket address (107 bytes on Linux, with "/.s.PGSQL.<port>"), pass pg_ctl's shell in
+// single quotes and stand unescaped in a URL's query.
 func socketDirOK(dir string) bool {
-	return len(dir)+len("/.s.PGSQL.65535") <= 107 && !strings.ContainsAny(dir, " '\"\\$`")
+	return len(dir)+len("/.s.PGSQL.65535") <= 107 && !strings.ContainsAny(dir, " '\"\\$`&#?%+=")
 }
 
 // shellQuote quotes a setting's value for pg_ctl -o, which passes it through a shell.

@@ -60,7 +60,7 @@ func TestStartQueryStopRestart(t *testing.T) {
 
 // URL goes through the Unix socket in the cluster's directory, and the loopback port still
 // answers for tools that only speak TCP. A directory whose path cannot hold a socket address
-// gets a TCP URL instead.
+// (or holds a character a URL would need escaped) gets a TCP URL instead.
 func TestURLUsesTheSocketWhereItFits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -73,7 +73,7 @@ func TestURLUsesTheSocketWhereItFits(t *testing.T) {
 	for _, tc := range []struct {
 		dir    string
 		socket bool
-	}{{short, true}, {long, false}} {
+	}{{short, true}, {long, false}, {filepath.Join(short, "a&b"), false}} {
 		c, err := Start(ctx, Options{Dir: tc.dir})
 		if err != nil {
 			t.Fatal(err)
