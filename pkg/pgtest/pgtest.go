@@ -111,12 +111,16 @@ func NewDatabase(t testing.TB) string {
 	return WithDatabase(base, name)
 }
 
-// WithDatabase returns a postgres:// URL pointing at another database; the rest of it (a
-// Unix socket directory in ?host=, say) stays as it was.
+// WithDatabase returns the connection string pointing at another database; the rest of it
+// (a Unix socket directory in ?host=, say) stays as it was.
 func WithDatabase(dbURL, database string) string {
 	u, err := url.Parse(dbURL)
-	if err != nil || u.Scheme == "" {
+	if err != nil {
 		return dbURL
+	}
+	if u.Scheme == "" {
+		// A keyword/value string ("host=... user=..."): a later keyword overrides.
+		return dbURL + " dbname=" + database
 	}
 	u.Path, u.RawPath = "/"+database, ""
 	return u.String()
