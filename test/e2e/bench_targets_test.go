@@ -138,19 +138,8 @@ func BenchmarkMassTermination(b *testing.B) {
 		b.StopTimer()
 		stopSampler()
 		total := end.Sub(start)
-		var lastOpened, lastPublished time.Duration
-		select {
-		case at := <-allPublished:
-			lastPublished = at.Sub(start)
-		case <-time.After(10 * time.Second):
-			b.Fatalf("%d of %d terminations seen on JetStream", published.Load(), leavers)
-		}
-		select {
-		case at := <-allOpened:
-			lastOpened = at.Sub(start)
-		case <-time.After(10 * time.Second):
-			b.Fatalf("%d of %d case openings seen", opened.Load(), leavers)
-		}
+		lastPublished := arrived(b, allPublished, published, leavers, "terminations on JetStream").Sub(start)
+		lastOpened := arrived(b, allOpened, opened, leavers, "case openings").Sub(start)
 		// Every account in the target is disabled.
 		for _, u := range users {
 			if st := store.State(u); st != "disabled" {
@@ -184,6 +173,18 @@ func countTo(b *testing.B, nc *nats.Conn, subject string, target *atomic.Int64) 
 	}
 	b.Cleanup(func() { sub.Unsubscribe() })
 	return &n, at
+}
+
+// arrived returns when countTo's count reached want, which it must have by now (every case
+// completed): it waits 10 s for the subscription to catch up, then fails.
+func arrived(b *testing.B, at <-chan time.Time, n *atomic.Int64, want int, what string) time.Time {
+	select {
+	case t := <-at:
+		return t
+	case <-time.After(10 * time.Second):
+		b.Fatalf("%d of %d %s seen", n.Load(), want, what)
+		return time.Time{}
+	}
 }
 
 // BenchmarkRateLimitedTarget disables 300 accounts (100 leavers × 3) in one webhook target
