@@ -30,6 +30,10 @@ func ConsumerSpec() natsx.ConsumerSpec {
 func (t *Transmitter) consume(ctx context.Context) error {
 	c, err := natsx.NewConsumer(ctx, t.js, ConsumerSpec(), t.handle, t.log)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Stopped while creating the consumer (a shutdown right after start): not a failure.
+			return nil
+		}
 		return fmt.Errorf("ssf: consumer %s: %w", Durable, err)
 	}
 	delay := time.Second

@@ -47,3 +47,15 @@ func TestConsumerComesBack(t *testing.T) {
 		t.Errorf("receiver got %d SETs, want 3", n)
 	}
 }
+
+// TestRunStoppedAtOnceIsClean: a shutdown that comes before the consumer exists (tenure dev
+// stopped right after it started) ends Run without an error, so the process exits 0.
+func TestRunStoppedAtOnceIsClean(t *testing.T) {
+	ns := natstest.Start(t)
+	e := startEnv(t, ssf.Config{}, pgtest.NewDatabase(t), ns, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := e.tx.Run(ctx); err != nil {
+		t.Fatalf("Run on a context that already ended: %v", err)
+	}
+}
