@@ -83,21 +83,20 @@ func (s *Service) onHR(ctx context.Context, tx pgx.Tx, meta events.Meta, ev *eve
 	if ev.GetEffectiveTime() != nil {
 		eff = ev.GetEffectiveTime().AsTime()
 	}
-	var stored time.Time
-	err := tx.QueryRow(ctx, "SELECT effective_time FROM workers WHERE worker_id = $1 FOR UPDATE", w.GetWorkerId()).Scan(&stored)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return nil, err
-	}
-	if err == nil && eff.Before(stored) {
-		// A stale event (an older joiner after the termination) changes nothing.
-		return nil, nil
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO workers (worker_id, status, email, given_name, family_name, effective_time)
+	// The upsert locks the worker's row either way; a stale event (an older joiner after the
+	// termination) updates nothing, returns no row, and changes nothing else.
+	err := tx.QueryRow(ctx, `INSERT INTO workers (worker_id, status, email, given_name, family_name, effective_time)
 		VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (worker_id) DO UPDATE SET status = $2, email = coalesce(nullif($3, ''), workers.email),
 		  given_name = coalesce(nullif($4, ''), workers.given_name), family_name = coalesce(nullif($5, ''), workers.family_name),
-		  effective_time = $6, updated_at = now()`,
-		w.GetWorkerId(), w.GetStatus().String(), w.GetEmail(), w.GetGivenName(), w.GetFamilyName(), eff); err != nil {
+		  effective_time = $6, updated_at = now()
+		WHERE workers.effective_time <= $6
+		RETURNING true`,
+		w.GetWorkerId(), w.GetStatus().String(), w.GetEmail(), w.GetGivenName(), w.GetFamilyName(), eff).Scan(new(bool))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
 		return nil, err
 	}
 	switch ev.GetKind() {
@@ -187,22 +186,37 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 	if newCase {
 		caseID = events.NewID()
 		opened, deadline = now, now.Add(s.cfg.CaseDeadline)
-		if _, err := tx.Exec(ctx, "INSERT INTO cases (case_id, worker_id, hr_event_id, status, opened_at, deadline) VALUES ($1, $2, $3, 'open', $4, $5)",
-			caseID, worker, hrEventID, opened, deadline); err != nil {
-			return nil, err
-		}
 	}
 	out, err := s.setWorkerLinks(ctx, tx, worker, stateDisabled, caseID)
 	if err != nil {
 		return nil, err
 	}
 	cmds := len(out)
-	if cmds > 0 {
-		accts := make([]caseAccount, cmds)
-		for i, c := range out {
-			cmd := c.Payload.(*eventsv1.ProvisionCommand)
-			accts[i] = caseAccount{link: cmd.LinkId, gen: cmd.Generation, conn: cmd.Connector}
+	accts := make([]caseAccount, cmds)
+	for i, c := range out {
+		cmd := c.Payload.(*eventsv1.ProvisionCommand)
+		accts[i] = caseAccount{link: cmd.LinkId, gen: cmd.Generation, conn: cmd.Connector}
+	}
+	switch {
+	case newCase:
+		// A new case is written with its final deadline: its accounts' latest.
+		if cmds > 0 {
+			deadline = now
+			for _, a := range accts {
+				if d := now.Add(s.accountDeadline(a.conn)); d.After(deadline) {
+					deadline = d
+				}
+			}
+			deadline = deadline.Truncate(time.Microsecond) // as PostgreSQL stores it
 		}
+		if _, err := tx.Exec(ctx, "INSERT INTO cases (case_id, worker_id, hr_event_id, status, opened_at, deadline) VALUES ($1, $2, $3, 'open', $4, $5)",
+			caseID, worker, hrEventID, opened, deadline); err != nil {
+			return nil, err
+		}
+		if err := s.insertCaseAccounts(ctx, tx, caseID, now, accts); err != nil {
+			return nil, err
+		}
+	case cmds > 0:
 		if _, deadline, err = s.addToCase(ctx, tx, caseID, now, accts...); err != nil {
 			return nil, err
 		}
@@ -240,18 +254,27 @@ type caseAccount struct {
 // repeated leaver event) takes the new generation and is pending again but keeps its
 // deadline. It returns when the case opened and its deadline.
 func (s *Service) addToCase(ctx context.Context, tx pgx.Tx, caseID string, now time.Time, accts ...caseAccount) (opened, deadline time.Time, err error) {
-	links, gens, deadlines := make([]string, len(accts)), make([]int64, len(accts)), make([]time.Time, len(accts))
-	for i, a := range accts {
-		links[i], gens[i], deadlines[i] = a.link, a.gen, now.Add(s.accountDeadline(a.conn))
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation, deadline)
-		SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::timestamptz[])
-		ON CONFLICT (case_id, link_id) DO UPDATE SET generation = excluded.generation, status = 'pending'`, caseID, links, gens, deadlines); err != nil {
+	if err := s.insertCaseAccounts(ctx, tx, caseID, now, accts); err != nil {
 		return opened, deadline, err
 	}
 	err = tx.QueryRow(ctx, `UPDATE cases c SET deadline = (SELECT max(a.deadline) FROM case_accounts a WHERE a.case_id = c.case_id)
 		WHERE c.case_id = $1 RETURNING c.opened_at, c.deadline`, caseID).Scan(&opened, &deadline)
 	return opened, deadline, err
+}
+
+// insertCaseAccounts writes addToCase's tasks, without moving the case's deadline.
+func (s *Service) insertCaseAccounts(ctx context.Context, tx pgx.Tx, caseID string, now time.Time, accts []caseAccount) error {
+	if len(accts) == 0 {
+		return nil
+	}
+	links, gens, deadlines := make([]string, len(accts)), make([]int64, len(accts)), make([]time.Time, len(accts))
+	for i, a := range accts {
+		links[i], gens[i], deadlines[i] = a.link, a.gen, now.Add(s.accountDeadline(a.conn))
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation, deadline)
+		SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::timestamptz[])
+		ON CONFLICT (case_id, link_id) DO UPDATE SET generation = excluded.generation, status = 'pending'`, caseID, links, gens, deadlines)
+	return err
 }
 
 // accountDeadline is how long a leaver case's account in the target may take to be verified

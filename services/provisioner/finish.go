@@ -254,13 +254,24 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 	for i, it := range verified {
 		l, gen := it.l, it.cmd.GetGeneration()
 		caseID := caseOf[l.worker]
+		// Level-triggered: the link read back disabled at this generation satisfies the open
+		// case's task issued for it at this generation or before, whichever command carried
+		// the case id. Only a disable marks a task.
+		markCase := ""
+		if caseID != "" && it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
+			markCase = caseID
+			marking[l.worker] = true
+		}
+		// After the worker's last item, its open case is counted, in the same statement.
+		count := marking[l.worker] && (i == len(verified)-1 || verified[i+1].l.worker != l.worker)
 		// One statement records the read-back on the link and, only if that took (the link
 		// is still at the command's generation), resolves its open dead letters (so the
-		// operators' list shows only what still needs them) and confirms the revoked grants
-		// this read-back is the first to reflect (one grant_revoked each). It returns the
+		// operators' list shows only what still needs them), confirms the revoked grants
+		// this read-back is the first to reflect (one grant_revoked each) and marks the
+		// case's task (a superseded disable is not the case's evidence). It returns the
 		// link's grants, which the target now reflects when the read-back is current: the
 		// approval service matches these ids to confirm grants and revokes.
-		b.Queue(`WITH link AS (
+		sql := `WITH link AS (
 			  UPDATE links SET observed_state = $3, observed_generation = $2, observed_entitlements = $4, verified_at = $5,
 			    account_id = CASE WHEN $6 <> '' THEN $6 ELSE account_id END, attempts = 0, last_error = ''
 			  WHERE link_id = $1 AND generation = $2 RETURNING link_id
@@ -269,15 +280,40 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 			), confirmed AS (
 			  UPDATE link_grants SET revoke_confirmed_at = $5
 			  WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL AND EXISTS (SELECT 1 FROM link) RETURNING grant_id, entitlements
+			), task AS (
+			  UPDATE case_accounts SET status = 'verified', verified_at = $5, observed_state = $3, attempts = attempts + 1
+			  WHERE case_id = $7 AND link_id = $1 AND status <> 'verified' AND generation <= $2 AND EXISTS (SELECT 1 FROM link)
+			  RETURNING case_id
 			)
 			SELECT EXISTS (SELECT 1 FROM link),
 			  ARRAY(SELECT grant_id FROM link_grants WHERE link_id = $1 AND active ORDER BY grant_id),
 			  ARRAY(SELECT grant_id FROM link_grants WHERE link_id = $1 AND NOT active ORDER BY grant_id),
-			  (SELECT coalesce(json_agg(json_build_object('id', grant_id, 'entitlements', entitlements) ORDER BY grant_id), '[]') FROM confirmed)`,
-			l.id, gen, it.acct.State.String(), nonNil(it.acct.Entitlements), now, it.acct.ID).
-			QueryRow(func(row pgx.Row) error {
-				return row.Scan(&it.current, &it.activeGrants, &it.revokedGrants, &it.confirmed)
+			  (SELECT coalesce(json_agg(json_build_object('id', grant_id, 'entitlements', entitlements) ORDER BY grant_id), '[]') FROM confirmed),
+			  ARRAY(SELECT case_id FROM task)`
+		args := []any{l.id, gen, it.acct.State.String(), nonNil(it.acct.Entitlements), now, it.acct.ID, markCase}
+		if !count {
+			b.Queue(sql, args...).QueryRow(func(row pgx.Row) error {
+				return row.Scan(&it.current, &it.activeGrants, &it.revokedGrants, &it.confirmed, &it.cases)
 			})
+		} else {
+			// The statement's own task update is not visible to its subqueries, so it is
+			// added to the verified count. The tasks of the worker's earlier items, sent
+			// before in this batch, are; no other transaction marks a task of the case
+			// while this one holds it locked.
+			c := &openCaseRow{worker: l.worker, email: l.email}
+			b.Queue(sql+`, c.case_id, c.hr_event_id, c.opened_at, c.deadline,
+				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id),
+				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id AND a.status = 'verified') + (SELECT count(*) FROM task)
+				FROM cases c WHERE c.case_id = $8`, append(args, caseID)...).
+				QueryRow(func(row pgx.Row) error {
+					if err := row.Scan(&it.current, &it.activeGrants, &it.revokedGrants, &it.confirmed, &it.cases,
+						&c.id, &c.hrEvent, &c.opened, &c.deadline, &c.total, &c.verified); err != nil {
+						return err
+					}
+					open[c.id] = c
+					return nil
+				})
+		}
 		if l.desired == stateAbsent {
 			b.Queue(`UPDATE deletions SET status = 'deleted', completed_at = now()
 				WHERE link_id = $1 AND status = 'issued' AND EXISTS (SELECT 1 FROM links WHERE link_id = $1 AND generation = $2)
@@ -289,39 +325,6 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 					})
 					it.deleted = ds
 					return err
-				})
-		}
-		if caseID != "" && it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
-			// Level-triggered: the link read back disabled at this generation satisfies the
-			// open case's task issued for it at this generation or before, whichever command
-			// carried the case id.
-			// Only while the link is still at this generation: a superseded disable is not
-			// the case's evidence (the statement above locked the link row if it is).
-			b.Queue(`UPDATE case_accounts SET status = 'verified', verified_at = $4, observed_state = $5, attempts = attempts + 1
-				WHERE case_id = $1 AND link_id = $2 AND status <> 'verified' AND generation <= $3
-				  AND EXISTS (SELECT 1 FROM links WHERE link_id = $2 AND generation = $3)
-				RETURNING case_id`, caseID, l.id, gen, now, it.acct.State.String()).
-				Query(func(rows pgx.Rows) error {
-					ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-					it.cases = ids
-					return err
-				})
-			marking[l.worker] = true
-		}
-		if marking[l.worker] && (i == len(verified)-1 || verified[i+1].l.worker != l.worker) {
-			// After the worker's last item: its open case, counted.
-			w, email := l.worker, l.email
-			b.Queue(`SELECT c.case_id, c.hr_event_id, c.opened_at, c.deadline,
-				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id),
-				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id AND a.status = 'verified')
-				FROM cases c WHERE c.case_id = $1`, caseID).
-				QueryRow(func(row pgx.Row) error {
-					c := &openCaseRow{worker: w, email: email}
-					if err := row.Scan(&c.id, &c.hrEvent, &c.opened, &c.deadline, &c.total, &c.verified); err != nil {
-						return err
-					}
-					open[c.id] = c
-					return nil
 				})
 		}
 	}
