@@ -39,10 +39,6 @@ type Runner struct {
 
 	mu          sync.Mutex
 	pausedUntil time.Time // a Retry-After from the target holds every call until then
-	// unsupported holds the operations the target answered with ErrUnsupported, and until
-	// when that answer stands in for asking again (UnsupportedFor).
-	unsupported map[string]unsupportedAnswer
-	now         func() time.Time
 
 	tracer   trace.Tracer
 	callDur  metric.Float64Histogram
@@ -63,7 +59,6 @@ func NewRunner(target string, p Policy) (*Runner, error) {
 		policy: p,
 		slots:  make(chan struct{}, p.Concurrency),
 		jitter: rand.Float64,
-		now:    time.Now,
 		tracer: otel.Tracer("tenure/connector"),
 		attrs:  attribute.NewSet(attribute.String("tenure.target", target)),
 	}
@@ -96,20 +91,10 @@ func (r *Runner) Policy() Policy { return r.policy }
 // and for a rate-limit token, bounds the call with the policy's timeout, and records a span
 // and metrics. A Retry-After hint in the error pauses every call to the target. The error is
 // the connector's, unchanged.
-//
-// An operation the target answered with ErrUnsupported (a webhook receiver's 501, a remote
-// connector's Unimplemented) gets that answer again, without a call, for UnsupportedFor: a
-// mass termination does not spend one call in four of a rate-limited target's budget on
-// something it cannot do. After that the target is asked again, so an upgraded target is
-// noticed.
 func (r *Runner) Call(ctx context.Context, op string, fn func(ctx context.Context) error) error {
 	ctx, span := r.tracer.Start(ctx, "connector "+op, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attribute.String("tenure.target", r.target), attribute.String("tenure.connector.op", op)))
 	defer span.End()
-	if err := r.knownUnsupported(op); err != nil {
-		span.SetAttributes(attribute.Bool("tenure.connector.unsupported_remembered", true))
-		return err
-	}
 	start := time.Now()
 	if err := r.waitTurn(ctx); err != nil {
 		span.RecordError(err)
@@ -132,9 +117,6 @@ func (r *Runner) Call(ctx context.Context, op string, fn func(ctx context.Contex
 			span.SetStatus(codes.Error, err.Error())
 		}
 		r.failures.Add(ctx, 1, metric.WithAttributeSet(r.attrs), metric.WithAttributes(attribute.String("op", op), attribute.String("kind", outcome)))
-		if errors.Is(err, errors.ErrUnsupported) {
-			r.rememberUnsupported(op, err)
-		}
 	}
 	r.callDur.Record(ctx, time.Since(start).Seconds(), metric.WithAttributeSet(r.attrs),
 		metric.WithAttributes(attribute.String("op", op), attribute.String("outcome", outcome)))
@@ -152,39 +134,6 @@ func kindLabel(err error) string {
 		return "not_found"
 	}
 	return "retryable"
-}
-
-// UnsupportedFor is how long a target's "unsupported" answer to an operation stands in for
-// asking it again.
-const UnsupportedFor = 10 * time.Minute
-
-type unsupportedAnswer struct {
-	err   error
-	until time.Time
-}
-
-func (r *Runner) rememberUnsupported(op string, err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.unsupported == nil {
-		r.unsupported = map[string]unsupportedAnswer{}
-	}
-	r.unsupported[op] = unsupportedAnswer{err: err, until: r.now().Add(UnsupportedFor)}
-}
-
-// knownUnsupported returns the target's standing "unsupported" answer to op, or nil.
-func (r *Runner) knownUnsupported(op string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	a, ok := r.unsupported[op]
-	if !ok {
-		return nil
-	}
-	if !r.now().Before(a.until) {
-		delete(r.unsupported, op)
-		return nil
-	}
-	return a.err
 }
 
 func (r *Runner) pause(d time.Duration) {

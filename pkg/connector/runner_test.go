@@ -3,7 +3,6 @@ package connector
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -218,42 +217,5 @@ func TestCallTimeout(t *testing.T) {
 	err := r.Call(context.Background(), "get", func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Call = %v", err)
-	}
-}
-
-// A target's "unsupported" answer to an operation stands for UnsupportedFor: the operation
-// gets the same error without a call, other operations are still called, and after that the
-// target is asked again.
-func TestCallRemembersUnsupported(t *testing.T) {
-	r := newTestRunner(t, Policy{})
-	now := time.Date(2026, 12, 6, 17, 0, 0, 0, time.UTC)
-	r.now = func() time.Time { return now }
-	ctx := context.Background()
-	calls := map[string]int{}
-	unsupported := fmt.Errorf("HTTP 501: %w", ErrUnsupported)
-	call := func(op string) error {
-		return r.Call(ctx, op, func(context.Context) error {
-			calls[op]++
-			if op == CapCredentials {
-				return unsupported
-			}
-			return nil
-		})
-	}
-	for i := 0; i < 3; i++ {
-		if err := call(CapCredentials); !errors.Is(err, ErrUnsupported) || err.Error() != unsupported.Error() {
-			t.Fatalf("call %d: %v, want the target's answer %v", i, err, unsupported)
-		}
-		if err := call(CapDisable); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if calls[CapCredentials] != 1 || calls[CapDisable] != 3 {
-		t.Fatalf("calls %v: want credentials asked once, disable three times", calls)
-	}
-	now = now.Add(UnsupportedFor)
-	call(CapCredentials)
-	if calls[CapCredentials] != 2 {
-		t.Fatalf("after %s the target was not asked again: %v", UnsupportedFor, calls)
 	}
 }
