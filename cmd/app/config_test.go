@@ -59,12 +59,12 @@ func TestParseServeErrors(t *testing.T) {
 			}
 		})
 	}
-	cfg, err := ParseServe([]string{"--target=all", "--nats-atomic-batch=300"}, none, io.Discard)
+	cfg, err := ParseServe([]string{"--target=all", "--nats-atomic-batch=1001"}, none, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = cfg.Validate()
-	for _, want := range []string{"--nats-atomic-batch 300: want 0 (never) up to 256", "intake needs a database", "--tokens-file is required", "approval needs --policy", "provisioner needs --connectors", "intake needs --webhook-sources"} {
+	for _, want := range []string{"--nats-atomic-batch 1001: want 0 (never) up to 1000", "intake needs a database", "--tokens-file is required", "approval needs --policy", "provisioner needs --connectors", "intake needs --webhook-sources"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want it to say %q", err, want)
 		}
