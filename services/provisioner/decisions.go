@@ -200,20 +200,15 @@ func (s *Service) openCase(ctx context.Context, tx pgx.Tx, worker, hrEventID, em
 	switch {
 	case newCase:
 		// A new case is written with its final deadline: its accounts' latest.
+		due, latest := s.dueAt(now, accts)
 		if cmds > 0 {
-			deadline = now
-			for _, a := range accts {
-				if d := now.Add(s.accountDeadline(a.conn)); d.After(deadline) {
-					deadline = d
-				}
-			}
-			deadline = deadline.Truncate(time.Microsecond) // as PostgreSQL stores it
+			deadline = latest.Truncate(time.Microsecond) // as PostgreSQL stores it
 		}
 		if _, err := tx.Exec(ctx, "INSERT INTO cases (case_id, worker_id, hr_event_id, status, opened_at, deadline) VALUES ($1, $2, $3, 'open', $4, $5)",
 			caseID, worker, hrEventID, opened, deadline); err != nil {
 			return nil, err
 		}
-		if err := s.insertCaseAccounts(ctx, tx, caseID, now, accts); err != nil {
+		if err := insertCaseAccounts(ctx, tx, caseID, accts, due); err != nil {
 			return nil, err
 		}
 	case cmds > 0:
@@ -254,7 +249,8 @@ type caseAccount struct {
 // repeated leaver event) takes the new generation and is pending again but keeps its
 // deadline. It returns when the case opened and its deadline.
 func (s *Service) addToCase(ctx context.Context, tx pgx.Tx, caseID string, now time.Time, accts ...caseAccount) (opened, deadline time.Time, err error) {
-	if err := s.insertCaseAccounts(ctx, tx, caseID, now, accts); err != nil {
+	due, _ := s.dueAt(now, accts)
+	if err := insertCaseAccounts(ctx, tx, caseID, accts, due); err != nil {
 		return opened, deadline, err
 	}
 	err = tx.QueryRow(ctx, `UPDATE cases c SET deadline = (SELECT max(a.deadline) FROM case_accounts a WHERE a.case_id = c.case_id)
@@ -262,18 +258,32 @@ func (s *Service) addToCase(ctx context.Context, tx pgx.Tx, caseID string, now t
 	return opened, deadline, err
 }
 
-// insertCaseAccounts writes addToCase's tasks, without moving the case's deadline.
-func (s *Service) insertCaseAccounts(ctx context.Context, tx pgx.Tx, caseID string, now time.Time, accts []caseAccount) error {
+// dueAt is when each account joining a case at now is due (accountDeadline), and the
+// latest of them (now when there are none).
+func (s *Service) dueAt(now time.Time, accts []caseAccount) (due []time.Time, latest time.Time) {
+	due, latest = make([]time.Time, len(accts)), now
+	for i, a := range accts {
+		due[i] = now.Add(s.accountDeadline(a.conn))
+		if due[i].After(latest) {
+			latest = due[i]
+		}
+	}
+	return due, latest
+}
+
+// insertCaseAccounts writes addToCase's tasks, each due at its due time, without moving the
+// case's deadline.
+func insertCaseAccounts(ctx context.Context, tx pgx.Tx, caseID string, accts []caseAccount, due []time.Time) error {
 	if len(accts) == 0 {
 		return nil
 	}
-	links, gens, deadlines := make([]string, len(accts)), make([]int64, len(accts)), make([]time.Time, len(accts))
+	links, gens := make([]string, len(accts)), make([]int64, len(accts))
 	for i, a := range accts {
-		links[i], gens[i], deadlines[i] = a.link, a.gen, now.Add(s.accountDeadline(a.conn))
+		links[i], gens[i] = a.link, a.gen
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO case_accounts (case_id, link_id, generation, deadline)
 		SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::timestamptz[])
-		ON CONFLICT (case_id, link_id) DO UPDATE SET generation = excluded.generation, status = 'pending'`, caseID, links, gens, deadlines)
+		ON CONFLICT (case_id, link_id) DO UPDATE SET generation = excluded.generation, status = 'pending'`, caseID, links, gens, due)
 	return err
 }
 
