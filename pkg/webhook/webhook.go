@@ -37,6 +37,15 @@ var (
 	ErrBadSignature  = errors.New("no webhook-signature matches a configured secret")
 )
 
+// Skew says how far a timestamp is from now, given d = now - timestamp: "10m0s old" or
+// "10m0s in the future".
+func Skew(d time.Duration) string {
+	if d < 0 {
+		return (-d).Round(time.Second).String() + " in the future"
+	}
+	return d.Round(time.Second).String() + " old"
+}
+
 // ParseSecret decodes a "whsec_<base64>" secret (the prefix is optional).
 func ParseSecret(s string) ([]byte, error) {
 	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(strings.TrimSpace(s), secretPrefix))
@@ -102,7 +111,7 @@ func (v *Verifier) Verify(id, timestamp, signature string, body []byte) (time.Ti
 		tol = DefaultTolerance
 	}
 	if d := now.Sub(ts); d > tol || d < -tol {
-		return ts, fmt.Errorf("%w (%s from now, tolerance %s)", ErrStale, d.Round(time.Second), tol)
+		return ts, fmt.Errorf("%w (%s, tolerance %s)", ErrStale, Skew(d), tol)
 	}
 	found := false
 	for _, part := range strings.Fields(signature) {

@@ -17,6 +17,7 @@ import (
 	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/webhook"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+	intakev1 "github.com/tenure-dev/tenure/proto/tenure/intake/v1"
 )
 
 // Vendor keys of the test sources (taken as is, like BambooHR's private key and Bob's secret).
@@ -135,6 +136,7 @@ func bobDelivery(body []byte) delivery {
 
 func TestBambooHREventBased(t *testing.T) {
 	h, hris := vendorHarness(t)
+	seedWorkers(t, h, "67890")
 	body := readTestdata(t, "bamboohr/event_updated.json")
 
 	// The API fails more often than the adapter retries: 503, nothing stored, the HRIS retries.
@@ -145,7 +147,7 @@ func TestBambooHREventBased(t *testing.T) {
 	if n := hris.calls.Load(); n != 3 {
 		t.Fatalf("%d API calls, want 1 + 2 retries", n)
 	}
-	if h.count("receipts")+h.count("workers") != 0 || h.streamMsgs(">") != 0 {
+	if h.count("receipts") != 0 || h.count("worker_history") != 0 || h.streamMsgs(">") != 0 {
 		t.Fatal("a failed fetch stored something")
 	}
 	// One failure is absorbed by the retries.
@@ -218,6 +220,7 @@ func TestBambooHREventBased(t *testing.T) {
 
 func TestBambooHRFieldBased(t *testing.T) {
 	h, hris := vendorHarness(t)
+	seedWorkers(t, h, "9", "10")
 	a := h.post(bambooDelivery(readTestdata(t, "bamboohr/field_based.json"), time.Now()))
 	var got struct {
 		Status string         `json:"status"`
@@ -253,6 +256,7 @@ func TestBambooHRFieldBased(t *testing.T) {
 
 func TestHiBob(t *testing.T) {
 	h, hris := vendorHarness(t)
+	seedWorkers(t, h, "3332883884017713238")
 	for _, f := range []string{"hibob/ping.json", "hibob/timeoff.json"} {
 		if a := h.post(bobDelivery(readTestdata(t, f))); a.Status != http.StatusOK || a.State != "ignored" {
 			t.Fatalf("%s: %d %s", f, a.Status, a.Raw)
@@ -294,14 +298,23 @@ func TestHiBob(t *testing.T) {
 			t.Errorf("%s: %d %s", name, a.Status, a.Raw)
 		}
 	}
-	// The API refuses our credential: 503 (fix the config, Bob retries for 3 days).
+	// The API no longer knows the employee: 200 so HiBob stops retrying (a retry cannot make
+	// the employee exist), nothing stored, and a finding for the operator.
 	hris.set("/bob/people/3332883884017713238", nil)
 	hris.mu.Lock()
 	delete(hris.records, "/bob/people/3332883884017713238")
 	hris.mu.Unlock()
+	receipts := h.count("receipts")
 	other := strings.Replace(string(body), "/work/department", "/work/title", 1)
-	if a := h.post(bobDelivery([]byte(other))); a.Status != http.StatusServiceUnavailable {
+	if a := h.post(bobDelivery([]byte(other))); a.Status != http.StatusOK || a.State != "ignored" || !strings.Contains(a.Reason, "HTTP 404") {
 		t.Fatalf("record not found: %d %s", a.Status, a.Raw)
+	}
+	if h.count("receipts") != receipts {
+		t.Fatal("a delivery whose record is gone stored a receipt")
+	}
+	fs, err := h.svc.ListFindings(context.Background(), &intakev1.ListFindingsRequest{Kind: findingHRISNotFound})
+	if err != nil || len(fs.Findings) != 1 || fs.Findings[0].WorkerId != "3332883884017713238" || fs.Findings[0].Source != "bob" {
+		t.Fatalf("finding %v %v", fs, err)
 	}
 }
 
@@ -317,6 +330,7 @@ func TestWorkday(t *testing.T) {
 		w.GetEndDate() != "2026-06-30" || w.GetJobCode() != "IT-CONS" || w.GetDepartment() != "IT" {
 		t.Fatalf("contractor %v", w)
 	}
+	seedWorkers(t, h, "21001")
 	a = h.post(delivery{source: "workday", id: "wd-2", secret: workdaySecret, body: string(readTestdata(t, "workday/terminate.json"))})
 	m, ev := h.lastMsg("tenure.hr.leaver.21001")
 	if a.Status != http.StatusAccepted || m.Header.Get(events.HeaderMsgID) != "intake:workday:wd-2" ||
@@ -397,6 +411,7 @@ sources:
 // 400 naming the key, and other sources still refuse form bodies.
 func TestBambooHRFormPost(t *testing.T) {
 	h, _ := vendorHarness(t)
+	seedWorkers(t, h, "67890", "9", "10")
 	form := func(body []byte) delivery {
 		d := bambooDelivery(body, time.Now())
 		d.contentType = "application/x-www-form-urlencoded"

@@ -2,6 +2,7 @@ package intake
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -26,19 +27,53 @@ type pending struct {
 	eff           time.Time
 	received      time.Time
 	actor         string
+	// fromSchedule: a held event firing; its scheduled_events row exists.
+	fromSchedule bool
+	// headers: the delivery's trace context (JSON), kept with an event held for its hire.
+	headers []byte
+	// fromRoster: an HR snapshot's change, which speaks for the worker's state as of the
+	// roster (a rehire there needs no new start date).
+	fromRoster bool
 	// cur is the worker's record, already read FOR UPDATE in tx when loaded is true.
 	cur    *record
 	loaded bool
 }
 
-// outcomeOf an apply.
+// applyResult is what an apply did.
 type applyResult struct {
 	ev events.Event
-	// publish is false for a stale event that changed nothing: it is kept in the history but
+	// publish is false for an event that changed no access: it is kept in the history but
 	// not published, so nothing downstream can read an old state as news.
 	publish bool
-	stale   bool
+	// stale: older than the registry's record; it did not change it.
+	stale bool
+	// writeRecord: the registry record changes (an applied event, or a termination for a
+	// worker never seen, which is recorded as terminated without publishing a leaver).
+	writeRecord bool
+	// noEffect says why an event that was not stale changed no access ("" when it did).
+	noEffect string
+	// finding is raised for an operator with the event (findings.go).
+	finding *finding
+	// waitForHire: a change for a worker not hired yet is held until the hire applies
+	// (shuffled delivery: HR's job change can arrive before its hire), then fires in order.
+	waitForHire bool
 	worker  *eventsv1.Worker
+}
+
+// effect is what the webhook answer says an event did: "applied" or "none".
+func (r applyResult) effect() string {
+	if r.publish {
+		return "applied"
+	}
+	return "none"
+}
+
+// reason is why an event had no effect, for the webhook answer and the history.
+func (r applyResult) reason() string {
+	if r.stale && r.noEffect == "" {
+		return "older than the worker's current record: recorded in the history, nothing changed"
+	}
+	return r.noEffect
 }
 
 // applyPlan is what apply decided for one event, before anything is written: the result, and
@@ -49,6 +84,8 @@ type applyPlan struct {
 	w        *eventsv1.Worker
 	eff      time.Time // the event's effective time, kept in the history
 	writeEff time.Time // the effective time of the record written
+	// queued counts the statements queueWrites added after the record's upsert.
+	queued int
 	// supersedeAt, set for a termination that applies, cancels (at that time) the worker's
 	// held events that HR sent before it: a hire, job change or leave scheduled for later does
 	// not outlive the termination (a rescind brings them back). A rehire is a new employment
@@ -108,8 +145,10 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 	if cur != nil {
 		curStatus = cur.worker.Status
 	}
-	res := applyResult{publish: true}
+	res := applyResult{publish: true, writeRecord: true}
 	writeEff := eff
+	terminated := curStatus == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED
+	leaver := et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER
 	switch {
 	case p.c.hrType == "termination_rescinded":
 		base, err := s.rescind(ctx, tx, id, cur, p.received)
@@ -123,20 +162,45 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 			eff = cur.effectiveTime
 		}
 		writeEff = eff
+	case cur == nil && leaver:
+		if held, err := hasHeld(ctx, tx, id); err != nil {
+			return applyPlan{}, err
+		} else if held {
+			// Pre-hire: the hire is held for its start date. The termination withdraws the
+			// offer: what was held is cancelled and nothing was ever provisioned.
+			w.Status = eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED
+			res.publish = false
+			res.noEffect = "worker " + clip(id) + " had not started: the held hire and changes are cancelled, no leaver published"
+			break
+		}
+		// A termination for a worker tenure has never seen has no access to remove that
+		// tenure knows of. It is not published as a leaver with an empty record; the worker is
+		// recorded as terminated (so a late or re-sent hire cannot make them active) and an
+		// operator looks at the finding (an account linked by hand, a missed hire).
+		w.Status = eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED
+		res.publish = false
+		res.noEffect = "worker " + clip(id) + " was never hired in tenure: recorded as terminated, no leaver published"
+		res.finding = &finding{kind: findingUnknownWorker, detail: fmt.Sprintf("%s for worker %s, whom tenure has never seen: recorded as terminated, no leaver published; check the targets for accounts of this worker (tenurectl reconcile) and the HRIS feed for a missed hire", p.c.hrType, clip(id))}
+	case cur == nil && et.kind != eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER:
+		// A change for a worker not hired yet: HR's hire is late (deliveries arrive in any
+		// order) or was missed. The change waits for the hire and then applies in order.
+		res.waitForHire, res.writeRecord, res.publish = true, false, false
+		res.noEffect = "worker " + clip(id) + " is not hired yet: the " + p.c.hrType + " is held until the hire arrives"
+		res.finding = &finding{kind: findingUnknownWorker, detail: fmt.Sprintf("%s for worker %s, whom tenure has not seen hired: held until the hire arrives (this finding closes then); if the hire was missed, reconcile a roster", p.c.hrType, clip(id))}
 	case cur != nil && eff.Before(cur.effectiveTime):
-		res.stale = true
+		res.stale, res.writeRecord, res.publish = true, false, false
 		if !et.full {
 			fill(w, cur.worker)
 		}
 		w.Status = statusAfter(et, curStatus)
-		if et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER && curStatus != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
+		if leaver && !terminated {
 			back, err := reactivatedAfter(ctx, tx, id, eff)
 			if err != nil {
 				return applyPlan{}, err
 			}
 			if !back {
 				// Retroactive termination: the newer attributes stay, the worker leaves.
-				res.stale = false
+				res.stale, res.writeRecord, res.publish = false, true, true
 				nw := proto.Clone(cur.worker).(*eventsv1.Worker)
 				nw.Status = eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED
 				if p.c.worker.EndDate != "" {
@@ -146,15 +210,26 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 				writeEff = cur.effectiveTime
 			}
 		}
-	case curStatus == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED && (et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_START ||
-		et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_END):
-		// A leave of a worker who has left changes nothing: only a rehire or a rescind brings
-		// a leaver back. Kept in the history like a stale event, not published.
-		res.stale = true
+	case terminated && leaver:
+		// Already gone: a second termination (a re-send with other content, a correction, a
+		// contract end after a termination) opens no second leaver case.
+		res.writeRecord, res.publish = false, false
+		res.noEffect = "worker " + clip(id) + " is already terminated"
+	case terminated && p.c.hrType == "rehire" && !p.fromRoster && !startsAfter(w, cur):
+		res.writeRecord, res.publish = false, false
+		res.noEffect = fmt.Sprintf("rehire of worker %s starts %s, not after the termination (%s): a rehire must start after it", clip(id), w.StartDate, terminationDate(cur))
+		res.finding = &finding{kind: findingEventForLeaver, detail: res.noEffect + "; nothing changed"}
+	case terminated && p.c.hrType != "rehire":
+		// Only a rehire or a rescind brings a leaver back. Anything else (a re-sent hire, a
+		// job change, a leave, a conversion) is recorded, changes no access, and an operator
+		// sees it.
+		res.writeRecord, res.publish = false, false
+		res.noEffect = fmt.Sprintf("worker %s has left; a %s changes no access: only a rehire (starting after the termination) or a termination_rescinded brings a leaver back", clip(id), p.c.hrType)
+		res.finding = &finding{kind: findingEventForLeaver, detail: res.noEffect}
 	default:
 		if cur != nil && !et.full {
 			fill(w, cur.worker)
-			if et.kind != eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER {
+			if !leaver {
 				if err := checkMerged(p.c, w); err != nil {
 					return applyPlan{}, err
 				}
@@ -163,11 +238,12 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 		w.Status = statusAfter(et, curStatus)
 	}
 
-	res.publish = !res.stale
-	if res.stale {
+	if !res.publish && cur != nil && !res.writeRecord {
 		res.worker = cur.worker
 	} else {
 		res.worker = w
+	}
+	if res.publish {
 		res.ev = events.Event{
 			ID:       p.eventID,
 			Subject:  events.Subject(SubjectPrefix, et.token, id),
@@ -188,7 +264,7 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 		}
 	}
 	pl := applyPlan{applyResult: res, p: p, w: w, eff: eff, writeEff: writeEff}
-	if !res.stale && p.c.hrType == "termination" {
+	if (res.publish || (cur == nil && leaver)) && p.c.hrType == "termination" {
 		// A contract end is the calendar, not HR: what HR scheduled (a conversion's rehire)
 		// stands.
 		pl.supersedeAt = s.now()
@@ -209,25 +285,61 @@ func checkMerged(c change, w *eventsv1.Worker) error {
 	return Unprocessable("worker.start_date", "worker.start_date %s is after the end date on record (%s)", w.StartDate, w.EndDate)
 }
 
-// queueWrites adds the record (unless stale) and the history row to b; readWrites reads
-// their results back, in the same order. Under the row lock an event that is not stale
-// always applies (writeEff is never before the stored one).
+// queueWrites adds the event's writes to b: the record (when it changes), the held events it
+// cancels or releases, a finding, the history row (or, for a change waiting for its
+// worker's hire, the held row); readWrites reads their results back, in the same order.
+// Under the row lock an event that is not stale always applies (writeEff is never before
+// the stored one).
 func (pl *applyPlan) queueWrites(b *pgx.Batch) error {
 	p := pl.p
-	if !pl.stale {
+	id := p.c.worker.WorkerId
+	pl.queued = 0
+	q := func(sql string, args ...any) {
+		b.Queue(sql, args...)
+		pl.queued++
+	}
+	if pl.writeRecord {
 		queueUpsertWorker(b, pl.w, pl.writeEff, p.eventID, p.source, p.received)
 	}
 	if !pl.supersedeAt.IsZero() {
-		b.Queue(`UPDATE scheduled_events SET state = 'cancelled', done_at = $2, error = $3
-			WHERE worker_id = $1 AND state = 'scheduled' AND received_at < $4
+		q(`UPDATE scheduled_events SET state = 'cancelled', done_at = $2, error = $3
+			WHERE worker_id = $1 AND state IN ('scheduled', 'waiting') AND received_at < $4
 			AND hr_event_type NOT IN ('termination', 'contract_end', 'termination_rescinded', 'rehire')`,
-			pl.w.WorkerId, pl.supersedeAt, supersededBy(p.eventID), p.received)
+			id, pl.supersedeAt, supersededBy(p.eventID), p.received)
 	}
-	return queueHistory(b, p.c, pl.w, p.eventID, p.source, pl.eff, p.received, !pl.stale)
+	if pl.writeRecord && pl.p.c.typ.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER {
+		// The hire the changes were waiting for: they fire now, in effective-time order, and
+		// the findings they raised are settled.
+		q(`UPDATE scheduled_events SET state = 'scheduled', error = '' WHERE worker_id = $1 AND state = 'waiting'`, id)
+		q(`UPDATE findings SET status = 'resolved', resolved_at = $2, resolved_by = 'tenure/intake', resolution = $3
+			WHERE worker_id = $1 AND kind = $4 AND status = 'open' AND hr_event_type NOT IN ('termination', 'contract_end')`,
+			id, p.received, "the hire arrived ("+p.eventID+"); the held changes apply after it", findingUnknownWorker)
+	}
+	if pl.finding != nil {
+		queueFinding(b, pl.finding.with(p), p.received)
+		pl.queued++
+	}
+	if pl.waitForHire {
+		if !p.fromSchedule {
+			ev, err := json.Marshal(hrEventOf(p.c))
+			if err != nil {
+				return err
+			}
+			q(`INSERT INTO scheduled_events (event_id, source, source_event_id, worker_id, hr_event_type, event, headers, effective_time, received_at, state, error)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'waiting', $10)`,
+				p.eventID, p.source, p.sourceEventID, id, p.c.hrType, ev, p.headers, pl.eff, p.received, pl.reason())
+		}
+		return nil
+	}
+	if err := queueHistory(b, p.c, pl.w, p.eventID, p.source, pl.eff, p.received, pl.writeRecord, pl.reason()); err != nil {
+		return err
+	}
+	pl.queued++
+	return nil
 }
 
 func (pl *applyPlan) readWrites(br pgx.BatchResults) error {
-	if !pl.stale {
+	if pl.writeRecord {
 		tag, err := br.Exec()
 		if err != nil {
 			return fmt.Errorf("intake: upsert worker: %w", err)
@@ -236,15 +348,43 @@ func (pl *applyPlan) readWrites(br pgx.BatchResults) error {
 			return fmt.Errorf("intake: upsert worker %s: a newer record appeared under the row lock", pl.w.WorkerId)
 		}
 	}
-	if !pl.supersedeAt.IsZero() {
+	for range pl.queued {
 		if _, err := br.Exec(); err != nil {
-			return fmt.Errorf("intake: cancel held events: %w", err)
+			return fmt.Errorf("intake: record event %s: %w", pl.p.eventID, err)
 		}
 	}
-	if _, err := br.Exec(); err != nil {
-		return fmt.Errorf("intake: append worker history: %w", err)
-	}
 	return nil
+}
+
+// startsAfter reports whether a rehire starts after the worker's termination: its start
+// date (when it has one) is after the end date on record, and not before the day the
+// termination took effect. A re-sent old hire or rehire does not.
+func startsAfter(w *eventsv1.Worker, cur *record) bool {
+	if w.StartDate == "" {
+		return true
+	}
+	if cur.worker.EndDate != "" && w.StartDate <= cur.worker.EndDate {
+		return false
+	}
+	return w.StartDate >= cur.effectiveTime.UTC().Format(time.DateOnly)
+}
+
+// terminationDate names when a terminated worker left, for messages.
+func terminationDate(cur *record) string {
+	if cur.worker.EndDate != "" {
+		return "end date " + cur.worker.EndDate
+	}
+	return "effective " + cur.effectiveTime.UTC().Format(time.RFC3339)
+}
+
+// hasHeld reports whether the worker has events held for later (a hire for a start date).
+func hasHeld(ctx context.Context, tx pgx.Tx, id string) (bool, error) {
+	var held bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM scheduled_events WHERE worker_id = $1 AND state IN ('scheduled', 'waiting'))`, id).Scan(&held)
+	if err != nil {
+		return false, fmt.Errorf("intake: read held events: %w", err)
+	}
+	return held, nil
 }
 
 // reactivatedAfter reports whether an event that brings a worker back applied after t.

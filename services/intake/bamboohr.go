@@ -234,7 +234,7 @@ func (a *bambooHRAdapter) eventBased(ctx context.Context, p bambooPayload) (HREv
 	var rec map[string]flexString
 	q := url.Values{"fields": {strings.Join(bambooFields, ",")}, "onlyCurrent": {"true"}}
 	if err := a.api.do(ctx, http.MethodGet, "/employees/"+url.PathEscape(id)+"?"+q.Encode(), nil, &rec); err != nil {
-		return HREvent{}, err
+		return HREvent{}, fetchedFor(err, id)
 	}
 	action := "Updated"
 	if p.Type == "employee.created" {
@@ -454,3 +454,6 @@ var bambooFieldNames = map[string]string{
 }
 
 func (a *bambooHRAdapter) VendorField(canonical string) string { return bambooFieldNames[canonical] }
+
+// FetchesRecords: event-based deliveries are thin (the record comes from the API).
+func (a *bambooHRAdapter) FetchesRecords() {}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/natsx"
+	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 )
 
 // Group commit.
@@ -55,11 +56,15 @@ type ingestItem struct {
 	done chan struct{}
 
 	sum      [32]byte
-	inserted bool // its receipt is new: not a duplicate
-	plan     applyPlan
-	planned  bool      // plan holds what to write
-	msg      *nats.Msg // its event, when it has one to publish
-	undo     bool      // remove its receipt: it failed alone
+	key      []byte // contentKey
+	inserted bool   // its receipt is new: not a duplicate
+	// contentDup: its receipt did not insert because an earlier event had the same content
+	// under another webhook-id; the new id is recorded as a duplicate of that event.
+	contentDup bool
+	plan       applyPlan
+	planned    bool      // plan holds what to write
+	msg        *nats.Msg // its event, when it has one to publish
+	undo       bool      // remove its receipt: it failed alone
 }
 
 // committer queues deliveries and stores them in batches, at most maxBatches at once so one
@@ -189,11 +194,14 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 		d, id := it.d, it.c.worker.WorkerId
 		ids[i] = id
 		it.sum = sha256.Sum256(d.Body)
+		it.key = contentKey(d.Source, it.c, d.Received)
 		it.res.eventID = eventID(d.Source, d.WebhookID)
 		it.res.subject = events.Subject(SubjectPrefix, it.c.typ.token, id)
-		b.Queue(`INSERT INTO receipts (source, webhook_id, body_sha256, event_id, worker_id, subject, received_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, webhook_id) DO NOTHING`,
-			d.Source, d.WebhookID, it.sum[:], it.res.eventID, id, it.res.subject, d.Received)
+		// No conflict target: the webhook-id (the delivery) and the content key (the event)
+		// are both unique, and either makes this a duplicate.
+		b.Queue(`INSERT INTO receipts (source, webhook_id, body_sha256, event_id, worker_id, subject, received_at, content_key)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
+			d.Source, d.WebhookID, it.sum[:], it.res.eventID, id, it.res.subject, d.Received, it.key)
 	}
 	b.Queue("SELECT "+workerColumns+" FROM workers WHERE worker_id = ANY($1) ORDER BY worker_id FOR UPDATE", ids)
 	cur := map[string]*record{}
@@ -260,6 +268,12 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 		if err != nil {
 			return err
 		}
+		if pl.waitForHire {
+			pl.p.headers = traceHeaders(it.ctx)
+		}
+		if pl.writeRecord && it.c.typ.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER {
+			woke = true // changes waiting for this hire may fire now
+		}
 		it.plan, it.planned = pl, true
 		if !pl.publish {
 			continue
@@ -281,6 +295,11 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 	for _, it := range batch {
 		d := it.d
 		switch {
+		case it.contentDup:
+			// The new delivery id answers as a duplicate of the original from now on.
+			b.Queue(`INSERT INTO receipts (source, webhook_id, body_sha256, event_id, worker_id, subject, received_at, duplicate_of)
+				VALUES ($1, $2, $3, $4, $5, '', $6, $7) ON CONFLICT DO NOTHING`,
+				d.Source, d.WebhookID, it.sum[:], eventID(d.Source, d.WebhookID), it.c.worker.WorkerId, d.Received, it.res.eventID)
 		case it.undo:
 			b.Queue(`DELETE FROM receipts WHERE source = $1 AND webhook_id = $2`, d.Source, d.WebhookID)
 		case it.planned:
@@ -305,7 +324,7 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 						return err
 					}
 				}
-				if it.undo || it.planned {
+				if it.undo || it.planned || it.contentDup {
 					if _, err := br.Exec(); err != nil {
 						return fmt.Errorf("intake: update receipt: %w", err)
 					}
@@ -322,11 +341,13 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 	}
 	for _, it := range batch {
 		if it.planned {
-			it.res.stale = !it.plan.publish
-			if it.res.stale {
-				it.res.subject = ""
-			} else {
+			it.res.stale = it.plan.stale
+			it.res.effect, it.res.reason = it.plan.effect(), it.plan.reason()
+			it.res.waiting = it.plan.waitForHire
+			if it.plan.publish {
 				it.res.subject = it.plan.ev.Subject
+			} else {
+				it.res.subject = ""
 			}
 		}
 	}
@@ -336,9 +357,13 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 	return nil
 }
 
-// receiptOf reads the stored receipt of a webhook-id: body hash, event id, subject, stream
-// sequence.
-const receiptOf = `SELECT body_sha256, event_id, subject, stream_seq FROM receipts WHERE source = $1 AND webhook_id = $2`
+// receiptOf reads the stored receipt of a webhook-id ($2) or else of the content key ($3):
+// body hash, event id, subject, stream sequence, the event it duplicated, and whether it is
+// the webhook-id's own.
+const receiptOf = `(SELECT body_sha256, event_id, subject, stream_seq, duplicate_of, true FROM receipts WHERE source = $1 AND webhook_id = $2)
+	UNION ALL
+	(SELECT body_sha256, event_id, subject, stream_seq, duplicate_of, webhook_id = $2 FROM receipts WHERE source = $1 AND content_key = $3)
+	ORDER BY 6 DESC LIMIT 1`
 
 // readDuplicates answers the items whose receipt already existed: a duplicate with the
 // original's event, or errConflict when the body differs.
@@ -346,7 +371,7 @@ func readDuplicates(ctx context.Context, tx pgx.Tx, batch []*ingestItem) error {
 	b := &pgx.Batch{}
 	for _, it := range batch {
 		if !it.inserted {
-			b.Queue(receiptOf, it.d.Source, it.d.WebhookID)
+			b.Queue(receiptOf, it.d.Source, it.d.WebhookID, it.key)
 		}
 	}
 	if b.Len() == 0 {
@@ -359,10 +384,11 @@ func readDuplicates(ctx context.Context, tx pgx.Tx, batch []*ingestItem) error {
 			continue
 		}
 		var p priorReceipt
-		if err := br.QueryRow().Scan(&p.sum, &p.eventID, &p.subject, &p.seq); err != nil {
+		if err := br.QueryRow().Scan(&p.sum, &p.eventID, &p.subject, &p.seq, &p.dupOf, &p.sameID); err != nil {
 			return fmt.Errorf("intake: read receipt: %w", err)
 		}
 		it.res, it.err = p.result(it.sum[:])
+		it.contentDup = !p.sameID
 	}
 	return br.Close()
 }

@@ -35,6 +35,15 @@ const (
 	// DefaultAPITimeout and DefaultAPIRetries apply to HRIS API fetches of thin formats.
 	DefaultAPITimeout = 10 * time.Second
 	DefaultAPIRetries = 2
+	// DefaultReceiptRetention is how long a delivery's receipt is kept, and with it the
+	// duplicate check by webhook-id and by content: longer than any HRIS retry schedule (days)
+	// and a yearly roster re-export.
+	DefaultReceiptRetention = 400 * 24 * time.Hour
+	// DefaultEffectivePast and DefaultEffectiveFuture bound an event's effective_time around
+	// now: 10 years back, 2 years ahead. Outside them a date is a data-entry slip (a year
+	// 2062 for 2026), answered 422.
+	DefaultEffectivePast   = 10 * 365 * 24 * time.Hour
+	DefaultEffectiveFuture = 2 * 365 * 24 * time.Hour
 )
 
 // Config configures the intake service. The zero value is usable: no sources (every webhook
@@ -57,6 +66,13 @@ type Config struct {
 	Location *time.Location
 	// MaxSnapshotBytes caps a roster on POST /snapshots/{source} (413 above). Default 32 MiB.
 	MaxSnapshotBytes int64
+	// ReceiptRetention: receipts older than this are deleted (Run, hourly); until then a
+	// re-delivery, or a re-send of the same content under a new webhook-id, is a duplicate.
+	// Default 400 days.
+	ReceiptRetention time.Duration
+	// EffectivePast and EffectiveFuture bound effective_time around now (422 outside).
+	// Defaults 10 years and 2 years.
+	EffectivePast, EffectiveFuture time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -71,6 +87,9 @@ type APIConfig struct {
 	// the user name with the password "x"; HiBob: the service user id and its token).
 	User  string
 	Token string
+	// Credential names where Token comes from (never the token), e.g. "api.token_env
+	// BAMBOOHR_TOKEN", for the operator finding when the API refuses it.
+	Credential string
 	// Timeout bounds each attempt. Default 10s.
 	Timeout time.Duration
 	// Retries after a failed attempt (network error, 429 or 5xx). Default 2.
@@ -156,6 +175,9 @@ type settingsEntry struct {
 	Timezone         string `yaml:"timezone"`
 	MaxBodyBytes     int64  `yaml:"max_body_bytes"`
 	MaxSnapshotBytes int64  `yaml:"max_snapshot_bytes"`
+	ReceiptRetention string `yaml:"receipt_retention"`
+	EffectivePast    string `yaml:"effective_past"`
+	EffectiveFuture  string `yaml:"effective_future"`
 }
 
 type sourceEntry struct {
@@ -196,6 +218,9 @@ func LoadConfig(path string) (Config, error) {
 //	  timezone: America/Chicago  # where end dates end; default UTC
 //	  max_body_bytes: 1048576    # default 1 MiB
 //	  max_snapshot_bytes: 33554432
+//	  receipt_retention: 9600h   # default 9600h (400 days): how long duplicates are caught
+//	  effective_past: 87600h     # default 87600h (10 years): oldest effective_time taken
+//	  effective_future: 17520h   # default 17520h (2 years): latest effective_time taken
 func ParseConfig(b []byte) (Config, error) {
 	f, err := decodeSourcesFile(b)
 	if err != nil {
@@ -222,6 +247,15 @@ func ParseConfig(b []byte) (Config, error) {
 		return Config{}, err
 	}
 	if err := dur("schedule_interval", st.ScheduleInterval, &c.ScheduleInterval); err != nil {
+		return Config{}, err
+	}
+	if err := dur("receipt_retention", st.ReceiptRetention, &c.ReceiptRetention); err != nil {
+		return Config{}, err
+	}
+	if err := dur("effective_past", st.EffectivePast, &c.EffectivePast); err != nil {
+		return Config{}, err
+	}
+	if err := dur("effective_future", st.EffectiveFuture, &c.EffectiveFuture); err != nil {
 		return Config{}, err
 	}
 	if st.Timezone != "" {
@@ -401,6 +435,7 @@ func parseAPI(where string, e apiEntry) (APIConfig, error) {
 	if e.TokenEnv == "" {
 		return a, fmt.Errorf("intake: %s.token_env: the API credential must come from an environment variable", where)
 	}
+	a.Credential = "api.token_env " + e.TokenEnv
 	if a.Token = os.Getenv(e.TokenEnv); a.Token == "" {
 		return a, fmt.Errorf("intake: %s.token_env: environment variable %s is not set or empty", where, e.TokenEnv)
 	}

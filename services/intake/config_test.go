@@ -126,6 +126,7 @@ func TestAdapterRegistry(t *testing.T) {
 	})
 	// The adapter's body format is its own ("E77" is not JSON); the event is validated and
 	// published like a canonical one.
+	seedWorkers(t, h, "E77")
 	if a := h.post(delivery{source: "fixed", id: "f1", body: "E77", secret: secret}); a.Status != http.StatusAccepted || a.Subject != "tenure.hr.leaver.E77" {
 		t.Fatalf("fixed: %d %s", a.Status, a.Raw)
 	}

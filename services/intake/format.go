@@ -77,6 +77,12 @@ type BatchAdapter interface {
 	DecodeBatch(ctx context.Context, d Delivery) ([]HREvent, error)
 }
 
+// RecordFetcher is an Adapter of a thin format: it fetches the worker's record from the
+// HRIS API while decoding, so the webhook answers a re-delivered webhook-id before decoding.
+type RecordFetcher interface {
+	FetchesRecords()
+}
+
 // RequestVerifier is an Adapter whose HRIS signs deliveries its own way instead of with
 // Standard Webhooks. VerifyRequest authenticates the raw body and headers with the source's
 // secrets (taken as is, not as "whsec_" secrets) and returns an id for the delivery that stays

@@ -208,7 +208,7 @@ func (a *hiBobAdapter) Decode(ctx context.Context, d Delivery) (HREvent, error) 
 	body, _ := json.Marshal(map[string]any{"fields": hibobFields, "humanReadable": "REPLACE"})
 	var rec hibobPerson
 	if err := a.api.do(ctx, http.MethodPost, "/people/"+url.PathEscape(id), body, &rec); err != nil {
-		return HREvent{}, err
+		return HREvent{}, fetchedFor(err, id)
 	}
 	start, err := hibobDate("work.startDate", rec.Work.StartDate)
 	if err != nil {
@@ -324,3 +324,6 @@ var hibobFieldIDs = map[string]string{
 }
 
 func (a *hiBobAdapter) VendorField(canonical string) string { return hibobFieldIDs[canonical] }
+
+// FetchesRecords: HiBob's webhooks are thin (the record comes from the API).
+func (a *hiBobAdapter) FetchesRecords() {}

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -65,6 +66,8 @@ type Service struct {
 	wake chan struct{}
 	// commits group-commits webhook deliveries (commit.go).
 	commits *committer
+	// lastPurge is when receipts past their retention were last deleted.
+	lastPurge atomic.Pointer[time.Time]
 }
 
 // source is a configured webhook source, ready to verify and decode deliveries.
@@ -76,6 +79,8 @@ type source struct {
 	ownVerifier RequestVerifier
 	adapter     Adapter
 	secrets     int
+	// credentialName names the API credential of a thin format for operators (never its value).
+	credentialName string
 }
 
 // ErrWorkerNotFound is returned by GetWorker for a worker the registry does not hold.
@@ -112,6 +117,15 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	}
 	if cfg.MaxSnapshotBytes <= 0 {
 		cfg.MaxSnapshotBytes = DefaultMaxSnapshotBytes
+	}
+	if cfg.ReceiptRetention <= 0 {
+		cfg.ReceiptRetention = DefaultReceiptRetention
+	}
+	if cfg.EffectivePast <= 0 {
+		cfg.EffectivePast = DefaultEffectivePast
+	}
+	if cfg.EffectiveFuture <= 0 {
+		cfg.EffectiveFuture = DefaultEffectiveFuture
 	}
 	log := d.Log.With("service", "intake")
 	s := &Service{cfg: cfg, pool: d.Pool, log: log, now: cfg.Now, sources: map[string]*source{},
@@ -184,7 +198,10 @@ func buildSource(name string, sc SourceConfig, now func() time.Time) (*source, e
 	if err != nil {
 		return nil, fmt.Errorf("%s: format %s: %w", where, format, err)
 	}
-	src := &source{name: name, format: format, verifier: v, adapter: a, secrets: len(sc.Secrets)}
+	src := &source{name: name, format: format, verifier: v, adapter: a, secrets: len(sc.Secrets), credentialName: sc.API.Credential}
+	if src.credentialName == "" {
+		src.credentialName = "the api token of source " + name
+	}
 	if rv, ok := a.(RequestVerifier); ok {
 		src.ownVerifier = rv
 	} else if info.ownSignature {
@@ -207,6 +224,9 @@ func (s *Service) AuthRules() authn.Rules {
 		intakev1.WorkforceService_GetHistory_FullMethodName:  readers,
 		// Reconcile can terminate workers: operators (and admins, who pass every rule).
 		intakev1.WorkforceService_Reconcile_FullMethodName: {authn.RoleOperator, authn.RoleAdmin},
+		// Findings: what the readers see; operators close them.
+		intakev1.WorkforceService_ListFindings_FullMethodName:   readers,
+		intakev1.WorkforceService_ResolveFinding_FullMethodName: {authn.RoleOperator, authn.RoleAdmin},
 	}
 }
 

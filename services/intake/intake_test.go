@@ -28,6 +28,7 @@ import (
 	"github.com/tenure-dev/tenure/pkg/telemetry"
 	"github.com/tenure-dev/tenure/pkg/webhook"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+	intakev1 "github.com/tenure-dev/tenure/proto/tenure/intake/v1"
 )
 
 func TestMain(m *testing.M) {
@@ -125,7 +126,22 @@ type answer struct {
 	Subject   string `json:"subject"`
 	StreamSeq uint64 `json:"stream_seq"`
 	Stale     bool   `json:"stale"`
+	Effect    string `json:"effect"`
+	Reason    string `json:"reason"`
+	DupOf     string `json:"duplicate_of"`
 	Raw       string
+}
+
+// seedWorkers puts active employees in the registry directly (no receipt, no event), as if
+// hired long ago, for tests of changes to existing workers.
+func seedWorkers(t testing.TB, h *harness, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if _, err := h.pool.Exec(context.Background(), `INSERT INTO workers (worker_id, worker_type, status, effective_time, last_event_id, source)
+			VALUES ($1, 'employee', 'active', '2000-01-01T00:00:00Z', 'seed', 'seed')`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func (h *harness) post(d delivery) answer {
@@ -517,7 +533,7 @@ func TestSecretRotation(t *testing.T) {
 	if a := h.post(delivery{source: "rotating", id: "r1", body: body, secret: oldSecret}); a.Status != http.StatusAccepted {
 		t.Fatalf("old secret: %d %s", a.Status, a.Raw)
 	}
-	if a := h.post(delivery{source: "rotating", id: "r2", body: body, secret: newSecret}); a.Status != http.StatusAccepted {
+	if a := h.post(delivery{source: "rotating", id: "r2", body: strings.Replace(body, "E7", "E8", 1), secret: newSecret}); a.Status != http.StatusAccepted {
 		t.Fatalf("new secret: %d %s", a.Status, a.Raw)
 	}
 	if a := h.post(delivery{source: "rotating", id: "r3", body: body, secret: acmeSecret}); a.Status != http.StatusUnauthorized {
@@ -580,14 +596,27 @@ func TestTerminationFillsFromRegistry(t *testing.T) {
 		t.Fatalf("%d messages, want 2", n)
 	}
 
-	// A termination of a worker the registry does not know is still published as is.
+	// A termination of a worker the registry does not know is not published as a leaver with
+	// an empty record: the worker is recorded as terminated (a late hire cannot make them
+	// active) and an operator finding says so.
 	a = h.post(delivery{id: "t2", secret: acmeSecret, body: `{"type":"contract_end","worker":{"worker_id":"C9"}}`})
-	if a.Status != http.StatusAccepted || a.Subject != "tenure.hr.leaver.C9" {
+	if a.Status != http.StatusAccepted || a.Subject != "" || a.Effect != "none" || !strings.Contains(a.Reason, "never hired") {
 		t.Fatalf("unknown leaver: %d %s", a.Status, a.Raw)
 	}
-	_, ev = h.lastMsg("tenure.hr.leaver.C9")
-	if ev.GetWorker().GetStatus() != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED || ev.GetWorker().GetEmail() != "" {
-		t.Fatalf("unknown leaver %v", ev)
+	if n := h.streamMsgs("tenure.hr.leaver.C9"); n != 0 {
+		t.Fatalf("%d leavers published for a worker never seen", n)
+	}
+	if w := h.worker("C9"); w.GetStatus() != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
+		t.Fatalf("unknown leaver recorded as %v", w)
+	}
+	fs, err := h.svc.ListFindings(context.Background(), &intakev1.ListFindingsRequest{WorkerId: "C9"})
+	if err != nil || len(fs.Findings) != 1 || fs.Findings[0].Kind != findingUnknownWorker || fs.Findings[0].EventId != "intake:acme:t2" {
+		t.Fatalf("findings %v %v", fs, err)
+	}
+	// A hire arriving late (effective before the termination it follows) stays stale.
+	a = h.post(delivery{id: "h9", secret: acmeSecret, body: `{"type":"hire","worker":{"worker_id":"C9","worker_type":"contractor"},"effective_time":"2020-01-01T00:00:00Z"}`})
+	if !a.Stale || h.worker("C9").GetStatus() != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED {
+		t.Fatalf("late hire of a worker terminated unseen: %s", a.Raw)
 	}
 }
 

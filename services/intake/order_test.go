@@ -46,8 +46,8 @@ func TestLeaveOfLeaverChangesNothing(t *testing.T) {
 	mustAccept(t, h.postAt(clock, delivery{id: "t", secret: acmeSecret, body: `{"type":"termination","worker":{"worker_id":"E1001"},"reason":"resigned during leave"}`}))
 	// A leave_start sent after the termination, effective now: no change either.
 	clock.Advance(time.Hour)
-	if a := mustAccept(t, h.postAt(clock, delivery{id: "ls2", secret: acmeSecret, body: `{"type":"leave_start","worker":{"worker_id":"E1001"}}`})); !a.Stale {
-		t.Errorf("leave_start of a leaver: want stale (recorded, not published), got %s", a.Raw)
+	if a := mustAccept(t, h.postAt(clock, delivery{id: "ls2", secret: acmeSecret, body: fmt.Sprintf(`{"type":"leave_start","worker":{"worker_id":"E1001"},"effective_time":%q}`, rfc(clock.Now()))})); a.Effect != "none" || a.Subject != "" {
+		t.Errorf("leave_start of a leaver: want effect none (recorded, not published), got %s", a.Raw)
 	}
 	clock.Advance(31 * 24 * time.Hour)
 	fireHeld(t, h)

@@ -112,10 +112,10 @@ func (s *Service) ListWorkers(ctx context.Context, req *intakev1.ListWorkersRequ
 func (s *Service) GetHistory(ctx context.Context, workerID string) (*intakev1.GetHistoryResponse, error) {
 	rows, err := s.pool.Query(ctx, `
 		SELECT event_id, source, hr_event_type, kind, reason, record::text, effective_time, received_at,
-			CASE WHEN applied THEN 'applied' ELSE 'stale' END, seq
+			CASE WHEN applied THEN 'applied' ELSE 'stale' END, seq, effect_reason
 		FROM worker_history WHERE worker_id = $1
 		UNION ALL
-		SELECT event_id, source, hr_event_type, '', COALESCE(event->>'reason', ''), event->>'worker', effective_time, received_at, state, 0
+		SELECT event_id, source, hr_event_type, '', COALESCE(event->>'reason', ''), event->>'worker', effective_time, received_at, state, 0, error
 		FROM scheduled_events WHERE worker_id = $1 AND state <> 'fired'
 		ORDER BY 7, 8, 10`, workerID)
 	if err != nil {
@@ -131,7 +131,7 @@ func (s *Service) GetHistory(ctx context.Context, workerID string) (*intakev1.Ge
 			seq        int64
 			raw        *string
 		)
-		if err := rows.Scan(&e.EventId, &e.Source, &e.HrEventType, &e.Kind, &e.Reason, &raw, &eff, &recv, &state, &seq); err != nil {
+		if err := rows.Scan(&e.EventId, &e.Source, &e.HrEventType, &e.Kind, &e.Reason, &raw, &eff, &recv, &state, &seq, &e.EffectReason); err != nil {
 			return nil, fmt.Errorf("intake: read history: %w", err)
 		}
 		if raw != nil {

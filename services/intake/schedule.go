@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -22,9 +23,7 @@ func holdEvent(ctx context.Context, tx pgx.Tx, d Delivery, c change, eventID str
 	if err != nil {
 		return err
 	}
-	h := nats.Header{}
-	telemetry.InjectNATS(ctx, h)
-	hb, _ := json.Marshal(h)
+	hb := traceHeaders(ctx)
 	_, err = tx.Exec(ctx, `INSERT INTO scheduled_events (event_id, source, source_event_id, worker_id, hr_event_type, event, headers, effective_time, received_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 		eventID, d.Source, d.WebhookID, c.worker.WorkerId, c.hrType, b, hb, eff, d.Received)
@@ -32,6 +31,14 @@ func holdEvent(ctx context.Context, tx pgx.Tx, d Delivery, c change, eventID str
 		return fmt.Errorf("intake: hold event: %w", err)
 	}
 	return nil
+}
+
+// traceHeaders is the trace context of ctx as stored with a held event (JSON NATS headers).
+func traceHeaders(ctx context.Context) []byte {
+	h := nats.Header{}
+	telemetry.InjectNATS(ctx, h)
+	hb, _ := json.Marshal(h)
+	return hb
 }
 
 // hrEventOf turns a validated change back into its canonical form (for held events).
@@ -88,7 +95,26 @@ func (s *Service) Tick(ctx context.Context) error {
 	if n+m > 0 {
 		s.relay.Poke()
 	}
-	return errors.Join(err, err2)
+	return errors.Join(err, err2, s.purgeReceipts(ctx))
+}
+
+// purgeReceipts deletes, at most once an hour, receipts older than Config.ReceiptRetention:
+// after that a re-delivery or a re-send of the same content is a new event again (which the
+// worker's lifecycle rules then judge). The history keeps every event.
+func (s *Service) purgeReceipts(ctx context.Context) error {
+	now := s.now()
+	if last := s.lastPurge.Load(); last != nil && now.Sub(*last) < time.Hour {
+		return nil
+	}
+	tag, err := s.pool.Exec(ctx, `DELETE FROM receipts WHERE received_at < $1`, now.Add(-s.cfg.ReceiptRetention))
+	if err != nil {
+		return fmt.Errorf("intake: purge receipts: %w", err)
+	}
+	s.lastPurge.Store(&now)
+	if tag.RowsAffected() > 0 {
+		s.log.InfoContext(ctx, "receipts past their retention deleted", "deleted", tag.RowsAffected(), "retention", s.cfg.ReceiptRetention.String())
+	}
+	return nil
 }
 
 // maxPerTick bounds the work of one tick; the next tick continues.
@@ -146,7 +172,17 @@ func (s *Service) fireOne(ctx context.Context) (bool, error) {
 	if err == nil {
 		var ar applyResult
 		ar, err = s.apply(ectx, tx, pending{source: source, sourceEventID: sourceEventID, eventID: eventID, c: c,
-			eff: eff, received: received, actor: "hris:" + source})
+			eff: eff, received: received, actor: "hris:" + source, fromSchedule: true})
+		if err == nil && ar.waitForHire {
+			// Due, but its worker is not hired (yet): it waits for the hire.
+			if err := finish("waiting", ar.reason()); err != nil {
+				return false, err
+			}
+			if err := tx.Commit(ctx); err != nil {
+				return false, fmt.Errorf("intake: commit held event %s: %w", eventID, err)
+			}
+			return true, nil
+		}
 		if err == nil {
 			if ar.publish {
 				if err := pgstore.Enqueue(ectx, tx, ar.ev); err != nil {
@@ -178,21 +214,30 @@ func (s *Service) fireOne(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// contractEndID is the stable id of the leaver generated when a non-employee's end date
-// passes: the same worker and end date always give the same event.
+// contractEndID is the id of the leaver generated when a non-employee's end date passes.
+// A worker's end date ends their contract once: the check is on the history (an applied
+// contract_end with that end date), so a rescinded contract end does not end again. The id
+// is stable; only if a row with it exists that did not apply (a contract end that a version
+// before this rule recorded as stale) does a retry get a suffix of its own.
 func contractEndID(worker, endDate string) string {
 	return "intake:contract_end:" + worker + ":" + endDate
 }
 
 // endContracts turns every non-employee whose end date has passed (in Config.Location) and
 // who is not terminated into a leaver (hr_event_type contract_end, reason contract_end),
-// whether or not an HR event arrives.
+// whether or not an HR event arrives, and whatever put the end date in the past: the date
+// passing, a change that moved it back, or time that passed while tenure was down. The
+// contract end takes effect at the end of the end date, or when tenure learned of it if the
+// record is newer than that (a department change that set yesterday's end date), so it is
+// never older than the record and always applies. If it cannot apply now (the database
+// fails), nothing is recorded and the next tick tries again.
 func (s *Service) endContracts(ctx context.Context) (int, error) {
 	now := s.now().In(s.cfg.Location)
 	today := now.Format(time.DateOnly)
 	rows, err := s.pool.Query(ctx, `SELECT w.worker_id, w.end_date FROM workers w
 		WHERE w.worker_type <> 'employee' AND w.status <> 'terminated' AND w.end_date <> '' AND w.end_date < $1
-		AND NOT EXISTS (SELECT 1 FROM worker_history h WHERE h.event_id = 'intake:contract_end:' || w.worker_id || ':' || w.end_date)
+		AND NOT EXISTS (SELECT 1 FROM worker_history h WHERE h.worker_id = w.worker_id AND h.hr_event_type = 'contract_end'
+			AND h.applied AND h.record->>'end_date' = w.end_date)
 		ORDER BY w.end_date, w.worker_id LIMIT $2`, today, maxPerTick)
 	if err != nil {
 		return 0, fmt.Errorf("intake: find ended contracts: %w", err)
@@ -217,30 +262,48 @@ func (s *Service) endContracts(ctx context.Context) (int, error) {
 		if err != nil {
 			continue // validate() admits only dates; a hand-edited row is skipped
 		}
-		eff := d.AddDate(0, 0, 1)
+		endEff := d.AddDate(0, 0, 1)
 		id := contractEndID(e.id, e.end)
 		c := change{hrType: "contract_end", typ: eventTypes["contract_end"], worker: &eventsv1.Worker{WorkerId: e.id, EndDate: e.end}, reason: "contract_end"}
 		skipped := false
+		received := s.now()
 		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			// Another instance may have ended it since the scan: re-check under the row lock.
-			var again bool
+			var (
+				again   bool
+				curEff  time.Time
+				idTaken bool
+			)
 			if err := tx.QueryRow(ctx, `SELECT w.status <> 'terminated' AND w.end_date = $2 AND NOT EXISTS
-				(SELECT 1 FROM worker_history h WHERE h.event_id = $3) FROM workers w WHERE w.worker_id = $1 FOR UPDATE`,
-				e.id, e.end, id).Scan(&again); errors.Is(err, pgx.ErrNoRows) || (err == nil && !again) {
+				(SELECT 1 FROM worker_history h WHERE h.worker_id = w.worker_id AND h.hr_event_type = 'contract_end'
+					AND h.applied AND h.record->>'end_date' = w.end_date),
+				w.effective_time, EXISTS (SELECT 1 FROM worker_history h WHERE h.event_id = $3)
+				FROM workers w WHERE w.worker_id = $1 FOR UPDATE`,
+				e.id, e.end, id).Scan(&again, &curEff, &idTaken); errors.Is(err, pgx.ErrNoRows) || (err == nil && !again) {
 				skipped = true
 				return nil
 			} else if err != nil {
 				return err
 			}
-			ar, err := s.apply(ctx, tx, pending{source: "intake", sourceEventID: "contract_end:" + e.id + ":" + e.end, eventID: id, c: c,
-				eff: eff, received: s.now(), actor: "tenure/intake"})
+			eventID := id
+			if idTaken {
+				eventID = fmt.Sprintf("%s:%d", id, received.UnixNano())
+			}
+			eff := endEff
+			if curEff.After(eff) {
+				eff = curEff
+			}
+			ar, err := s.apply(ctx, tx, pending{source: "intake", sourceEventID: strings.TrimPrefix(eventID, "intake:"), eventID: eventID, c: c,
+				eff: eff, received: received, actor: "tenure/intake", cur: nil})
 			if err != nil {
 				return err
 			}
-			if ar.publish {
-				return pgstore.Enqueue(ctx, tx, ar.ev)
+			if !ar.publish {
+				// Cannot happen for a worker who is not terminated, at or after the record's
+				// time; if it does, roll back so the next tick tries again.
+				return fmt.Errorf("contract end of %s did not apply: %s", e.id, ar.reason())
 			}
-			return nil
+			return pgstore.Enqueue(ctx, tx, ar.ev)
 		})
 		if err != nil {
 			return n, fmt.Errorf("intake: contract end of %s: %w", e.id, err)

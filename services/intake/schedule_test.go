@@ -192,7 +192,7 @@ func TestRescind(t *testing.T) {
 		t.Fatalf("registry %v", reg)
 	}
 	// Nothing to rescind now.
-	if a := h.postAt(clock, delivery{id: "r2", secret: acmeSecret, body: `{"type":"termination_rescinded","worker":{"worker_id":"E1001"}}`}); a.Status != http.StatusUnprocessableEntity || !strings.Contains(a.Error, "no termination to rescind") {
+	if a := h.postAt(clock, delivery{id: "r2", secret: acmeSecret, body: fmt.Sprintf(`{"type":"termination_rescinded","worker":{"worker_id":"E1001"},"effective_time":%q}`, rfc(clock.Now()))}); a.Status != http.StatusUnprocessableEntity || !strings.Contains(a.Error, "no termination to rescind") {
 		t.Fatalf("second rescind: %d %s", a.Status, a.Raw)
 	}
 	// Outside the grace window: 422, nothing stored.

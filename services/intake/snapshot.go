@@ -467,7 +467,7 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 			}
 			id := "intake:snapshot:" + req.source + ":" + req.snapshotID + ":" + p.worker.WorkerId + suffix
 			ar, err := s.apply(ctx, tx, pending{source: req.source, sourceEventID: "snapshot:" + req.snapshotID + ":" + p.worker.WorkerId + suffix,
-				eventID: id, c: c, eff: asOf, received: now, actor: req.actor})
+				eventID: id, c: c, eff: asOf, received: now, actor: req.actor, fromRoster: true})
 			if err != nil {
 				return nil, fmt.Errorf("intake: reconcile %s: %w", p.worker.WorkerId, err)
 			}

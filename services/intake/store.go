@@ -83,15 +83,15 @@ func queueUpsertWorker(b *pgx.Batch, w *eventsv1.Worker, eff time.Time, eventID,
 
 var historyJSON = protojson.MarshalOptions{UseProtoNames: true, UseEnumNumbers: false}
 
-func queueHistory(b *pgx.Batch, c change, w *eventsv1.Worker, eventID, source string, eff, received time.Time, applied bool) error {
+func queueHistory(b *pgx.Batch, c change, w *eventsv1.Worker, eventID, source string, eff, received time.Time, applied bool, why string) error {
 	rec, err := historyJSON.Marshal(w)
 	if err != nil {
 		return err
 	}
 	b.Queue(`INSERT INTO worker_history
-		(worker_id, event_id, source, hr_event_type, kind, reason, record, effective_time, received_at, applied)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-		w.WorkerId, eventID, source, c.hrType, c.typ.token, c.reason, rec, eff, received, applied)
+		(worker_id, event_id, source, hr_event_type, kind, reason, record, effective_time, received_at, applied, effect_reason)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		c.worker.WorkerId, eventID, source, c.hrType, c.typ.token, c.reason, rec, eff, received, applied, why)
 	return nil
 }
 

@@ -78,6 +78,13 @@ type acceptedBody struct {
 	// Stale is true when the event was older than the registry's record and changed nothing:
 	// it was recorded in the history, not published.
 	Stale bool `json:"stale,omitempty"`
+	// DuplicateOf names the original event when this delivery repeated its content under
+	// another webhook-id.
+	DuplicateOf string `json:"duplicate_of,omitempty"`
+	// Effect of an accepted event on the worker: "applied", or "none" with Reason (recorded
+	// in the history, nothing published: an event for a worker who has left, say).
+	Effect string `json:"effect,omitempty"`
+	Reason string `json:"reason,omitempty"`
 	// EffectiveTime of a held (status "scheduled") event: it fires then.
 	EffectiveTime string `json:"effective_time,omitempty"`
 	// Events of a delivery that carried several (BambooHR field-based webhooks).
@@ -181,6 +188,19 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 	}
 	o = vo
 	d.ContentType = mediaType
+	if mediaType == "application/json" {
+		if err := checkJSONText(body); err != nil {
+			return s.inputFailure(w, o, err)
+		}
+	}
+	if _, thin := src.adapter.(RecordFetcher); thin {
+		// A thin format fetches the record from the HRIS API: a re-delivery of a webhook-id
+		// accepted before is answered first, without calling the API (which may be slow or
+		// down), as the duplicate it is.
+		if prev, ok := s.receivedBefore(r.Context(), d); ok {
+			return s.answerRedelivery(w, o, d, prev)
+		}
+	}
 
 	evs, err := decodeAll(r.Context(), src.adapter, d)
 	if errors.Is(err, ErrIgnored) {
@@ -188,23 +208,21 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 		o.status, o.outcome = http.StatusOK, "ignored"
 		return o
 	}
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return s.apiFailure(w, r.Context(), o, src, ae)
+	}
 	if err != nil {
-		var ie *InputError
-		if !errors.As(err, &ie) {
-			// The adapter could not fetch the record (HRIS API down, record gone). If this
-			// webhook-id was accepted before, the sender is retrying one whose answer it lost:
-			// it is a duplicate whatever the API says now.
-			if prev, ok := s.receivedBefore(r.Context(), d); ok {
-				return s.answerRedelivery(w, o, d, prev)
-			}
-		}
 		return s.inputFailure(w, o, err)
 	}
 	// Validate every event before storing any, so a bad delivery stores nothing.
 	changes := make([]change, len(evs))
 	for i, ev := range evs {
 		o.workerID = clip(ev.Worker.WorkerID)
-		if changes[i], err = validate(ev); err != nil {
+		if changes[i], err = validate(ev); err == nil {
+			err = s.checkEffectiveWindow(changes[i])
+		}
+		if err != nil {
 			err = vendorFieldError(src.adapter, err)
 			if len(evs) > 1 {
 				err = prefixField(err, fmt.Sprintf("events[%d]", i))
@@ -241,12 +259,18 @@ func (s *Service) handle(w http.ResponseWriter, r *http.Request, name string) ou
 			}
 			return fail(w, o, http.StatusServiceUnavailable, "", msg)
 		}
-		b := acceptedBody{Status: "accepted", EventID: res.eventID, Subject: res.subject, StreamSeq: res.seq, Stale: res.stale}
+		b := acceptedBody{Status: "accepted", EventID: res.eventID, Subject: res.subject, StreamSeq: res.seq, Stale: res.stale,
+			Effect: res.effect, Reason: res.reason}
 		switch {
 		case res.duplicate:
-			b.Status = "duplicate"
+			b.Status, b.DuplicateOf, b.Effect, b.Reason = "duplicate", res.duplicateOf, "none", ""
+			if res.duplicateOf != "" {
+				b.Reason = "the same content was received before under another webhook-id"
+			}
 		case res.scheduled:
-			b.Status, b.EffectiveTime = "scheduled", res.effective.UTC().Format(time.RFC3339Nano)
+			b.Status, b.EffectiveTime, b.Effect = "scheduled", res.effective.UTC().Format(time.RFC3339Nano), "held"
+		case res.waiting:
+			b.Status, b.Effect = "held", "held"
 		}
 		allDup = allDup && res.duplicate
 		anyStale = anyStale || res.stale
@@ -336,6 +360,53 @@ func (s *Service) verify(w http.ResponseWriter, r *http.Request, src *source, bo
 	return Delivery{Source: src.name, WebhookID: o.webhookID, Timestamp: ts, Received: s.now(), Body: body}, o, true
 }
 
+// checkEffectiveWindow refuses an effective_time far from now (Config.EffectivePast and
+// EffectiveFuture): a typo in a year would otherwise hold an event for decades or rewrite
+// history from before the worker existed.
+func (s *Service) checkEffectiveWindow(c change) error {
+	if c.effectiveTime.IsZero() {
+		return nil
+	}
+	now := s.now()
+	if lo := now.Add(-s.cfg.EffectivePast); c.effectiveTime.Before(lo) {
+		return Unprocessable("effective_time", "effective_time %s is more than %s in the past (before %s); check the year",
+			c.effectiveTime.UTC().Format(time.RFC3339), s.cfg.EffectivePast, lo.UTC().Format(time.DateOnly))
+	}
+	if hi := now.Add(s.cfg.EffectiveFuture); c.effectiveTime.After(hi) {
+		return Unprocessable("effective_time", "effective_time %s is more than %s in the future (after %s); check the year",
+			c.effectiveTime.UTC().Format(time.RFC3339), s.cfg.EffectiveFuture, hi.UTC().Format(time.DateOnly))
+	}
+	return nil
+}
+
+// apiFailure answers a delivery whose record the HRIS API would not give:
+//
+//   - 404 for the employee: 200 "ignored" so the HRIS stops retrying (it would for days, and
+//     a retry cannot make the employee exist), and a finding for the operator;
+//   - 401/403: 503 (the HRIS retries once an operator has fixed the credential), a finding
+//     naming the source's credential, logged at error;
+//   - unreachable, timed out, another status: 503 naming the cause category.
+//
+// No answer carries the API's URL or credentials.
+func (s *Service) apiFailure(w http.ResponseWriter, ctx context.Context, o outcome, src *source, ae *apiError) outcome {
+	cause := ae.cause()
+	if ae.status == http.StatusNotFound {
+		s.raiseFinding(ctx, finding{kind: findingHRISNotFound, source: src.name, workerID: ae.workerID, eventID: eventID(src.name, o.webhookID),
+			detail: fmt.Sprintf("%s for webhook-id %s; nothing was recorded: check whether the employee was deleted or the webhook names a wrong id", cause, clip(o.webhookID))})
+		writeJSON(w, http.StatusOK, acceptedBody{Status: "ignored", Effect: "none", Reason: cause})
+		o.status, o.outcome, o.reason = http.StatusOK, "ignored", cause
+		return o
+	}
+	if ae.credentialRefused() {
+		detail := fmt.Sprintf("%s: source %s cannot fetch records; fix its api credential (%s) — deliveries answer 503 until then", cause, src.name, src.credentialName)
+		s.raiseFinding(ctx, finding{kind: findingHRISCredential, source: src.name, detail: detail})
+		s.log.ErrorContext(ctx, "HRIS API credential refused", "source", src.name, "credential", src.credentialName, "status", ae.status)
+	}
+	o.outcome, o.err = "unavailable", ae
+	w.Header().Set("Retry-After", "30")
+	return fail(w, o, http.StatusServiceUnavailable, "", cause+"; nothing was recorded, retry later")
+}
+
 func (s *Service) inputFailure(w http.ResponseWriter, o outcome, err error) outcome {
 	var ie *InputError
 	if errors.As(err, &ie) {
@@ -391,12 +462,18 @@ var (
 
 type ingestResult struct {
 	duplicate bool
-	stale     bool
-	scheduled bool
-	effective time.Time
-	eventID   string
-	subject   string
-	seq       uint64
+	// duplicateOf: the event whose content this delivery repeated under a new webhook-id.
+	duplicateOf string
+	// effect of the event ("applied" or "none") and, for none, why.
+	effect, reason string
+	// waiting: held until the worker's hire arrives.
+	waiting bool
+	stale          bool
+	scheduled      bool
+	effective      time.Time
+	eventID        string
+	subject        string
+	seq            uint64
 }
 
 // priorReceipt is the stored receipt of a webhook-id.
@@ -405,16 +482,27 @@ type priorReceipt struct {
 	eventID string
 	subject string
 	seq     *int64
+	// dupOf: this webhook-id repeated the content of another event (that event's id).
+	dupOf *string
+	// sameID: the receipt is this webhook-id's own, not another with the same content.
+	sameID bool
 }
 
 // result answers a delivery whose body hashes to sum, as ingest does for a webhook-id it
 // has stored: a duplicate of the original event, or errConflict when the body differs.
 func (p priorReceipt) result(sum []byte) (ingestResult, error) {
 	r := ingestResult{eventID: p.eventID, subject: p.subject}
-	if !bytes.Equal(sum, p.sum) {
+	if p.sameID && !bytes.Equal(sum, p.sum) {
 		return r, errConflict
 	}
 	r.duplicate = true
+	if !p.sameID {
+		// Same content, another delivery id: the original event answers.
+		r.duplicateOf = p.eventID
+	}
+	if p.dupOf != nil {
+		r.eventID, r.duplicateOf, r.subject = *p.dupOf, *p.dupOf, ""
+	}
 	if p.seq != nil {
 		r.seq = uint64(*p.seq)
 	}
@@ -425,7 +513,7 @@ func (p priorReceipt) result(sum []byte) (ingestResult, error) {
 // one of several events is stored under webhook-id/worker-id).
 func (s *Service) receivedBefore(ctx context.Context, d Delivery) (priorReceipt, bool) {
 	var p priorReceipt
-	err := s.pool.QueryRow(ctx, receiptOf, d.Source, d.WebhookID).Scan(&p.sum, &p.eventID, &p.subject, &p.seq)
+	err := s.pool.QueryRow(ctx, receiptOf, d.Source, d.WebhookID, nil).Scan(&p.sum, &p.eventID, &p.subject, &p.seq, &p.dupOf, &p.sameID)
 	return p, err == nil
 }
 
@@ -445,7 +533,7 @@ func (s *Service) answerRedelivery(w http.ResponseWriter, o outcome, d Delivery,
 	if err != nil {
 		return conflict(w, o, d.WebhookID, d.Source)
 	}
-	writeJSON(w, http.StatusOK, acceptedBody{Status: "duplicate", EventID: r.eventID, Subject: r.subject, StreamSeq: r.seq})
+	writeJSON(w, http.StatusOK, acceptedBody{Status: "duplicate", EventID: r.eventID, Subject: r.subject, StreamSeq: r.seq, DuplicateOf: r.duplicateOf, Effect: "none"})
 	o.status, o.outcome = http.StatusOK, "duplicate"
 	return o
 }

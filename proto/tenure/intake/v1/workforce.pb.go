@@ -453,6 +453,9 @@ type HistoryEntry struct {
 	EffectiveTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=effective_time,json=effectiveTime,proto3" json:"effective_time,omitempty"`
 	ReceivedTime  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=received_time,json=receivedTime,proto3" json:"received_time,omitempty"`
 	State         HistoryEntryState      `protobuf:"varint,9,opt,name=state,proto3,enum=tenure.intake.v1.HistoryEntryState" json:"state,omitempty"`
+	// Why the event changed nothing (a stale event, an event for a worker who has left, a
+	// change held until the worker's hire), or why a held one was cancelled.
+	EffectReason  string `protobuf:"bytes,10,opt,name=effect_reason,json=effectReason,proto3" json:"effect_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -550,6 +553,13 @@ func (x *HistoryEntry) GetState() HistoryEntryState {
 	return HistoryEntryState_HISTORY_ENTRY_STATE_UNSPECIFIED
 }
 
+func (x *HistoryEntry) GetEffectReason() string {
+	if x != nil {
+		return x.EffectReason
+	}
+	return ""
+}
+
 type GetHistoryResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entries       []*HistoryEntry        `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
@@ -594,6 +604,373 @@ func (x *GetHistoryResponse) GetEntries() []*HistoryEntry {
 	return nil
 }
 
+// HRFinding is an HR event (or an HRIS API answer) that changed no access and needs an
+// operator's eyes. A finding of the same kind for the same source and worker is counted
+// while it is open, not repeated.
+type HRFinding struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	FindingId int64                  `protobuf:"varint,1,opt,name=finding_id,json=findingId,proto3" json:"finding_id,omitempty"`
+	// event_for_leaver, unknown_worker, hris_not_found, hris_credential.
+	Kind     string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Source   string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	WorkerId string `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// The event that raised it last (its ce-id), if any.
+	EventId     string `protobuf:"bytes,5,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	HrEventType string `protobuf:"bytes,6,opt,name=hr_event_type,json=hrEventType,proto3" json:"hr_event_type,omitempty"`
+	// Why, in words, with what to do.
+	Detail string `protobuf:"bytes,7,opt,name=detail,proto3" json:"detail,omitempty"`
+	// open or resolved.
+	Status        string                 `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
+	Count         int64                  `protobuf:"varint,9,opt,name=count,proto3" json:"count,omitempty"`
+	FirstSeen     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	ResolvedAt    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=resolved_at,json=resolvedAt,proto3" json:"resolved_at,omitempty"`
+	ResolvedBy    string                 `protobuf:"bytes,13,opt,name=resolved_by,json=resolvedBy,proto3" json:"resolved_by,omitempty"`
+	Resolution    string                 `protobuf:"bytes,14,opt,name=resolution,proto3" json:"resolution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HRFinding) Reset() {
+	*x = HRFinding{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HRFinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HRFinding) ProtoMessage() {}
+
+func (x *HRFinding) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HRFinding.ProtoReflect.Descriptor instead.
+func (*HRFinding) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HRFinding) GetFindingId() int64 {
+	if x != nil {
+		return x.FindingId
+	}
+	return 0
+}
+
+func (x *HRFinding) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *HRFinding) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *HRFinding) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *HRFinding) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *HRFinding) GetHrEventType() string {
+	if x != nil {
+		return x.HrEventType
+	}
+	return ""
+}
+
+func (x *HRFinding) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *HRFinding) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *HRFinding) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *HRFinding) GetFirstSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeen
+	}
+	return nil
+}
+
+func (x *HRFinding) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *HRFinding) GetResolvedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResolvedAt
+	}
+	return nil
+}
+
+func (x *HRFinding) GetResolvedBy() string {
+	if x != nil {
+		return x.ResolvedBy
+	}
+	return ""
+}
+
+func (x *HRFinding) GetResolution() string {
+	if x != nil {
+		return x.Resolution
+	}
+	return ""
+}
+
+type ListFindingsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// open (default), resolved or all.
+	Status string `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// Only this kind, or all when empty.
+	Kind     string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	WorkerId string `protobuf:"bytes,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// At most this many, newest first (default 500).
+	Limit         int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFindingsRequest) Reset() {
+	*x = ListFindingsRequest{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFindingsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFindingsRequest) ProtoMessage() {}
+
+func (x *ListFindingsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFindingsRequest.ProtoReflect.Descriptor instead.
+func (*ListFindingsRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListFindingsRequest) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ListFindingsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ListFindingsRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ListFindingsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListFindingsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Findings      []*HRFinding           `protobuf:"bytes,1,rep,name=findings,proto3" json:"findings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFindingsResponse) Reset() {
+	*x = ListFindingsResponse{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFindingsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFindingsResponse) ProtoMessage() {}
+
+func (x *ListFindingsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFindingsResponse.ProtoReflect.Descriptor instead.
+func (*ListFindingsResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListFindingsResponse) GetFindings() []*HRFinding {
+	if x != nil {
+		return x.Findings
+	}
+	return nil
+}
+
+type ResolveFindingRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	FindingId int64                  `protobuf:"varint,1,opt,name=finding_id,json=findingId,proto3" json:"finding_id,omitempty"`
+	// Required: what the operator did or why nothing needs doing.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveFindingRequest) Reset() {
+	*x = ResolveFindingRequest{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveFindingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveFindingRequest) ProtoMessage() {}
+
+func (x *ResolveFindingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveFindingRequest.ProtoReflect.Descriptor instead.
+func (*ResolveFindingRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ResolveFindingRequest) GetFindingId() int64 {
+	if x != nil {
+		return x.FindingId
+	}
+	return 0
+}
+
+func (x *ResolveFindingRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ResolveFindingResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Finding       *HRFinding             `protobuf:"bytes,1,opt,name=finding,proto3" json:"finding,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveFindingResponse) Reset() {
+	*x = ResolveFindingResponse{}
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveFindingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveFindingResponse) ProtoMessage() {}
+
+func (x *ResolveFindingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveFindingResponse.ProtoReflect.Descriptor instead.
+func (*ResolveFindingResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ResolveFindingResponse) GetFinding() *HRFinding {
+	if x != nil {
+		return x.Finding
+	}
+	return nil
+}
+
 type ReconcileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The roster file: CSV with a header row, or JSON; see docs/hr-events.md.
@@ -611,7 +988,7 @@ type ReconcileRequest struct {
 
 func (x *ReconcileRequest) Reset() {
 	*x = ReconcileRequest{}
-	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[7]
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +1000,7 @@ func (x *ReconcileRequest) String() string {
 func (*ReconcileRequest) ProtoMessage() {}
 
 func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[7]
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +1013,7 @@ func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileRequest.ProtoReflect.Descriptor instead.
 func (*ReconcileRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{7}
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReconcileRequest) GetRoster() []byte {
@@ -694,7 +1071,7 @@ type ReconcileChange struct {
 
 func (x *ReconcileChange) Reset() {
 	*x = ReconcileChange{}
-	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[8]
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -706,7 +1083,7 @@ func (x *ReconcileChange) String() string {
 func (*ReconcileChange) ProtoMessage() {}
 
 func (x *ReconcileChange) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[8]
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -719,7 +1096,7 @@ func (x *ReconcileChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileChange.ProtoReflect.Descriptor instead.
 func (*ReconcileChange) Descriptor() ([]byte, []int) {
-	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{8}
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReconcileChange) GetWorkerId() string {
@@ -787,7 +1164,7 @@ type ReconcileResponse struct {
 
 func (x *ReconcileResponse) Reset() {
 	*x = ReconcileResponse{}
-	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[9]
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +1176,7 @@ func (x *ReconcileResponse) String() string {
 func (*ReconcileResponse) ProtoMessage() {}
 
 func (x *ReconcileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[9]
+	mi := &file_tenure_intake_v1_workforce_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +1189,7 @@ func (x *ReconcileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileResponse.ProtoReflect.Descriptor instead.
 func (*ReconcileResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{9}
+	return file_tenure_intake_v1_workforce_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReconcileResponse) GetChanges() []*ReconcileChange {
@@ -887,7 +1264,7 @@ const file_tenure_intake_v1_workforce_proto_rawDesc = "" +
 	"\aworkers\x18\x01 \x03(\v2#.tenure.intake.v1.GetWorkerResponseR\aworkers\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"0\n" +
 	"\x11GetHistoryRequest\x12\x1b\n" +
-	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\x82\x03\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\xa7\x03\n" +
 	"\fHistoryEntry\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\"\n" +
@@ -897,9 +1274,46 @@ const file_tenure_intake_v1_workforce_proto_rawDesc = "" +
 	"\x06worker\x18\x06 \x01(\v2\x18.tenure.events.v1.WorkerR\x06worker\x12A\n" +
 	"\x0eeffective_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveTime\x12?\n" +
 	"\rreceived_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\freceivedTime\x129\n" +
-	"\x05state\x18\t \x01(\x0e2#.tenure.intake.v1.HistoryEntryStateR\x05state\"N\n" +
+	"\x05state\x18\t \x01(\x0e2#.tenure.intake.v1.HistoryEntryStateR\x05state\x12#\n" +
+	"\reffect_reason\x18\n" +
+	" \x01(\tR\feffectReason\"N\n" +
 	"\x12GetHistoryResponse\x128\n" +
-	"\aentries\x18\x01 \x03(\v2\x1e.tenure.intake.v1.HistoryEntryR\aentries\"\xc4\x01\n" +
+	"\aentries\x18\x01 \x03(\v2\x1e.tenure.intake.v1.HistoryEntryR\aentries\"\xea\x03\n" +
+	"\tHRFinding\x12\x1d\n" +
+	"\n" +
+	"finding_id\x18\x01 \x01(\x03R\tfindingId\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\x12\x1b\n" +
+	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\x19\n" +
+	"\bevent_id\x18\x05 \x01(\tR\aeventId\x12\"\n" +
+	"\rhr_event_type\x18\x06 \x01(\tR\vhrEventType\x12\x16\n" +
+	"\x06detail\x18\a \x01(\tR\x06detail\x12\x16\n" +
+	"\x06status\x18\b \x01(\tR\x06status\x12\x14\n" +
+	"\x05count\x18\t \x01(\x03R\x05count\x129\n" +
+	"\n" +
+	"first_seen\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x127\n" +
+	"\tlast_seen\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12;\n" +
+	"\vresolved_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"resolvedAt\x12\x1f\n" +
+	"\vresolved_by\x18\r \x01(\tR\n" +
+	"resolvedBy\x12\x1e\n" +
+	"\n" +
+	"resolution\x18\x0e \x01(\tR\n" +
+	"resolution\"t\n" +
+	"\x13ListFindingsRequest\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\tR\x06status\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1b\n" +
+	"\tworker_id\x18\x03 \x01(\tR\bworkerId\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\"O\n" +
+	"\x14ListFindingsResponse\x127\n" +
+	"\bfindings\x18\x01 \x03(\v2\x1b.tenure.intake.v1.HRFindingR\bfindings\"N\n" +
+	"\x15ResolveFindingRequest\x12\x1d\n" +
+	"\n" +
+	"finding_id\x18\x01 \x01(\x03R\tfindingId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"O\n" +
+	"\x16ResolveFindingResponse\x125\n" +
+	"\afinding\x18\x01 \x01(\v2\x1b.tenure.intake.v1.HRFindingR\afinding\"\xc4\x01\n" +
 	"\x10ReconcileRequest\x12\x16\n" +
 	"\x06roster\x18\x01 \x01(\fR\x06roster\x126\n" +
 	"\x06format\x18\x02 \x01(\x0e2\x1e.tenure.intake.v1.RosterFormatR\x06format\x12\x17\n" +
@@ -931,13 +1345,15 @@ const file_tenure_intake_v1_workforce_proto_rawDesc = "" +
 	"\fRosterFormat\x12\x1d\n" +
 	"\x19ROSTER_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ROSTER_FORMAT_CSV\x10\x01\x12\x16\n" +
-	"\x12ROSTER_FORMAT_JSON\x10\x022\xf3\x02\n" +
+	"\x12ROSTER_FORMAT_JSON\x10\x022\xb7\x04\n" +
 	"\x10WorkforceService\x12T\n" +
 	"\tGetWorker\x12\".tenure.intake.v1.GetWorkerRequest\x1a#.tenure.intake.v1.GetWorkerResponse\x12Z\n" +
 	"\vListWorkers\x12$.tenure.intake.v1.ListWorkersRequest\x1a%.tenure.intake.v1.ListWorkersResponse\x12W\n" +
 	"\n" +
 	"GetHistory\x12#.tenure.intake.v1.GetHistoryRequest\x1a$.tenure.intake.v1.GetHistoryResponse\x12T\n" +
-	"\tReconcile\x12\".tenure.intake.v1.ReconcileRequest\x1a#.tenure.intake.v1.ReconcileResponseB>Z<github.com/tenure-dev/tenure/proto/tenure/intake/v1;intakev1b\x06proto3"
+	"\tReconcile\x12\".tenure.intake.v1.ReconcileRequest\x1a#.tenure.intake.v1.ReconcileResponse\x12]\n" +
+	"\fListFindings\x12%.tenure.intake.v1.ListFindingsRequest\x1a&.tenure.intake.v1.ListFindingsResponse\x12c\n" +
+	"\x0eResolveFinding\x12'.tenure.intake.v1.ResolveFindingRequest\x1a(.tenure.intake.v1.ResolveFindingResponseB>Z<github.com/tenure-dev/tenure/proto/tenure/intake/v1;intakev1b\x06proto3"
 
 var (
 	file_tenure_intake_v1_workforce_proto_rawDescOnce sync.Once
@@ -952,55 +1368,69 @@ func file_tenure_intake_v1_workforce_proto_rawDescGZIP() []byte {
 }
 
 var file_tenure_intake_v1_workforce_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tenure_intake_v1_workforce_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_tenure_intake_v1_workforce_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_tenure_intake_v1_workforce_proto_goTypes = []any{
-	(HistoryEntryState)(0),        // 0: tenure.intake.v1.HistoryEntryState
-	(RosterFormat)(0),             // 1: tenure.intake.v1.RosterFormat
-	(*GetWorkerRequest)(nil),      // 2: tenure.intake.v1.GetWorkerRequest
-	(*GetWorkerResponse)(nil),     // 3: tenure.intake.v1.GetWorkerResponse
-	(*ListWorkersRequest)(nil),    // 4: tenure.intake.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),   // 5: tenure.intake.v1.ListWorkersResponse
-	(*GetHistoryRequest)(nil),     // 6: tenure.intake.v1.GetHistoryRequest
-	(*HistoryEntry)(nil),          // 7: tenure.intake.v1.HistoryEntry
-	(*GetHistoryResponse)(nil),    // 8: tenure.intake.v1.GetHistoryResponse
-	(*ReconcileRequest)(nil),      // 9: tenure.intake.v1.ReconcileRequest
-	(*ReconcileChange)(nil),       // 10: tenure.intake.v1.ReconcileChange
-	(*ReconcileResponse)(nil),     // 11: tenure.intake.v1.ReconcileResponse
-	(*v1.Worker)(nil),             // 12: tenure.events.v1.Worker
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(v1.WorkerStatus)(0),          // 14: tenure.events.v1.WorkerStatus
-	(v1.WorkerType)(0),            // 15: tenure.events.v1.WorkerType
+	(HistoryEntryState)(0),         // 0: tenure.intake.v1.HistoryEntryState
+	(RosterFormat)(0),              // 1: tenure.intake.v1.RosterFormat
+	(*GetWorkerRequest)(nil),       // 2: tenure.intake.v1.GetWorkerRequest
+	(*GetWorkerResponse)(nil),      // 3: tenure.intake.v1.GetWorkerResponse
+	(*ListWorkersRequest)(nil),     // 4: tenure.intake.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),    // 5: tenure.intake.v1.ListWorkersResponse
+	(*GetHistoryRequest)(nil),      // 6: tenure.intake.v1.GetHistoryRequest
+	(*HistoryEntry)(nil),           // 7: tenure.intake.v1.HistoryEntry
+	(*GetHistoryResponse)(nil),     // 8: tenure.intake.v1.GetHistoryResponse
+	(*HRFinding)(nil),              // 9: tenure.intake.v1.HRFinding
+	(*ListFindingsRequest)(nil),    // 10: tenure.intake.v1.ListFindingsRequest
+	(*ListFindingsResponse)(nil),   // 11: tenure.intake.v1.ListFindingsResponse
+	(*ResolveFindingRequest)(nil),  // 12: tenure.intake.v1.ResolveFindingRequest
+	(*ResolveFindingResponse)(nil), // 13: tenure.intake.v1.ResolveFindingResponse
+	(*ReconcileRequest)(nil),       // 14: tenure.intake.v1.ReconcileRequest
+	(*ReconcileChange)(nil),        // 15: tenure.intake.v1.ReconcileChange
+	(*ReconcileResponse)(nil),      // 16: tenure.intake.v1.ReconcileResponse
+	(*v1.Worker)(nil),              // 17: tenure.events.v1.Worker
+	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
+	(v1.WorkerStatus)(0),           // 19: tenure.events.v1.WorkerStatus
+	(v1.WorkerType)(0),             // 20: tenure.events.v1.WorkerType
 }
 var file_tenure_intake_v1_workforce_proto_depIdxs = []int32{
-	12, // 0: tenure.intake.v1.GetWorkerResponse.worker:type_name -> tenure.events.v1.Worker
-	13, // 1: tenure.intake.v1.GetWorkerResponse.effective_time:type_name -> google.protobuf.Timestamp
-	13, // 2: tenure.intake.v1.GetWorkerResponse.updated_at:type_name -> google.protobuf.Timestamp
-	14, // 3: tenure.intake.v1.ListWorkersRequest.status:type_name -> tenure.events.v1.WorkerStatus
-	15, // 4: tenure.intake.v1.ListWorkersRequest.worker_type:type_name -> tenure.events.v1.WorkerType
+	17, // 0: tenure.intake.v1.GetWorkerResponse.worker:type_name -> tenure.events.v1.Worker
+	18, // 1: tenure.intake.v1.GetWorkerResponse.effective_time:type_name -> google.protobuf.Timestamp
+	18, // 2: tenure.intake.v1.GetWorkerResponse.updated_at:type_name -> google.protobuf.Timestamp
+	19, // 3: tenure.intake.v1.ListWorkersRequest.status:type_name -> tenure.events.v1.WorkerStatus
+	20, // 4: tenure.intake.v1.ListWorkersRequest.worker_type:type_name -> tenure.events.v1.WorkerType
 	3,  // 5: tenure.intake.v1.ListWorkersResponse.workers:type_name -> tenure.intake.v1.GetWorkerResponse
-	12, // 6: tenure.intake.v1.HistoryEntry.worker:type_name -> tenure.events.v1.Worker
-	13, // 7: tenure.intake.v1.HistoryEntry.effective_time:type_name -> google.protobuf.Timestamp
-	13, // 8: tenure.intake.v1.HistoryEntry.received_time:type_name -> google.protobuf.Timestamp
+	17, // 6: tenure.intake.v1.HistoryEntry.worker:type_name -> tenure.events.v1.Worker
+	18, // 7: tenure.intake.v1.HistoryEntry.effective_time:type_name -> google.protobuf.Timestamp
+	18, // 8: tenure.intake.v1.HistoryEntry.received_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: tenure.intake.v1.HistoryEntry.state:type_name -> tenure.intake.v1.HistoryEntryState
 	7,  // 10: tenure.intake.v1.GetHistoryResponse.entries:type_name -> tenure.intake.v1.HistoryEntry
-	1,  // 11: tenure.intake.v1.ReconcileRequest.format:type_name -> tenure.intake.v1.RosterFormat
-	13, // 12: tenure.intake.v1.ReconcileRequest.as_of:type_name -> google.protobuf.Timestamp
-	12, // 13: tenure.intake.v1.ReconcileChange.before:type_name -> tenure.events.v1.Worker
-	12, // 14: tenure.intake.v1.ReconcileChange.after:type_name -> tenure.events.v1.Worker
-	10, // 15: tenure.intake.v1.ReconcileResponse.changes:type_name -> tenure.intake.v1.ReconcileChange
-	2,  // 16: tenure.intake.v1.WorkforceService.GetWorker:input_type -> tenure.intake.v1.GetWorkerRequest
-	4,  // 17: tenure.intake.v1.WorkforceService.ListWorkers:input_type -> tenure.intake.v1.ListWorkersRequest
-	6,  // 18: tenure.intake.v1.WorkforceService.GetHistory:input_type -> tenure.intake.v1.GetHistoryRequest
-	9,  // 19: tenure.intake.v1.WorkforceService.Reconcile:input_type -> tenure.intake.v1.ReconcileRequest
-	3,  // 20: tenure.intake.v1.WorkforceService.GetWorker:output_type -> tenure.intake.v1.GetWorkerResponse
-	5,  // 21: tenure.intake.v1.WorkforceService.ListWorkers:output_type -> tenure.intake.v1.ListWorkersResponse
-	8,  // 22: tenure.intake.v1.WorkforceService.GetHistory:output_type -> tenure.intake.v1.GetHistoryResponse
-	11, // 23: tenure.intake.v1.WorkforceService.Reconcile:output_type -> tenure.intake.v1.ReconcileResponse
-	20, // [20:24] is the sub-list for method output_type
-	16, // [16:20] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	18, // 11: tenure.intake.v1.HRFinding.first_seen:type_name -> google.protobuf.Timestamp
+	18, // 12: tenure.intake.v1.HRFinding.last_seen:type_name -> google.protobuf.Timestamp
+	18, // 13: tenure.intake.v1.HRFinding.resolved_at:type_name -> google.protobuf.Timestamp
+	9,  // 14: tenure.intake.v1.ListFindingsResponse.findings:type_name -> tenure.intake.v1.HRFinding
+	9,  // 15: tenure.intake.v1.ResolveFindingResponse.finding:type_name -> tenure.intake.v1.HRFinding
+	1,  // 16: tenure.intake.v1.ReconcileRequest.format:type_name -> tenure.intake.v1.RosterFormat
+	18, // 17: tenure.intake.v1.ReconcileRequest.as_of:type_name -> google.protobuf.Timestamp
+	17, // 18: tenure.intake.v1.ReconcileChange.before:type_name -> tenure.events.v1.Worker
+	17, // 19: tenure.intake.v1.ReconcileChange.after:type_name -> tenure.events.v1.Worker
+	15, // 20: tenure.intake.v1.ReconcileResponse.changes:type_name -> tenure.intake.v1.ReconcileChange
+	2,  // 21: tenure.intake.v1.WorkforceService.GetWorker:input_type -> tenure.intake.v1.GetWorkerRequest
+	4,  // 22: tenure.intake.v1.WorkforceService.ListWorkers:input_type -> tenure.intake.v1.ListWorkersRequest
+	6,  // 23: tenure.intake.v1.WorkforceService.GetHistory:input_type -> tenure.intake.v1.GetHistoryRequest
+	14, // 24: tenure.intake.v1.WorkforceService.Reconcile:input_type -> tenure.intake.v1.ReconcileRequest
+	10, // 25: tenure.intake.v1.WorkforceService.ListFindings:input_type -> tenure.intake.v1.ListFindingsRequest
+	12, // 26: tenure.intake.v1.WorkforceService.ResolveFinding:input_type -> tenure.intake.v1.ResolveFindingRequest
+	3,  // 27: tenure.intake.v1.WorkforceService.GetWorker:output_type -> tenure.intake.v1.GetWorkerResponse
+	5,  // 28: tenure.intake.v1.WorkforceService.ListWorkers:output_type -> tenure.intake.v1.ListWorkersResponse
+	8,  // 29: tenure.intake.v1.WorkforceService.GetHistory:output_type -> tenure.intake.v1.GetHistoryResponse
+	16, // 30: tenure.intake.v1.WorkforceService.Reconcile:output_type -> tenure.intake.v1.ReconcileResponse
+	11, // 31: tenure.intake.v1.WorkforceService.ListFindings:output_type -> tenure.intake.v1.ListFindingsResponse
+	13, // 32: tenure.intake.v1.WorkforceService.ResolveFinding:output_type -> tenure.intake.v1.ResolveFindingResponse
+	27, // [27:33] is the sub-list for method output_type
+	21, // [21:27] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_tenure_intake_v1_workforce_proto_init() }
@@ -1014,7 +1444,7 @@ func file_tenure_intake_v1_workforce_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_intake_v1_workforce_proto_rawDesc), len(file_tenure_intake_v1_workforce_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   10,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	WorkforceService_GetWorker_FullMethodName   = "/tenure.intake.v1.WorkforceService/GetWorker"
-	WorkforceService_ListWorkers_FullMethodName = "/tenure.intake.v1.WorkforceService/ListWorkers"
-	WorkforceService_GetHistory_FullMethodName  = "/tenure.intake.v1.WorkforceService/GetHistory"
-	WorkforceService_Reconcile_FullMethodName   = "/tenure.intake.v1.WorkforceService/Reconcile"
+	WorkforceService_GetWorker_FullMethodName      = "/tenure.intake.v1.WorkforceService/GetWorker"
+	WorkforceService_ListWorkers_FullMethodName    = "/tenure.intake.v1.WorkforceService/ListWorkers"
+	WorkforceService_GetHistory_FullMethodName     = "/tenure.intake.v1.WorkforceService/GetHistory"
+	WorkforceService_Reconcile_FullMethodName      = "/tenure.intake.v1.WorkforceService/Reconcile"
+	WorkforceService_ListFindings_FullMethodName   = "/tenure.intake.v1.WorkforceService/ListFindings"
+	WorkforceService_ResolveFinding_FullMethodName = "/tenure.intake.v1.WorkforceService/ResolveFinding"
 )
 
 // WorkforceServiceClient is the client API for WorkforceService service.
@@ -43,6 +45,12 @@ type WorkforceServiceClient interface {
 	// Reconcile compares an HR roster with the registry and, unless dry_run, applies and
 	// publishes the differences (leavers, joiners, movers).
 	Reconcile(ctx context.Context, in *ReconcileRequest, opts ...grpc.CallOption) (*ReconcileResponse, error)
+	// ListFindings returns what the intake could not apply as HR meant it and an operator
+	// should look at: events for a worker who has left, a termination for a worker tenure has
+	// never seen, an HRIS API that no longer knows an employee or refuses tenure's credential.
+	ListFindings(ctx context.Context, in *ListFindingsRequest, opts ...grpc.CallOption) (*ListFindingsResponse, error)
+	// ResolveFinding closes an open finding with the operator's reason.
+	ResolveFinding(ctx context.Context, in *ResolveFindingRequest, opts ...grpc.CallOption) (*ResolveFindingResponse, error)
 }
 
 type workforceServiceClient struct {
@@ -93,6 +101,26 @@ func (c *workforceServiceClient) Reconcile(ctx context.Context, in *ReconcileReq
 	return out, nil
 }
 
+func (c *workforceServiceClient) ListFindings(ctx context.Context, in *ListFindingsRequest, opts ...grpc.CallOption) (*ListFindingsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFindingsResponse)
+	err := c.cc.Invoke(ctx, WorkforceService_ListFindings_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workforceServiceClient) ResolveFinding(ctx context.Context, in *ResolveFindingRequest, opts ...grpc.CallOption) (*ResolveFindingResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResolveFindingResponse)
+	err := c.cc.Invoke(ctx, WorkforceService_ResolveFinding_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkforceServiceServer is the server API for WorkforceService service.
 // All implementations must embed UnimplementedWorkforceServiceServer
 // for forward compatibility.
@@ -111,6 +139,12 @@ type WorkforceServiceServer interface {
 	// Reconcile compares an HR roster with the registry and, unless dry_run, applies and
 	// publishes the differences (leavers, joiners, movers).
 	Reconcile(context.Context, *ReconcileRequest) (*ReconcileResponse, error)
+	// ListFindings returns what the intake could not apply as HR meant it and an operator
+	// should look at: events for a worker who has left, a termination for a worker tenure has
+	// never seen, an HRIS API that no longer knows an employee or refuses tenure's credential.
+	ListFindings(context.Context, *ListFindingsRequest) (*ListFindingsResponse, error)
+	// ResolveFinding closes an open finding with the operator's reason.
+	ResolveFinding(context.Context, *ResolveFindingRequest) (*ResolveFindingResponse, error)
 	mustEmbedUnimplementedWorkforceServiceServer()
 }
 
@@ -132,6 +166,12 @@ func (UnimplementedWorkforceServiceServer) GetHistory(context.Context, *GetHisto
 }
 func (UnimplementedWorkforceServiceServer) Reconcile(context.Context, *ReconcileRequest) (*ReconcileResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Reconcile not implemented")
+}
+func (UnimplementedWorkforceServiceServer) ListFindings(context.Context, *ListFindingsRequest) (*ListFindingsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFindings not implemented")
+}
+func (UnimplementedWorkforceServiceServer) ResolveFinding(context.Context, *ResolveFindingRequest) (*ResolveFindingResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResolveFinding not implemented")
 }
 func (UnimplementedWorkforceServiceServer) mustEmbedUnimplementedWorkforceServiceServer() {}
 func (UnimplementedWorkforceServiceServer) testEmbeddedByValue()                          {}
@@ -226,6 +266,42 @@ func _WorkforceService_Reconcile_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _WorkforceService_ListFindings_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFindingsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkforceServiceServer).ListFindings(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkforceService_ListFindings_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkforceServiceServer).ListFindings(ctx, req.(*ListFindingsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WorkforceService_ResolveFinding_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolveFindingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkforceServiceServer).ResolveFinding(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkforceService_ResolveFinding_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkforceServiceServer).ResolveFinding(ctx, req.(*ResolveFindingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // WorkforceService_ServiceDesc is the grpc.ServiceDesc for WorkforceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -248,6 +324,14 @@ var WorkforceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Reconcile",
 			Handler:    _WorkforceService_Reconcile_Handler,
+		},
+		{
+			MethodName: "ListFindings",
+			Handler:    _WorkforceService_ListFindings_Handler,
+		},
+		{
+			MethodName: "ResolveFinding",
+			Handler:    _WorkforceService_ResolveFinding_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
