@@ -57,7 +57,7 @@ type applyResult struct {
 	// waitForHire: a change for a worker not hired yet is held until the hire applies
 	// (shuffled delivery: HR's job change can arrive before its hire), then fires in order.
 	waitForHire bool
-	worker  *eventsv1.Worker
+	worker      *eventsv1.Worker
 }
 
 // effect is what the webhook answer says an event did: "applied" or "none".

@@ -467,13 +467,13 @@ type ingestResult struct {
 	// effect of the event ("applied" or "none") and, for none, why.
 	effect, reason string
 	// waiting: held until the worker's hire arrives.
-	waiting bool
-	stale          bool
-	scheduled      bool
-	effective      time.Time
-	eventID        string
-	subject        string
-	seq            uint64
+	waiting   bool
+	stale     bool
+	scheduled bool
+	effective time.Time
+	eventID   string
+	subject   string
+	seq       uint64
 }
 
 // priorReceipt is the stored receipt of a webhook-id.
