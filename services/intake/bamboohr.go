@@ -109,6 +109,9 @@ type bambooPayload struct {
 	Data      *bambooData `json:"data"`
 	// Field-based.
 	Employees []bambooEmployee `json:"employees"`
+	// Fields, at the top of a field-based payload, maps the webhook's field name aliases to
+	// BambooHR's field names (a webhook may rename "First Name" to "fn").
+	Fields map[string]flexString `json:"fields"`
 }
 
 type bambooData struct {
@@ -121,8 +124,8 @@ type bambooEmployee struct {
 	ID            flexString            `json:"id"`
 	Action        string                `json:"action"`
 	Timestamp     string                `json:"timestamp"`
-	ChangedFields []string              `json:"changedFields"`
-	Fields        map[string]flexString `json:"fields"`
+	ChangedFields []string                   `json:"changedFields"`
+	Fields        map[string]json.RawMessage `json:"fields"`
 }
 
 // flexString accepts a JSON string or number (BambooHR sends ids both ways) and null.
@@ -187,9 +190,10 @@ func (a *bambooHRAdapter) DecodeBatch(ctx context.Context, d Delivery) ([]HREven
 		}
 		out := make([]HREvent, 0, len(p.Employees))
 		seen := map[string]bool{}
+		aliases := bambooAliases(p.Fields)
 		for i, e := range p.Employees {
 			where := fmt.Sprintf("employees[%d]", i)
-			ev, err := fieldBased(where, e)
+			ev, err := fieldBased(where, e, aliases)
 			if err != nil {
 				return nil, err
 			}
@@ -243,7 +247,7 @@ func (a *bambooHRAdapter) eventBased(ctx context.Context, p bambooPayload) (HREv
 	return bambooEvent("data", id, action, eff, p.Data.ChangedFields, normalizeFields(rec))
 }
 
-func fieldBased(where string, e bambooEmployee) (HREvent, error) {
+func fieldBased(where string, e bambooEmployee, aliases map[string]string) (HREvent, error) {
 	id := strings.TrimSpace(string(e.ID))
 	if id == "" {
 		return HREvent{}, Unprocessable(where+".id", "%s.id is required", where)
@@ -261,7 +265,74 @@ func fieldBased(where string, e bambooEmployee) (HREvent, error) {
 	if e.Action != "Created" && e.Action != "Updated" {
 		return HREvent{}, Unprocessable(where+".action", "unknown action %q (known: Created, Updated, Deleted)", clip(e.Action))
 	}
-	return bambooEvent(where, id, e.Action, eff, e.ChangedFields, normalizeFields(e.Fields))
+	fields, err := bambooFieldValues(where, e.Fields, aliases)
+	if err != nil {
+		return HREvent{}, err
+	}
+	changed := make([]string, len(e.ChangedFields))
+	for i, c := range e.ChangedFields {
+		changed[i] = unalias(c, aliases)
+	}
+	return bambooEvent(where, id, e.Action, eff, changed, fields)
+}
+
+// bambooFieldValues reads an employee's fields in either shape seen from BambooHR: a flat
+// value ("First Name": "Bryony", a number, or null) or a value object ("firstName":
+// {"value": "Bryony"}). Keys go through the payload's alias map, then normalizeFields.
+// Errors name the employee index and the field as the payload spells it.
+func bambooFieldValues(where string, raw map[string]json.RawMessage, aliases map[string]string) (map[string]string, error) {
+	flat := make(map[string]flexString, len(raw))
+	for k, v := range raw {
+		var f flexString
+		if err := json.Unmarshal(v, &f); err != nil {
+			var obj struct {
+				Value *flexString `json:"value"`
+			}
+			if json.Unmarshal(v, &obj) != nil || obj.Value == nil {
+				field := where + ".fields." + k
+				return nil, BadRequest(field, "%s must be a string, a number, null or an object {\"value\": ...}", field)
+			}
+			f = *obj.Value
+		}
+		flat[unalias(k, aliases)] = f
+	}
+	return normalizeFields(flat), nil
+}
+
+// bambooAliases reads the top-level alias map (alias → BambooHR field name). Either
+// direction is accepted, since integrations write it both ways: the side that names a field
+// tenure reads is the field.
+func bambooAliases(m map[string]flexString) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	known := map[string]bool{}
+	for _, f := range bambooFields {
+		known[normKey(f)] = true
+	}
+	for _, f := range []string{"First Name", "Last Name", "Work Email", "Job Title", "Department", "Location",
+		"Hire Date", "Termination Date", "Status", "Employment Status", "Reporting to", "Preferred Name", "Division"} {
+		known[normKey(f)] = true
+	}
+	out := map[string]string{}
+	for a, n := range m {
+		name := string(n)
+		switch {
+		case known[normKey(name)]:
+			out[normKey(a)] = name
+		case known[normKey(a)]:
+			out[normKey(name)] = a
+		}
+	}
+	return out
+}
+
+// unalias returns the BambooHR field name for a payload key that is an alias.
+func unalias(k string, aliases map[string]string) string {
+	if n, ok := aliases[normKey(k)]; ok {
+		return n
+	}
+	return k
 }
 
 // normalizeFields keys a record by its lowercased alphanumeric field name, so the API's
