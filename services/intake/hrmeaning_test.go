@@ -169,8 +169,8 @@ func TestEffectiveTimeWindow(t *testing.T) {
 // The stale-timestamp error says which way the clock is off.
 func TestStaleTimestampSaysOldOrFuture(t *testing.T) {
 	h := newHarness(t)
-	// (Seconds-granular header: 10m give or take one second.)
-	for want, ts := range map[string]time.Time{"m old, tolerance": time.Now().Add(-10 * time.Minute), "s in the future, tolerance": time.Now().Add(10 * time.Minute)} {
+	// (A header in seconds: 10m give or take one second, so the check is on the words.)
+	for want, ts := range map[string]time.Time{"s old, tolerance": time.Now().Add(-10 * time.Minute), "s in the future, tolerance": time.Now().Add(10 * time.Minute)} {
 		a := h.post(delivery{id: "ts", secret: acmeSecret, body: hireBody, ts: ts})
 		if a.Status != http.StatusUnauthorized || !strings.Contains(a.Error, want) {
 			t.Errorf("want %q: %d %s", want, a.Status, a.Raw)
