@@ -1,12 +1,20 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+	intakev1 "github.com/tenure-dev/tenure/proto/tenure/intake/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
 
@@ -16,8 +24,12 @@ func init() {
 		run:   reconcile,
 	}
 	commands["findings"] = command{
-		usage: "findings [--connector C] [--kind orphan|shared|drift] [--status open|resolved|all]   reconciliation findings",
+		usage: "findings [--connector C] [--kind orphan|shared|drift|event_for_leaver|unknown_worker|hris_not_found|hris_credential] [--status open|resolved|all] [--worker W]   reconciliation and HR findings",
 		run:   findings,
+	}
+	commands["findings resolve"] = command{
+		usage: "findings resolve ID --reason TEXT           close an HR finding (the intake's) with what was done",
+		run:   findingsResolve,
 	}
 	commands["accounts link"] = command{
 		usage: "accounts link CONNECTOR USERNAME --worker W --reason TEXT   link an account found in a target (a finding) to a worker",
@@ -54,8 +66,9 @@ func reconcile(e *env) error {
 
 func findings(e *env) error {
 	conn := e.fs.String("connector", "", "only this connector")
-	kind := e.fs.String("kind", "", "orphan, shared or drift")
+	kind := e.fs.String("kind", "", "orphan, shared, drift (targets) or event_for_leaver, unknown_worker, hris_not_found, hris_credential (HR)")
 	st := e.fs.String("status", "open", "open, resolved or all")
+	worker := e.fs.String("worker", "", "HR findings of this worker only")
 	limit := e.fs.Int("limit", 0, "at most this many (default 500)")
 	if err := e.parse(); err != nil {
 		return err
@@ -67,12 +80,99 @@ func findings(e *env) error {
 	if err != nil {
 		return err
 	}
-	res, err := provisionerv1.NewProvisioningServiceClient(x.conn).ListFindings(e.ctx, &provisionerv1.ListFindingsRequest{
-		Connector: *conn, Kind: *kind, Status: *st, Limit: int32(*limit)})
+	hrKind := map[string]bool{"event_for_leaver": true, "unknown_worker": true, "hris_not_found": true, "hris_credential": true}[*kind]
+	var out struct {
+		Findings   []*eventsv1.ReconcileFinding
+		HRFindings []*intakev1.HRFinding
+	}
+	if !hrKind && *worker == "" {
+		res, err := provisionerv1.NewProvisioningServiceClient(x.conn).ListFindings(e.ctx, &provisionerv1.ListFindingsRequest{
+			Connector: *conn, Kind: *kind, Status: *st, Limit: int32(*limit)})
+		if err != nil {
+			return err
+		}
+		out.Findings = res.Findings
+	}
+	if *conn == "" && (hrKind || *kind == "") {
+		res, err := intakev1.NewWorkforceServiceClient(x.conn).ListFindings(e.ctx, &intakev1.ListFindingsRequest{
+			Kind: *kind, Status: *st, WorkerId: *worker, Limit: int32(*limit)})
+		// A deployment whose address serves no intake (services as separate processes)
+		// still lists the targets' findings.
+		if err != nil && status.Code(err) != codes.Unimplemented {
+			return err
+		}
+		out.HRFindings = res.GetFindings()
+	}
+	if x.output == "json" {
+		// One object with both lists, each finding as protojson writes it.
+		raw := func(ms []proto.Message) []json.RawMessage {
+			out := []json.RawMessage{}
+			for _, m := range ms {
+				b, err := protojson.Marshal(m)
+				if err == nil {
+					out = append(out, b)
+				}
+			}
+			return out
+		}
+		var rf, hf []proto.Message
+		for _, f := range out.Findings {
+			rf = append(rf, f)
+		}
+		for _, f := range out.HRFindings {
+			hf = append(hf, f)
+		}
+		b, err := json.MarshalIndent(map[string][]json.RawMessage{"findings": raw(rf), "hrFindings": raw(hf)}, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(x.stdout, string(b))
+		return err
+	}
+	return x.print(nil, func(tw *tabwriter.Writer) {
+		if len(out.Findings) > 0 || len(out.HRFindings) == 0 {
+			findingsTable(tw, out.Findings)
+		}
+		if len(out.HRFindings) > 0 {
+			if len(out.Findings) > 0 {
+				fmt.Fprintln(tw)
+			}
+			fmt.Fprintln(tw, "ID\tKIND\tSOURCE\tWORKER\tSTATUS\tCOUNT\tFIRST SEEN\tLAST SEEN\tDETAIL")
+			for _, f := range out.HRFindings {
+				w := f.WorkerId
+				if w == "" {
+					w = "-"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", f.FindingId, f.Kind, f.Source, w, f.Status, f.Count,
+					when(f.FirstSeen), when(f.LastSeen), f.Detail)
+			}
+		}
+	})
+}
+
+func findingsResolve(e *env) error {
+	reason := e.fs.String("reason", "", "what was done, or why nothing needs doing (required)")
+	if err := e.parse(); err != nil {
+		return err
+	}
+	if len(e.pos()) != 1 || *reason == "" {
+		return errors.New("usage: tenurectl findings resolve ID --reason TEXT")
+	}
+	id, err := strconv.ParseInt(e.pos()[0], 10, 64)
+	if err != nil {
+		return fmt.Errorf("finding id %q is not a number", e.pos()[0])
+	}
+	x, err := e.connect()
 	if err != nil {
 		return err
 	}
-	return x.print(res, func(tw *tabwriter.Writer) { findingsTable(tw, res.Findings) })
+	res, err := intakev1.NewWorkforceServiceClient(x.conn).ResolveFinding(e.ctx, &intakev1.ResolveFindingRequest{FindingId: id, Reason: *reason})
+	if err != nil {
+		return err
+	}
+	return x.print(res, func(tw *tabwriter.Writer) {
+		fmt.Fprintf(tw, "finding %d resolved by %s: %s\n", res.Finding.FindingId, res.Finding.ResolvedBy, res.Finding.Resolution)
+	})
 }
 
 func findingsTable(tw *tabwriter.Writer, fs []*eventsv1.ReconcileFinding) {

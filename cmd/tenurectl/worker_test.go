@@ -114,4 +114,22 @@ func TestWorkerAndHRCommands(t *testing.T) {
 			t.Fatalf("%s after the reconcile: want %s: %v\n%s", id, want, err, out)
 		}
 	}
+
+	// A hire for E1, who has left, changes nothing and is an HR finding the operator sees and
+	// closes.
+	post("h1-again", `{"type":"hire","worker":{"worker_id":"E1","worker_type":"employee","job_code":"RN"}}`)
+	out, err = ctl(t, addr, aud, "findings", "--kind", "event_for_leaver")
+	if err != nil || !strings.Contains(out, "event_for_leaver") || !strings.Contains(out, "E1") || !strings.Contains(out, "only a rehire") {
+		t.Fatalf("findings: %v\n%s", err, out)
+	}
+	id := strings.Fields(strings.Split(out, "\n")[1])[0]
+	if out, err := ctl(t, addr, aud, "findings", "resolve", id, "--reason", "HR relay re-sent it"); err == nil || !strings.Contains(err.Error(), "PermissionDenied") {
+		t.Fatalf("an auditor resolved a finding: %v\n%s", err, out)
+	}
+	if out, err := ctl(t, addr, op, "findings", "resolve", id, "--reason", "HR relay re-sent it"); err != nil || !strings.Contains(out, "resolved") {
+		t.Fatalf("findings resolve: %v\n%s", err, out)
+	}
+	if out, err := ctl(t, addr, aud, "worker", "get", "E1"); err != nil || !strings.Contains(out, "terminated") {
+		t.Fatalf("E1 after a hire for a leaver: %v\n%s", err, out)
+	}
 }
