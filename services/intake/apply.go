@@ -54,6 +54,9 @@ type applyResult struct {
 	noEffect string
 	// finding is raised for an operator with the event (findings.go).
 	finding *finding
+	// forget: the worker's record is removed (a rescind of a termination of a worker never
+	// hired: they are unknown again).
+	forget bool
 	// waitForHire: a change for a worker not hired yet is held until the hire applies
 	// (shuffled delivery: HR's job change can arrive before its hire), then fires in order.
 	waitForHire bool
@@ -154,6 +157,11 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 		base, err := s.rescind(ctx, tx, id, cur, p.received)
 		if err != nil {
 			return applyPlan{}, err
+		}
+		if base.Status == eventsv1.WorkerStatus_WORKER_STATUS_UNSPECIFIED {
+			res.writeRecord, res.publish, res.forget = false, false, true
+			res.noEffect = "the rescinded termination was of worker " + clip(id) + ", whom tenure never saw hired: the worker is unknown again"
+			break
 		}
 		fill(w, base)
 		w.Status = base.Status
@@ -300,6 +308,9 @@ func (pl *applyPlan) queueWrites(b *pgx.Batch) error {
 	}
 	if pl.writeRecord {
 		queueUpsertWorker(b, pl.w, pl.writeEff, p.eventID, p.source, p.received)
+	}
+	if pl.forget {
+		q(`DELETE FROM workers WHERE worker_id = $1`, id)
 	}
 	if !pl.supersedeAt.IsZero() {
 		q(`UPDATE scheduled_events SET state = 'cancelled', done_at = $2, error = $3
@@ -470,6 +481,11 @@ func (s *Service) rescind(ctx context.Context, tx pgx.Tx, id string, cur *record
 		}
 	} else if !errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("intake: read history: %w", err)
+	} else if firstSeq != nil {
+		// Nothing was applied before the termination: it was of a worker tenure never saw
+		// hired. Undoing it leaves the worker unknown again (status unspecified), so their
+		// hire, when it comes, applies.
+		return &eventsv1.Worker{WorkerId: id}, nil
 	}
 	if prior.Status != eventsv1.WorkerStatus_WORKER_STATUS_ON_LEAVE {
 		prior.Status = eventsv1.WorkerStatus_WORKER_STATUS_ACTIVE
