@@ -34,6 +34,9 @@ import (
 //   - a command claimed before (a redelivery) changes nothing and is acked;
 //   - the worker's open case is locked before its tasks are marked, so the command that
 //     verifies a case's last account sees all the others and completes it once;
+//   - the links are locked (after the cases, in link order) before the statement that
+//     records the read-backs takes its snapshot, so a revoke committed meanwhile is either
+//     seen by it or sees its read-back: a revoke is never left unconfirmed;
 //   - batches in flight never share a worker, and a batch locks its workers' cases in worker
 //     order, so batches do not deadlock on each other;
 //   - if the batch fails as a whole (a deadlock with another transaction, say), each command
@@ -250,6 +253,18 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 		return nil, err
 	}
 	b := &pgx.Batch{}
+	// The links' rows first, in link order, before any statement below takes its snapshot.
+	// A revoke (onDecision) deactivates the grant, then locks the link and confirms at once
+	// only if the link's read-back is current. Without this lock the statement below could
+	// take its snapshot before that revoke commits and then wait for the link: each
+	// transaction would miss what the other wrote, and the revoke would never be confirmed
+	// (no grant_revoked, no revoke_confirmed_at). Locked first, the statement waits for the
+	// revoke and sees its grant inactive, or the revoke waits and sees the read-back current.
+	linkIDs := make([]string, len(verified))
+	for i, it := range verified {
+		linkIDs[i] = it.l.id
+	}
+	b.Queue("SELECT link_id FROM links WHERE link_id = ANY($1) ORDER BY link_id FOR UPDATE", linkIDs)
 	marking := map[string]bool{} // workers whose case tasks the batch marks
 	for i, it := range verified {
 		l, gen := it.l, it.cmd.GetGeneration()
