@@ -84,16 +84,22 @@ func (s *Service) onHR(ctx context.Context, tx pgx.Tx, meta events.Meta, ev *eve
 		eff = ev.GetEffectiveTime().AsTime()
 	}
 	// The upsert locks the worker's row either way; a stale event (an older joiner after the
-	// termination) updates nothing, returns no row, and changes nothing else.
+	// termination) updates nothing, returns no row, and changes nothing else. Neither does any
+	// event but a leaver, a rehire or a rescind for a worker who has left: only a rehire or a
+	// rescind brings a leaver back (docs/hr-events.md), so a re-sent hire, a job change or a
+	// leave's end never re-activates them nor re-enables an account.
 	err := tx.QueryRow(ctx, `INSERT INTO workers (worker_id, status, email, given_name, family_name, effective_time)
 		VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (worker_id) DO UPDATE SET status = $2, email = coalesce(nullif($3, ''), workers.email),
 		  given_name = coalesce(nullif($4, ''), workers.given_name), family_name = coalesce(nullif($5, ''), workers.family_name),
 		  effective_time = $6, updated_at = now()
-		WHERE workers.effective_time <= $6
+		WHERE workers.effective_time <= $6 AND ($7 OR workers.status <> $8)
 		RETURNING true`,
-		w.GetWorkerId(), w.GetStatus().String(), w.GetEmail(), w.GetGivenName(), w.GetFamilyName(), eff).Scan(new(bool))
+		w.GetWorkerId(), w.GetStatus().String(), w.GetEmail(), w.GetGivenName(), w.GetFamilyName(), eff, bringsLeaverBack(ev),
+		eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String()).Scan(new(bool))
 	if errors.Is(err, pgx.ErrNoRows) {
+		s.log.InfoContext(ctx, "HR event changes nothing: older than the worker's record, or the worker has left and it is no rehire or rescind",
+			"worker", w.GetWorkerId(), "kind", ev.GetKind().String(), "hr_event_type", ev.GetHrEventType(), "event", meta.ID)
 		return nil, nil
 	}
 	if err != nil {
@@ -105,11 +111,71 @@ func (s *Service) onHR(ctx context.Context, tx pgx.Tx, meta events.Meta, ev *eve
 	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_START:
 		return s.setWorkerLinks(ctx, tx, w.GetWorkerId(), stateDisabled, "")
 	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_END:
+		// A worker rehired while their leaver case still verifies gets their access back
+		// when the case completes (releaseHeld), not before.
+		if open, err := lockOpenCase(ctx, tx, w.GetWorkerId()); err != nil || open {
+			return nil, err
+		}
 		return s.setWorkerLinks(ctx, tx, w.GetWorkerId(), stateEnabled, "")
 	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_RESCIND:
 		return s.rescind(ctx, tx, w.GetWorkerId())
 	}
 	return nil, nil
+}
+
+// bringsLeaverBack says whether ev may change the record of a worker who has left: a new
+// termination, a rescind, or a rehire (a joiner whose HR type is "rehire").
+func bringsLeaverBack(ev *eventsv1.WorkerEvent) bool {
+	switch ev.GetKind() {
+	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER, eventsv1.WorkerEventKind_WORKER_EVENT_KIND_RESCIND:
+		return true
+	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER:
+		return ev.GetHrEventType() == "rehire"
+	}
+	return false
+}
+
+// lockOpenCase says whether the worker has an open leaver case, and holds it (FOR SHARE)
+// until tx ends. While a case is open no account of the worker is enabled: the case's
+// tasks ask for every account disabled, and a link moved on to enabled would leave its task
+// pending for ever. The lock orders this transaction with the one completing the case: either
+// that one sees what this one held back and releases it (releaseHeld), or this one sees the
+// case completed and enables at once.
+func lockOpenCase(ctx context.Context, tx pgx.Tx, worker string) (bool, error) {
+	err := tx.QueryRow(ctx, "SELECT 1 FROM cases WHERE worker_id = $1 AND status = 'open' FOR SHARE", worker).Scan(new(int))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// releaseHeldSQL re-enables, once the leaver case of a worker who came back (a rehire while
+// the case was verifying) has completed, the worker's accounts a grant explains that
+// waited for the case: disabled, tenure-provisioned, with an active grant, the worker
+// active and no case open. It returns each link re-enabled, for its ensure command.
+const releaseHeldSQL = `UPDATE links l SET desired_state = 'enabled', generation = l.generation + 1,
+	  desired_entitlements = (SELECT coalesce(array_agg(DISTINCT e ORDER BY e), '{}') FROM link_grants g, unnest(g.entitlements) e
+	    WHERE g.link_id = l.link_id AND g.active)
+	FROM workers w
+	WHERE w.worker_id = $1 AND l.worker_id = w.worker_id AND w.status = 'WORKER_STATUS_ACTIVE'
+	  AND l.desired_state = 'disabled' AND l.origin = 'provisioned'
+	  AND EXISTS (SELECT 1 FROM link_grants g WHERE g.link_id = l.link_id AND g.active)
+	  AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.worker_id = w.worker_id AND c.status = 'open')
+	RETURNING l.link_id, l.connector, l.generation`
+
+// releaseHeld queues releaseHeldSQL for worker on b; done gets the ensure commands.
+func releaseHeld(b *pgx.Batch, worker string, done func([]events.Event)) {
+	b.Queue(releaseHeldSQL, worker).Query(func(rows pgx.Rows) error {
+		var out []events.Event
+		var id, conn string
+		var gen int64
+		_, err := pgx.ForEachRow(rows, []any{&id, &conn, &gen}, func() error {
+			out = append(out, command(worker, conn, id, gen, eventsv1.ProvisionOp_PROVISION_OP_ENSURE, ""))
+			return nil
+		})
+		done(out)
+		return err
+	})
 }
 
 // setWorkerLinks suspends or restores every link of a worker that has active grants
@@ -346,8 +412,15 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 	}
 	terminated := status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String()
 	// A worker on leave keeps every account disabled: a grant is recorded and takes effect
-	// when the leave ends (setWorkerLinks), and a revoke never re-enables an account.
-	onLeave := status == eventsv1.WorkerStatus_WORKER_STATUS_ON_LEAVE.String()
+	// when the leave ends (setWorkerLinks), and a revoke never re-enables an account. So does
+	// a worker whose leaver case is still open (rehired meanwhile): a grant takes effect when
+	// the case completes (releaseHeld).
+	held := status == eventsv1.WorkerStatus_WORKER_STATUS_ON_LEAVE.String()
+	if !terminated && !held && status != "" {
+		if held, err = lockOpenCase(ctx, tx, worker); err != nil {
+			return nil, err
+		}
+	}
 	switch d.GetKind() {
 	case eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_GRANT:
 		if terminated {
@@ -364,7 +437,7 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 			return nil, err
 		}
 		state := stateEnabled
-		if onLeave {
+		if held {
 			state = stateDisabled
 		}
 		return s.reconverge(ctx, tx, worker, linkID, state, "grant "+d.GetGrantId())
@@ -382,7 +455,7 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 			return nil, err
 		}
 		state := stateEnabled
-		if remaining == 0 || terminated || onLeave {
+		if remaining == 0 || terminated || held {
 			state = stateDisabled
 		}
 		out, err := s.reconverge(ctx, tx, worker, linkID, state, "revoke of grant "+d.GetGrantId())

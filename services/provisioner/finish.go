@@ -34,6 +34,9 @@ import (
 //   - a command claimed before (a redelivery) changes nothing and is acked;
 //   - the worker's open case is locked before its tasks are marked, so the command that
 //     verifies a case's last account sees all the others and completes it once;
+//   - the links are locked (after the cases, in link order) before the statement that
+//     records the read-backs takes its snapshot, so a revoke committed meanwhile is either
+//     seen by it or sees its read-back: a revoke is never left unconfirmed;
 //   - batches in flight never share a worker, and a batch locks its workers' cases in worker
 //     order, so batches do not deadlock on each other;
 //   - if the batch fails as a whole (a deadlock with another transaction, say), each command
@@ -208,6 +211,7 @@ type openCaseRow struct {
 	total, verified  int32
 	touched          bool // a task of it was verified in this batch
 	worker, email    string
+	workerStatus     string
 	lastItem         *finishItem
 }
 
@@ -250,6 +254,18 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 		return nil, err
 	}
 	b := &pgx.Batch{}
+	// The links' rows first, in link order, before any statement below takes its snapshot.
+	// A revoke (onDecision) deactivates the grant, then locks the link and confirms at once
+	// only if the link's read-back is current. Without this lock the statement below could
+	// take its snapshot before that revoke commits and then wait for the link: each
+	// transaction would miss what the other wrote, and the revoke would never be confirmed
+	// (no grant_revoked, no revoke_confirmed_at). Locked first, the statement waits for the
+	// revoke and sees its grant inactive, or the revoke waits and sees the read-back current.
+	linkIDs := make([]string, len(verified))
+	for i, it := range verified {
+		linkIDs[i] = it.l.id
+	}
+	b.Queue("SELECT link_id FROM links WHERE link_id = ANY($1) ORDER BY link_id FOR UPDATE", linkIDs)
 	marking := map[string]bool{} // workers whose case tasks the batch marks
 	for i, it := range verified {
 		l, gen := it.l, it.cmd.GetGeneration()
@@ -303,11 +319,12 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 			c := &openCaseRow{worker: l.worker, email: l.email}
 			b.Queue(sql+`, c.case_id, c.hr_event_id, c.opened_at, c.deadline,
 				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id),
-				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id AND a.status = 'verified') + (SELECT count(*) FROM task)
+				  (SELECT count(*) FROM case_accounts a WHERE a.case_id = c.case_id AND a.status = 'verified') + (SELECT count(*) FROM task),
+				  coalesce((SELECT w.status FROM workers w WHERE w.worker_id = c.worker_id), '')
 				FROM cases c WHERE c.case_id = $8`, append(args, caseID)...).
 				QueryRow(func(row pgx.Row) error {
 					if err := row.Scan(&it.current, &it.activeGrants, &it.revokedGrants, &it.confirmed, &it.cases,
-						&c.id, &c.hrEvent, &c.opened, &c.deadline, &c.total, &c.verified); err != nil {
+						&c.id, &c.hrEvent, &c.opened, &c.deadline, &c.total, &c.verified, &c.workerStatus); err != nil {
 						return err
 					}
 					open[c.id] = c
@@ -342,14 +359,21 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 }
 
 // completeAndEmit completes the cases whose last task the batch verified and writes every
-// item's events, each item's in the order a transaction of its own wrote them.
+// item's events, each item's in the order a transaction of its own wrote them. A completed
+// case of a worker who came back meanwhile (rehired while it verified) releases the access
+// granted since, which waited for the case (releaseHeld).
 func (s *Service) completeAndEmit(ctx context.Context, tx pgx.Tx, items []*finishItem, open map[string]*openCaseRow, now time.Time) error {
 	completions := map[*finishItem][]*openCaseRow{}
+	released := map[*finishItem][]events.Event{}
 	b := &pgx.Batch{}
 	for _, c := range open {
 		if c.touched && c.verified >= c.total {
 			b.Queue("UPDATE cases SET status = 'completed', completed_at = $2 WHERE case_id = $1 AND status = 'open'", c.id, now)
 			completions[c.lastItem] = append(completions[c.lastItem], c)
+			if c.workerStatus != eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String() {
+				it := c.lastItem
+				releaseHeld(b, c.worker, func(cmds []events.Event) { released[it] = append(released[it], cmds...) })
+			}
 		}
 	}
 	if b.Len() > 0 {
@@ -366,6 +390,9 @@ func (s *Service) completeAndEmit(ctx context.Context, tx pgx.Tx, items []*finis
 			for _, e := range caseCompleted(c.id, c.worker, c.email, c.hrEvent, c.opened, c.deadline, now, c.total, c.verified) {
 				out = append(out, pgstore.Outgoing{Ctx: it.ctx, Event: e})
 			}
+		}
+		for _, e := range released[it] {
+			out = append(out, pgstore.Outgoing{Ctx: it.ctx, Event: e})
 		}
 	}
 	return pgstore.EnqueueAll(ctx, tx, out)

@@ -120,6 +120,14 @@ func (h *host) joiner(t *testing.T, worker string, effective time.Time) {
 		EffectiveTime: timestamppb.New(effective)})
 }
 
+// rehire is what intake publishes for a rehire: a joiner whose HR type says the worker who
+// left comes back (a hire alone never brings a leaver back).
+func (h *host) rehire(t *testing.T, worker string, effective time.Time) {
+	h.publish(t, events.Subject("tenure.hr", "joiner", worker), worker, &eventsv1.WorkerEvent{Kind: eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER,
+		HrEventType: "rehire", Worker: &eventsv1.Worker{WorkerId: worker, Email: worker + "@hospital.example", Status: eventsv1.WorkerStatus_WORKER_STATUS_ACTIVE},
+		EffectiveTime: timestamppb.New(effective)})
+}
+
 // rescind is what intake publishes for a termination_rescinded.
 func (h *host) rescind(t *testing.T, worker string) {
 	h.publish(t, events.Subject("tenure.hr", "rescind", worker), worker, &eventsv1.WorkerEvent{Kind: eventsv1.WorkerEventKind_WORKER_EVENT_KIND_RESCIND,
@@ -208,7 +216,7 @@ func TestDisableThenDeleteAfterGracePeriod(t *testing.T) {
 	}
 
 	// Rehired: a new account under a username nobody had; the old name stays unused.
-	h.joiner(t, "w-del", time.Now())
+	h.rehire(t, "w-del", time.Now())
 	h.grant(t, "w-del", "g2", "ehr", pg.group)
 	eventually(t, "rehire provisioned", func() error {
 		for _, a := range h.accounts(t, "w-del") {
