@@ -12,13 +12,23 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 MODULES := ./proto/... ./pkg/... ./services/intake/... ./services/approval/... ./services/provisioner/... ./services/ledger/... ./cmd/... ./test/e2e/... ./examples/connector-inventory/...
 TESTFLAGS ?= -shuffle=on -count=1 -timeout=20m
 
-.PHONY: all build tools proto lint test fuzz bench demo dev clean
+.PHONY: all build deps tools proto lint test fuzz bench demo dev clean
 
 all: build
 
+# `tenure version` names the commit it was built from (a tag when there is one; -dirty when
+# the tree had changes).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION)
+
 build:
-	$(GO) build -o $(BIN)/tenure ./cmd/tenure
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/tenure ./cmd/tenure
 	$(GO) build -o $(BIN)/tenurectl ./cmd/tenurectl
+
+# System and npm packages the tests need (PostgreSQL, slapd, ldap-utils, node/npm): installs
+# what is missing when it can (root or sudo), else prints the one command to run. Idempotent.
+deps:
+	./scripts/deps.sh
 
 $(BIN)/buf:
 	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
@@ -45,7 +55,8 @@ lint: tools
 
 # Every test: real PostgreSQL (started by the tests), embedded nats-server, real slapd and a
 # SCIM server from npm; then a brief fuzzing run of the webhook verifiers and HRIS adapters.
-test: lint
+# From a fresh clone on Debian with Go: `deps` installs the rest first.
+test: deps lint
 	$(GO) test $(TESTFLAGS) $(MODULES)
 	$(MAKE) fuzz
 

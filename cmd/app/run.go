@@ -45,7 +45,14 @@ type Options struct {
 	Targets  []provisioner.Target
 	Sources  map[string]intake.SourceConfig
 	ExtraRun []func(ctx context.Context) error
+	// NATSUsers, when set, gives each service its own NATS connection as its own user
+	// (keys: the service names, and "admin" for the streams), as separate processes would
+	// have: `tenure dev` runs the services in one process with deploy/nats's permissions.
+	NATSUsers map[string]NATSUser
 }
+
+// NATSUser is a NATS user name and password.
+type NATSUser struct{ User, Password string }
 
 // Stack is a running set of services with their HTTP and gRPC servers.
 type Stack struct {
@@ -60,6 +67,7 @@ type Stack struct {
 	NATS               *nats.Conn
 
 	log    *slog.Logger
+	conns  []*nats.Conn // every NATS connection, NATS among them
 	pools  []*pgxpool.Pool
 	grpc   *grpc.Server
 	http   *http.Server
@@ -107,23 +115,40 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 	}
 
 	// NATS first: without it nothing works.
-	nopts := []nats.Option{nats.Name("tenure-" + strings.Join(svcs, "+")), nats.Timeout(cfg.ConnectTimeout), nats.MaxReconnects(-1)}
-	if cfg.NATSUser != "" {
-		// Replies (PubAcks, API answers) come to a per-user inbox, so one service cannot read
-		// another's replies (deploy/nats/accounts.conf).
-		nopts = append(nopts, nats.UserInfo(cfg.NATSUser, cfg.NATSPassword), nats.CustomInboxPrefix("_INBOX_"+cfg.NATSUser))
+	dial := func(name, user, password string) (jetstream.JetStream, error) {
+		nopts := []nats.Option{nats.Name(name), nats.Timeout(cfg.ConnectTimeout), nats.MaxReconnects(-1)}
+		if user != "" {
+			// Replies (PubAcks, API answers) come to a per-user inbox, so one service cannot
+			// read another's replies (deploy/nats/accounts.conf).
+			nopts = append(nopts, nats.UserInfo(user, password), nats.CustomInboxPrefix("_INBOX_"+user))
+		}
+		if cfg.NATSCAFile != "" {
+			nopts = append(nopts, nats.RootCAs(cfg.NATSCAFile))
+		}
+		nc, err := nats.Connect(cfg.NATSURL, nopts...)
+		if err != nil {
+			return nil, fmt.Errorf("NATS at %s unreachable (as %q): %w", cfg.NATSURL, user, err)
+		}
+		st.conns = append(st.conns, nc)
+		return jetstream.New(nc)
 	}
-	if cfg.NATSCAFile != "" {
-		nopts = append(nopts, nats.RootCAs(cfg.NATSCAFile))
+	user, password := cfg.NATSUser, cfg.NATSPassword
+	if o.NATSUsers != nil {
+		user, password = o.NATSUsers["admin"].User, o.NATSUsers["admin"].Password
 	}
-	nc, err := nats.Connect(cfg.NATSURL, nopts...)
-	if err != nil {
-		return nil, fmt.Errorf("NATS at %s unreachable: %w", cfg.NATSURL, err)
-	}
-	st.NATS = nc
-	js, err := jetstream.New(nc)
+	js, err := dial("tenure-"+strings.Join(svcs, "+"), user, password)
 	if err != nil {
 		return nil, err
+	}
+	st.NATS = js.Conn()
+	nc := st.NATS
+	// svcJS is the JetStream a service uses: its own user's when NATSUsers has one.
+	svcJS := func(svc string) (jetstream.JetStream, error) {
+		u, ok := o.NATSUsers[svc]
+		if !ok {
+			return js, nil
+		}
+		return dial("tenure-"+svc, u.User, u.Password)
 	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
@@ -150,8 +175,13 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 	var runners []runner
 	var grpcs []grpcService
 	var ledgerPool *pgxpool.Pool
+	var ledgerJS jetstream.JetStream
 	for _, svc := range svcs {
 		pool, err := connect(svc)
+		if err != nil {
+			return nil, err
+		}
+		js, err := svcJS(svc)
 		if err != nil {
 			return nil, err
 		}
@@ -161,7 +191,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			var icfg intake.Config
 			if o.Sources != nil {
 				icfg.Sources = o.Sources
-			} else if icfg, err = intake.LoadConfig(cfg.WebhookSources); err != nil {
+			} else if icfg, err = LoadSources(cfg.WebhookSources); err != nil {
 				return nil, err
 			}
 			s, err := intake.New(ctx, icfg, intake.Deps{Pool: pool, JS: js, Log: slog, AtomicBatch: cfg.NATSAtomicBatch})
@@ -196,7 +226,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			if err != nil {
 				return nil, fmt.Errorf("ledger: %w", err)
 			}
-			st.Ledger, ledgerPool = s, pool
+			st.Ledger, ledgerPool, ledgerJS = s, pool, js
 			runners, grpcs = append(runners, s), append(grpcs, s)
 		}
 	}
@@ -242,7 +272,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 		mux.Handle("/snapshots/", st.Intake.Handler())
 	}
 	if st.Ledger != nil {
-		t, err := startSSF(ctx, cfg, ledgerPool, js, auth, log, st.HTTPAddr, mux)
+		t, err := startSSF(ctx, cfg, ledgerPool, ledgerJS, auth, log, st.HTTPAddr, mux)
 		if err != nil {
 			gl.Close()
 			hl.Close()
@@ -335,8 +365,11 @@ func (st *Stack) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	var probs []string
-	if st.NATS == nil || !st.NATS.IsConnected() {
-		probs = append(probs, "NATS disconnected")
+	for _, nc := range st.conns {
+		if !nc.IsConnected() {
+			probs = append(probs, "NATS disconnected")
+			break
+		}
 	}
 	for _, p := range st.pools {
 		if err := p.Ping(ctx); err != nil {
@@ -384,8 +417,8 @@ func (st *Stack) closeConns() {
 	for _, p := range st.pools {
 		p.Close()
 	}
-	if st.NATS != nil {
-		st.NATS.Drain()
+	for _, nc := range st.conns {
+		nc.Drain()
 	}
 }
 
@@ -397,9 +430,9 @@ func (st *Stack) Wait() error {
 	return st.err
 }
 
-// OpenTargets opens every connector of a connectors file.
-func OpenTargets(ctx context.Context, path string) ([]provisioner.Target, error) {
-	cfgs, err := connector.LoadConfigs(path)
+// OpenTargets opens every connector of the connectors files (one, or a comma list).
+func OpenTargets(ctx context.Context, paths string) ([]provisioner.Target, error) {
+	cfgs, err := LoadConnectors(paths)
 	if err != nil {
 		return nil, err
 	}

@@ -132,6 +132,7 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.NATSPort, "nats-port", 4222, "embedded NATS port (-1: any free port)")
 	fs.DurationVar(&o.NATSSyncInterval, "nats-sync-interval", 0, "JetStream fsync interval (0: fsync every write)")
 	fs.DurationVar(&o.CaseDeadline, "case-deadline", 5*time.Minute, "leaver case deadline before an overdue alert")
+	fs.BoolVar(&o.Fast, "fast", false, "run PostgreSQL without fsync (tests and benchmarks only: a machine crash can lose committed data)")
 	logFormat := fs.String("log-format", "text", "text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {

@@ -510,13 +510,32 @@ func (x *cli) showCase(ctx context.Context, worker string, wait time.Duration) e
 		if c.CompletedAt != nil {
 			took = c.CompletedAt.AsTime().Sub(c.OpenedAt.AsTime()).Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "case\t%s\nworker\t%s\nstatus\t%s\nopened\t%s\ncompleted\t%s\ttook %s\ndeadline\t%s\n\n", c.CaseId, c.WorkerId, state(c.Status.String()),
-			when(c.OpenedAt), when(c.CompletedAt), took, when(c.Deadline))
+		fmt.Fprintf(tw, "case\t%s\nworker\t%s\nstatus\t%s\nopened\t%s\ncompleted\t%s\ttook %s\ndeadline\t%s\t%s\n\n", c.CaseId, c.WorkerId, state(c.Status.String()),
+			when(c.OpenedAt), when(c.CompletedAt), took, when(c.Deadline), deadlineNote(c, time.Now()))
 		fmt.Fprintln(tw, "CONNECTOR\tUSERNAME\tSTATUS\tREAD BACK\tATTEMPTS\tVERIFIED\tLAST ERROR")
 		for _, a := range c.Accounts {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", a.Connector, a.Username, a.Status, state(a.ObservedState.String()), a.Attempts, when(a.VerifiedAt), a.LastError)
 		}
 	})
+}
+
+// deadlineNote says whether the case is (or was) past its deadline, and by how long: an
+// open case past it is overdue now, a completed one may have finished late.
+func deadlineNote(c *provisionerv1.LeaverCase, now time.Time) string {
+	if c.Deadline == nil {
+		return ""
+	}
+	deadline := c.Deadline.AsTime()
+	if c.CompletedAt != nil && c.Status.String() == "LEAVER_CASE_STATUS_COMPLETED" {
+		if late := c.CompletedAt.AsTime().Sub(deadline); late > 0 {
+			return "completed " + late.Round(time.Second).String() + " late"
+		}
+		return "met"
+	}
+	if over := now.Sub(deadline); over > 0 {
+		return "OVERDUE by " + over.Round(time.Second).String()
+	}
+	return deadline.Sub(now).Round(time.Second).String() + " left"
 }
 
 func (x *cli) print(m proto.Message, table func(*tabwriter.Writer)) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -34,6 +35,7 @@ type Runner struct {
 	target  string
 	policy  Policy
 	limiter *rate.Limiter // nil: no rate limit
+	window  *window       // with the default burst: at most Rate calls in any one second
 	slots   chan struct{}
 	jitter  func() float64
 
@@ -53,6 +55,7 @@ func NewRunner(target string, p Policy) (*Runner, error) {
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("target %q: %w", target, err)
 	}
+	defaultBurst := p.Burst == 0
 	p = p.WithDefaults()
 	r := &Runner{
 		target: target,
@@ -64,6 +67,9 @@ func NewRunner(target string, p Policy) (*Runner, error) {
 	}
 	if p.Rate > 0 {
 		r.limiter = rate.NewLimiter(rate.Limit(p.Rate), p.Burst)
+		if defaultBurst {
+			r.window = newWindow(max(1, int(math.Floor(p.Rate))))
+		}
 	}
 	m := otel.Meter("tenure/connector")
 	var errs []error
@@ -163,7 +169,12 @@ func (r *Runner) waitTurn(ctx context.Context) error {
 		}
 	}
 	if r.limiter != nil {
-		return r.limiter.Wait(ctx)
+		if err := r.limiter.Wait(ctx); err != nil {
+			return err
+		}
+	}
+	if r.window != nil {
+		return r.window.Wait(ctx)
 	}
 	return nil
 }
@@ -181,6 +192,10 @@ type Hooks struct {
 	// goroutine, concurrently with the attempt and Failed, and never after Do returns.
 	Heartbeat      func()
 	HeartbeatEvery time.Duration
+	// Used is how many attempts earlier runs of the same operation already made (a host
+	// that persists them, so a crash and restart do not renew the budget): numbering goes
+	// on from there, and an operation with none left fails as exhausted without a call.
+	Used int
 }
 
 // Do runs an operation: attempt is called with the attempt number (1-based) while holding a
@@ -197,7 +212,13 @@ func (r *Runner) Do(ctx context.Context, name string, attempt func(ctx context.C
 		r.opDur.Record(ctx, time.Since(start).Seconds(), metric.WithAttributeSet(r.attrs), metric.WithAttributes(attribute.String("outcome", outcome)))
 	}()
 	defer heartbeat(h)()
-	for n := 1; ; n++ {
+	if h.Used >= r.policy.MaxAttempts {
+		outcome = "exhausted"
+		err := &Error{Kind: KindPermanent, Err: fmt.Errorf("%w: %d attempts made before", ErrAttemptsExhausted, h.Used)}
+		span.SetStatus(codes.Error, err.Error())
+		return err
+	}
+	for n := h.Used + 1; ; n++ {
 		err := r.attempt(ctx, n, attempt)
 		if err == nil {
 			span.SetAttributes(attribute.Int("tenure.attempts", n))

@@ -3,7 +3,10 @@ package connector
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -217,5 +220,66 @@ func TestCallTimeout(t *testing.T) {
 	err := r.Call(context.Background(), "get", func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Call = %v", err)
+	}
+}
+
+// With the default burst, no one-second window holds more calls than the rate, however many
+// callers race (a token bucket with burst = rate lets the first second reach twice the rate).
+func TestDefaultBurstKeepsEverySecondWithinTheRate(t *testing.T) {
+	for _, tc := range []struct {
+		rate    float64
+		callers int
+		calls   int
+	}{{5, 1, 16}, {5, 4, 16}, {3.5, 3, 10}} {
+		t.Run(fmt.Sprintf("rate %v callers %d", tc.rate, tc.callers), func(t *testing.T) {
+			r := newTestRunner(t, Policy{Rate: tc.rate, Concurrency: tc.callers})
+			var mu sync.Mutex
+			var at []time.Time
+			var wg sync.WaitGroup
+			for c := range tc.callers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := c; i < tc.calls; i += tc.callers {
+						r.Call(context.Background(), "get", func(context.Context) error {
+							mu.Lock()
+							at = append(at, time.Now())
+							mu.Unlock()
+							return nil
+						})
+					}
+				}()
+			}
+			wg.Wait()
+			slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+			// Scheduling may start a call a little after its admission: allow 30ms of slack.
+			span := time.Second - 30*time.Millisecond
+			for i := range at {
+				n := 0
+				for j := i; j < len(at) && at[j].Sub(at[i]) < span; j++ {
+					n++
+				}
+				if float64(n) > tc.rate {
+					t.Fatalf("%d calls within %s of call %d, rate %v", n, span, i, tc.rate)
+				}
+			}
+		})
+	}
+}
+
+// Attempts an earlier run made count against the budget: numbering goes on from them, and a
+// budget already spent fails as exhausted without calling the target.
+func TestDoContinuesTheAttemptBudget(t *testing.T) {
+	r := newTestRunner(t, Policy{MaxAttempts: 5, BackoffInitial: time.Millisecond, BackoffMax: time.Millisecond})
+	fail := &Error{Kind: KindRetryable, Err: errors.New("down")}
+	var seen []int
+	err := r.Do(context.Background(), "op", func(_ context.Context, n int) error { seen = append(seen, n); return fail }, Hooks{Used: 3})
+	if !errors.Is(err, ErrAttemptsExhausted) || !slices.Equal(seen, []int{4, 5}) {
+		t.Fatalf("with 3 of 5 used: attempts %v, err %v; want [4 5] and exhausted", seen, err)
+	}
+	seen = nil
+	err = r.Do(context.Background(), "op", func(_ context.Context, n int) error { seen = append(seen, n); return nil }, Hooks{Used: 5})
+	if !errors.Is(err, ErrAttemptsExhausted) || KindOf(err) != KindPermanent || len(seen) != 0 {
+		t.Fatalf("with 5 of 5 used: attempts %v, err %v; want none and a permanent exhausted error", seen, err)
 	}
 }

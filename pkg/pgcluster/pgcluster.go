@@ -29,6 +29,9 @@ type Options struct {
 	Durable bool
 }
 
+// ErrInUse says that another live process holds the cluster directory.
+var ErrInUse = errors.New("pgcluster: the cluster directory is in use by another process")
+
 // Cluster is a running PostgreSQL server started by this process.
 type Cluster struct {
 	dir     string
@@ -37,6 +40,10 @@ type Cluster struct {
 	bin     string
 	runAs   string
 	stopped bool
+	lock    *os.File // flock on Dir/cluster.lock, held while this process owns the cluster
+	// TookOver is the pid of a server that an earlier owner of the directory left running
+	// when it died (kill -9) and that Start stopped before starting its own; 0 if none.
+	TookOver int
 }
 
 // ErrNoPostgres says that no PostgreSQL server binaries were found.
@@ -92,6 +99,17 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err := c.chown(dir); err != nil {
 		return nil, err
 	}
+	// The lock tells a live owner from a dead one: the kernel drops it when its holder dies,
+	// however it dies, and the server (another process) never inherits it.
+	if c.lock, err = lockDir(dir); err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			c.lock.Close()
+		}
+	}()
 	if socketDirOK(dir) {
 		c.socket = dir
 	}
@@ -101,6 +119,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		if err != nil {
 			return nil, fmt.Errorf("initdb: %w: %s", err, out)
 		}
+	}
+	if c.TookOver, err = c.stopOrphan(ctx, data); err != nil {
+		return nil, err
 	}
 	port := opts.Port
 	for attempt := 0; ; attempt++ {
@@ -129,7 +150,41 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 	}
 	c.port = port
+	started = true
 	return c, nil
+}
+
+// stopOrphan stops a server still running on data although no live process owns the
+// directory (we hold its lock): its owner died without stopping it. A fast shutdown ends
+// its sessions and leaves the cluster clean, so the start that follows needs no recovery.
+// A pid file whose process is gone, a zombie, or not this data directory's postmaster (its
+// pid reused) is stale: it is removed, since PostgreSQL would take a live pid for a server.
+func (c *Cluster) stopOrphan(ctx context.Context, data string) (int, error) {
+	pidFile := filepath.Join(data, "postmaster.pid")
+	b, err := os.ReadFile(pidFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if pid <= 0 || !isPostmaster(pid, data) {
+		if err := os.Remove(pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return 0, fmt.Errorf("remove the stale %s: %w", pidFile, err)
+		}
+		return 0, nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if out, err := c.run(sctx, "pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "30", "stop"); err != nil {
+		return 0, fmt.Errorf("stop the PostgreSQL server (pid %d) an earlier owner of %s left running: %w: %s", pid, data, err, out)
+	}
+	// pg_ctl returns once the pid file is gone, a moment before the process has exited and
+	// let go of the shared memory the new server checks.
+	for deadline := time.Now().Add(10 * time.Second); isPostmaster(pid, data) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return pid, nil
 }
 
 // Port is the loopback TCP port the server listens on.
@@ -170,6 +225,7 @@ func (c *Cluster) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	out, err := c.run(ctx, "pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "fast", "-w", "stop")
+	c.lock.Close()
 	if err != nil {
 		return fmt.Errorf("pg_ctl stop: %w: %s", err, out)
 	}

@@ -2,10 +2,13 @@ package pgcluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -101,6 +104,80 @@ func TestURLUsesTheSocketWhereItFits(t *testing.T) {
 		}
 		if err := c.Stop(); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// A server whose owner died (its lock gone, the server still running) is stopped by the next
+// Start, which then owns the directory; a directory a live owner holds is refused.
+func TestStartTakesOverAnOrphanedServer(t *testing.T) {
+	dir, err := os.MkdirTemp("", "pgcluster-orphan-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	first, err := Start(ctx, Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Stop()
+	if _, err := Start(ctx, Options{Dir: dir}); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second Start while the first owner lives: %v, want ErrInUse", err)
+	}
+	pidFile, _ := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid"))
+	orphan, _ := strconv.Atoi(strings.SplitN(string(pidFile), "\n", 2)[0])
+
+	first.lock.Close() // what the kernel does when the owner is killed
+	second, err := Start(ctx, Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("Start over an orphaned server: %v", err)
+	}
+	defer second.Stop()
+	if second.TookOver != orphan || orphan == 0 {
+		t.Fatalf("TookOver = %d, want the orphan's pid %d", second.TookOver, orphan)
+	}
+	// pg_ctl stop returns once the pid file is gone, a moment before the process exits.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if err := syscall.Kill(orphan, 0); errors.Is(err, syscall.ESRCH) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the orphaned server (pid %d) still runs: %v", orphan, err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, second.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+}
+
+// Durable keeps fsync on; without it the cluster runs fast and unsafe.
+func TestDurableKeepsFsyncOn(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, durable := range []bool{true, false} {
+		dir, err := os.MkdirTemp("", "pgcluster-fsync-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		c, err := Start(ctx, Options{Dir: dir, Durable: durable})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := pgx.Connect(ctx, c.URL("postgres"))
+		if err != nil {
+			c.Stop()
+			t.Fatal(err)
+		}
+		var fsync string
+		conn.QueryRow(ctx, "SHOW fsync").Scan(&fsync)
+		conn.Close(ctx)
+		c.Stop()
+		if want := map[bool]string{true: "on", false: "off"}[durable]; fsync != want {
+			t.Errorf("Durable=%v: fsync %q, want %q", durable, fsync, want)
 		}
 	}
 }

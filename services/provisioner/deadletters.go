@@ -254,6 +254,9 @@ func (s *Service) retryLink(ctx context.Context, tx pgx.Tx, linkID, caseID, by s
 	if _, err := tx.Exec(ctx, "UPDATE links SET attempts = 0, last_error = '' WHERE link_id = $1", linkID); err != nil {
 		return "", 0, err
 	}
+	if err := resetBudget(ctx, tx, linkID); err != nil {
+		return "", 0, err
+	}
 	if caseID != "" {
 		if _, err := tx.Exec(ctx, "UPDATE case_accounts SET status = 'pending', last_error = '' WHERE case_id = $1 AND link_id = $2 AND status <> 'verified'", caseID, linkID); err != nil {
 			return "", 0, err

@@ -78,7 +78,9 @@ func (s *Service) GetLeaverCase(ctx context.Context, req *provisionerv1.GetLeave
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "get case deletions: %v", err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT a.link_id, l.connector, l.username, a.status, a.attempts, a.last_error, a.verified_at, a.observed_state
+	// A verified account's last error is history: the read-back since then is the truth.
+	rows, err := s.pool.Query(ctx, `SELECT a.link_id, l.connector, l.username, a.status, a.attempts,
+		  CASE WHEN a.status = 'verified' THEN '' ELSE a.last_error END, a.verified_at, a.observed_state
 		FROM case_accounts a JOIN links l USING (link_id) WHERE a.case_id = $1 ORDER BY l.connector, l.username`, c.CaseId)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "get case accounts: %v", err)
@@ -228,6 +230,9 @@ func (s *Service) LinkAccount(ctx context.Context, req *provisionerv1.LinkAccoun
 	}
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "link account: %v", err)
+	}
+	if err := s.resolveOrphanFinding(ctx, req.GetConnector(), username, id); err != nil {
+		return nil, status.Errorf(codes.Internal, "account linked (link %s), but its orphan finding is still open: %v", id, err)
 	}
 	rows, err := s.pool.Query(ctx, `SELECT `+accountColumns+` FROM links WHERE link_id = $1`, id)
 	if err != nil {

@@ -231,6 +231,11 @@ func workDurable(target string) string { return "provisioner-" + target }
 // Run handles events and commands until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	s.stop = ctx
+	if n, err := s.redriveAtStart(ctx); err != nil {
+		s.log.WarnContext(ctx, "start-up re-drive failed; redelivery will carry the commands in flight", "err", err)
+	} else if n > 0 {
+		s.log.InfoContext(ctx, "re-drove accounts not yet verified at their desired state", "accounts", n)
+	}
 	errc := make(chan error, len(s.consumers)+3)
 	go func() { errc <- s.relay.Run(ctx) }()
 	go func() { errc <- s.watchOverdue(ctx) }()

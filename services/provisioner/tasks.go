@@ -320,6 +320,9 @@ func (s *Service) CompleteManualTask(ctx context.Context, req *provisionerv1.Com
 		if _, err := tx.Exec(ctx, "UPDATE links SET attempts = 0, last_error = '' WHERE link_id = $1", task.LinkId); err != nil {
 			return err
 		}
+		if err := resetBudget(ctx, tx, task.LinkId); err != nil {
+			return err
+		}
 		return pgstore.Enqueue(ctx, tx, taskEvent("task_completed", task), command(task.WorkerId, task.Connector, task.LinkId, gen, opFor(desired), task.CaseId))
 	})
 	if err != nil {

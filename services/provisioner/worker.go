@@ -221,6 +221,15 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 	if gen < l.generation {
 		return s.supersede(ctx, t, meta, msg.Subject(), &cmd, l, 1, touched)
 	}
+	// Once per generation: after a crash both a redelivery and the start-up re-drive may
+	// carry it (startup.go), and the budget goes on from the attempts already failed.
+	if done, err := s.doneAlready(ctx, &cmd, msg); done || err != nil {
+		return err
+	}
+	used, err := s.attemptsUsed(ctx, &cmd, msg)
+	if err != nil {
+		return err
+	}
 	var pmu sync.Mutex
 	inAttempt, preempted := false, false
 	turn.onPreempt(func() {
@@ -265,12 +274,17 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 		touched = true
 		a, rev, err := s.apply(actx, t, &l, cmd.GetCaseId() != "")
 		if err == nil {
-			err = verify(l, a)
+			if err = verify(l, a); err != nil {
+				s.noteReadBack(actx, &cmd, l.id, a)
+			}
 		}
 		acct, revoked = a, rev
 		return err
 	}, connector.Hooks{
 		Failed: func(n int, err error, retryIn time.Duration) {
+			if cerr := s.countFailure(ctx, &cmd); cerr != nil {
+				s.log.WarnContext(ctx, "count failed attempt", "err", cerr)
+			}
 			if retryIn == 0 {
 				return // the last failure is recorded below, with its outcome
 			}
@@ -280,6 +294,7 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 		},
 		Heartbeat:      func() { msg.InProgress() },
 		HeartbeatEvery: ackWait / 3,
+		Used:           used,
 	})
 	pmu.Lock()
 	wasPreempted := preempted

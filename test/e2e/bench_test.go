@@ -12,11 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tenure-dev/tenure/cmd/app"
 	"github.com/tenure-dev/tenure/pkg/connector"
 	"github.com/tenure-dev/tenure/pkg/connectors/pgrole"
+	"github.com/tenure-dev/tenure/pkg/natsx"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -37,7 +38,7 @@ func BenchmarkLeaverFanout(b *testing.B) {
 	}
 	ctx := context.Background()
 	d, err := app.StartDev(ctx, app.DevOptions{DataDir: b.TempDir(), HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSPort: -1,
-		Log: quietLogger()})
+		Fast: true, Log: quietLogger()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -59,9 +60,22 @@ func BenchmarkLeaverFanout(b *testing.B) {
 
 	var mu sync.Mutex
 	completed := map[string]chan time.Time{}
-	sub, err := d.NATS.Subscribe("tenure.case.completed.>", func(m *nats.Msg) {
+	// The embedded NATS lets only its users in, and no user holds a plain subscription on
+	// case events: read them through an ordered consumer as the admin.
+	nc, err := d.ConnectNATS("admin")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	cons, err := js.OrderedConsumer(ctx, natsx.EventsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"tenure.case.completed.>"}, DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sub, err := cons.Consume(func(m jetstream.Msg) {
 		at := time.Now()
-		worker := m.Subject[len("tenure.case.completed."):]
+		worker := m.Subject()[len("tenure.case.completed."):]
 		mu.Lock()
 		ch := completed[worker]
 		mu.Unlock()
@@ -75,7 +89,7 @@ func BenchmarkLeaverFanout(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer sub.Unsubscribe()
+	defer sub.Stop()
 
 	for iter := 0; iter < b.N; iter++ {
 		b.StopTimer()

@@ -243,7 +243,7 @@ func BenchmarkRevocationSETLatency(b *testing.B) {
 		n = v
 	}
 	ctx := context.Background()
-	d, err := app.StartDev(ctx, app.DevOptions{DataDir: b.TempDir(), HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSPort: -1, Log: quietLogger()})
+	d, err := app.StartDev(ctx, app.DevOptions{DataDir: b.TempDir(), HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSPort: -1, Fast: true, Log: quietLogger()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -255,7 +255,12 @@ func BenchmarkRevocationSETLatency(b *testing.B) {
 
 	var mu sync.Mutex
 	verifiedAt := map[string]time.Time{} // revocation id → verified disabled
-	sub, err := d.NATS.Subscribe("tenure.revocation.account_disabled.>", func(m *nats.Msg) {
+	nc, err := d.ConnectNATS("security") // the security team's user may subscribe to revocations
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	sub, err := nc.Subscribe("tenure.revocation.account_disabled.>", func(m *nats.Msg) {
 		var r eventsv1.Revocation
 		if proto.Unmarshal(m.Data, &r) == nil {
 			mu.Lock()
