@@ -79,4 +79,3 @@ func TestFailedEnsureNeverWidensAccess(t *testing.T) {
 		t.Errorf("accounts shows %v; want the target's truth (disabled, no entitlements) and why", a)
 	}
 }
-
