@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tenure-dev/tenure/pkg/authn"
+	"github.com/tenure-dev/tenure/pkg/connector"
 	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
@@ -59,6 +60,10 @@ type Config struct {
 	// re-approval windows, overdue break-glass reviews, review deadlines and cadence
 	// (default 5s). Deadlines live in PostgreSQL, so they survive restarts.
 	Tick time.Duration
+	// Connectors, when set, are the connectors that carry the policy out (the connectors
+	// file): the policy at start and every reloaded version must fit them
+	// (Policy.CheckConnectors), or the start fails and the reload is ignored.
+	Connectors []connector.Config
 }
 
 // Deps are the service's connections.
@@ -93,6 +98,11 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	}
 	if cfg.Policy == nil {
 		return nil, errors.New("approval: a policy is required")
+	}
+	if cfg.Connectors != nil {
+		if err := cfg.Policy.CheckConnectors(cfg.Connectors); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.PolicyPoll == 0 {
 		cfg.PolicyPoll = 5 * time.Second
@@ -228,6 +238,13 @@ func (s *Service) watchPolicy(ctx context.Context) error {
 			continue
 		}
 		p.Path = s.cfg.PolicyFile
+		if s.cfg.Connectors != nil {
+			if err := p.CheckConnectors(s.cfg.Connectors); err != nil {
+				badHash = h
+				s.log.ErrorContext(ctx, "changed policy does not fit the connectors; keeping the current one", "path", s.cfg.PolicyFile, "err", err)
+				continue
+			}
+		}
 		if err := s.SetPolicy(ctx, p); err != nil && ctx.Err() == nil {
 			s.log.ErrorContext(ctx, "record policy", "err", err)
 		}
