@@ -102,3 +102,20 @@ func TestPolicySyntaxErrorsNameTheRightLine(t *testing.T) {
 		})
 	}
 }
+
+// The start refuses a policy that does not fit the connectors: a system naming a connector
+// that is not configured fails approval.New (what `tenure serve` and `tenure dev` call).
+func TestStartRefusesAPolicyThatDoesNotFitTheConnectors(t *testing.T) {
+	p, err := ParsePolicy([]byte(checkPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns, err := connector.ParseConfigs([]byte(checkConnectors))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(t.Context(), Config{Policy: p, Connectors: conns}, Deps{})
+	if err == nil || !strings.Contains(err.Error(), `line 3: systems[1].connector: system "ticketing" names connector "helpdesk"`) {
+		t.Fatalf("start with a policy naming an unconfigured connector: %v", err)
+	}
+}
