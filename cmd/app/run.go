@@ -201,8 +201,16 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			st.Intake = s
 			runners, grpcs = append(runners, s), append(grpcs, s)
 		case "approval":
-			// With a policy file, the service loads it and reloads it when it changes.
-			s, err := approval.New(ctx, approval.Config{Policy: o.Policy, PolicyFile: cfg.Policy}, approval.Deps{Pool: pool, JS: js, Log: slog, AtomicBatch: cfg.NATSAtomicBatch})
+			// With a policy file, the service loads it and reloads it when it changes. With the
+			// connectors file too, the policy must fit it: a system naming a connector that is
+			// not configured, or an entitlement its connector does not define, fails the start.
+			acfg := approval.Config{Policy: o.Policy, PolicyFile: cfg.Policy}
+			if cfg.Connectors != "" {
+				if acfg.Connectors, err = connector.LoadConfigs(cfg.Connectors); err != nil {
+					return nil, err
+				}
+			}
+			s, err := approval.New(ctx, acfg, approval.Deps{Pool: pool, JS: js, Log: slog, AtomicBatch: cfg.NATSAtomicBatch})
 			if err != nil {
 				return nil, fmt.Errorf("approval: %w", err)
 			}

@@ -121,7 +121,8 @@ func requestAccess(e *env) error {
 	worker := e.fs.String("worker", "", "worker id")
 	pkg := e.fs.String("package", "", "access package")
 	just := e.fs.String("justification", "", "why the worker needs it (required)")
-	until := e.fs.String("until", "", "time-boxed (JIT): a duration from now (8h) or an RFC 3339 end time")
+	until := e.fs.String("until", "", "time-boxed (JIT): an RFC 3339 end time, or a duration from now (8h); --for counts from the grant instead")
+	dur := e.fs.Duration("for", 0, "time-boxed (JIT): how long, counted from the grant (8h)")
 	sod := e.fs.Bool("sod-exception", false, "ask security for an exception to a conflicting SoD rule")
 	if err := e.parse(); err != nil {
 		return err
@@ -134,7 +135,8 @@ func requestAccess(e *env) error {
 	if err != nil {
 		return err
 	}
-	res, err := approvalv1.NewGovernanceServiceClient(x.conn).RequestAccess(e.ctx, &approvalv1.RequestAccessRequest{WorkerId: *worker, Package: *pkg, Justification: *just, EndTime: end, SodException: *sod})
+	res, err := approvalv1.NewGovernanceServiceClient(x.conn).RequestAccess(e.ctx, &approvalv1.RequestAccessRequest{WorkerId: *worker, Package: *pkg, Justification: *just, EndTime: end, SodException: *sod,
+		DurationSeconds: int64(dur.Seconds())})
 	if err != nil {
 		return err
 	}
@@ -187,7 +189,13 @@ func explainAccess(e *env) error {
 	}
 	return x.print(res, func(tw *tabwriter.Writer) {
 		fmt.Fprintln(tw, res.Summary)
-		if !res.HasAccess {
+		if len(res.TargetAccounts) > 0 {
+			fmt.Fprintln(tw, "\nTARGET\tUSERNAME\tSTATE\tHOLDS\tREAD BACK\tOUTCOME\tERROR")
+			for _, a := range res.TargetAccounts {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Connector, a.Username, state(a.State.String()), strings.Join(a.Entitlements, ","), when(a.ObservedAt), a.Outcome, a.Error)
+			}
+		}
+		if len(res.Justifications) == 0 {
 			return
 		}
 		fmt.Fprintln(tw, "\nPACKAGE\tKIND\tROLE\tREQUEST\tSTAGE\tAPPROVER\tAT\tCOMMENT")
@@ -215,7 +223,7 @@ func breakGlassUse(e *env) error {
 	pkg := e.fs.String("package", "", "access package (one of the policy's break_glass.packages)")
 	reason := e.fs.String("reason", "", "reason code (one of the policy's break_glass.reason_codes)")
 	just := e.fs.String("justification", "", "what happened")
-	dur := e.fs.Duration("for", 0, "how long (default and maximum: the policy's break_glass.max_duration)")
+	dur := e.fs.Duration("for", 0, "how long (default: the policy's break_glass.max_duration; longer is refused)")
 	if err := e.parse(); err != nil {
 		return err
 	}
@@ -262,7 +270,12 @@ func breakGlassClose(e *env) error {
 	if err != nil {
 		return err
 	}
-	return x.print(res, govUseTable([]*approvalv1.BreakGlassUse{res.Use}))
+	return x.print(res, func(tw *tabwriter.Writer) {
+		if res.AccessEnded {
+			fmt.Fprintln(tw, "the access was still active: closing the review ended it")
+		}
+		govUseTable([]*approvalv1.BreakGlassUse{res.Use})(tw)
+	})
 }
 
 func baaRecord(e *env) error {

@@ -251,10 +251,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return x.print(res, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "CONNECTOR\tUSERNAME\tDESIRED\tOBSERVED\tGEN\tENTITLEMENTS\tVERIFIED")
+			// OBSERVED and HELD are what the target showed at its last read-back (also after a
+			// failed ensure); WANTED is what the grants explain.
+			fmt.Fprintln(tw, "CONNECTOR\tUSERNAME\tDESIRED\tOBSERVED\tGEN\tWANTED\tHELD\tVERIFIED\tLAST ERROR")
 			for _, a := range res.Accounts {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", a.Connector, a.Username, state(a.DesiredState.String()), state(a.ObservedState.String()),
-					a.ObservedGeneration, a.Generation, strings.Join(a.Entitlements, ","), when(a.VerifiedAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", a.Connector, a.Username, state(a.DesiredState.String()), state(a.ObservedState.String()),
+					a.ObservedGeneration, a.Generation, strings.Join(a.DesiredEntitlements, ","), strings.Join(a.Entitlements, ","), when(a.VerifiedAt), a.LastError)
 			}
 		})
 	case "queues":

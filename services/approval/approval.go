@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tenure-dev/tenure/pkg/authn"
+	"github.com/tenure-dev/tenure/pkg/connector"
 	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
@@ -59,6 +60,10 @@ type Config struct {
 	// re-approval windows, overdue break-glass reviews, review deadlines and cadence
 	// (default 5s). Deadlines live in PostgreSQL, so they survive restarts.
 	Tick time.Duration
+	// Connectors, when set, are the connectors that carry the policy out (the connectors
+	// file): the policy at start and every reloaded version must fit them
+	// (Policy.CheckConnectors), or the start fails and the reload is ignored.
+	Connectors []connector.Config
 }
 
 // Deps are the service's connections.
@@ -93,6 +98,11 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	}
 	if cfg.Policy == nil {
 		return nil, errors.New("approval: a policy is required")
+	}
+	if cfg.Connectors != nil {
+		if err := cfg.Policy.CheckConnectors(cfg.Connectors); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.PolicyPoll == 0 {
 		cfg.PolicyPoll = 5 * time.Second
@@ -228,6 +238,13 @@ func (s *Service) watchPolicy(ctx context.Context) error {
 			continue
 		}
 		p.Path = s.cfg.PolicyFile
+		if s.cfg.Connectors != nil {
+			if err := p.CheckConnectors(s.cfg.Connectors); err != nil {
+				badHash = h
+				s.log.ErrorContext(ctx, "changed policy does not fit the connectors; keeping the current one", "path", s.cfg.PolicyFile, "err", err)
+				continue
+			}
+		}
 		if err := s.SetPolicy(ctx, p); err != nil && ctx.Err() == nil {
 			s.log.ErrorContext(ctx, "record policy", "err", err)
 		}
@@ -327,6 +344,9 @@ func (s *Service) handleResult(ctx context.Context, msg jetstream.Msg) error {
 	if err := proto.Unmarshal(msg.Data(), &r); err != nil {
 		return natsx.Permanent(fmt.Errorf("decode %s: %w", msg.Subject(), err))
 	}
+	if err := s.recordObserved(ctx, &r); err != nil {
+		return err
+	}
 	if r.GetOutcome() != eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED || len(r.GetRevokedGrantIds()) == 0 {
 		return nil
 	}
@@ -357,6 +377,26 @@ func (s *Service) handleResult(ctx context.Context, msg jetstream.Msg) error {
 	return err
 }
 
+// recordObserved keeps what a result read back from the target, for ExplainAccess. Results
+// may arrive out of order or twice: the newest read-back wins.
+func (s *Service) recordObserved(ctx context.Context, r *eventsv1.ProvisionResult) error {
+	if r.GetObservedState() == eventsv1.AccountState_ACCOUNT_STATE_UNSPECIFIED || r.GetWorkerId() == "" || r.GetUsername() == "" {
+		return nil
+	}
+	outcome := strings.ToLower(strings.TrimPrefix(r.GetOutcome().String(), "PROVISION_OUTCOME_"))
+	ents := r.GetEntitlements()
+	if ents == nil {
+		ents = []string{}
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO observed_accounts (worker_id, connector, username, state, entitlements, outcome, error, observed_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (worker_id, connector, username) DO UPDATE SET state = excluded.state, entitlements = excluded.entitlements, outcome = excluded.outcome,
+		  error = excluded.error, observed_at = excluded.observed_at
+		WHERE observed_accounts.observed_at <= excluded.observed_at`,
+		r.GetWorkerId(), r.GetConnector(), r.GetUsername(), r.GetObservedState().String(), ents, outcome, r.GetError(), r.GetCompletedAt().AsTime())
+	return err
+}
+
 type workerRow struct {
 	id, status, jobCode, workerType, manager, sponsor, vendor string
 	end                                                       *time.Time
@@ -383,17 +423,18 @@ type grantRow struct {
 	id, system, pkg, connector, role, requestID, kind string
 	entitlements                                      []string
 	reapproveBy                                       *time.Time
+	sodException                                      string
 }
 
 func activeGrants(ctx context.Context, tx pgx.Tx, worker string) ([]grantRow, error) {
-	rows, err := tx.Query(ctx, `SELECT grant_id, system, package, connector, role, request_id, kind, entitlements, reapprove_by
+	rows, err := tx.Query(ctx, `SELECT grant_id, system, package, connector, role, request_id, kind, entitlements, reapprove_by, sod_exception
 		FROM grants WHERE worker_id = $1 AND revoked_at IS NULL ORDER BY granted_at FOR UPDATE`, worker)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (grantRow, error) {
 		var g grantRow
-		err := r.Scan(&g.id, &g.system, &g.pkg, &g.connector, &g.role, &g.requestID, &g.kind, &g.entitlements, &g.reapproveBy)
+		err := r.Scan(&g.id, &g.system, &g.pkg, &g.connector, &g.role, &g.requestID, &g.kind, &g.entitlements, &g.reapproveBy, &g.sodException)
 		return g, err
 	})
 }
@@ -423,13 +464,19 @@ func (s *Service) converge(ctx context.Context, tx pgx.Tx, worker string, jobCha
 	have := map[string]bool{}
 	now := time.Now().UTC()
 	for _, g := range held {
-		if _, ok := want[g.pkg]; ok {
+		// An SoD exception was approved for the role the worker had: a job change asks for it
+		// again (the re-approval carries the SoD stage while the conflict stands), even when
+		// the new role includes the package.
+		travels := jobChanged && g.sodException != "" && (g.kind == kindRequest || g.kind == kindJIT)
+		if _, ok := want[g.pkg]; ok && !travels {
 			// A role package held only for a while (JIT, break-glass) is still requested, so
 			// the worker keeps it once approved; the approved grant replaces the short one.
 			if g.kind == kindRole || g.kind == kindRequest {
 				have[g.pkg] = true
 			}
 			continue
+		} else if ok {
+			have[g.pkg] = true // kept (or lost) through the re-approval, not requested twice
 		}
 		switch g.kind {
 		case kindRole:
@@ -456,8 +503,21 @@ func (s *Service) converge(ctx context.Context, tx pgx.Tx, worker string, jobCha
 				out = append(out, ev)
 				continue
 			}
-			_, evs, err := s.createRequest(ctx, tx, pol, w, pk, newRequest{kind: kindReapproval, requestedBy: "policy", grantID: g.id,
-				justification: fmt.Sprintf("job change to %s: held outside the role; re-approve by %s or it is revoked", w.jobCode, by.Format(time.RFC3339))})
+			why := "held outside the role"
+			if g.sodException != "" {
+				why = "held under an SoD exception (" + g.sodException + ")"
+			}
+			nr := newRequest{kind: kindReapproval, requestedBy: "policy", grantID: g.id,
+				justification: fmt.Sprintf("job change to %s: %s; re-approve by %s or it is revoked", w.jobCode, why, by.Format(time.RFC3339))}
+			if rule, _, bad := pol.Conflicts(otherPackages(held, g.id), g.pkg); bad {
+				nr.sodRule = rule.Name // the exception is asked for again
+			}
+			_, evs, err := s.createRequest(ctx, tx, pol, w, pk, nr)
+			var ref *refusal
+			if errors.As(err, &ref) {
+				// Not re-approvable now: the window runs out and the grant is revoked.
+				evs, err = s.recordRefused(ctx, tx, w, pk, nr, ref)
+			}
 			if err != nil && !errors.Is(err, errDuplicateRequest) {
 				return nil, err
 			}
@@ -466,7 +526,7 @@ func (s *Service) converge(ctx context.Context, tx pgx.Tx, worker string, jobCha
 	}
 	// Pending role requests for packages the role no longer includes are cancelled.
 	rows, err := tx.Query(ctx, `UPDATE requests SET status = 'cancelled', closed_at = now(), reason = 'role change'
-		WHERE worker_id = $1 AND status = 'pending' AND kind = 'role' AND NOT (package = ANY($2)) RETURNING request_id, package, system`, worker, keys(want))
+		WHERE worker_id = $1 AND status IN ('pending', 'refused') AND kind = 'role' AND NOT (package = ANY($2)) RETURNING request_id, package, system`, worker, keys(want))
 	if err != nil {
 		return nil, err
 	}
@@ -488,13 +548,27 @@ func (s *Service) converge(ctx context.Context, tx pgx.Tx, worker string, jobCha
 		}
 		if !pol.AutoApprovable(pk) {
 			// Default deny: a request waits for its approvers.
-			_, evs, err := s.createRequest(ctx, tx, pol, w, pk, newRequest{kind: kindRole, role: w.jobCode, requestedBy: "policy", justification: "role " + w.jobCode})
+			nr := newRequest{kind: kindRole, role: w.jobCode, requestedBy: "policy", justification: "role " + w.jobCode}
+			if ref := s.sodRefusal(ctx, tx, pol, w, pk); ref != nil {
+				evs, err := s.recordRefused(ctx, tx, w, pk, nr, ref)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, evs...)
+				continue
+			}
+			_, evs, err := s.createRequest(ctx, tx, pol, w, pk, nr)
 			if errors.Is(err, errDuplicateRequest) {
 				continue
 			}
 			var ref *refusal
 			if errors.As(err, &ref) {
 				s.log.WarnContext(ctx, "role package refused", "worker", worker, "package", pk.Name, "reason", ref.msg)
+				evs, err := s.recordRefused(ctx, tx, w, pk, nr, ref)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, evs...)
 				continue
 			}
 			if err != nil {
@@ -503,8 +577,13 @@ func (s *Service) converge(ctx context.Context, tx pgx.Tx, worker string, jobCha
 			out = append(out, evs...)
 			continue
 		}
-		if msg := s.refuse(ctx, tx, pol, w, pk); msg != "" {
-			s.log.WarnContext(ctx, "auto-approval refused", "worker", worker, "package", pk.Name, "reason", msg)
+		if ref := s.refuse(ctx, tx, pol, w, pk); ref != nil {
+			s.log.WarnContext(ctx, "auto-approval refused", "worker", worker, "package", pk.Name, "reason", ref.msg)
+			evs, err := s.recordRefused(ctx, tx, w, pk, newRequest{kind: kindRole, role: w.jobCode, requestedBy: "policy", justification: "role " + w.jobCode}, ref)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, evs...)
 			continue
 		}
 		ev, err := s.grant(ctx, tx, pol, w, pk, grantSpec{kind: kindRole, role: w.jobCode, actor: "policy", reason: "role " + w.jobCode,
@@ -516,6 +595,17 @@ func (s *Service) converge(ctx context.Context, tx pgx.Tx, worker string, jobCha
 		out = append(out, ev)
 	}
 	return out, nil
+}
+
+// otherPackages are the packages of the grants held besides grant id.
+func otherPackages(held []grantRow, id string) []string {
+	var out []string
+	for _, g := range held {
+		if g.id != id {
+			out = append(out, g.pkg)
+		}
+	}
+	return out
 }
 
 func collectCancelled(rows pgx.Rows) ([][3]string, error) {
@@ -548,19 +638,19 @@ type grantSpec struct {
 	expires                                            *time.Time
 }
 
-// refuse returns why the worker may not hold pkg at all (third-party rules), or "".
-func (s *Service) refuse(ctx context.Context, q pgxQuerier, pol *Policy, w workerRow, pk Package) string {
+// refuse returns why the worker may not hold pkg at all (third-party rules), or nil.
+func (s *Service) refuse(ctx context.Context, q pgxQuerier, pol *Policy, w workerRow, pk Package) *refusal {
 	if w.thirdParty() && w.sponsor == "" {
-		return fmt.Sprintf("worker %s is a %s without a sponsor", w.id, strings.ToLower(strings.TrimPrefix(w.workerType, "WORKER_TYPE_")))
+		return &refusal{fmt.Sprintf("worker %s is a %s without a sponsor", w.id, strings.ToLower(strings.TrimPrefix(w.workerType, "WORKER_TYPE_"))), ruleSponsor}
 	}
 	sys, _ := pol.System(pk.System)
 	if w.vendor != "" && (sys.HoldsEPHI || sys.BAARequired) && !s.hasBAA(ctx, q, pol, w.vendor) {
-		return fmt.Sprintf("vendor organisation %q has no business associate agreement on file; %s needs one", w.vendor, pk.System)
+		return &refusal{fmt.Sprintf("vendor organisation %q has no business associate agreement on file; %s needs one", w.vendor, pk.System), ruleBAA}
 	}
 	if w.end != nil && !w.end.After(time.Now()) {
-		return fmt.Sprintf("worker %s's end date has passed", w.id)
+		return &refusal{fmt.Sprintf("worker %s's end date has passed", w.id), ruleEndDate}
 	}
-	return ""
+	return nil
 }
 
 func (s *Service) hasBAA(ctx context.Context, q pgxQuerier, pol *Policy, org string) bool {
@@ -654,7 +744,7 @@ func (s *Service) revokeAll(ctx context.Context, tx pgx.Tx, worker, reason strin
 		}
 		out = append(out, ev)
 	}
-	rows, err := tx.Query(ctx, `UPDATE requests SET status = 'cancelled', closed_at = now(), reason = $2 WHERE worker_id = $1 AND status = 'pending'
+	rows, err := tx.Query(ctx, `UPDATE requests SET status = 'cancelled', closed_at = now(), reason = $2 WHERE worker_id = $1 AND status IN ('pending', 'refused')
 		RETURNING request_id, package, system`, worker, reason)
 	if err != nil {
 		return nil, err

@@ -39,11 +39,17 @@ func (s *Service) BreakGlass(ctx context.Context, req *approvalv1.BreakGlassRequ
 		return nil, status.Errorf(codes.PermissionDenied, "package %q is not available for break-glass (policy break_glass.packages)", req.GetPackage())
 	}
 	pk, _ := pol.Package(req.GetPackage())
+	// Longer than the maximum is refused, as for JIT, never silently shortened.
 	d := pol.BreakGlass.MaxDuration.D()
+	if req.GetDurationSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "duration_seconds must not be negative")
+	}
 	if req.GetDurationSeconds() > 0 {
-		if asked := time.Duration(req.GetDurationSeconds()) * time.Second; asked < d {
-			d = asked
+		asked := time.Duration(req.GetDurationSeconds()) * time.Second
+		if asked > d {
+			return nil, status.Errorf(codes.InvalidArgument, "duration %s is longer than break-glass allows (break_glass.max_duration %s)", asked, d)
 		}
+		d = asked
 	}
 	now := time.Now().UTC()
 	expires := now.Add(d)
@@ -61,8 +67,8 @@ func (s *Service) BreakGlass(ctx context.Context, req *approvalv1.BreakGlassRequ
 		if w.status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String() {
 			return status.Errorf(codes.FailedPrecondition, "worker %s is terminated", w.id)
 		}
-		if msg := s.refuse(ctx, tx, pol, w, pk); msg != "" {
-			return status.Error(codes.FailedPrecondition, "refused: "+msg)
+		if ref := s.refuse(ctx, tx, pol, w, pk); ref != nil {
+			return status.Error(codes.FailedPrecondition, "refused: "+ref.msg)
 		}
 		held, err := heldPackages(ctx, tx, w.id)
 		if err != nil {
@@ -138,7 +144,9 @@ func (s *Service) ListBreakGlass(ctx context.Context, req *approvalv1.ListBreakG
 }
 
 // CloseBreakGlassReview records the post-use review. The reviewer is neither the worker nor
-// whoever invoked break-glass.
+// whoever invoked break-glass. A review covers the whole use: closing it while the access is
+// still active ends the access first (the grant is revoked, reason "break-glass review
+// closed"), and the answer says so (access_ended).
 func (s *Service) CloseBreakGlassReview(ctx context.Context, req *approvalv1.CloseBreakGlassReviewRequest) (*approvalv1.CloseBreakGlassReviewResponse, error) {
 	p, who, err := s.caller(ctx)
 	if err != nil {
@@ -148,6 +156,7 @@ func (s *Service) CloseBreakGlassReview(ctx context.Context, req *approvalv1.Clo
 		return nil, status.Error(codes.InvalidArgument, "a review comment is required")
 	}
 	var use *approvalv1.BreakGlassUse
+	var accessEnded bool
 	err = pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		var worker, invoker string
 		var reviewed *time.Time
@@ -167,6 +176,15 @@ func (s *Service) CloseBreakGlassReview(ctx context.Context, req *approvalv1.Clo
 		if !p.Has(authn.RoleSecurity) {
 			return status.Error(codes.PermissionDenied, "break-glass reviews are closed by security")
 		}
+		var grantID string
+		if err := tx.QueryRow(ctx, "SELECT grant_id FROM breakglass WHERE review_id = $1", req.GetReviewId()).Scan(&grantID); err != nil {
+			return err
+		}
+		ended, err := s.revokeGrantID(ctx, tx, grantID, "break-glass review "+req.GetReviewId()+" closed by "+who+" while the access was active", who)
+		if err != nil {
+			return err
+		}
+		accessEnded = len(ended) > 0
 		if _, err := tx.Exec(ctx, "UPDATE breakglass SET reviewed_by = $2, reviewed_at = now(), comment = $3 WHERE review_id = $1", req.GetReviewId(), who, req.GetComment()); err != nil {
 			return err
 		}
@@ -175,13 +193,13 @@ func (s *Service) CloseBreakGlassReview(ctx context.Context, req *approvalv1.Clo
 			return err
 		}
 		use = uses[0]
-		return pgstore.Enqueue(ctx, tx, events.Event{ID: events.NewID(), Subject: events.Subject("tenure.access", "breakglass_reviewed", worker), Source: source, WorkerID: worker, Actor: who,
+		return pgstore.Enqueue(ctx, tx, append(ended, events.Event{ID: events.NewID(), Subject: events.Subject("tenure.access", "breakglass_reviewed", worker), Source: source, WorkerID: worker, Actor: who,
 			Payload: &eventsv1.BreakGlassAlert{GrantId: use.GrantId, WorkerId: worker, System: use.System, Package: use.Package, ReasonCode: use.ReasonCode,
-				Justification: req.GetComment(), InvokedBy: use.InvokedBy, GrantedAt: use.GrantedAt, ExpiresAt: use.ExpiresAt, ReviewId: use.ReviewId, ReviewDue: use.ReviewDue}})
+				Justification: req.GetComment(), InvokedBy: use.InvokedBy, GrantedAt: use.GrantedAt, ExpiresAt: use.ExpiresAt, ReviewId: use.ReviewId, ReviewDue: use.ReviewDue}})...)
 	})
 	if err != nil {
 		return nil, grpcErr(err)
 	}
 	s.relay.Poke()
-	return &approvalv1.CloseBreakGlassReviewResponse{Use: use}, nil
+	return &approvalv1.CloseBreakGlassReviewResponse{Use: use, AccessEnded: accessEnded}, nil
 }

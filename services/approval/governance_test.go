@@ -174,8 +174,13 @@ func TestNurseJoinerNeedsManagerAndOwner(t *testing.T) {
 		t.Fatalf("grant %v", d)
 	}
 	ex, err := g.svc.ExplainAccess(context.Background(), &approvalv1.ExplainAccessRequest{WorkerId: "n1", System: "ehr"})
-	if err != nil || !ex.HasAccess || ex.Justifications[0].Request.RequestId != req.RequestId || !strings.Contains(ex.Summary, "manager by m1") {
+	// Granted, but no provisioner has read an account back: not access yet, and it says so.
+	if err != nil || ex.HasAccess || ex.TargetMatches || ex.Justifications[0].Request.RequestId != req.RequestId || !strings.Contains(ex.Summary, "manager by m1") ||
+		!strings.HasPrefix(ex.Summary, "granted but not in effect") {
 		t.Fatalf("explain %v %v", ex, err)
+	}
+	if _, err := g.svc.ExplainAccess(context.Background(), &approvalv1.ExplainAccessRequest{WorkerId: "nobody", System: "ehr"}); codeOf(err) != codes.NotFound {
+		t.Fatalf("explain for an unknown worker: %v", err)
 	}
 	ex, _ = g.svc.ExplainAccess(context.Background(), &approvalv1.ExplainAccessRequest{WorkerId: "n1", System: "billing"})
 	if ex.HasAccess || !strings.HasPrefix(ex.Summary, "no access") {
@@ -261,8 +266,13 @@ func TestBreakGlassAlertAndOverdueReview(t *testing.T) {
 	if _, err := g.svc.BreakGlass(as("b1", authn.RoleOperator), &approvalv1.BreakGlassRequest{WorkerId: "b1", Package: "ehr-clinician", ReasonCode: "because"}); codeOf(err) != codes.InvalidArgument {
 		t.Fatalf("unknown reason code: %v", err)
 	}
+	// Longer than break_glass.max_duration is refused like JIT, not silently shortened.
+	if _, err := g.svc.BreakGlass(as("b1", authn.RoleOperator), &approvalv1.BreakGlassRequest{WorkerId: "b1", Package: "ehr-clinician", ReasonCode: "patient-emergency",
+		Justification: "code blue, bed 4", DurationSeconds: 24 * 3600}); codeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "max_duration 2h") {
+		t.Fatalf("break-glass beyond the maximum: %v", err)
+	}
 	res, err := g.svc.BreakGlass(as("b1", authn.RoleOperator), &approvalv1.BreakGlassRequest{WorkerId: "b1", Package: "ehr-clinician", ReasonCode: "patient-emergency",
-		Justification: "code blue, bed 4", DurationSeconds: 24 * 3600})
+		Justification: "code blue, bed 4"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,6 +296,85 @@ func TestBreakGlassAlertAndOverdueReview(t *testing.T) {
 	u, err := g.svc.CloseBreakGlassReview(as("sec", authn.RoleSecurity), &approvalv1.CloseBreakGlassReviewRequest{ReviewId: res.Use.ReviewId, Comment: "chart audit matches the emergency"})
 	if err != nil || u.Use.ReviewStatus != "closed" || u.Use.ReviewedBy != "sec" {
 		t.Fatalf("close: %v %v", u, err)
+	}
+	// The access was still active (2h): the review covers the whole use, so closing it ended
+	// the access.
+	if !u.AccessEnded {
+		t.Fatalf("closed while active, access_ended = false: %v", u)
+	}
+	if ds := g.decisions(t, 1); ds[0].Kind != eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_REVOKE || ds[0].GrantId != res.Use.GrantId {
+		t.Fatalf("closing the review while active: %v", ds[0])
+	}
+}
+
+// A JIT grant's duration counts from the grant, not from the request: the approval stages'
+// time is not the worker's.
+func TestJITDurationCountsFromTheGrant(t *testing.T) {
+	g := startGov(t)
+	g.hr(t, "h1", joiner, staff("j1", "CLERK", "m1"), time.Now())
+	g.decisions(t, 1)
+	if _, err := g.svc.RequestAccess(as("desk", authn.RoleOperator), &approvalv1.RequestAccessRequest{WorkerId: "j1", Package: "pharmacy-dispense", Justification: "cover",
+		DurationSeconds: 31 * 24 * 3600}); codeOf(err) != codes.InvalidArgument {
+		t.Fatalf("beyond max_duration: %v", err)
+	}
+	res, err := g.svc.RequestAccess(as("desk", authn.RoleOperator), &approvalv1.RequestAccessRequest{WorkerId: "j1", Package: "pharmacy-dispense", Justification: "cover",
+		DurationSeconds: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.approveAll(t, res.Request, "m1", "pharm-lead")
+	d := g.decisions(t, 1)[0]
+	granted := d.DecidedAt.AsTime()
+	if got := d.ExpiresAt.AsTime().Sub(granted); got < time.Hour-time.Second || got > time.Hour+time.Second {
+		t.Fatalf("expires %s after the grant, want 1h", got)
+	}
+	if !d.ExpiresAt.AsTime().After(res.Request.CreatedAt.AsTime().Add(time.Hour)) {
+		t.Fatalf("expiry %s counts from the request (%s)", d.ExpiresAt.AsTime(), res.Request.CreatedAt.AsTime())
+	}
+}
+
+// An SoD exception does not travel: after a move the grant held under it needs the
+// security exception stage again; the manager alone cannot keep it.
+func TestSoDExceptionDoesNotTravelWithAMove(t *testing.T) {
+	g := startGov(t)
+	w := staff("x1", "BILLING", "m1")
+	g.hr(t, "x1", joiner, w, time.Now())
+	g.decisions(t, 1)
+	g.approveAll(t, g.pending(t, "x1", "billing-clerk"), "m1", "cfo")
+	g.decisions(t, 1)
+	res, err := g.svc.RequestAccess(as("desk", authn.RoleOperator), &approvalv1.RequestAccessRequest{WorkerId: "x1", Package: "pharmacy-dispense", Justification: "cover",
+		DurationSeconds: 3600, SodException: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.approveAll(t, res.Request, "m1", "pharm-lead", "sec")
+	g.decisions(t, 1)
+	w.JobCode = "BILLING-LEAD"
+	g.hr(t, "x2", mover, w, time.Now().Add(time.Minute))
+	var re *approvalv1.AccessRequest
+	eventuallyT(t, "re-approval", func() error {
+		rs, err := g.svc.ListRequests(context.Background(), &approvalv1.ListRequestsRequest{WorkerId: "x1", Status: "pending"})
+		if err != nil {
+			return err
+		}
+		for _, r := range rs.Requests {
+			if r.Kind == kindReapproval && r.Package == "pharmacy-dispense" {
+				re = r
+				return nil
+			}
+		}
+		return fmt.Errorf("pending %v", rs.Requests)
+	})
+	if last := re.Stages[len(re.Stages)-1]; last.Stage != StageSoD || re.SodRule != "bill-and-dispense" {
+		t.Fatalf("the re-approval after the move does not ask for the exception again: %v", re)
+	}
+	g.approveAll(t, re, "m1", "pharm-lead")
+	if _, err := g.svc.Approve(as("m1"), &approvalv1.ApproveRequest{RequestId: re.RequestId}); codeOf(err) != codes.PermissionDenied {
+		t.Fatalf("the manager decided the exception stage: %v", err)
+	}
+	r, _ := g.svc.GetRequest(context.Background(), &approvalv1.GetRequestRequest{RequestId: re.RequestId})
+	if r.Request.Status != "pending" {
+		t.Fatalf("re-approval without security: %v", r.Request)
 	}
 }
 
@@ -347,12 +436,57 @@ func TestVendorWithoutBAARefused(t *testing.T) {
 	if _, err := g.svc.RecordBAA(as("sec", authn.RoleSecurity), &approvalv1.RecordBAARequest{VendorOrg: "acme-imaging", Reference: "BAA-77"}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := g.svc.RequestAccess(as("desk", authn.RoleOperator), &approvalv1.RequestAccessRequest{WorkerId: "v1", Package: "ehr-clinician", Justification: "support"})
-	if err != nil {
+	// Recording the BAA evaluated the refused request again: it is now pending.
+	res := g.pending(t, "v1", "ehr-clinician")
+	if res.Stages[0].Approvers[0] != "m1" || res.RequestedBy != "desk" || res.Justification != "support" {
+		t.Fatalf("the sponsor approves for a vendor without a manager: %v", res)
+	}
+}
+
+// A package refused by the BAA gate is a request in state refused with the reason, on the
+// ledger's subject; recording the BAA evaluates it again (it becomes pending, for its
+// approvers). The same for a role package and for a request someone made.
+func TestRefusalsAreVisibleAndReevaluated(t *testing.T) {
+	g := startGov(t)
+	v := &eventsv1.Worker{WorkerId: "v2", JobCode: "RN", Status: active, WorkerType: eventsv1.WorkerType_WORKER_TYPE_VENDOR, VendorOrg: "night-nurses", SponsorId: "m1"}
+	g.hr(t, "h1", joiner, v, time.Now())
+	g.decisions(t, 1) // wiki-reader only
+	var refused *approvalv1.AccessRequest
+	eventuallyT(t, "refused role request", func() error {
+		res, err := g.svc.ListRequests(context.Background(), &approvalv1.ListRequestsRequest{WorkerId: "v2", Status: "refused"})
+		if err != nil {
+			return err
+		}
+		if len(res.Requests) != 1 || res.Requests[0].Package != "ehr-clinician" || !strings.Contains(res.Requests[0].Reason, "business associate agreement") {
+			return fmt.Errorf("refused requests %v", res.Requests)
+		}
+		refused = res.Requests[0]
+		return nil
+	})
+	var ev eventsv1.RequestEvent
+	eventuallyT(t, "refusal on the ledger's subject", func() error { return g.lastOn(t, "tenure.access.request_refused.v2", &ev) })
+	if ev.RequestId != refused.RequestId || !strings.Contains(ev.Reason, "business associate agreement") {
+		t.Fatalf("refusal event %v", &ev)
+	}
+	// Another HR event does not pile up refusals.
+	g.hr(t, "h2", mover, v, time.Now().Add(time.Minute))
+	if res, _ := g.svc.ListRequests(context.Background(), &approvalv1.ListRequestsRequest{WorkerId: "v2", Status: "refused"}); len(res.Requests) != 1 {
+		t.Fatalf("refused requests after another event: %v", res.Requests)
+	}
+	ex, err := g.svc.ExplainAccess(context.Background(), &approvalv1.ExplainAccessRequest{WorkerId: "v2", System: "ehr"})
+	if err != nil || ex.HasAccess || !strings.Contains(ex.Summary, "refused ehr-clinician: vendor organisation") {
+		t.Fatalf("explain names the BAA refusal: %v %v", ex, err)
+	}
+	if _, err := g.svc.RecordBAA(as("sec", authn.RoleSecurity), &approvalv1.RecordBAARequest{VendorOrg: "night-nurses", Reference: "BAA-9"}); err != nil {
 		t.Fatal(err)
 	}
-	if res.Request.Stages[0].Approvers[0] != "m1" {
-		t.Fatalf("the sponsor approves for a vendor without a manager: %v", res.Request.Stages)
+	p := g.pending(t, "v2", "ehr-clinician")
+	if p.Kind != "role" || p.Stages[0].Approvers[0] != "m1" {
+		t.Fatalf("re-evaluated request %v", p)
+	}
+	r, err := g.svc.GetRequest(context.Background(), &approvalv1.GetRequestRequest{RequestId: refused.RequestId})
+	if err != nil || r.Request.Status != "cancelled" || !strings.Contains(r.Request.Reason, "BAA-9") {
+		t.Fatalf("the refused request after the BAA: %v %v", r, err)
 	}
 }
 

@@ -3,7 +3,9 @@ package approval
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -64,19 +66,31 @@ func (s *Service) ListGrants(ctx context.Context, req *approvalv1.ListGrantsRequ
 }
 
 // ExplainAccess answers an auditor's question: why does this worker have access to this
-// system? Each active grant comes with its role, package, request and approval stages.
+// system, and does the target agree? Each active grant comes with its role, package,
+// request and approval stages; the accounts on the system's connector come as the
+// provisioner last read them back, compared with what the grants explain. Refused requests
+// (BAA, SoD, end date), a passed end date and SoD exceptions are named. An unknown worker
+// is NotFound, not "no access".
 func (s *Service) ExplainAccess(ctx context.Context, req *approvalv1.ExplainAccessRequest) (*approvalv1.ExplainAccessResponse, error) {
 	if req.GetWorkerId() == "" || req.GetSystem() == "" {
 		return nil, status.Error(codes.InvalidArgument, "worker_id and system are required")
 	}
-	out := &approvalv1.ExplainAccessResponse{WorkerId: req.GetWorkerId(), System: req.GetSystem()}
 	pol := s.policy.Load()
-	if w, err := loadWorker(ctx, s.pool, req.GetWorkerId()); err == nil {
-		out.JobCode = w.jobCode
-		for _, pk := range pol.PackagesFor(w.jobCode) {
-			if pk.System == req.GetSystem() {
-				out.RolePackages = append(out.RolePackages, pk.Name)
-			}
+	sys, ok := pol.System(req.GetSystem())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "no system %q in policy %s", req.GetSystem(), pol.Hash[:12])
+	}
+	w, err := loadWorker(ctx, s.pool, req.GetWorkerId())
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, status.Errorf(codes.NotFound, "worker %s is unknown to the approval service (no HR event yet)", req.GetWorkerId())
+	}
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	out := &approvalv1.ExplainAccessResponse{WorkerId: req.GetWorkerId(), System: req.GetSystem(), JobCode: w.jobCode}
+	for _, pk := range pol.PackagesFor(w.jobCode) {
+		if pk.System == req.GetSystem() {
+			out.RolePackages = append(out.RolePackages, pk.Name)
 		}
 	}
 	grants, err := s.queryGrants(ctx, "worker_id = $1 AND system = $2 AND revoked_at IS NULL", req.GetWorkerId(), req.GetSystem())
@@ -84,6 +98,7 @@ func (s *Service) ExplainAccess(ctx context.Context, req *approvalv1.ExplainAcce
 		return nil, grpcErr(err)
 	}
 	var lines []string
+	explained := map[string][]string{} // connector -> entitlements the grants explain
 	for _, g := range grants {
 		j := &approvalv1.Justification{Grant: g}
 		if g.RequestId != "" {
@@ -106,14 +121,129 @@ func (s *Service) ExplainAccess(ctx context.Context, req *approvalv1.ExplainAcce
 		line += "; approved: " + strings.Join(by, ", ") + ")"
 		lines = append(lines, line)
 		out.Justifications = append(out.Justifications, j)
+		explained[g.Connector] = append(explained[g.Connector], g.Entitlements...)
+		if _, ok := explained[g.Connector]; !ok {
+			explained[g.Connector] = []string{}
+		}
+		if g.SodException != "" {
+			out.Notes = append(out.Notes, fmt.Sprintf("%s is held under an SoD exception: %s", g.Package, g.SodException))
+		}
 	}
-	out.HasAccess = len(grants) > 0
-	if out.HasAccess {
+	if w.end != nil && !w.end.After(time.Now()) {
+		out.Notes = append(out.Notes, fmt.Sprintf("end date passed: %s's access ended %s", w.id, w.end.Format(time.DateOnly)))
+	}
+	rows, err := s.pool.Query(ctx, `SELECT package, reason FROM requests WHERE worker_id = $1 AND system = $2 AND status = 'refused' ORDER BY created_at`,
+		req.GetWorkerId(), req.GetSystem())
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	refused, err := collectPairs(rows)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	for _, r := range refused {
+		out.Notes = append(out.Notes, fmt.Sprintf("refused %s: %s", r[0], r[1]))
+	}
+	// The target, as last read back, on the system's connector (and any other a grant names).
+	conns := []string{sys.Connector}
+	for c := range explained {
+		if !slices.Contains(conns, c) {
+			conns = append(conns, c)
+		}
+	}
+	rows, err = s.pool.Query(ctx, `SELECT connector, username, state, entitlements, observed_at, outcome, error FROM observed_accounts
+		WHERE worker_id = $1 AND connector = ANY($2) ORDER BY connector, username`, req.GetWorkerId(), conns)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	accts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*approvalv1.TargetAccount, error) {
+		var a approvalv1.TargetAccount
+		var state string
+		var at time.Time
+		if err := r.Scan(&a.Connector, &a.Username, &state, &a.Entitlements, &at, &a.Outcome, &a.Error); err != nil {
+			return nil, err
+		}
+		a.State, a.ObservedAt = eventsv1.AccountState(eventsv1.AccountState_value[state]), timestamppb.New(at)
+		return &a, nil
+	})
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	out.TargetAccounts = accts
+	out.TargetMatches = true
+	enabled := map[string]bool{}
+	for _, a := range accts {
+		want, granted := explained[a.Connector]
+		on := a.State == eventsv1.AccountState_ACCOUNT_STATE_ENABLED
+		enabled[a.Connector] = enabled[a.Connector] || on
+		desc := fmt.Sprintf("target %s account %s is %s with [%s] (read back %s, %s)", a.Connector, a.Username, strings.ToLower(strings.TrimPrefix(a.State.String(), "ACCOUNT_STATE_")),
+			strings.Join(a.Entitlements, ", "), a.ObservedAt.AsTime().Format(time.RFC3339), a.Outcome)
+		switch {
+		case on && !granted:
+			out.TargetMatches = false
+			out.Notes = append(out.Notes, desc+": no active grant explains a login")
+		case on:
+			var extra, missing []string
+			for _, e := range a.Entitlements {
+				if !slices.Contains(want, e) {
+					extra = append(extra, e)
+				}
+			}
+			for _, e := range want {
+				if !slices.Contains(a.Entitlements, e) && !slices.Contains(missing, e) {
+					missing = append(missing, e)
+				}
+			}
+			if len(extra) > 0 {
+				out.TargetMatches = false
+				out.Notes = append(out.Notes, desc+": holds "+strings.Join(extra, ", ")+", which no grant explains")
+			}
+			if len(missing) > 0 {
+				out.TargetMatches = false
+				out.Notes = append(out.Notes, desc+": lacks "+strings.Join(missing, ", ")+", which the grants give")
+			}
+		case granted:
+			out.TargetMatches = false
+			msg := desc + ": the grants give a login the target does not"
+			if a.Error != "" {
+				msg += " (" + a.Error + ")"
+			}
+			out.Notes = append(out.Notes, msg)
+		}
+	}
+	for c := range explained {
+		if !slices.ContainsFunc(accts, func(a *approvalv1.TargetAccount) bool { return a.Connector == c }) {
+			out.TargetMatches = false
+			out.Notes = append(out.Notes, fmt.Sprintf("target %s: no read-back of the account yet", c))
+		}
+	}
+	// Access is what the target lets the worker do, justified by a grant.
+	for c := range explained {
+		out.HasAccess = out.HasAccess || enabled[c]
+	}
+	switch {
+	case out.HasAccess && out.TargetMatches:
 		out.Summary = req.GetWorkerId() + " has access to " + req.GetSystem() + ": " + strings.Join(lines, "; ")
-	} else {
+	case out.HasAccess:
+		out.Summary = req.GetWorkerId() + " has access to " + req.GetSystem() + ", but the target differs from the grants: " + strings.Join(lines, "; ")
+	case len(grants) > 0:
+		out.Summary = "granted but not in effect: " + req.GetWorkerId() + " holds " + strings.Join(lines, "; ") + ", and the target shows no enabled account"
+	case slices.ContainsFunc(accts, func(a *approvalv1.TargetAccount) bool { return a.State == eventsv1.AccountState_ACCOUNT_STATE_ENABLED }):
+		out.Summary = "no grant, but the target has an enabled account: " + req.GetWorkerId() + " holds no active grant on " + req.GetSystem()
+	default:
 		out.Summary = "no access: " + req.GetWorkerId() + " holds no active grant on " + req.GetSystem()
 	}
+	if len(out.Notes) > 0 {
+		out.Summary += "\n  " + strings.Join(out.Notes, "\n  ")
+	}
 	return out, nil
+}
+
+func collectPairs(rows pgx.Rows) ([][2]string, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var x [2]string
+		return x, r.Scan(&x[0], &x[1])
+	})
 }
 
 // RecordBAA records a vendor organisation's business associate agreement.
@@ -136,8 +266,27 @@ func (s *Service) RecordBAA(ctx context.Context, req *approvalv1.RecordBAAReques
 			req.GetVendorOrg(), req.GetReference(), expires, who); err != nil {
 			return err
 		}
-		return pgstore.Enqueue(ctx, tx, events.Event{ID: events.NewID(), Subject: events.Subject("tenure.access", "baa_recorded", req.GetVendorOrg()), Source: source, Actor: who,
-			Payload: &eventsv1.RequestEvent{Status: "baa_recorded", Reason: "vendor " + req.GetVendorOrg() + ": BAA " + req.GetReference(), RequestedBy: who, At: timestamppb.Now()}})
+		out := []events.Event{{ID: events.NewID(), Subject: events.Subject("tenure.access", "baa_recorded", req.GetVendorOrg()), Source: source, Actor: who,
+			Payload: &eventsv1.RequestEvent{Status: "baa_recorded", Reason: "vendor " + req.GetVendorOrg() + ": BAA " + req.GetReference(), RequestedBy: who, At: timestamppb.Now()}}}
+		// The vendor's staff whose requests the missing BAA refused are evaluated again.
+		rows, err := tx.Query(ctx, `SELECT w.worker_id FROM workers w WHERE w.vendor_org = $1
+			AND EXISTS (SELECT 1 FROM requests r WHERE r.worker_id = w.worker_id AND r.status = 'refused' AND r.refused_rule = $2)
+			ORDER BY 1 FOR UPDATE`, req.GetVendorOrg(), ruleBAA)
+		if err != nil {
+			return err
+		}
+		workers, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		for _, w := range workers {
+			evs, err := s.reevaluateRefused(ctx, tx, w, "BAA "+req.GetReference()+" recorded for "+req.GetVendorOrg(), ruleBAA)
+			if err != nil {
+				return err
+			}
+			out = append(out, evs...)
+		}
+		return pgstore.Enqueue(ctx, tx, out...)
 	})
 	if err != nil {
 		return nil, grpcErr(err)

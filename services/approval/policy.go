@@ -3,14 +3,20 @@ package approval
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	goccyyaml "github.com/goccy/go-yaml"
+	yamlparser "github.com/goccy/go-yaml/parser"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tenure-dev/tenure/pkg/connector"
 )
 
 // Policy is the approval service's rule book: the system inventory, access packages, roles
@@ -32,8 +38,9 @@ type Policy struct {
 	// Hash is the SHA-256 of the file's bytes: which version of the policy decided.
 	Hash string `yaml:"-"`
 	// Path is the file the policy was read from, if any.
-	Path string `yaml:"-"`
-	raw  []byte
+	Path  string `yaml:"-"`
+	raw   []byte
+	lines map[string]int // field path -> line in the file
 }
 
 // PrincipalMap says which worker a gRPC principal is.
@@ -188,7 +195,13 @@ func LoadPolicy(path string) (*Policy, error) {
 func ParsePolicy(b []byte) (*Policy, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(b, &root); err != nil {
-		return nil, err
+		return nil, syntaxError(b, err)
+	}
+	if len(root.Content) == 0 || (root.Content[0].Kind == yaml.MappingNode && len(root.Content[0].Content) == 0) {
+		return nil, errors.New("the policy is empty: it needs at least systems, packages and roles (docs/policy.md)")
+	}
+	if root.Content[0].Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: the policy must be a mapping (systems:, packages:, roles: ...)", root.Content[0].Line)
 	}
 	var p Policy
 	dec := yaml.NewDecoder(strings.NewReader(string(b)))
@@ -199,19 +212,7 @@ func ParsePolicy(b []byte) (*Policy, error) {
 	lines := lineIndex(&root)
 	var probs []string
 	bad := func(path, format string, args ...any) {
-		where := path
-		for p := path; p != ""; {
-			if l, ok := lines[p]; ok {
-				where = fmt.Sprintf("line %d: %s", l, path)
-				break
-			}
-			i := strings.LastIndexAny(p, ".[")
-			if i < 0 {
-				break
-			}
-			p = p[:i]
-		}
-		probs = append(probs, where+": "+fmt.Sprintf(format, args...))
+		probs = append(probs, at(lines, path)+": "+fmt.Sprintf(format, args...))
 	}
 	for i, pm := range p.Principals {
 		if pm.Name == "" || pm.WorkerID == "" {
@@ -371,7 +372,116 @@ func ParsePolicy(b []byte) (*Policy, error) {
 	sum := sha256.Sum256(b)
 	p.Hash = hex.EncodeToString(sum[:])
 	p.raw = slices.Clone(b)
+	p.lines = lines
 	return &p, nil
+}
+
+// at names a field by its line and path ("line 12: systems[1].connector"), with the line of
+// its nearest parent written in the file when the field itself is not (a default).
+func at(lines map[string]int, path string) string {
+	for p := path; p != ""; {
+		if l, ok := lines[p]; ok {
+			return fmt.Sprintf("line %d: %s", l, path)
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return path
+}
+
+// CheckConnectors checks the policy against the connectors that will carry it out (a
+// connectors file): every system names a configured connector, and every package
+// entitlement is one its system's connector defines (connector.Config.Entitlements; a
+// connector type that keeps no catalog, such as manual or webhook, accepts any name).
+// Either mistake would only show at provisioning time, as a dead letter. Errors name the
+// policy file, line and field, and where the connector is configured.
+func (p *Policy) CheckConnectors(conns []connector.Config) error {
+	byName := map[string]*connector.Config{}
+	var names []string
+	for i := range conns {
+		byName[conns[i].Name] = &conns[i]
+		names = append(names, conns[i].Name)
+	}
+	slices.Sort(names)
+	file := "connectors file"
+	if len(conns) > 0 && conns[0].File() != "" {
+		file = conns[0].File()
+	}
+	var probs []string
+	bad := func(path, format string, args ...any) {
+		probs = append(probs, at(p.lines, path)+": "+fmt.Sprintf(format, args...))
+	}
+	type catalog struct {
+		names []string
+		known bool
+	}
+	catalogs := map[string]catalog{}
+	for i, sys := range p.Systems {
+		c, ok := byName[sys.Connector]
+		if !ok {
+			bad(fmt.Sprintf("systems[%d].connector", i), "system %q names connector %q, which %s does not configure (configured: %s)",
+				sys.Name, sys.Connector, file, strings.Join(names, ", "))
+			continue
+		}
+		ents, known, err := c.Entitlements()
+		if err != nil {
+			probs = append(probs, err.Error())
+			continue
+		}
+		catalogs[sys.Name] = catalog{ents, known}
+	}
+	for i, pk := range p.Packages {
+		cat, ok := catalogs[pk.System]
+		if !ok || !cat.known {
+			continue
+		}
+		sys, _ := p.System(pk.System)
+		c := byName[sys.Connector]
+		for j, e := range pk.Entitlements {
+			if !slices.Contains(cat.names, e) {
+				where := c.Name
+				if c.Line() > 0 {
+					where = fmt.Sprintf("%s (%s:%d)", c.Name, file, c.Line())
+				}
+				defined := strings.Join(cat.names, ", ")
+				if defined == "" {
+					defined = "none"
+				}
+				bad(fmt.Sprintf("packages[%d].entitlements[%d]", i, j), "package %q grants %q, which connector %s does not define (it defines: %s)",
+					pk.Name, e, where, defined)
+			}
+		}
+	}
+	if len(probs) == 0 {
+		return nil
+	}
+	prefix := ""
+	if p.Path != "" {
+		prefix = p.Path + ": "
+	}
+	return fmt.Errorf("%spolicy does not fit the connectors:\n  %s", prefix, strings.Join(probs, "\n  "))
+}
+
+// yamlPos is where goccy/go-yaml's FormatError says a syntax error is: "[line:column] message".
+var yamlPos = regexp.MustCompile(`^\[(\d+):(\d+)\]\s*`)
+
+// syntaxError names the line and column of a YAML syntax error. yaml.v3 reports the line
+// where the enclosing block or flow began (an unclosed "[" on line 2 found on line 4 says
+// "line 2"), so the text is parsed again with goccy/go-yaml's parser, which points at the
+// token where parsing failed.
+func syntaxError(b []byte, v3err error) error {
+	_, err := yamlparser.ParseBytes(b, 0)
+	if err == nil {
+		return v3err
+	}
+	msg := strings.TrimSpace(goccyyaml.FormatError(err, false, false))
+	if m := yamlPos.FindStringSubmatch(msg); m != nil {
+		return fmt.Errorf("line %s, column %s: %s", m[1], m[2], strings.TrimSpace(msg[len(m[0]):]))
+	}
+	return v3err
 }
 
 // PackagesFor returns the packages of a job code, in policy order.

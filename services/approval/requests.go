@@ -26,14 +26,123 @@ const securityApprover = "role:security"
 
 var errDuplicateRequest = errors.New("a request for this package is already pending")
 
-// refusal is a request that policy refuses outright (SoD, BAA, sponsor): it names the rule.
-type refusal struct{ msg string }
+// refusal is a request that policy refuses outright (SoD, BAA, sponsor, end date): msg says
+// why, rule which kind of rule (what, when it changes, evaluates the request again).
+type refusal struct{ msg, rule string }
 
 func (r *refusal) Error() string { return r.msg }
+
+// Refusal rules.
+const (
+	ruleBAA     = "baa"
+	ruleSoD     = "sod"
+	ruleSponsor = "sponsor"
+	ruleEndDate = "end_date"
+)
 
 type newRequest struct {
 	kind, role, requestedBy, justification, grantID, sodRule string
 	end                                                      *time.Time
+	// duration of a JIT grant, counted from the grant.
+	duration time.Duration
+}
+
+// sodRefusal is the SoD rule that refuses pk to w given what w holds, when no exception is
+// asked for; nil when none.
+func (s *Service) sodRefusal(ctx context.Context, tx pgx.Tx, pol *Policy, w workerRow, pk Package) *refusal {
+	held, err := heldPackages(ctx, tx, w.id)
+	if err != nil {
+		return nil // the grant-time check (fulfil) refuses it then
+	}
+	if rule, other, bad := pol.Conflicts(held, pk.Name); bad {
+		return &refusal{fmt.Sprintf("refused by SoD rule %s: %s conflicts with %s, which %s holds (%s); ask for a security exception with sod_exception",
+			rule.Name, pk.Name, other, w.id, rule.Reason), ruleSoD}
+	}
+	return nil
+}
+
+// recordRefused keeps a request that policy refuses outright, in status refused with the
+// reason, and tells the ledger (tenure.access.request_refused). One refused request per
+// worker and package stays open: a repeated refusal updates its reason and says nothing new.
+// It is evaluated again when its rule changes (RecordBAA, a request for an SoD exception,
+// a role change) and any request created for the package closes it (createRequest).
+func (s *Service) recordRefused(ctx context.Context, tx pgx.Tx, w workerRow, pk Package, r newRequest, ref *refusal) ([]events.Event, error) {
+	var id string
+	var inserted bool
+	err := tx.QueryRow(ctx, `INSERT INTO requests (request_id, worker_id, package, role, status, reason, kind, system, requested_by, justification, end_time, grant_id,
+		  sod_rule, closed_at, refused_rule, duration_seconds)
+		VALUES ($1, $2, $3, $4, 'refused', $5, $6, $7, $8, $9, $10, $11, $12, now(), $13, $14)
+		ON CONFLICT (worker_id, package) WHERE status = 'refused' DO UPDATE SET reason = excluded.reason, refused_rule = excluded.refused_rule
+		RETURNING request_id, xmax = 0`,
+		events.NewID(), w.id, pk.Name, r.role, ref.msg, r.kind, pk.System, r.requestedBy, r.justification, r.end, r.grantID, r.sodRule, ref.rule,
+		int64(r.duration/time.Second)).Scan(&id, &inserted)
+	if err != nil || !inserted {
+		return nil, err
+	}
+	ev := requestEvent(id, w.id, pk.Name, pk.System, "refused", ref.msg)
+	p := ev.Payload.(*eventsv1.RequestEvent)
+	p.Kind, p.RequestedBy, p.Justification = r.kind, r.requestedBy, r.justification
+	return []events.Event{ev}, nil
+}
+
+// reevaluateRefused evaluates again the refused requests of a worker whose rule is one of
+// rules (a BAA was recorded): each is cancelled as re-evaluated, and asked for again, a role
+// package through converge. What policy still refuses is refused again, with today's reason.
+func (s *Service) reevaluateRefused(ctx context.Context, tx pgx.Tx, worker, why string, rules ...string) ([]events.Event, error) {
+	rows, err := tx.Query(ctx, `UPDATE requests SET status = 'cancelled', reason = 're-evaluated: ' || $3
+		WHERE worker_id = $1 AND status = 'refused' AND refused_rule = ANY($2)
+		RETURNING request_id, package, system, kind, role, requested_by, justification, end_time, grant_id, sod_rule, duration_seconds`, worker, rules, why)
+	if err != nil {
+		return nil, err
+	}
+	type old struct {
+		id, pkg, system, kind, role, by, just, grant, sod string
+		end                                               *time.Time
+		secs                                              int64
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (old, error) {
+		var o old
+		return o, r.Scan(&o.id, &o.pkg, &o.system, &o.kind, &o.role, &o.by, &o.just, &o.end, &o.grant, &o.sod, &o.secs)
+	})
+	if err != nil || len(list) == 0 {
+		return nil, err
+	}
+	pol := s.policy.Load()
+	w, err := loadWorker(ctx, tx, worker)
+	if err != nil {
+		return nil, err
+	}
+	var out []events.Event
+	role := false
+	for _, o := range list {
+		out = append(out, requestEvent(o.id, worker, o.pkg, o.system, "cancelled", "re-evaluated: "+why))
+		if o.kind == kindRole {
+			role = true
+			continue
+		}
+		pk, ok := pol.Package(o.pkg)
+		if !ok || (o.end != nil && !o.end.After(time.Now())) || w.status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String() {
+			continue
+		}
+		nr := newRequest{kind: o.kind, role: o.role, requestedBy: o.by, justification: o.just, end: o.end, grantID: o.grant, sodRule: o.sod, duration: time.Duration(o.secs) * time.Second}
+		_, evs, err := s.createRequest(ctx, tx, pol, w, pk, nr)
+		var ref *refusal
+		if errors.As(err, &ref) {
+			evs, err = s.recordRefused(ctx, tx, w, pk, nr, ref)
+		}
+		if err != nil && !errors.Is(err, errDuplicateRequest) {
+			return nil, err
+		}
+		out = append(out, evs...)
+	}
+	if role {
+		evs, err := s.converge(ctx, tx, worker, false)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, evs...)
+	}
+	return out, nil
 }
 
 // stageApprovers is who may decide a stage for worker w on system sys.
@@ -58,8 +167,8 @@ func stageApprovers(stage string, w workerRow, sys System) []string {
 // createRequest records a pending request and its stages. Policy refusals come back as
 // *refusal; a pending duplicate as errDuplicateRequest.
 func (s *Service) createRequest(ctx context.Context, tx pgx.Tx, pol *Policy, w workerRow, pk Package, r newRequest) (string, []events.Event, error) {
-	if msg := s.refuse(ctx, tx, pol, w, pk); msg != "" {
-		return "", nil, &refusal{msg}
+	if ref := s.refuse(ctx, tx, pol, w, pk); ref != nil {
+		return "", nil, ref
 	}
 	sys, _ := pol.System(pk.System)
 	stages := pol.StagesFor(pk)
@@ -67,14 +176,29 @@ func (s *Service) createRequest(ctx context.Context, tx pgx.Tx, pol *Policy, w w
 		stages = append(stages, StageSoD)
 	}
 	id := events.NewID()
-	tag, err := tx.Exec(ctx, `INSERT INTO requests (request_id, worker_id, package, role, status, reason, kind, system, requested_by, justification, end_time, grant_id, sod_rule)
-		VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING`,
-		id, w.id, pk.Name, r.role, r.justification, r.kind, sys.Name, r.requestedBy, r.justification, r.end, r.grantID, r.sodRule)
+	tag, err := tx.Exec(ctx, `INSERT INTO requests (request_id, worker_id, package, role, status, reason, kind, system, requested_by, justification, end_time, grant_id,
+		  sod_rule, duration_seconds)
+		VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING`,
+		id, w.id, pk.Name, r.role, r.justification, r.kind, sys.Name, r.requestedBy, r.justification, r.end, r.grantID, r.sodRule, int64(r.duration/time.Second))
 	if err != nil {
 		return "", nil, err
 	}
 	if tag.RowsAffected() == 0 {
 		return "", nil, errDuplicateRequest
+	}
+	// A refused request for the package is answered by this one.
+	rows, err := tx.Query(ctx, `UPDATE requests SET status = 'cancelled', reason = 're-evaluated: now request ' || $3
+		WHERE worker_id = $1 AND package = $2 AND status = 'refused' RETURNING request_id, package, system`, w.id, pk.Name, id)
+	if err != nil {
+		return "", nil, err
+	}
+	superseded, err := collectCancelled(rows)
+	if err != nil {
+		return "", nil, err
+	}
+	var out []events.Event
+	for _, c := range superseded {
+		out = append(out, requestEvent(c[0], w.id, c[1], c[2], "cancelled", "re-evaluated: now request "+id))
 	}
 	for i, st := range stages {
 		if _, err := tx.Exec(ctx, "INSERT INTO request_stages (request_id, seq, stage, approvers) VALUES ($1, $2, $3, $4)",
@@ -86,7 +210,7 @@ func (s *Service) createRequest(ctx context.Context, tx pgx.Tx, pol *Policy, w w
 	p := ev.Payload.(*eventsv1.RequestEvent)
 	p.Kind, p.RequestedBy, p.Justification = r.kind, r.requestedBy, r.justification
 	ev.Actor = r.requestedBy
-	return id, []events.Event{ev}, nil
+	return id, append(out, ev), nil
 }
 
 type stageRow struct {
@@ -101,18 +225,20 @@ type requestRow struct {
 	id, worker, pkg, system, kind, status, role, requestedBy, justification, reason, grantID, sodRule string
 	created                                                                                           time.Time
 	closed, end                                                                                       *time.Time
+	durationSecs                                                                                      int64
 	stages                                                                                            []stageRow
 }
 
 func loadRequest(ctx context.Context, q pgxQuerier, id string, lock bool) (requestRow, error) {
 	var r requestRow
-	sql := `SELECT request_id, worker_id, package, system, kind, status, role, requested_by, justification, reason, grant_id, sod_rule, created_at, closed_at, end_time
+	sql := `SELECT request_id, worker_id, package, system, kind, status, role, requested_by, justification, reason, grant_id, sod_rule, created_at, closed_at, end_time,
+		  duration_seconds
 		FROM requests WHERE request_id = $1`
 	if lock {
 		sql += " FOR UPDATE"
 	}
 	if err := q.QueryRow(ctx, sql, id).Scan(&r.id, &r.worker, &r.pkg, &r.system, &r.kind, &r.status, &r.role, &r.requestedBy, &r.justification, &r.reason,
-		&r.grantID, &r.sodRule, &r.created, &r.closed, &r.end); err != nil {
+		&r.grantID, &r.sodRule, &r.created, &r.closed, &r.end, &r.durationSecs); err != nil {
 		return r, err
 	}
 	rows, err := q.Query(ctx, "SELECT seq, stage, status, decided_by, approvers, decided_at, comment FROM request_stages WHERE request_id = $1 ORDER BY seq", id)
@@ -137,7 +263,8 @@ func (r requestRow) current() (stageRow, bool) {
 
 func (r requestRow) proto() *approvalv1.AccessRequest {
 	out := &approvalv1.AccessRequest{RequestId: r.id, WorkerId: r.worker, Package: r.pkg, System: r.system, Kind: r.kind, Status: r.status, Role: r.role,
-		RequestedBy: r.requestedBy, Justification: r.justification, CreatedAt: timestamppb.New(r.created), Reason: r.reason, GrantId: r.grantID, SodRule: r.sodRule}
+		RequestedBy: r.requestedBy, Justification: r.justification, CreatedAt: timestamppb.New(r.created), Reason: r.reason, GrantId: r.grantID, SodRule: r.sodRule,
+		DurationSeconds: r.durationSecs}
 	if r.closed != nil {
 		out.ClosedAt = timestamppb.New(*r.closed)
 	}
@@ -314,7 +441,29 @@ func (s *Service) fulfil(ctx context.Context, tx pgx.Tx, r requestRow) ([]events
 		}
 	}
 	if r.kind == kindReapproval {
-		if _, err := tx.Exec(ctx, "UPDATE grants SET reapprove_by = NULL WHERE grant_id = $1 AND revoked_at IS NULL", r.grantID); err != nil {
+		// The grant keeps the exception this re-approval carries, or none: an exception
+		// approved for another role never travels with it.
+		var pkg string
+		if err := tx.QueryRow(ctx, "SELECT package FROM grants WHERE grant_id = $1", r.grantID).Scan(&pkg); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return nil, "", err
+		}
+		held, err := heldPackages(ctx, tx, r.worker)
+		if err != nil {
+			return nil, "", err
+		}
+		if i := slices.Index(held, pkg); i >= 0 {
+			held = slices.Delete(held, i, i+1)
+		}
+		if rule, other, bad := pol.Conflicts(held, pkg); bad && sodException == "" {
+			msg := fmt.Sprintf("refused by SoD rule %s: %s conflicts with %s, which %s holds; re-approval needs a security exception", rule.Name, pkg, other, r.worker)
+			evs, err := s.refuseRequest(ctx, tx, r, msg, ruleSoD)
+			if err != nil {
+				return nil, "", err
+			}
+			more, err := s.revokeGrantID(ctx, tx, r.grantID, msg, "policy")
+			return append(evs, more...), msg, err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE grants SET reapprove_by = NULL, sod_exception = $2 WHERE grant_id = $1 AND revoked_at IS NULL", r.grantID, sodException); err != nil {
 			return nil, "", err
 		}
 		evs, err := s.closeRequest(ctx, tx, r, "approved", "re-approved")
@@ -329,27 +478,34 @@ func (s *Service) fulfil(ctx context.Context, tx pgx.Tx, r requestRow) ([]events
 		evs, err := s.closeRequest(ctx, tx, r, "denied", "package "+r.pkg+" is no longer in the policy")
 		return evs, "package " + r.pkg + " is no longer in the policy", err
 	}
-	msg := s.refuse(ctx, tx, pol, w, pk)
-	if msg == "" && w.status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String() {
-		msg = "worker " + w.id + " is terminated"
+	if w.status == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED.String() {
+		msg := "worker " + w.id + " is terminated"
+		evs, err := s.closeRequest(ctx, tx, r, "denied", msg)
+		return evs, msg, err
 	}
-	if msg == "" && sodException == "" {
+	ref := s.refuse(ctx, tx, pol, w, pk)
+	if ref == nil && sodException == "" {
 		held, err := heldPackages(ctx, tx, w.id)
 		if err != nil {
 			return nil, "", err
 		}
 		if rule, other, bad := pol.Conflicts(held, pk.Name); bad {
-			msg = fmt.Sprintf("refused by SoD rule %s: %s conflicts with %s, which %s holds", rule.Name, pk.Name, other, w.id)
+			ref = &refusal{fmt.Sprintf("refused by SoD rule %s: %s conflicts with %s, which %s holds", rule.Name, pk.Name, other, w.id), ruleSoD}
 		}
 	}
-	if msg != "" {
-		evs, err := s.closeRequest(ctx, tx, r, "denied", msg)
-		return evs, msg, err
+	if ref != nil {
+		evs, err := s.refuseRequest(ctx, tx, r, ref.msg, ref.rule)
+		return evs, ref.msg, err
 	}
 	kind := kindRequest
 	switch {
 	case r.kind == kindRole:
 		kind = kindRole
+	case r.durationSecs > 0:
+		// JIT time counts from the grant, not from the request: the stages' time is not the
+		// worker's.
+		end := time.Now().UTC().Add(time.Duration(r.durationSecs) * time.Second)
+		r.end, kind = &end, kindJIT
 	case r.end != nil:
 		kind = kindJIT
 	}
@@ -376,6 +532,20 @@ func (s *Service) fulfil(ctx context.Context, tx pgx.Tx, r requestRow) ([]events
 	done := requestEvent(r.id, r.worker, r.pkg, r.system, "approved", "all stages approved")
 	done.Payload.(*eventsv1.RequestEvent).Approvals = approvals
 	return append(out, done, ev), "", nil
+}
+
+// refuseRequest closes a request that policy refuses at the grant, as refused with the rule,
+// so it is evaluated again when the rule changes; an older refused request for the package
+// gives way to it.
+func (s *Service) refuseRequest(ctx context.Context, tx pgx.Tx, r requestRow, msg, rule string) ([]events.Event, error) {
+	if _, err := tx.Exec(ctx, `UPDATE requests SET status = 'cancelled', reason = 're-evaluated: now request ' || $3
+		WHERE worker_id = $1 AND package = $2 AND status = 'refused'`, r.worker, r.pkg, r.id); err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, "UPDATE requests SET refused_rule = $2 WHERE request_id = $1", r.id, rule); err != nil {
+		return nil, err
+	}
+	return s.closeRequest(ctx, tx, r, "refused", msg)
 }
 
 func heldPackages(ctx context.Context, q pgxQuerier, worker string) ([]string, error) {
@@ -419,8 +589,17 @@ func (s *Service) RequestAccess(ctx context.Context, req *approvalv1.RequestAcce
 		return nil, status.Errorf(codes.NotFound, "no package %q in policy %s", req.GetPackage(), pol.Hash[:12])
 	}
 	var end *time.Time
+	var dur time.Duration
 	kind := kindRequest
-	if req.GetEndTime() != nil {
+	if req.GetDurationSeconds() < 0 || (req.GetDurationSeconds() > 0 && req.GetEndTime() != nil) {
+		return nil, status.Error(codes.InvalidArgument, "give end_time or a positive duration_seconds, not both")
+	}
+	if req.GetDurationSeconds() > 0 {
+		dur, kind = time.Duration(req.GetDurationSeconds())*time.Second, kindJIT
+		if max := pk.MaxDuration.D(); max > 0 && dur > max {
+			return nil, status.Errorf(codes.InvalidArgument, "duration %s is longer than package %s allows (max_duration %s)", dur, pk.Name, max)
+		}
+	} else if req.GetEndTime() != nil {
 		e := req.GetEndTime().AsTime()
 		if !e.After(time.Now()) {
 			return nil, status.Error(codes.InvalidArgument, "end_time must be in the future")
@@ -432,7 +611,7 @@ func (s *Service) RequestAccess(ctx context.Context, req *approvalv1.RequestAcce
 	} else if pk.MaxDuration > 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "package %s is time-boxed: give an end_time within %s", pk.Name, pk.MaxDuration.D())
 	}
-	var id string
+	var id, refused string
 	err = pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		w, err := loadWorker(ctx, tx, req.GetWorkerId())
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -451,19 +630,30 @@ func (s *Service) RequestAccess(ctx context.Context, req *approvalv1.RequestAcce
 		if slices.Contains(held, pk.Name) {
 			return status.Errorf(codes.AlreadyExists, "worker %s already holds %s", w.id, pk.Name)
 		}
-		sodRule := ""
-		if rule, other, bad := pol.Conflicts(held, pk.Name); bad {
+		nr := newRequest{kind: kind, requestedBy: who, justification: req.GetJustification(), end: end, duration: dur}
+		if rule, _, bad := pol.Conflicts(held, pk.Name); bad {
 			if !req.GetSodException() {
-				return status.Errorf(codes.FailedPrecondition, "refused by SoD rule %s: %s conflicts with %s, which %s holds (%s); ask for a security exception with sod_exception",
-					rule.Name, pk.Name, other, w.id, rule.Reason)
+				// Refused, and on record: asking again with sod_exception re-evaluates it.
+				ref := s.sodRefusal(ctx, tx, pol, w, pk)
+				evs, err := s.recordRefused(ctx, tx, w, pk, nr, ref)
+				if err != nil {
+					return err
+				}
+				refused = ref.msg
+				return pgstore.Enqueue(ctx, tx, evs...)
 			}
-			sodRule = rule.Name
+			nr.sodRule = rule.Name
 		}
-		id2, evs, err := s.createRequest(ctx, tx, pol, w, pk, newRequest{kind: kind, requestedBy: who, justification: req.GetJustification(), end: end, sodRule: sodRule})
+		id2, evs, err := s.createRequest(ctx, tx, pol, w, pk, nr)
 		var ref *refusal
 		switch {
 		case errors.As(err, &ref):
-			return status.Error(codes.FailedPrecondition, "refused: "+ref.msg)
+			evs, err := s.recordRefused(ctx, tx, w, pk, nr, ref)
+			if err != nil {
+				return err
+			}
+			refused = "refused: " + ref.msg
+			return pgstore.Enqueue(ctx, tx, evs...)
 		case errors.Is(err, errDuplicateRequest):
 			return status.Errorf(codes.AlreadyExists, "a request for %s by %s is already pending", pk.Name, w.id)
 		case err != nil:
@@ -476,6 +666,9 @@ func (s *Service) RequestAccess(ctx context.Context, req *approvalv1.RequestAcce
 		return nil, grpcErr(err)
 	}
 	s.relay.Poke()
+	if refused != "" {
+		return nil, status.Error(codes.FailedPrecondition, refused+" (kept as a refused request: tenurectl requests --status refused)")
+	}
 	r, err := loadRequest(ctx, s.pool, id, false)
 	if err != nil {
 		return nil, grpcErr(err)

@@ -165,13 +165,14 @@ func (s *Service) ListAccounts(ctx context.Context, req *provisionerv1.ListAccou
 }
 
 const accountColumns = `link_id, worker_id, connector, username, desired_state, observed_state, generation, observed_generation,
-	observed_entitlements, verified_at`
+	observed_entitlements, verified_at, desired_entitlements, last_error`
 
 func scanAccount(r pgx.CollectableRow) (*provisionerv1.Account, error) {
 	var a provisionerv1.Account
 	var desired, observed string
 	var verified *time.Time
-	err := r.Scan(&a.LinkId, &a.WorkerId, &a.Connector, &a.Username, &desired, &observed, &a.Generation, &a.ObservedGeneration, &a.Entitlements, &verified)
+	err := r.Scan(&a.LinkId, &a.WorkerId, &a.Connector, &a.Username, &desired, &observed, &a.Generation, &a.ObservedGeneration, &a.Entitlements, &verified,
+		&a.DesiredEntitlements, &a.LastError)
 	a.DesiredState, a.ObservedState, a.VerifiedAt = stateOf(desired), stateOf(observed), ts(verified)
 	return &a, err
 }

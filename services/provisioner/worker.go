@@ -288,7 +288,7 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 			if retryIn == 0 {
 				return // the last failure is recorded below, with its outcome
 			}
-			if ferr := s.fail(ctx, &cmd, l, n, err, false); ferr != nil {
+			if ferr := s.fail(ctx, &cmd, l, n, err, false, nil); ferr != nil {
 				s.log.WarnContext(ctx, "record failure", "err", ferr)
 			}
 		},
@@ -315,7 +315,13 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 	if cur, err := s.loadLink(ctx, l.id); err == nil && cur.generation > gen {
 		return s.supersede(ctx, t, meta, msg.Subject(), &cmd, l, attempts, touched)
 	}
-	if err := s.fail(ctx, &cmd, l, attempts, opErr, true); err != nil {
+	// An ensure that failed for good leaves the account disabled, and what the target holds
+	// on record (reconciled against the target now, not at the next scheduled run).
+	var seen *connector.Account
+	if l.desired == stateEnabled && cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_ENSURE && touched {
+		seen = s.quarantine(ctx, t, l)
+	}
+	if err := s.fail(ctx, &cmd, l, attempts, opErr, true, seen); err != nil {
 		// Keep the message until the failure is on record.
 		return fmt.Errorf("record failure: %w (command failed: %w)", err, opErr)
 	}
@@ -477,6 +483,27 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 		} else if err != nil {
 			return connector.Account{}, revocations{}, fmt.Errorf("read: %w", err)
 		}
+		// Narrow first, widen last: entitlements nobody grants any more are revoked before the
+		// new ones are granted, and the login is enabled only once the account holds exactly
+		// what its grants explain. A failure part-way leaves a disabled account disabled; one
+		// that leaves an enabled account holding an entitlement nobody grants disables it
+		// (narrowForFailure), and a command that fails for good disables it (quarantine).
+		if g, ok := c.(connector.EntitlementGranter); ok {
+			for _, e := range acct.Entitlements {
+				if !slices.Contains(l.entitlements, e) {
+					if err := call(ctx, "revoke", func(ctx context.Context) error { return g.RevokeEntitlement(ctx, ref, e) }); err != nil {
+						return connector.Account{}, revocations{}, s.narrowForFailure(ctx, t, ref, acct, fmt.Errorf("revoke %s: %w", e, err))
+					}
+				}
+			}
+			for _, e := range l.entitlements {
+				if !slices.Contains(acct.Entitlements, e) {
+					if err := call(ctx, "grant", func(ctx context.Context) error { return g.GrantEntitlement(ctx, ref, e) }); err != nil {
+						return connector.Account{}, revocations{}, fmt.Errorf("grant %s: %w", e, err)
+					}
+				}
+			}
+		}
 		if acct.State == connector.StateDisabled {
 			e, ok := c.(connector.Enabler)
 			if !ok {
@@ -486,25 +513,57 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 				return connector.Account{}, revocations{}, fmt.Errorf("enable: %w", err)
 			}
 		}
-		if g, ok := c.(connector.EntitlementGranter); ok {
-			for _, e := range l.entitlements {
-				if !slices.Contains(acct.Entitlements, e) {
-					if err := call(ctx, "grant", func(ctx context.Context) error { return g.GrantEntitlement(ctx, ref, e) }); err != nil {
-						return connector.Account{}, revocations{}, fmt.Errorf("grant %s: %w", e, err)
-					}
-				}
-			}
-			for _, e := range acct.Entitlements {
-				if !slices.Contains(l.entitlements, e) {
-					if err := call(ctx, "revoke", func(ctx context.Context) error { return g.RevokeEntitlement(ctx, ref, e) }); err != nil {
-						return connector.Account{}, revocations{}, fmt.Errorf("revoke %s: %w", e, err)
-					}
-				}
-			}
-		}
 		acct, err = get()
 		return acct, revocations{}, err
 	}
+}
+
+// narrowForFailure disables an enabled account whose stale entitlement could not be
+// revoked: until the revoke succeeds the account holds access nobody grants, and a login on
+// it would use it. The ensure's error is returned either way (the disable's, if that failed
+// too, joined to it); the next attempt revokes, grants and enables again.
+func (s *Service) narrowForFailure(ctx context.Context, t *Target, ref connector.AccountRef, acct connector.Account, cause error) error {
+	d, ok := t.Conn.(connector.Disabler)
+	if acct.State != connector.StateEnabled || !ok {
+		return cause
+	}
+	if err := t.runner.Call(ctx, connector.CapDisable, func(ctx context.Context) error { return d.DisableAccount(ctx, ref) }); err != nil && !errors.Is(err, connector.ErrNotFound) {
+		return errors.Join(cause, fmt.Errorf("disable after the failed revoke: %w", err))
+	}
+	s.log.WarnContext(ctx, "stale entitlement could not be revoked: account disabled until it is", "connector", t.Name, "username", ref.Username, "err", cause)
+	return cause
+}
+
+// quarantine is what a command that ensured an account and failed for good leaves behind:
+// the account disabled (an ensure that could not finish may have left it holding less, or
+// other, than its grants explain), read back, and that read-back recorded on the link so
+// operators see what the target holds (tenurectl accounts) beside the error. It returns the
+// read-back (nil when the target did not answer). Retrying the dead letter ensures again.
+func (s *Service) quarantine(ctx context.Context, t *Target, l link) *connector.Account {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	ref := connector.AccountRef{ID: l.accountID, Username: l.username}
+	a, err := t.getAccount(ctx, ref)
+	if errors.Is(err, connector.ErrNotFound) {
+		return &connector.Account{ID: l.accountID, Username: l.username, State: connector.StateAbsent}
+	}
+	if err != nil {
+		s.log.WarnContext(ctx, "failed ensure: the account could not be read back", "connector", t.Name, "username", l.username, "err", err)
+		return nil
+	}
+	if a.State == connector.StateEnabled {
+		if d, ok := t.Conn.(connector.Disabler); ok {
+			if err := t.runner.Call(ctx, connector.CapDisable, func(ctx context.Context) error { return d.DisableAccount(ctx, ref) }); err != nil {
+				s.log.ErrorContext(ctx, "failed ensure: the account could not be disabled", "connector", t.Name, "username", l.username, "err", err)
+			} else {
+				s.log.WarnContext(ctx, "failed ensure: account disabled until the ensure succeeds", "connector", t.Name, "username", l.username)
+			}
+			if again, err := t.getAccount(ctx, ref); err == nil {
+				a = again
+			}
+		}
+	}
+	return &a
 }
 
 // disableAndRevoke disables the account, then ends its sessions and, for a leaver, revokes
@@ -677,11 +736,18 @@ func result(cmd *eventsv1.ProvisionCommand, l link, outcome eventsv1.ProvisionOu
 // fail records a failed attempt where operators see it: the link's and the case account's
 // attempts and last error, and a result event. dead says the command is given up (it goes to
 // the dead-letter stream): the case account is then marked failed until an operator
-// re-drives it.
-func (s *Service) fail(ctx context.Context, cmd *eventsv1.ProvisionCommand, l link, attempt int, cause error, dead bool) error {
+// re-drives it. seen, when given, is the account as read back after the failure: it is
+// recorded on the link (observed state and entitlements, not as verified) and in the result.
+func (s *Service) fail(ctx context.Context, cmd *eventsv1.ProvisionCommand, l link, attempt int, cause error, dead bool, seen *connector.Account) error {
 	err := pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "UPDATE links SET attempts = attempts + 1, last_error = $2 WHERE link_id = $1", l.id, cause.Error()); err != nil {
 			return err
+		}
+		if seen != nil {
+			if _, err := tx.Exec(ctx, `UPDATE links SET observed_state = $2, observed_entitlements = $3 WHERE link_id = $1`,
+				l.id, seen.State.String(), nonNil(seen.Entitlements)); err != nil {
+				return err
+			}
 		}
 		if cmd.GetCaseId() != "" {
 			if _, err := tx.Exec(ctx, `UPDATE case_accounts SET attempts = attempts + 1, last_error = $3,
@@ -695,7 +761,7 @@ func (s *Service) fail(ctx context.Context, cmd *eventsv1.ProvisionCommand, l li
 		if dead {
 			outcome = eventsv1.ProvisionOutcome_PROVISION_OUTCOME_DEAD_LETTERED
 		}
-		return pgstore.Enqueue(ctx, tx, result(cmd, l, outcome, attempt, nil, cause.Error()))
+		return pgstore.Enqueue(ctx, tx, result(cmd, l, outcome, attempt, seen, cause.Error()))
 	})
 	if err == nil {
 		s.relay.Poke()

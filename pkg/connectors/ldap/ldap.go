@@ -98,7 +98,14 @@ import (
 // TypeName is the name this connector registers under.
 const TypeName = "ldap"
 
-func init() { connector.Register(TypeName, open) }
+func init() {
+	connector.Register(TypeName, open)
+	connector.RegisterCatalog(TypeName, func(decode func(any) error) ([]string, error) {
+		var cfg Config
+		err := decode(&cfg)
+		return cfg.Groups, err
+	})
+}
 
 func open(ctx context.Context, decode func(any) error) (connector.Connector, error) {
 	var cfg Config

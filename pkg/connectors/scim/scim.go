@@ -76,7 +76,20 @@ import (
 // TypeName is the name this connector registers under.
 const TypeName = "scim"
 
-func init() { connector.Register(TypeName, open) }
+func init() {
+	connector.Register(TypeName, open)
+	connector.RegisterCatalog(TypeName, func(decode func(any) error) ([]string, error) {
+		var cfg Config
+		if err := decode(&cfg); err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, g := range cfg.Groups {
+			out = append(out, g.Entitlement)
+		}
+		return out, nil
+	})
+}
 
 func open(ctx context.Context, decode func(any) error) (connector.Connector, error) {
 	var cfg Config

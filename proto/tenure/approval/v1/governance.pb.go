@@ -416,7 +416,10 @@ type AccessRequest struct {
 	System    string                 `protobuf:"bytes,4,opt,name=system,proto3" json:"system,omitempty"`
 	// role, request, jit, reapproval.
 	Kind string `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
-	// pending, approved, denied, cancelled.
+	// pending, approved, denied, cancelled, or refused: policy refuses it outright (a vendor
+	// without a BAA, an SoD conflict without an exception, a passed end date); the reason says
+	// which rule. A refused request is evaluated again when that changes (a BAA recorded, an
+	// exception asked for) and then becomes pending, or cancelled when no longer wanted.
 	Status        string                 `protobuf:"bytes,6,opt,name=status,proto3" json:"status,omitempty"`
 	Role          string                 `protobuf:"bytes,7,opt,name=role,proto3" json:"role,omitempty"`
 	RequestedBy   string                 `protobuf:"bytes,8,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
@@ -428,9 +431,11 @@ type AccessRequest struct {
 	Stages        []*Stage               `protobuf:"bytes,14,rep,name=stages,proto3" json:"stages,omitempty"`
 	GrantId       string                 `protobuf:"bytes,15,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
 	// The SoD rule the request conflicts with, when it asks for an exception.
-	SodRule       string `protobuf:"bytes,16,opt,name=sod_rule,json=sodRule,proto3" json:"sod_rule,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SodRule string `protobuf:"bytes,16,opt,name=sod_rule,json=sodRule,proto3" json:"sod_rule,omitempty"`
+	// A time-boxed (JIT) grant's length, counted from when it is granted.
+	DurationSeconds int64 `protobuf:"varint,17,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AccessRequest) Reset() {
@@ -575,10 +580,17 @@ func (x *AccessRequest) GetSodRule() string {
 	return ""
 }
 
+func (x *AccessRequest) GetDurationSeconds() int64 {
+	if x != nil {
+		return x.DurationSeconds
+	}
+	return 0
+}
+
 type ListRequestsRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	// pending, approved, denied, cancelled; empty: all.
+	// pending, approved, denied, cancelled, refused; empty: all.
 	Status string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
 	System string `protobuf:"bytes,3,opt,name=system,proto3" json:"system,omitempty"`
 	// Only requests whose current stage the caller may decide.
@@ -987,9 +999,12 @@ type RequestAccessRequest struct {
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// Ask a security approver for an exception to a separation-of-duties rule the request
 	// conflicts with, instead of being refused.
-	SodException  bool `protobuf:"varint,5,opt,name=sod_exception,json=sodException,proto3" json:"sod_exception,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SodException bool `protobuf:"varint,5,opt,name=sod_exception,json=sodException,proto3" json:"sod_exception,omitempty"`
+	// Time-boxed (JIT) grant lasting this long from when it is granted (at most the package's
+	// max_duration); the approval stages' time does not count. Not with end_time.
+	DurationSeconds int64 `protobuf:"varint,6,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RequestAccessRequest) Reset() {
@@ -1057,6 +1072,13 @@ func (x *RequestAccessRequest) GetSodException() bool {
 	return false
 }
 
+func (x *RequestAccessRequest) GetDurationSeconds() int64 {
+	if x != nil {
+		return x.DurationSeconds
+	}
+	return 0
+}
+
 type RequestAccessResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Request       *AccessRequest         `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
@@ -1108,7 +1130,7 @@ type BreakGlassRequest struct {
 	// One of the policy's break_glass.reason_codes.
 	ReasonCode    string `protobuf:"bytes,3,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
 	Justification string `protobuf:"bytes,4,opt,name=justification,proto3" json:"justification,omitempty"`
-	// How long; default and maximum: the policy's break_glass.max_duration.
+	// How long; default: the policy's break_glass.max_duration. Longer is refused.
 	DurationSeconds int64 `protobuf:"varint,5,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -1530,8 +1552,10 @@ func (x *CloseBreakGlassReviewRequest) GetComment() string {
 }
 
 type CloseBreakGlassReviewResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Use           *BreakGlassUse         `protobuf:"bytes,1,opt,name=use,proto3" json:"use,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Use   *BreakGlassUse         `protobuf:"bytes,1,opt,name=use,proto3" json:"use,omitempty"`
+	// The access was still active: closing the review ended it (revoked the grant).
+	AccessEnded   bool `protobuf:"varint,2,opt,name=access_ended,json=accessEnded,proto3" json:"access_ended,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1571,6 +1595,13 @@ func (x *CloseBreakGlassReviewResponse) GetUse() *BreakGlassUse {
 		return x.Use
 	}
 	return nil
+}
+
+func (x *CloseBreakGlassReviewResponse) GetAccessEnded() bool {
+	if x != nil {
+		return x.AccessEnded
+	}
+	return false
 }
 
 type ExplainAccessRequest struct {
@@ -1688,8 +1719,16 @@ type ExplainAccessResponse struct {
 	Summary        string           `protobuf:"bytes,4,opt,name=summary,proto3" json:"summary,omitempty"`
 	Justifications []*Justification `protobuf:"bytes,5,rep,name=justifications,proto3" json:"justifications,omitempty"`
 	// The worker's job code now, and whether the role includes a package on the system.
-	JobCode       string   `protobuf:"bytes,6,opt,name=job_code,json=jobCode,proto3" json:"job_code,omitempty"`
-	RolePackages  []string `protobuf:"bytes,7,rep,name=role_packages,json=rolePackages,proto3" json:"role_packages,omitempty"`
+	JobCode      string   `protobuf:"bytes,6,opt,name=job_code,json=jobCode,proto3" json:"job_code,omitempty"`
+	RolePackages []string `protobuf:"bytes,7,rep,name=role_packages,json=rolePackages,proto3" json:"role_packages,omitempty"`
+	// What the target holds, as the provisioner last read each of the worker's accounts on the
+	// system back (tenure.result events).
+	TargetAccounts []*TargetAccount `protobuf:"bytes,8,rep,name=target_accounts,json=targetAccounts,proto3" json:"target_accounts,omitempty"`
+	// What else an auditor must know: refusals (BAA, SoD, end date), a passed end date, SoD
+	// exceptions, and every difference between the grants and the target.
+	Notes []string `protobuf:"bytes,9,rep,name=notes,proto3" json:"notes,omitempty"`
+	// The target holds exactly what the active grants explain (login and entitlements).
+	TargetMatches bool `protobuf:"varint,10,opt,name=target_matches,json=targetMatches,proto3" json:"target_matches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1773,6 +1812,121 @@ func (x *ExplainAccessResponse) GetRolePackages() []string {
 	return nil
 }
 
+func (x *ExplainAccessResponse) GetTargetAccounts() []*TargetAccount {
+	if x != nil {
+		return x.TargetAccounts
+	}
+	return nil
+}
+
+func (x *ExplainAccessResponse) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+func (x *ExplainAccessResponse) GetTargetMatches() bool {
+	if x != nil {
+		return x.TargetMatches
+	}
+	return false
+}
+
+// TargetAccount is one account as the provisioner last read it back.
+type TargetAccount struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Connector    string                 `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	Username     string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	State        v1.AccountState        `protobuf:"varint,3,opt,name=state,proto3,enum=tenure.events.v1.AccountState" json:"state,omitempty"`
+	Entitlements []string               `protobuf:"bytes,4,rep,name=entitlements,proto3" json:"entitlements,omitempty"`
+	ObservedAt   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=observed_at,json=observedAt,proto3" json:"observed_at,omitempty"`
+	// The outcome of the command that read it back (verified, dead_lettered, ...) and its error.
+	Outcome       string `protobuf:"bytes,6,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TargetAccount) Reset() {
+	*x = TargetAccount{}
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TargetAccount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TargetAccount) ProtoMessage() {}
+
+func (x *TargetAccount) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TargetAccount.ProtoReflect.Descriptor instead.
+func (*TargetAccount) Descriptor() ([]byte, []int) {
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *TargetAccount) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *TargetAccount) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *TargetAccount) GetState() v1.AccountState {
+	if x != nil {
+		return x.State
+	}
+	return v1.AccountState(0)
+}
+
+func (x *TargetAccount) GetEntitlements() []string {
+	if x != nil {
+		return x.Entitlements
+	}
+	return nil
+}
+
+func (x *TargetAccount) GetObservedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ObservedAt
+	}
+	return nil
+}
+
+func (x *TargetAccount) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *TargetAccount) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type RecordBAARequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	VendorOrg string                 `protobuf:"bytes,1,opt,name=vendor_org,json=vendorOrg,proto3" json:"vendor_org,omitempty"`
@@ -1786,7 +1940,7 @@ type RecordBAARequest struct {
 
 func (x *RecordBAARequest) Reset() {
 	*x = RecordBAARequest{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[25]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1952,7 @@ func (x *RecordBAARequest) String() string {
 func (*RecordBAARequest) ProtoMessage() {}
 
 func (x *RecordBAARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[25]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1965,7 @@ func (x *RecordBAARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordBAARequest.ProtoReflect.Descriptor instead.
 func (*RecordBAARequest) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{25}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RecordBAARequest) GetVendorOrg() string {
@@ -1843,7 +1997,7 @@ type RecordBAAResponse struct {
 
 func (x *RecordBAAResponse) Reset() {
 	*x = RecordBAAResponse{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[26]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2009,7 @@ func (x *RecordBAAResponse) String() string {
 func (*RecordBAAResponse) ProtoMessage() {}
 
 func (x *RecordBAAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[26]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2022,7 @@ func (x *RecordBAAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordBAAResponse.ProtoReflect.Descriptor instead.
 func (*RecordBAAResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{26}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{27}
 }
 
 type GetPolicyRequest struct {
@@ -1879,7 +2033,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[27]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1891,7 +2045,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[27]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1904,7 +2058,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{27}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{28}
 }
 
 type GetPolicyResponse struct {
@@ -1920,7 +2074,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[28]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2086,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[28]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2099,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{28}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetPolicyResponse) GetPolicyHash() string {
@@ -1997,7 +2151,7 @@ type ReviewItem struct {
 
 func (x *ReviewItem) Reset() {
 	*x = ReviewItem{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[29]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2163,7 @@ func (x *ReviewItem) String() string {
 func (*ReviewItem) ProtoMessage() {}
 
 func (x *ReviewItem) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[29]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2176,7 @@ func (x *ReviewItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReviewItem.ProtoReflect.Descriptor instead.
 func (*ReviewItem) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{29}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReviewItem) GetGrantId() string {
@@ -2123,7 +2277,7 @@ type ReviewCampaign struct {
 
 func (x *ReviewCampaign) Reset() {
 	*x = ReviewCampaign{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[30]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2289,7 @@ func (x *ReviewCampaign) String() string {
 func (*ReviewCampaign) ProtoMessage() {}
 
 func (x *ReviewCampaign) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[30]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2302,7 @@ func (x *ReviewCampaign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReviewCampaign.ProtoReflect.Descriptor instead.
 func (*ReviewCampaign) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{30}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReviewCampaign) GetCampaignId() string {
@@ -2246,7 +2400,7 @@ type StartReviewRequest struct {
 
 func (x *StartReviewRequest) Reset() {
 	*x = StartReviewRequest{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[31]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2412,7 @@ func (x *StartReviewRequest) String() string {
 func (*StartReviewRequest) ProtoMessage() {}
 
 func (x *StartReviewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[31]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2425,7 @@ func (x *StartReviewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReviewRequest.ProtoReflect.Descriptor instead.
 func (*StartReviewRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{31}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StartReviewRequest) GetSystem() string {
@@ -2297,7 +2451,7 @@ type StartReviewResponse struct {
 
 func (x *StartReviewResponse) Reset() {
 	*x = StartReviewResponse{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[32]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2463,7 @@ func (x *StartReviewResponse) String() string {
 func (*StartReviewResponse) ProtoMessage() {}
 
 func (x *StartReviewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[32]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2476,7 @@ func (x *StartReviewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReviewResponse.ProtoReflect.Descriptor instead.
 func (*StartReviewResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{32}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StartReviewResponse) GetCampaign() *ReviewCampaign {
@@ -2342,7 +2496,7 @@ type ListReviewsRequest struct {
 
 func (x *ListReviewsRequest) Reset() {
 	*x = ListReviewsRequest{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[33]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2508,7 @@ func (x *ListReviewsRequest) String() string {
 func (*ListReviewsRequest) ProtoMessage() {}
 
 func (x *ListReviewsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[33]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2521,7 @@ func (x *ListReviewsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReviewsRequest.ProtoReflect.Descriptor instead.
 func (*ListReviewsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{33}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListReviewsRequest) GetSystem() string {
@@ -2393,7 +2547,7 @@ type ListReviewsResponse struct {
 
 func (x *ListReviewsResponse) Reset() {
 	*x = ListReviewsResponse{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[34]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2559,7 @@ func (x *ListReviewsResponse) String() string {
 func (*ListReviewsResponse) ProtoMessage() {}
 
 func (x *ListReviewsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[34]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2572,7 @@ func (x *ListReviewsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReviewsResponse.ProtoReflect.Descriptor instead.
 func (*ListReviewsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{34}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListReviewsResponse) GetCampaigns() []*ReviewCampaign {
@@ -2437,7 +2591,7 @@ type GetReviewRequest struct {
 
 func (x *GetReviewRequest) Reset() {
 	*x = GetReviewRequest{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[35]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2449,7 +2603,7 @@ func (x *GetReviewRequest) String() string {
 func (*GetReviewRequest) ProtoMessage() {}
 
 func (x *GetReviewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[35]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2462,7 +2616,7 @@ func (x *GetReviewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReviewRequest.ProtoReflect.Descriptor instead.
 func (*GetReviewRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{35}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetReviewRequest) GetCampaignId() string {
@@ -2481,7 +2635,7 @@ type GetReviewResponse struct {
 
 func (x *GetReviewResponse) Reset() {
 	*x = GetReviewResponse{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[36]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2493,7 +2647,7 @@ func (x *GetReviewResponse) String() string {
 func (*GetReviewResponse) ProtoMessage() {}
 
 func (x *GetReviewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[36]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2506,7 +2660,7 @@ func (x *GetReviewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReviewResponse.ProtoReflect.Descriptor instead.
 func (*GetReviewResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{36}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetReviewResponse) GetCampaign() *ReviewCampaign {
@@ -2529,7 +2683,7 @@ type DecideReviewRequest struct {
 
 func (x *DecideReviewRequest) Reset() {
 	*x = DecideReviewRequest{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[37]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +2695,7 @@ func (x *DecideReviewRequest) String() string {
 func (*DecideReviewRequest) ProtoMessage() {}
 
 func (x *DecideReviewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[37]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +2708,7 @@ func (x *DecideReviewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideReviewRequest.ProtoReflect.Descriptor instead.
 func (*DecideReviewRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{37}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DecideReviewRequest) GetCampaignId() string {
@@ -2594,7 +2748,7 @@ type DecideReviewResponse struct {
 
 func (x *DecideReviewResponse) Reset() {
 	*x = DecideReviewResponse{}
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[38]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2606,7 +2760,7 @@ func (x *DecideReviewResponse) String() string {
 func (*DecideReviewResponse) ProtoMessage() {}
 
 func (x *DecideReviewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_approval_v1_governance_proto_msgTypes[38]
+	mi := &file_tenure_approval_v1_governance_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2619,7 +2773,7 @@ func (x *DecideReviewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideReviewResponse.ProtoReflect.Descriptor instead.
 func (*DecideReviewResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{38}
+	return file_tenure_approval_v1_governance_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DecideReviewResponse) GetCampaign() *ReviewCampaign {
@@ -2674,7 +2828,7 @@ const file_tenure_approval_v1_governance_proto_rawDesc = "" +
 	"decided_by\x18\x04 \x01(\tR\tdecidedBy\x129\n" +
 	"\n" +
 	"decided_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x18\n" +
-	"\acomment\x18\x06 \x01(\tR\acomment\"\xb2\x04\n" +
+	"\acomment\x18\x06 \x01(\tR\acomment\"\xdd\x04\n" +
 	"\rAccessRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1b\n" +
@@ -2694,7 +2848,8 @@ const file_tenure_approval_v1_governance_proto_rawDesc = "" +
 	"\bend_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x121\n" +
 	"\x06stages\x18\x0e \x03(\v2\x19.tenure.approval.v1.StageR\x06stages\x12\x19\n" +
 	"\bgrant_id\x18\x0f \x01(\tR\agrantId\x12\x19\n" +
-	"\bsod_rule\x18\x10 \x01(\tR\asodRule\"\x8c\x01\n" +
+	"\bsod_rule\x18\x10 \x01(\tR\asodRule\x12)\n" +
+	"\x10duration_seconds\x18\x11 \x01(\x03R\x0fdurationSeconds\"\x8c\x01\n" +
 	"\x13ListRequestsRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +
@@ -2719,13 +2874,14 @@ const file_tenure_approval_v1_governance_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
 	"\acomment\x18\x02 \x01(\tR\acomment\"K\n" +
 	"\fDenyResponse\x12;\n" +
-	"\arequest\x18\x01 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"\xcf\x01\n" +
+	"\arequest\x18\x01 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"\xfa\x01\n" +
 	"\x14RequestAccessRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x18\n" +
 	"\apackage\x18\x02 \x01(\tR\apackage\x12$\n" +
 	"\rjustification\x18\x03 \x01(\tR\rjustification\x125\n" +
 	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12#\n" +
-	"\rsod_exception\x18\x05 \x01(\bR\fsodException\"T\n" +
+	"\rsod_exception\x18\x05 \x01(\bR\fsodException\x12)\n" +
+	"\x10duration_seconds\x18\x06 \x01(\x03R\x0fdurationSeconds\"T\n" +
 	"\x15RequestAccessResponse\x12;\n" +
 	"\arequest\x18\x01 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"\xbc\x01\n" +
 	"\x11BreakGlassRequest\x12\x1b\n" +
@@ -2768,15 +2924,16 @@ const file_tenure_approval_v1_governance_proto_rawDesc = "" +
 	"\x04uses\x18\x01 \x03(\v2!.tenure.approval.v1.BreakGlassUseR\x04uses\"U\n" +
 	"\x1cCloseBreakGlassReviewRequest\x12\x1b\n" +
 	"\treview_id\x18\x01 \x01(\tR\breviewId\x12\x18\n" +
-	"\acomment\x18\x02 \x01(\tR\acomment\"T\n" +
+	"\acomment\x18\x02 \x01(\tR\acomment\"w\n" +
 	"\x1dCloseBreakGlassReviewResponse\x123\n" +
-	"\x03use\x18\x01 \x01(\v2!.tenure.approval.v1.BreakGlassUseR\x03use\"K\n" +
+	"\x03use\x18\x01 \x01(\v2!.tenure.approval.v1.BreakGlassUseR\x03use\x12!\n" +
+	"\faccess_ended\x18\x02 \x01(\bR\vaccessEnded\"K\n" +
 	"\x14ExplainAccessRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
 	"\x06system\x18\x02 \x01(\tR\x06system\"}\n" +
 	"\rJustification\x12/\n" +
 	"\x05grant\x18\x01 \x01(\v2\x19.tenure.approval.v1.GrantR\x05grant\x12;\n" +
-	"\arequest\x18\x02 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"\x90\x02\n" +
+	"\arequest\x18\x02 \x01(\v2!.tenure.approval.v1.AccessRequestR\arequest\"\x99\x03\n" +
 	"\x15ExplainAccessResponse\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
 	"\x06system\x18\x02 \x01(\tR\x06system\x12\x1d\n" +
@@ -2785,7 +2942,20 @@ const file_tenure_approval_v1_governance_proto_rawDesc = "" +
 	"\asummary\x18\x04 \x01(\tR\asummary\x12I\n" +
 	"\x0ejustifications\x18\x05 \x03(\v2!.tenure.approval.v1.JustificationR\x0ejustifications\x12\x19\n" +
 	"\bjob_code\x18\x06 \x01(\tR\ajobCode\x12#\n" +
-	"\rrole_packages\x18\a \x03(\tR\frolePackages\"\x8a\x01\n" +
+	"\rrole_packages\x18\a \x03(\tR\frolePackages\x12J\n" +
+	"\x0ftarget_accounts\x18\b \x03(\v2!.tenure.approval.v1.TargetAccountR\x0etargetAccounts\x12\x14\n" +
+	"\x05notes\x18\t \x03(\tR\x05notes\x12%\n" +
+	"\x0etarget_matches\x18\n" +
+	" \x01(\bR\rtargetMatches\"\x90\x02\n" +
+	"\rTargetAccount\x12\x1c\n" +
+	"\tconnector\x18\x01 \x01(\tR\tconnector\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x124\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1e.tenure.events.v1.AccountStateR\x05state\x12\"\n" +
+	"\fentitlements\x18\x04 \x03(\tR\fentitlements\x12;\n" +
+	"\vobserved_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"observedAt\x12\x18\n" +
+	"\aoutcome\x18\x06 \x01(\tR\aoutcome\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"\x8a\x01\n" +
 	"\x10RecordBAARequest\x12\x1d\n" +
 	"\n" +
 	"vendor_org\x18\x01 \x01(\tR\tvendorOrg\x12\x1c\n" +
@@ -2890,7 +3060,7 @@ func file_tenure_approval_v1_governance_proto_rawDescGZIP() []byte {
 	return file_tenure_approval_v1_governance_proto_rawDescData
 }
 
-var file_tenure_approval_v1_governance_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_tenure_approval_v1_governance_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_tenure_approval_v1_governance_proto_goTypes = []any{
 	(*ListGrantsRequest)(nil),             // 0: tenure.approval.v1.ListGrantsRequest
 	(*Grant)(nil),                         // 1: tenure.approval.v1.Grant
@@ -2917,103 +3087,108 @@ var file_tenure_approval_v1_governance_proto_goTypes = []any{
 	(*ExplainAccessRequest)(nil),          // 22: tenure.approval.v1.ExplainAccessRequest
 	(*Justification)(nil),                 // 23: tenure.approval.v1.Justification
 	(*ExplainAccessResponse)(nil),         // 24: tenure.approval.v1.ExplainAccessResponse
-	(*RecordBAARequest)(nil),              // 25: tenure.approval.v1.RecordBAARequest
-	(*RecordBAAResponse)(nil),             // 26: tenure.approval.v1.RecordBAAResponse
-	(*GetPolicyRequest)(nil),              // 27: tenure.approval.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),             // 28: tenure.approval.v1.GetPolicyResponse
-	(*ReviewItem)(nil),                    // 29: tenure.approval.v1.ReviewItem
-	(*ReviewCampaign)(nil),                // 30: tenure.approval.v1.ReviewCampaign
-	(*StartReviewRequest)(nil),            // 31: tenure.approval.v1.StartReviewRequest
-	(*StartReviewResponse)(nil),           // 32: tenure.approval.v1.StartReviewResponse
-	(*ListReviewsRequest)(nil),            // 33: tenure.approval.v1.ListReviewsRequest
-	(*ListReviewsResponse)(nil),           // 34: tenure.approval.v1.ListReviewsResponse
-	(*GetReviewRequest)(nil),              // 35: tenure.approval.v1.GetReviewRequest
-	(*GetReviewResponse)(nil),             // 36: tenure.approval.v1.GetReviewResponse
-	(*DecideReviewRequest)(nil),           // 37: tenure.approval.v1.DecideReviewRequest
-	(*DecideReviewResponse)(nil),          // 38: tenure.approval.v1.DecideReviewResponse
-	(*v1.Approval)(nil),                   // 39: tenure.events.v1.Approval
-	(*timestamppb.Timestamp)(nil),         // 40: google.protobuf.Timestamp
+	(*TargetAccount)(nil),                 // 25: tenure.approval.v1.TargetAccount
+	(*RecordBAARequest)(nil),              // 26: tenure.approval.v1.RecordBAARequest
+	(*RecordBAAResponse)(nil),             // 27: tenure.approval.v1.RecordBAAResponse
+	(*GetPolicyRequest)(nil),              // 28: tenure.approval.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),             // 29: tenure.approval.v1.GetPolicyResponse
+	(*ReviewItem)(nil),                    // 30: tenure.approval.v1.ReviewItem
+	(*ReviewCampaign)(nil),                // 31: tenure.approval.v1.ReviewCampaign
+	(*StartReviewRequest)(nil),            // 32: tenure.approval.v1.StartReviewRequest
+	(*StartReviewResponse)(nil),           // 33: tenure.approval.v1.StartReviewResponse
+	(*ListReviewsRequest)(nil),            // 34: tenure.approval.v1.ListReviewsRequest
+	(*ListReviewsResponse)(nil),           // 35: tenure.approval.v1.ListReviewsResponse
+	(*GetReviewRequest)(nil),              // 36: tenure.approval.v1.GetReviewRequest
+	(*GetReviewResponse)(nil),             // 37: tenure.approval.v1.GetReviewResponse
+	(*DecideReviewRequest)(nil),           // 38: tenure.approval.v1.DecideReviewRequest
+	(*DecideReviewResponse)(nil),          // 39: tenure.approval.v1.DecideReviewResponse
+	(*v1.Approval)(nil),                   // 40: tenure.events.v1.Approval
+	(*timestamppb.Timestamp)(nil),         // 41: google.protobuf.Timestamp
+	(v1.AccountState)(0),                  // 42: tenure.events.v1.AccountState
 }
 var file_tenure_approval_v1_governance_proto_depIdxs = []int32{
-	39, // 0: tenure.approval.v1.Grant.approvals:type_name -> tenure.events.v1.Approval
-	40, // 1: tenure.approval.v1.Grant.granted_at:type_name -> google.protobuf.Timestamp
-	40, // 2: tenure.approval.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
-	40, // 3: tenure.approval.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 4: tenure.approval.v1.Grant.revoke_confirmed_at:type_name -> google.protobuf.Timestamp
-	40, // 5: tenure.approval.v1.Grant.reapprove_by:type_name -> google.protobuf.Timestamp
+	40, // 0: tenure.approval.v1.Grant.approvals:type_name -> tenure.events.v1.Approval
+	41, // 1: tenure.approval.v1.Grant.granted_at:type_name -> google.protobuf.Timestamp
+	41, // 2: tenure.approval.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
+	41, // 3: tenure.approval.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	41, // 4: tenure.approval.v1.Grant.revoke_confirmed_at:type_name -> google.protobuf.Timestamp
+	41, // 5: tenure.approval.v1.Grant.reapprove_by:type_name -> google.protobuf.Timestamp
 	1,  // 6: tenure.approval.v1.ListGrantsResponse.grants:type_name -> tenure.approval.v1.Grant
-	40, // 7: tenure.approval.v1.Stage.decided_at:type_name -> google.protobuf.Timestamp
-	40, // 8: tenure.approval.v1.AccessRequest.created_at:type_name -> google.protobuf.Timestamp
-	40, // 9: tenure.approval.v1.AccessRequest.closed_at:type_name -> google.protobuf.Timestamp
-	40, // 10: tenure.approval.v1.AccessRequest.end_time:type_name -> google.protobuf.Timestamp
+	41, // 7: tenure.approval.v1.Stage.decided_at:type_name -> google.protobuf.Timestamp
+	41, // 8: tenure.approval.v1.AccessRequest.created_at:type_name -> google.protobuf.Timestamp
+	41, // 9: tenure.approval.v1.AccessRequest.closed_at:type_name -> google.protobuf.Timestamp
+	41, // 10: tenure.approval.v1.AccessRequest.end_time:type_name -> google.protobuf.Timestamp
 	3,  // 11: tenure.approval.v1.AccessRequest.stages:type_name -> tenure.approval.v1.Stage
 	4,  // 12: tenure.approval.v1.ListRequestsResponse.requests:type_name -> tenure.approval.v1.AccessRequest
 	4,  // 13: tenure.approval.v1.GetRequestResponse.request:type_name -> tenure.approval.v1.AccessRequest
 	4,  // 14: tenure.approval.v1.ApproveResponse.request:type_name -> tenure.approval.v1.AccessRequest
 	4,  // 15: tenure.approval.v1.DenyResponse.request:type_name -> tenure.approval.v1.AccessRequest
-	40, // 16: tenure.approval.v1.RequestAccessRequest.end_time:type_name -> google.protobuf.Timestamp
+	41, // 16: tenure.approval.v1.RequestAccessRequest.end_time:type_name -> google.protobuf.Timestamp
 	4,  // 17: tenure.approval.v1.RequestAccessResponse.request:type_name -> tenure.approval.v1.AccessRequest
-	40, // 18: tenure.approval.v1.BreakGlassUse.granted_at:type_name -> google.protobuf.Timestamp
-	40, // 19: tenure.approval.v1.BreakGlassUse.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 20: tenure.approval.v1.BreakGlassUse.review_due:type_name -> google.protobuf.Timestamp
-	40, // 21: tenure.approval.v1.BreakGlassUse.reviewed_at:type_name -> google.protobuf.Timestamp
+	41, // 18: tenure.approval.v1.BreakGlassUse.granted_at:type_name -> google.protobuf.Timestamp
+	41, // 19: tenure.approval.v1.BreakGlassUse.expires_at:type_name -> google.protobuf.Timestamp
+	41, // 20: tenure.approval.v1.BreakGlassUse.review_due:type_name -> google.protobuf.Timestamp
+	41, // 21: tenure.approval.v1.BreakGlassUse.reviewed_at:type_name -> google.protobuf.Timestamp
 	16, // 22: tenure.approval.v1.BreakGlassResponse.use:type_name -> tenure.approval.v1.BreakGlassUse
 	16, // 23: tenure.approval.v1.ListBreakGlassResponse.uses:type_name -> tenure.approval.v1.BreakGlassUse
 	16, // 24: tenure.approval.v1.CloseBreakGlassReviewResponse.use:type_name -> tenure.approval.v1.BreakGlassUse
 	1,  // 25: tenure.approval.v1.Justification.grant:type_name -> tenure.approval.v1.Grant
 	4,  // 26: tenure.approval.v1.Justification.request:type_name -> tenure.approval.v1.AccessRequest
 	23, // 27: tenure.approval.v1.ExplainAccessResponse.justifications:type_name -> tenure.approval.v1.Justification
-	40, // 28: tenure.approval.v1.RecordBAARequest.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 29: tenure.approval.v1.GetPolicyResponse.loaded_at:type_name -> google.protobuf.Timestamp
-	40, // 30: tenure.approval.v1.ReviewItem.decided_at:type_name -> google.protobuf.Timestamp
-	40, // 31: tenure.approval.v1.ReviewItem.escalated_at:type_name -> google.protobuf.Timestamp
-	40, // 32: tenure.approval.v1.ReviewItem.revoke_confirmed_at:type_name -> google.protobuf.Timestamp
-	40, // 33: tenure.approval.v1.ReviewItem.revoked_at:type_name -> google.protobuf.Timestamp
-	40, // 34: tenure.approval.v1.ReviewCampaign.started_at:type_name -> google.protobuf.Timestamp
-	40, // 35: tenure.approval.v1.ReviewCampaign.deadline:type_name -> google.protobuf.Timestamp
-	40, // 36: tenure.approval.v1.ReviewCampaign.closed_at:type_name -> google.protobuf.Timestamp
-	29, // 37: tenure.approval.v1.ReviewCampaign.review_items:type_name -> tenure.approval.v1.ReviewItem
-	30, // 38: tenure.approval.v1.StartReviewResponse.campaign:type_name -> tenure.approval.v1.ReviewCampaign
-	30, // 39: tenure.approval.v1.ListReviewsResponse.campaigns:type_name -> tenure.approval.v1.ReviewCampaign
-	30, // 40: tenure.approval.v1.GetReviewResponse.campaign:type_name -> tenure.approval.v1.ReviewCampaign
-	30, // 41: tenure.approval.v1.DecideReviewResponse.campaign:type_name -> tenure.approval.v1.ReviewCampaign
-	0,  // 42: tenure.approval.v1.GovernanceService.ListGrants:input_type -> tenure.approval.v1.ListGrantsRequest
-	5,  // 43: tenure.approval.v1.GovernanceService.ListRequests:input_type -> tenure.approval.v1.ListRequestsRequest
-	7,  // 44: tenure.approval.v1.GovernanceService.GetRequest:input_type -> tenure.approval.v1.GetRequestRequest
-	9,  // 45: tenure.approval.v1.GovernanceService.Approve:input_type -> tenure.approval.v1.ApproveRequest
-	11, // 46: tenure.approval.v1.GovernanceService.Deny:input_type -> tenure.approval.v1.DenyRequest
-	13, // 47: tenure.approval.v1.GovernanceService.RequestAccess:input_type -> tenure.approval.v1.RequestAccessRequest
-	15, // 48: tenure.approval.v1.GovernanceService.BreakGlass:input_type -> tenure.approval.v1.BreakGlassRequest
-	18, // 49: tenure.approval.v1.GovernanceService.ListBreakGlass:input_type -> tenure.approval.v1.ListBreakGlassRequest
-	20, // 50: tenure.approval.v1.GovernanceService.CloseBreakGlassReview:input_type -> tenure.approval.v1.CloseBreakGlassReviewRequest
-	22, // 51: tenure.approval.v1.GovernanceService.ExplainAccess:input_type -> tenure.approval.v1.ExplainAccessRequest
-	25, // 52: tenure.approval.v1.GovernanceService.RecordBAA:input_type -> tenure.approval.v1.RecordBAARequest
-	27, // 53: tenure.approval.v1.GovernanceService.GetPolicy:input_type -> tenure.approval.v1.GetPolicyRequest
-	31, // 54: tenure.approval.v1.GovernanceService.StartReview:input_type -> tenure.approval.v1.StartReviewRequest
-	33, // 55: tenure.approval.v1.GovernanceService.ListReviews:input_type -> tenure.approval.v1.ListReviewsRequest
-	35, // 56: tenure.approval.v1.GovernanceService.GetReview:input_type -> tenure.approval.v1.GetReviewRequest
-	37, // 57: tenure.approval.v1.GovernanceService.DecideReview:input_type -> tenure.approval.v1.DecideReviewRequest
-	2,  // 58: tenure.approval.v1.GovernanceService.ListGrants:output_type -> tenure.approval.v1.ListGrantsResponse
-	6,  // 59: tenure.approval.v1.GovernanceService.ListRequests:output_type -> tenure.approval.v1.ListRequestsResponse
-	8,  // 60: tenure.approval.v1.GovernanceService.GetRequest:output_type -> tenure.approval.v1.GetRequestResponse
-	10, // 61: tenure.approval.v1.GovernanceService.Approve:output_type -> tenure.approval.v1.ApproveResponse
-	12, // 62: tenure.approval.v1.GovernanceService.Deny:output_type -> tenure.approval.v1.DenyResponse
-	14, // 63: tenure.approval.v1.GovernanceService.RequestAccess:output_type -> tenure.approval.v1.RequestAccessResponse
-	17, // 64: tenure.approval.v1.GovernanceService.BreakGlass:output_type -> tenure.approval.v1.BreakGlassResponse
-	19, // 65: tenure.approval.v1.GovernanceService.ListBreakGlass:output_type -> tenure.approval.v1.ListBreakGlassResponse
-	21, // 66: tenure.approval.v1.GovernanceService.CloseBreakGlassReview:output_type -> tenure.approval.v1.CloseBreakGlassReviewResponse
-	24, // 67: tenure.approval.v1.GovernanceService.ExplainAccess:output_type -> tenure.approval.v1.ExplainAccessResponse
-	26, // 68: tenure.approval.v1.GovernanceService.RecordBAA:output_type -> tenure.approval.v1.RecordBAAResponse
-	28, // 69: tenure.approval.v1.GovernanceService.GetPolicy:output_type -> tenure.approval.v1.GetPolicyResponse
-	32, // 70: tenure.approval.v1.GovernanceService.StartReview:output_type -> tenure.approval.v1.StartReviewResponse
-	34, // 71: tenure.approval.v1.GovernanceService.ListReviews:output_type -> tenure.approval.v1.ListReviewsResponse
-	36, // 72: tenure.approval.v1.GovernanceService.GetReview:output_type -> tenure.approval.v1.GetReviewResponse
-	38, // 73: tenure.approval.v1.GovernanceService.DecideReview:output_type -> tenure.approval.v1.DecideReviewResponse
-	58, // [58:74] is the sub-list for method output_type
-	42, // [42:58] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	25, // 28: tenure.approval.v1.ExplainAccessResponse.target_accounts:type_name -> tenure.approval.v1.TargetAccount
+	42, // 29: tenure.approval.v1.TargetAccount.state:type_name -> tenure.events.v1.AccountState
+	41, // 30: tenure.approval.v1.TargetAccount.observed_at:type_name -> google.protobuf.Timestamp
+	41, // 31: tenure.approval.v1.RecordBAARequest.expires_at:type_name -> google.protobuf.Timestamp
+	41, // 32: tenure.approval.v1.GetPolicyResponse.loaded_at:type_name -> google.protobuf.Timestamp
+	41, // 33: tenure.approval.v1.ReviewItem.decided_at:type_name -> google.protobuf.Timestamp
+	41, // 34: tenure.approval.v1.ReviewItem.escalated_at:type_name -> google.protobuf.Timestamp
+	41, // 35: tenure.approval.v1.ReviewItem.revoke_confirmed_at:type_name -> google.protobuf.Timestamp
+	41, // 36: tenure.approval.v1.ReviewItem.revoked_at:type_name -> google.protobuf.Timestamp
+	41, // 37: tenure.approval.v1.ReviewCampaign.started_at:type_name -> google.protobuf.Timestamp
+	41, // 38: tenure.approval.v1.ReviewCampaign.deadline:type_name -> google.protobuf.Timestamp
+	41, // 39: tenure.approval.v1.ReviewCampaign.closed_at:type_name -> google.protobuf.Timestamp
+	30, // 40: tenure.approval.v1.ReviewCampaign.review_items:type_name -> tenure.approval.v1.ReviewItem
+	31, // 41: tenure.approval.v1.StartReviewResponse.campaign:type_name -> tenure.approval.v1.ReviewCampaign
+	31, // 42: tenure.approval.v1.ListReviewsResponse.campaigns:type_name -> tenure.approval.v1.ReviewCampaign
+	31, // 43: tenure.approval.v1.GetReviewResponse.campaign:type_name -> tenure.approval.v1.ReviewCampaign
+	31, // 44: tenure.approval.v1.DecideReviewResponse.campaign:type_name -> tenure.approval.v1.ReviewCampaign
+	0,  // 45: tenure.approval.v1.GovernanceService.ListGrants:input_type -> tenure.approval.v1.ListGrantsRequest
+	5,  // 46: tenure.approval.v1.GovernanceService.ListRequests:input_type -> tenure.approval.v1.ListRequestsRequest
+	7,  // 47: tenure.approval.v1.GovernanceService.GetRequest:input_type -> tenure.approval.v1.GetRequestRequest
+	9,  // 48: tenure.approval.v1.GovernanceService.Approve:input_type -> tenure.approval.v1.ApproveRequest
+	11, // 49: tenure.approval.v1.GovernanceService.Deny:input_type -> tenure.approval.v1.DenyRequest
+	13, // 50: tenure.approval.v1.GovernanceService.RequestAccess:input_type -> tenure.approval.v1.RequestAccessRequest
+	15, // 51: tenure.approval.v1.GovernanceService.BreakGlass:input_type -> tenure.approval.v1.BreakGlassRequest
+	18, // 52: tenure.approval.v1.GovernanceService.ListBreakGlass:input_type -> tenure.approval.v1.ListBreakGlassRequest
+	20, // 53: tenure.approval.v1.GovernanceService.CloseBreakGlassReview:input_type -> tenure.approval.v1.CloseBreakGlassReviewRequest
+	22, // 54: tenure.approval.v1.GovernanceService.ExplainAccess:input_type -> tenure.approval.v1.ExplainAccessRequest
+	26, // 55: tenure.approval.v1.GovernanceService.RecordBAA:input_type -> tenure.approval.v1.RecordBAARequest
+	28, // 56: tenure.approval.v1.GovernanceService.GetPolicy:input_type -> tenure.approval.v1.GetPolicyRequest
+	32, // 57: tenure.approval.v1.GovernanceService.StartReview:input_type -> tenure.approval.v1.StartReviewRequest
+	34, // 58: tenure.approval.v1.GovernanceService.ListReviews:input_type -> tenure.approval.v1.ListReviewsRequest
+	36, // 59: tenure.approval.v1.GovernanceService.GetReview:input_type -> tenure.approval.v1.GetReviewRequest
+	38, // 60: tenure.approval.v1.GovernanceService.DecideReview:input_type -> tenure.approval.v1.DecideReviewRequest
+	2,  // 61: tenure.approval.v1.GovernanceService.ListGrants:output_type -> tenure.approval.v1.ListGrantsResponse
+	6,  // 62: tenure.approval.v1.GovernanceService.ListRequests:output_type -> tenure.approval.v1.ListRequestsResponse
+	8,  // 63: tenure.approval.v1.GovernanceService.GetRequest:output_type -> tenure.approval.v1.GetRequestResponse
+	10, // 64: tenure.approval.v1.GovernanceService.Approve:output_type -> tenure.approval.v1.ApproveResponse
+	12, // 65: tenure.approval.v1.GovernanceService.Deny:output_type -> tenure.approval.v1.DenyResponse
+	14, // 66: tenure.approval.v1.GovernanceService.RequestAccess:output_type -> tenure.approval.v1.RequestAccessResponse
+	17, // 67: tenure.approval.v1.GovernanceService.BreakGlass:output_type -> tenure.approval.v1.BreakGlassResponse
+	19, // 68: tenure.approval.v1.GovernanceService.ListBreakGlass:output_type -> tenure.approval.v1.ListBreakGlassResponse
+	21, // 69: tenure.approval.v1.GovernanceService.CloseBreakGlassReview:output_type -> tenure.approval.v1.CloseBreakGlassReviewResponse
+	24, // 70: tenure.approval.v1.GovernanceService.ExplainAccess:output_type -> tenure.approval.v1.ExplainAccessResponse
+	27, // 71: tenure.approval.v1.GovernanceService.RecordBAA:output_type -> tenure.approval.v1.RecordBAAResponse
+	29, // 72: tenure.approval.v1.GovernanceService.GetPolicy:output_type -> tenure.approval.v1.GetPolicyResponse
+	33, // 73: tenure.approval.v1.GovernanceService.StartReview:output_type -> tenure.approval.v1.StartReviewResponse
+	35, // 74: tenure.approval.v1.GovernanceService.ListReviews:output_type -> tenure.approval.v1.ListReviewsResponse
+	37, // 75: tenure.approval.v1.GovernanceService.GetReview:output_type -> tenure.approval.v1.GetReviewResponse
+	39, // 76: tenure.approval.v1.GovernanceService.DecideReview:output_type -> tenure.approval.v1.DecideReviewResponse
+	61, // [61:77] is the sub-list for method output_type
+	45, // [45:61] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_tenure_approval_v1_governance_proto_init() }
@@ -3027,7 +3202,7 @@ func file_tenure_approval_v1_governance_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_approval_v1_governance_proto_rawDesc), len(file_tenure_approval_v1_governance_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -822,10 +822,16 @@ type Account struct {
 	ObservedState      v1.AccountState        `protobuf:"varint,6,opt,name=observed_state,json=observedState,proto3,enum=tenure.events.v1.AccountState" json:"observed_state,omitempty"`
 	Generation         int64                  `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
 	ObservedGeneration int64                  `protobuf:"varint,8,opt,name=observed_generation,json=observedGeneration,proto3" json:"observed_generation,omitempty"`
-	Entitlements       []string               `protobuf:"bytes,9,rep,name=entitlements,proto3" json:"entitlements,omitempty"`
-	VerifiedAt         *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=verified_at,json=verifiedAt,proto3" json:"verified_at,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// What the target holds, as last read back (after a verified command, or after an ensure
+	// that failed for good and left the account disabled).
+	Entitlements []string               `protobuf:"bytes,9,rep,name=entitlements,proto3" json:"entitlements,omitempty"`
+	VerifiedAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=verified_at,json=verifiedAt,proto3" json:"verified_at,omitempty"`
+	// What the link's active grants explain.
+	DesiredEntitlements []string `protobuf:"bytes,11,rep,name=desired_entitlements,json=desiredEntitlements,proto3" json:"desired_entitlements,omitempty"`
+	// Why the last command on the account failed; empty once a command verified it.
+	LastError     string `protobuf:"bytes,12,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Account) Reset() {
@@ -926,6 +932,20 @@ func (x *Account) GetVerifiedAt() *timestamppb.Timestamp {
 		return x.VerifiedAt
 	}
 	return nil
+}
+
+func (x *Account) GetDesiredEntitlements() []string {
+	if x != nil {
+		return x.DesiredEntitlements
+	}
+	return nil
+}
+
+func (x *Account) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
 }
 
 type ListAccountsResponse struct {
@@ -2771,7 +2791,7 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\x12ListQueuesResponse\x124\n" +
 	"\x06queues\x18\x01 \x03(\v2\x1c.tenure.provisioner.v1.QueueR\x06queues\"2\n" +
 	"\x13ListAccountsRequest\x12\x1b\n" +
-	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\xb7\x03\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"\x89\x04\n" +
 	"\aAccount\x12\x17\n" +
 	"\alink_id\x18\x01 \x01(\tR\x06linkId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1c\n" +
@@ -2786,7 +2806,10 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\fentitlements\x18\t \x03(\tR\fentitlements\x12;\n" +
 	"\vverified_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"verifiedAt\"R\n" +
+	"verifiedAt\x121\n" +
+	"\x14desired_entitlements\x18\v \x03(\tR\x13desiredEntitlements\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\f \x01(\tR\tlastError\"R\n" +
 	"\x14ListAccountsResponse\x12:\n" +
 	"\baccounts\x18\x01 \x03(\v2\x1e.tenure.provisioner.v1.AccountR\baccounts\"\xe2\x01\n" +
 	"\vAttestation\x12!\n" +
