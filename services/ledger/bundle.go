@@ -121,7 +121,7 @@ func (s *Service) anchor(ctx context.Context) (*ledgerv1.Checkpoint, error) {
 		c  ledgerv1.Checkpoint
 		at time.Time
 	)
-	err := s.pool.QueryRow(ctx, "SELECT seq, head_hash, signed_at, key_id, signature FROM checkpoints ORDER BY seq DESC LIMIT 1").Scan(&c.Seq, &c.HeadHash, &at, &c.KeyId, &c.Signature)
+	err := s.pool.QueryRow(ctx, "SELECT seq, head_hash, signed_at, key_id, signature, coalesce(note, '') FROM checkpoints ORDER BY seq DESC LIMIT 1").Scan(&c.Seq, &c.HeadHash, &at, &c.KeyId, &c.Signature, &c.Note)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Error(codes.FailedPrecondition, "the ledger has no signed checkpoint yet (is it empty?)")
 	}
