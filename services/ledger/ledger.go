@@ -28,10 +28,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/transparency-dev/merkle/compact"
-	"golang.org/x/mod/sumdb/note"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/grpc"
 
 	"github.com/tenure-dev/tenure/pkg/authn"

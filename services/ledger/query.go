@@ -1,10 +1,10 @@
 package ledger
 
 import (
-	"errors"
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"

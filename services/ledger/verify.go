@@ -139,7 +139,7 @@ func (s *Service) VerifyAgainst(ctx context.Context, witnessed []byte) (*ledgerv
 	// Signatures first: they need no entry. A bad one is a problem at its sequence.
 	var sigProblem *problem
 	valid := make(map[int64]*ledgerv1.Checkpoint, len(cps)) // legacy: by entry seq
-	var treeCPs []*TreeCheckpoint                             // by size, ascending
+	var treeCPs []*TreeCheckpoint                           // by size, ascending
 	var lastValid int64
 	for _, c := range cps {
 		var err error
