@@ -156,7 +156,11 @@ func (s *Service) ExportEvidence(ctx context.Context, req *ledgerv1.ExportEviden
 		return nil, s.internal(ctx, "export evidence", err)
 	}
 	sc.maxSeq = cp.Seq
-	tables, _, err := s.evidenceTables(ctx, sc, Questions)
+	tables, _, cited, err := s.evidenceTables(ctx, sc, Questions)
+	if err != nil {
+		return nil, s.internal(ctx, "export evidence", err)
+	}
+	proved, legacy, err := s.provedEntries(ctx, cited, cp)
 	if err != nil {
 		return nil, s.internal(ctx, "export evidence", err)
 	}
@@ -175,8 +179,9 @@ func (s *Service) ExportEvidence(ctx context.Context, req *ledgerv1.ExportEviden
 		}
 		files = append(files, &ledgerv1.BundleFile{Name: q + ".csv", Content: c.Bytes()}, &ledgerv1.BundleFile{Name: q + ".json", Content: j})
 	}
+	files = append(files, &ledgerv1.BundleFile{Name: "entries.jsonl", Content: proved})
 	m := Manifest{Format: EvidenceFormat, CreatedAt: now.Format(time.RFC3339Nano), To: sc.to.UTC().Format(time.RFC3339Nano),
-		Workers: req.GetWorkerIds(), Sample: req.GetSample(), Checkpoint: manifestCP(cp)}
+		Workers: req.GetWorkerIds(), Sample: req.GetSample(), Checkpoint: manifestCP(cp), LegacyThrough: legacy}
 	if !sc.from.IsZero() {
 		m.From = sc.from.UTC().Format(time.RFC3339Nano)
 	}
@@ -190,6 +195,125 @@ func (s *Service) ExportEvidence(ctx context.Context, req *ledgerv1.ExportEviden
 		return nil, s.internal(ctx, "export evidence", err)
 	}
 	return &ledgerv1.ExportEvidenceResponse{Files: files, Checkpoint: cp}, nil
+}
+
+// provedEntries is entries.jsonl of an evidence bundle: every entry the answers were
+// computed from, each with its inclusion proof in the tree of the bundle's checkpoint.
+func (s *Service) provedEntries(ctx context.Context, seqs []int64, cp *ledgerv1.Checkpoint) ([]byte, int64, error) {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var legacy int64
+	if err := tx.QueryRow(ctx, "SELECT through_seq FROM legacy").Scan(&legacy); err != nil {
+		return nil, 0, err
+	}
+	var st *nodeStore
+	if cp.Note != "" {
+		// Every leaf of the checkpoint's tree, to build the proofs from.
+		rows, err := tx.Query(ctx, "SELECT hash FROM entries WHERE seq <= $1 ORDER BY seq", cp.Seq)
+		if err != nil {
+			return nil, 0, err
+		}
+		leaves := make([][]byte, 0, cp.Seq)
+		for rows.Next() {
+			var h []byte
+			if err := rows.Scan(&h); err != nil {
+				rows.Close()
+				return nil, 0, err
+			}
+			leaves = append(leaves, h)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, 0, err
+		}
+		if int64(len(leaves)) != cp.Seq {
+			return nil, 0, fmt.Errorf("the tree of checkpoint %d has %d leaves in the database (pruned?): cannot prove inclusion", cp.Seq, len(leaves))
+		}
+		st = newNodeStore(leaves)
+		if got, err := st.root(); err != nil || !bytes.Equal(got, cp.HeadHash) {
+			return nil, 0, fmt.Errorf("the database's tree of %d entries does not match checkpoint %d (run tenurectl ledger verify)", cp.Seq, cp.Seq)
+		}
+	}
+	rows, err := tx.Query(ctx, entrySelect+" WHERE seq = ANY($1) ORDER BY seq", seqs)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for rows.Next() {
+		e, hdr, err := scanEntry(rows)
+		if err != nil {
+			return nil, 0, err
+		}
+		a := archiveEntryOf(&e)
+		if err := json.Unmarshal(hdr, &a.Headers); err != nil {
+			return nil, 0, fmt.Errorf("entry %d headers: %w", e.Seq, err)
+		}
+		if st != nil {
+			p, err := st.inclusion(e.Seq, cp.Seq)
+			if err != nil {
+				return nil, 0, fmt.Errorf("entry %d: %w", e.Seq, err)
+			}
+			for _, h := range p {
+				a.Proof = append(a.Proof, hex.EncodeToString(h))
+			}
+		}
+		if err := enc.Encode(&a); err != nil {
+			return nil, 0, err
+		}
+	}
+	return buf.Bytes(), legacy, rows.Err()
+}
+
+func archiveEntryOf(e *entry) archiveEntry {
+	return archiveEntry{Seq: e.Seq, MsgID: e.MsgID, Subject: e.Subject, Type: e.Type, Source: e.Source, WorkerID: e.WorkerID, System: e.System,
+		Actor: e.Actor, EventTime: e.EventTime.Format(time.RFC3339Nano), RecordedAt: e.RecordedAt.Format(time.RFC3339Nano), StreamSeq: e.StreamSeq,
+		TraceID: e.TraceID, Payload: e.Payload, PrevHash: hex.EncodeToString(e.PrevHash), Hash: hex.EncodeToString(e.Hash)}
+}
+
+// verifyProofs checks an evidence bundle's entries.jsonl offline: each entry's hash against
+// its content, and its inclusion proof against the signed checkpoint.
+func verifyProofs(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *BundleReport) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 256<<20)
+	for sc.Scan() {
+		var a archiveEntry
+		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
+			return fmt.Errorf("entries.jsonl line %d: %w", rep.Entries+1, err)
+		}
+		e, err := a.entry()
+		if err != nil {
+			return fmt.Errorf("entry %d: %w", a.Seq, err)
+		}
+		if err := checkEntryHash(e, nil, m.LegacyThrough); err != nil {
+			return err
+		}
+		if cp.Note == "" {
+			rep.Entries++
+			continue // a legacy checkpoint: no tree to prove against
+		}
+		p := make([][]byte, len(a.Proof))
+		for i, h := range a.Proof {
+			if p[i], err = hex.DecodeString(h); err != nil {
+				return fmt.Errorf("entry %d: proof: %w", e.Seq, err)
+			}
+		}
+		if err := VerifyInclusion(e.Seq, cp.Seq, e.Hash, p, cp.HeadHash); err != nil {
+			return fmt.Errorf("entry %d is not in the tree of the signed checkpoint (%d entries, root %s): %w", e.Seq, cp.Seq, short(cp.HeadHash), err)
+		}
+		rep.Entries++
+		rep.Proved++
+	}
+	return sc.Err()
 }
 
 // WriteCSV writes an answer as CSV with a header row. Cells that a spreadsheet would take
@@ -280,6 +404,8 @@ type BundleReport struct {
 	Entries   int64
 	FirstPrev []byte
 	Range     *compact.Range
+	// Evidence only: entries whose inclusion proof was checked.
+	Proved int64
 }
 
 // VerifyBundle checks an evidence bundle or archive directory without a server: the
@@ -354,6 +480,9 @@ func VerifyBundle(dir string, trusted ed25519.PublicKey) (*BundleReport, error) 
 	rep := &BundleReport{Manifest: m, KeyID: KeyID(pub), Files: len(m.Files)}
 	switch m.Format {
 	case EvidenceFormat:
+		if err := verifyProofs(filepath.Join(dir, "entries.jsonl"), cp, &m, rep); err != nil {
+			return nil, err
+		}
 	case ArchiveFormat:
 		if err := verifySegment(filepath.Join(dir, "entries.jsonl"), cp, &m, rep); err != nil {
 			return nil, err
@@ -382,6 +511,8 @@ type archiveEntry struct {
 	Payload    []byte              `json:"payload"`
 	PrevHash   string              `json:"prev_hash"`
 	Hash       string              `json:"hash"`
+	// Evidence bundles: the inclusion proof (hex hashes) in the tree of the checkpoint.
+	Proof []string `json:"proof,omitempty"`
 }
 
 func verifySegment(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *BundleReport) error {

@@ -256,6 +256,27 @@ func (st *nodeStore) fetch(n proof.Nodes) ([][]byte, error) {
 	return n.Rehash(hs, hasher.HashChildren)
 }
 
+// root is the root of the whole tree.
+func (st *nodeStore) root() ([]byte, error) {
+	if st.size == 0 {
+		return emptyRoot, nil
+	}
+	// The root is the fold of the compact range [0, size).
+	ids := compact.RangeNodes(0, st.size, nil)
+	hs := make([][]byte, len(ids))
+	for i, id := range ids {
+		if int(id.Level) >= len(st.levels) || id.Index >= uint64(len(st.levels[id.Level])) {
+			return nil, fmt.Errorf("node %d/%d is missing", id.Level, id.Index)
+		}
+		hs[i] = st.levels[id.Level][id.Index]
+	}
+	r, err := rangeFactory.NewRange(0, st.size, hs)
+	if err != nil {
+		return nil, err
+	}
+	return r.GetRootHash(nil)
+}
+
 // inclusion is the proof that entry seq is in the tree of size.
 func (st *nodeStore) inclusion(seq, size int64) ([][]byte, error) {
 	n, err := proof.Inclusion(uint64(seq-1), uint64(size))
