@@ -324,8 +324,8 @@ func (s *Service) VerifyAgainst(ctx context.Context, witnessed []byte) (*ledgerv
 			continue // within the pruned prefix
 		}
 		if !bytes.Equal(got, tc.Root) {
-			return broken(&problem{good + 1, fmt.Sprintf("the database's tree of the first %d entries has root %s, but the checkpoint of %d entries signed %s says %s: history was rewritten after entry %d (fork)",
-				tc.Size, short(got), tc.Size, tc.SignedAt.Format(time.RFC3339), short(tc.Root), good), "fork"})
+			return broken(&problem{good + 1, fmt.Sprintf("the database's tree of the first %d entries has root %s, but the checkpoint of %d entries signed %s says %s: history was rewritten in entries %d..%d",
+				tc.Size, short(got), tc.Size, tc.SignedAt.Format(time.RFC3339), short(tc.Root), good+1, tc.Size), "fork"})
 		}
 		res.CheckpointsChecked++
 		good = tc.Size
@@ -340,11 +340,11 @@ func (s *Service) VerifyAgainst(ctx context.Context, witnessed []byte) (*ledgerv
 			if len(treeCPs) > 0 {
 				newest = treeCPs[len(treeCPs)-1].Size
 			}
-			return broken(&problem{last + 1, fmt.Sprintf("rollback: the witness (%s) holds a checkpoint of %d entries (root %s, signed %s), but the database ends at entry %d (root %s) and its newest checkpoint is at %d: an older state of the database was restored, or its tail was cut together with its checkpoints and head",
+			return broken(&problem{last + 1, fmt.Sprintf("the witness (%s) holds a checkpoint of %d entries (root %s, signed %s), but the database ends at entry %d (root %s) and its newest checkpoint is at %d: an older state of the database was restored, or its tail was cut together with its checkpoints and head",
 				res.WitnessedFrom, wcp.Size, short(wcp.Root), wcp.SignedAt.Format(time.RFC3339), last, short(root), newest), "rollback"})
 		case got != nil && !bytes.Equal(got, wcp.Root):
-			return broken(&problem{good + 1, fmt.Sprintf("fork: the witness (%s) holds a checkpoint of %d entries with root %s (signed %s), but the database's tree of the first %d entries has root %s: history was rewritten after entry %d",
-				res.WitnessedFrom, wcp.Size, short(wcp.Root), wcp.SignedAt.Format(time.RFC3339), wcp.Size, short(got), min(good, wcp.Size)), "fork"})
+			return broken(&problem{good + 1, fmt.Sprintf("the witness (%s) holds a checkpoint of %d entries with root %s (signed %s), but the database's tree of the first %d entries has root %s: history was rewritten in entries %d..%d",
+				res.WitnessedFrom, wcp.Size, short(wcp.Root), wcp.SignedAt.Format(time.RFC3339), wcp.Size, short(got), min(good, wcp.Size)+1, wcp.Size), "fork"})
 		}
 		if wantNodes != nil {
 			hs := make([][]byte, len(proofNodes.IDs))
