@@ -419,6 +419,7 @@ type pageResult struct {
 	header, trailer bool
 	v               *verifier
 	rng             *compact.Range           // the page's leaves
+	slab            []byte                   // leaf hashes the range may keep
 	snaps           map[int64]*compact.Range // the page's range at sizes in v.snap
 }
 
@@ -694,8 +695,12 @@ func (r *pageResult) row(f *[verifyFields][]byte) {
 			seq, time.UnixMicro(recordedAt).UTC().Format(time.RFC3339), r.v.coveredTo, r.v.every, r.v.grace), "stale"}
 		return
 	}
-	// The range keeps some leaves: copy it out of the COPY buffer.
-	if err := r.rng.Append(bytes.Clone(hash), r.v.visit); err != nil {
+	// The range keeps some leaves: copy them out of the COPY buffer, into one slab per page.
+	if len(r.slab)+HashSize > cap(r.slab) {
+		r.slab = make([]byte, 0, 1024*HashSize)
+	}
+	r.slab = append(r.slab, hash...)
+	if err := r.rng.Append(r.slab[len(r.slab)-HashSize:len(r.slab):len(r.slab)], r.v.visit); err != nil {
 		r.prob = &problem{seq, err.Error(), "content"}
 		return
 	}
