@@ -206,15 +206,23 @@ func verifyBundleDir(e *env, dir string, trustedPEM []byte) error {
 	} else {
 		rep, err = ledger.VerifyBundle(dir, nil)
 	}
+	if errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	if err != nil {
 		fmt.Fprintf(e.stdout, "BUNDLE INVALID: %s\n", err)
-		return errors.New("bundle verification failed")
+		return tampered(errors.New("bundle verification failed"))
 	}
 	m := rep.Manifest
 	fmt.Fprintf(e.stdout, "bundle intact: %s, %d files, signed by key %s, checkpoint %d (%s, signed %s)\n", m.Format, rep.Files, rep.KeyID,
 		m.Checkpoint.Seq, m.Checkpoint.HeadHash, m.Checkpoint.SignedAt)
-	if rep.Entries > 0 {
-		fmt.Fprintf(e.stdout, "archive segment: entries %d..%d chained and matching the signed checkpoint\n", m.FirstSeq, m.LastSeq)
+	switch {
+	case m.Format == ledger.EvidenceFormat && rep.Proved > 0:
+		fmt.Fprintf(e.stdout, "entries: %d cited entries, each proven to be in the tree of the signed checkpoint (inclusion proofs checked offline)\n", rep.Proved)
+	case m.Format == ledger.EvidenceFormat:
+		fmt.Fprintf(e.stdout, "entries: %d cited entries matching their hashes (a legacy checkpoint: no inclusion proofs)\n", rep.Entries)
+	case rep.Entries > 0:
+		fmt.Fprintf(e.stdout, "archive segment: entries %d..%d matching the signed checkpoint's tree\n", m.FirstSeq, m.LastSeq)
 	}
 	if trustedPEM == nil {
 		fmt.Fprintln(e.stdout, "note: checked against the bundle's own public key; pass --pubkey with the key obtained from the ledger to rule out a re-signed bundle")

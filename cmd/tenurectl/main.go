@@ -49,7 +49,7 @@ Usage:
   tenurectl grants --worker ID | --system S  grants and who approved them
   tenurectl worker get WORKER                the worker registry record
   tenurectl ledger query [--worker ID] [--subject PREFIX] [--limit N]
-  tenurectl ledger verify                    walk the hash chain
+  tenurectl ledger verify [--checkpoint FILE] check the ledger against its witnessed checkpoint
   tenurectl webhook send --type hire --worker ID [--job-code RN] [--email E] ...
   tenurectl webhook sign --file BODY.json    print Standard Webhooks headers for curl
 
@@ -64,7 +64,7 @@ func main() {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "tenurectl:", explain(err))
 		}
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
 
@@ -346,34 +346,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%x\n", e.Seq, when(e.EventTime), e.Subject, e.System, e.Actor, e.Hash[:min(6, len(e.Hash))])
 			}
 		})
-	case "ledger verify":
-		if err := parse(); err != nil {
-			return err
-		}
-		x, err := connect()
-		if err != nil {
-			return err
-		}
-		res, err := ledgerv1.NewLedgerServiceClient(x.conn).Verify(ctx, &ledgerv1.VerifyRequest{})
-		if err != nil {
-			return err
-		}
-		if err := x.print(res, func(tw *tabwriter.Writer) {
-			if res.Ok {
-				fmt.Fprintf(tw, "ledger intact: %d entries, %d signed checkpoints (last at entry %d), head %x\n", res.EntriesChecked, res.CheckpointsChecked, res.LastCheckpointSeq, res.HeadHash)
-				if res.PrunedThroughSeq > 0 {
-					fmt.Fprintf(tw, "entries through %d were archived and pruned; verified from that signed anchor\n", res.PrunedThroughSeq)
-				}
-			} else {
-				fmt.Fprintf(tw, "LEDGER BROKEN at entry %d: %s (%d entries checked)\n", res.FirstBrokenSeq, res.Problem, res.EntriesChecked)
-			}
-		}); err != nil {
-			return err
-		}
-		if !res.Ok {
-			return errors.New("ledger verification failed")
-		}
-		return nil
 	case "webhook send":
 		return webhookSend(ctx, fs, &c, rest, stdout)
 	case "webhook sign":

@@ -34,7 +34,7 @@ import (
 
 // permUsers are the users of deploy/nats/accounts.conf; their passwords come from the
 // environment variable NATS_<USER>_PASSWORD.
-var permUsers = []string{"admin", "intake", "approval", "provisioner", "ledger", "security"}
+var permUsers = []string{"admin", "intake", "approval", "provisioner", "ledger", "security", "auditor"}
 
 func permPassword(user string) string { return "test-" + user + "-password" }
 

@@ -13,7 +13,14 @@ import (
 const (
 	EventsStream = "TENURE_EVENTS"
 	DLQStream    = "TENURE_DLQ"
+	// WitnessStream keeps every checkpoint the ledger signs, outside PostgreSQL: nobody may
+	// delete from it or purge it, only the ledger user publishes, security and auditor read.
+	WitnessStream = "TENURE_WITNESS"
 )
+
+// WitnessSubject is the ledger's checkpoint witness subject. It lies outside tenure.> so the
+// witness stream does not overlap the events stream.
+const WitnessSubject = "witness.ledger.checkpoint"
 
 // EventSubjects are the subject spaces of the events stream. The ledger records all of them.
 var EventSubjects = []string{
@@ -78,6 +85,18 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 			Replicas:    o.Replicas,
 			MaxAge:      o.DLQMaxAge,
 			Duplicates:  o.Duplicates,
+		},
+		{
+			Name:        WitnessStream,
+			Description: "signed checkpoints of the audit ledger: a witness outside PostgreSQL (no delete, no purge, kept forever)",
+			Subjects:    []string{WitnessSubject},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+			Duplicates:  o.Duplicates,
+			// Limits stay unset (keep everything): a witness that forgets is no witness.
+			DenyDelete: true,
+			DenyPurge:  true,
 		},
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/transparency-dev/merkle/compact"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -42,17 +43,21 @@ const manifestTag = "tenure.ledger.manifest.v1\n"
 // tied to, and the key that signed it. manifest.sig is the base64 Ed25519 signature of
 // "tenure.ledger.manifest.v1\n" followed by the bytes of manifest.json.
 type Manifest struct {
-	Format     string         `json:"format"`
-	CreatedAt  string         `json:"created_at"`
-	From       string         `json:"from,omitempty"`
-	To         string         `json:"to,omitempty"`
-	Workers    []string       `json:"workers,omitempty"`
-	Sample     int32          `json:"sample,omitempty"`
-	KeyID      string         `json:"key_id"`
-	Checkpoint ManifestCP     `json:"checkpoint"`
-	FirstSeq   int64          `json:"first_seq,omitempty"`
-	LastSeq    int64          `json:"last_seq,omitempty"`
-	Files      []ManifestFile `json:"files"`
+	Format     string     `json:"format"`
+	CreatedAt  string     `json:"created_at"`
+	From       string     `json:"from,omitempty"`
+	To         string     `json:"to,omitempty"`
+	Workers    []string   `json:"workers,omitempty"`
+	Sample     int32      `json:"sample,omitempty"`
+	KeyID      string     `json:"key_id"`
+	Checkpoint ManifestCP `json:"checkpoint"`
+	FirstSeq   int64      `json:"first_seq,omitempty"`
+	LastSeq    int64      `json:"last_seq,omitempty"`
+	// Archive only: the compact range (hex hashes) of the tree's leaves before first_seq, and
+	// the last entry of the legacy hash chain (entries up to it are chained, see tree.go).
+	PrefixRange   []string       `json:"prefix_range,omitempty"`
+	LegacyThrough int64          `json:"legacy_through,omitempty"`
+	Files         []ManifestFile `json:"files"`
 }
 
 // ManifestCP is a signed checkpoint in a manifest.
@@ -62,6 +67,9 @@ type ManifestCP struct {
 	SignedAt  string `json:"signed_at"` // RFC 3339, nanoseconds
 	KeyID     string `json:"key_id"`
 	Signature string `json:"signature"` // base64
+	// Note is the C2SP tlog-checkpoint signed note (seq: tree size, head_hash: root); empty
+	// for a legacy chain checkpoint.
+	Note string `json:"note,omitempty"`
 }
 
 // ManifestFile is one file of a bundle.
@@ -73,7 +81,7 @@ type ManifestFile struct {
 
 func manifestCP(c *ledgerv1.Checkpoint) ManifestCP {
 	return ManifestCP{Seq: c.Seq, HeadHash: hex.EncodeToString(c.HeadHash), SignedAt: c.SignedAt.AsTime().UTC().Format(time.RFC3339Nano),
-		KeyID: c.KeyId, Signature: base64.StdEncoding.EncodeToString(c.Signature)}
+		KeyID: c.KeyId, Signature: base64.StdEncoding.EncodeToString(c.Signature), Note: c.Note}
 }
 
 func (m ManifestCP) checkpoint() (*ledgerv1.Checkpoint, error) {
@@ -89,7 +97,7 @@ func (m ManifestCP) checkpoint() (*ledgerv1.Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint signed_at: %w", err)
 	}
-	return &ledgerv1.Checkpoint{Seq: m.Seq, HeadHash: h, SignedAt: timestamppb.New(at), KeyId: m.KeyID, Signature: sig}, nil
+	return &ledgerv1.Checkpoint{Seq: m.Seq, HeadHash: h, SignedAt: timestamppb.New(at), KeyId: m.KeyID, Signature: sig, Note: m.Note}, nil
 }
 
 // sealBundle adds public_key.pem, manifest.json and manifest.sig to files.
@@ -121,7 +129,7 @@ func (s *Service) anchor(ctx context.Context) (*ledgerv1.Checkpoint, error) {
 		c  ledgerv1.Checkpoint
 		at time.Time
 	)
-	err := s.pool.QueryRow(ctx, "SELECT seq, head_hash, signed_at, key_id, signature FROM checkpoints ORDER BY seq DESC LIMIT 1").Scan(&c.Seq, &c.HeadHash, &at, &c.KeyId, &c.Signature)
+	err := s.pool.QueryRow(ctx, "SELECT seq, head_hash, signed_at, key_id, signature, coalesce(note, '') FROM checkpoints ORDER BY seq DESC LIMIT 1").Scan(&c.Seq, &c.HeadHash, &at, &c.KeyId, &c.Signature, &c.Note)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Error(codes.FailedPrecondition, "the ledger has no signed checkpoint yet (is it empty?)")
 	}
@@ -148,7 +156,11 @@ func (s *Service) ExportEvidence(ctx context.Context, req *ledgerv1.ExportEviden
 		return nil, s.internal(ctx, "export evidence", err)
 	}
 	sc.maxSeq = cp.Seq
-	tables, _, err := s.evidenceTables(ctx, sc, Questions)
+	tables, _, cited, err := s.evidenceTables(ctx, sc, Questions)
+	if err != nil {
+		return nil, s.internal(ctx, "export evidence", err)
+	}
+	proved, legacy, err := s.provedEntries(ctx, cited, cp)
 	if err != nil {
 		return nil, s.internal(ctx, "export evidence", err)
 	}
@@ -167,8 +179,9 @@ func (s *Service) ExportEvidence(ctx context.Context, req *ledgerv1.ExportEviden
 		}
 		files = append(files, &ledgerv1.BundleFile{Name: q + ".csv", Content: c.Bytes()}, &ledgerv1.BundleFile{Name: q + ".json", Content: j})
 	}
+	files = append(files, &ledgerv1.BundleFile{Name: "entries.jsonl", Content: proved})
 	m := Manifest{Format: EvidenceFormat, CreatedAt: now.Format(time.RFC3339Nano), To: sc.to.UTC().Format(time.RFC3339Nano),
-		Workers: req.GetWorkerIds(), Sample: req.GetSample(), Checkpoint: manifestCP(cp)}
+		Workers: req.GetWorkerIds(), Sample: req.GetSample(), Checkpoint: manifestCP(cp), LegacyThrough: legacy}
 	if !sc.from.IsZero() {
 		m.From = sc.from.UTC().Format(time.RFC3339Nano)
 	}
@@ -182,6 +195,125 @@ func (s *Service) ExportEvidence(ctx context.Context, req *ledgerv1.ExportEviden
 		return nil, s.internal(ctx, "export evidence", err)
 	}
 	return &ledgerv1.ExportEvidenceResponse{Files: files, Checkpoint: cp}, nil
+}
+
+// provedEntries is entries.jsonl of an evidence bundle: every entry the answers were
+// computed from, each with its inclusion proof in the tree of the bundle's checkpoint.
+func (s *Service) provedEntries(ctx context.Context, seqs []int64, cp *ledgerv1.Checkpoint) ([]byte, int64, error) {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var legacy int64
+	if err := tx.QueryRow(ctx, "SELECT through_seq FROM legacy").Scan(&legacy); err != nil {
+		return nil, 0, err
+	}
+	var st *nodeStore
+	if cp.Note != "" {
+		// Every leaf of the checkpoint's tree, to build the proofs from.
+		rows, err := tx.Query(ctx, "SELECT hash FROM entries WHERE seq <= $1 ORDER BY seq", cp.Seq)
+		if err != nil {
+			return nil, 0, err
+		}
+		leaves := make([][]byte, 0, cp.Seq)
+		for rows.Next() {
+			var h []byte
+			if err := rows.Scan(&h); err != nil {
+				rows.Close()
+				return nil, 0, err
+			}
+			leaves = append(leaves, h)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, 0, err
+		}
+		if int64(len(leaves)) != cp.Seq {
+			return nil, 0, fmt.Errorf("the tree of checkpoint %d has %d leaves in the database (pruned?): cannot prove inclusion", cp.Seq, len(leaves))
+		}
+		st = newNodeStore(leaves)
+		if got, err := st.root(); err != nil || !bytes.Equal(got, cp.HeadHash) {
+			return nil, 0, fmt.Errorf("the database's tree of %d entries does not match checkpoint %d (run tenurectl ledger verify)", cp.Seq, cp.Seq)
+		}
+	}
+	rows, err := tx.Query(ctx, entrySelect+" WHERE seq = ANY($1) ORDER BY seq", seqs)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for rows.Next() {
+		e, hdr, err := scanEntry(rows)
+		if err != nil {
+			return nil, 0, err
+		}
+		a := archiveEntryOf(&e)
+		if err := json.Unmarshal(hdr, &a.Headers); err != nil {
+			return nil, 0, fmt.Errorf("entry %d headers: %w", e.Seq, err)
+		}
+		if st != nil {
+			p, err := st.inclusion(e.Seq, cp.Seq)
+			if err != nil {
+				return nil, 0, fmt.Errorf("entry %d: %w", e.Seq, err)
+			}
+			for _, h := range p {
+				a.Proof = append(a.Proof, hex.EncodeToString(h))
+			}
+		}
+		if err := enc.Encode(&a); err != nil {
+			return nil, 0, err
+		}
+	}
+	return buf.Bytes(), legacy, rows.Err()
+}
+
+func archiveEntryOf(e *entry) archiveEntry {
+	return archiveEntry{Seq: e.Seq, MsgID: e.MsgID, Subject: e.Subject, Type: e.Type, Source: e.Source, WorkerID: e.WorkerID, System: e.System,
+		Actor: e.Actor, EventTime: e.EventTime.Format(time.RFC3339Nano), RecordedAt: e.RecordedAt.Format(time.RFC3339Nano), StreamSeq: e.StreamSeq,
+		TraceID: e.TraceID, Payload: e.Payload, PrevHash: hex.EncodeToString(e.PrevHash), Hash: hex.EncodeToString(e.Hash)}
+}
+
+// verifyProofs checks an evidence bundle's entries.jsonl offline: each entry's hash against
+// its content, and its inclusion proof against the signed checkpoint.
+func verifyProofs(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *BundleReport) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 256<<20)
+	for sc.Scan() {
+		var a archiveEntry
+		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
+			return fmt.Errorf("entries.jsonl line %d: %w", rep.Entries+1, err)
+		}
+		e, err := a.entry()
+		if err != nil {
+			return fmt.Errorf("entry %d: %w", a.Seq, err)
+		}
+		if err := checkEntryHash(e, nil, m.LegacyThrough); err != nil {
+			return err
+		}
+		if cp.Note == "" {
+			rep.Entries++
+			continue // a legacy checkpoint: no tree to prove against
+		}
+		p := make([][]byte, len(a.Proof))
+		for i, h := range a.Proof {
+			if p[i], err = hex.DecodeString(h); err != nil {
+				return fmt.Errorf("entry %d: proof: %w", e.Seq, err)
+			}
+		}
+		if err := VerifyInclusion(e.Seq, cp.Seq, e.Hash, p, cp.HeadHash); err != nil {
+			return fmt.Errorf("entry %d is not in the tree of the signed checkpoint (%d entries, root %s): %w", e.Seq, cp.Seq, short(cp.HeadHash), err)
+		}
+		rep.Entries++
+		rep.Proved++
+	}
+	return sc.Err()
 }
 
 // WriteCSV writes an answer as CSV with a header row. Cells that a spreadsheet would take
@@ -267,9 +399,13 @@ type BundleReport struct {
 	Manifest Manifest
 	KeyID    string
 	Files    int
-	// Archive only: the chain segment's entries and the prev_hash of its first entry.
+	// Archive only: the segment's entries, the prev_hash of its first entry, and the
+	// compact range of the tree through its last entry.
 	Entries   int64
 	FirstPrev []byte
+	Range     *compact.Range
+	// Evidence only: entries whose inclusion proof was checked.
+	Proved int64
 }
 
 // VerifyBundle checks an evidence bundle or archive directory without a server: the
@@ -344,6 +480,9 @@ func VerifyBundle(dir string, trusted ed25519.PublicKey) (*BundleReport, error) 
 	rep := &BundleReport{Manifest: m, KeyID: KeyID(pub), Files: len(m.Files)}
 	switch m.Format {
 	case EvidenceFormat:
+		if err := verifyProofs(filepath.Join(dir, "entries.jsonl"), cp, &m, rep); err != nil {
+			return nil, err
+		}
 	case ArchiveFormat:
 		if err := verifySegment(filepath.Join(dir, "entries.jsonl"), cp, &m, rep); err != nil {
 			return nil, err
@@ -372,6 +511,8 @@ type archiveEntry struct {
 	Payload    []byte              `json:"payload"`
 	PrevHash   string              `json:"prev_hash"`
 	Hash       string              `json:"hash"`
+	// Evidence bundles: the inclusion proof (hex hashes) in the tree of the checkpoint.
+	Proof []string `json:"proof,omitempty"`
 }
 
 func verifySegment(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *BundleReport) error {
@@ -380,6 +521,10 @@ func verifySegment(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *Bundl
 		return err
 	}
 	defer f.Close()
+	tree, err := manifestRange(m)
+	if err != nil {
+		return err
+	}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 256<<20)
 	var (
@@ -399,7 +544,7 @@ func verifySegment(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *Bundl
 			if e.Seq != m.FirstSeq {
 				return fmt.Errorf("the segment starts at entry %d, the manifest says %d", e.Seq, m.FirstSeq)
 			}
-			if e.Seq == 1 && !bytes.Equal(e.PrevHash, genesis) {
+			if e.Seq == 1 && e.Seq <= m.LegacyThrough && !bytes.Equal(e.PrevHash, genesis) {
 				return errors.New("entry 1 does not start from the genesis hash")
 			}
 			prev = e.PrevHash
@@ -407,11 +552,11 @@ func verifySegment(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *Bundl
 		} else if e.Seq != last+1 {
 			return fmt.Errorf("entry %d is missing from the segment", last+1)
 		}
-		if !bytes.Equal(e.PrevHash, prev) {
-			return fmt.Errorf("entry %d: prev_hash does not match the hash of entry %d", e.Seq, last)
+		if err := checkEntryHash(e, prev, m.LegacyThrough); err != nil {
+			return err
 		}
-		if got := chainHash(prev, e); !bytes.Equal(got, e.Hash) {
-			return fmt.Errorf("entry %d: stored hash does not match its content", e.Seq)
+		if err := tree.Append(e.Hash, nil); err != nil {
+			return fmt.Errorf("entry %d: %w", e.Seq, err)
 		}
 		prev, last = e.Hash, e.Seq
 		rep.Entries++
@@ -422,10 +567,70 @@ func verifySegment(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *Bundl
 	if last != m.LastSeq || last != cp.Seq {
 		return fmt.Errorf("the segment ends at entry %d; the manifest says %d and the checkpoint %d", last, m.LastSeq, cp.Seq)
 	}
+	rep.Range = tree
+	if cp.Note != "" {
+		if tree.Begin() != 0 || !bytes.Equal(rootOf(tree), cp.HeadHash) {
+			return fmt.Errorf("the tree through entry %d does not match the signed checkpoint: the segment was rewritten", last)
+		}
+		return nil
+	}
 	if !bytes.Equal(prev, cp.HeadHash) {
 		return fmt.Errorf("entry %d does not match the signed checkpoint: the segment was rewritten", last)
 	}
 	return nil
+}
+
+// checkEntryHash checks an entry's stored hash against its content: the leaf hash, or for
+// the legacy prefix the chain hash from prev (and the link to prev).
+func checkEntryHash(e *entry, prev []byte, legacyThrough int64) error {
+	if e.Seq <= legacyThrough {
+		if prev != nil && !bytes.Equal(e.PrevHash, prev) {
+			return fmt.Errorf("entry %d: prev_hash does not match the hash of entry %d", e.Seq, e.Seq-1)
+		}
+		if got := chainHash(e.PrevHash, e); !bytes.Equal(got, e.Hash) {
+			return fmt.Errorf("entry %d: stored hash does not match its content", e.Seq)
+		}
+		return nil
+	}
+	if len(e.PrevHash) != 0 {
+		return fmt.Errorf("entry %d has a prev_hash, but it is a tree leaf", e.Seq)
+	}
+	if got := leafHash(e); !bytes.Equal(got, e.Hash) {
+		return fmt.Errorf("entry %d: stored hash does not match its content", e.Seq)
+	}
+	return nil
+}
+
+// manifestRange is the compact range of the leaves before the archive's first entry.
+func manifestRange(m *Manifest) (*compact.Range, error) {
+	var b []byte
+	for _, h := range m.PrefixRange {
+		x, err := hex.DecodeString(h)
+		if err != nil {
+			return nil, fmt.Errorf("manifest prefix_range: %w", err)
+		}
+		b = append(b, x...)
+	}
+	if m.FirstSeq < 1 {
+		return nil, fmt.Errorf("manifest first_seq %d", m.FirstSeq)
+	}
+	if m.FirstSeq > 1 && len(b) == 0 {
+		// A legacy ledger pruned before the tree: the tree of this segment cannot start at 0.
+		return rangeFactory.NewEmptyRange(uint64(m.FirstSeq - 1)), nil
+	}
+	r, err := decodeRange(m.FirstSeq-1, b)
+	if err != nil {
+		return nil, fmt.Errorf("manifest prefix_range: %w", err)
+	}
+	return r, nil
+}
+
+func hexRange(b []byte) []string {
+	var out []string
+	for i := 0; i+HashSize <= len(b); i += HashSize {
+		out = append(out, hex.EncodeToString(b[i:i+HashSize]))
+	}
+	return out
 }
 
 func (a *archiveEntry) entry() (*entry, error) {
@@ -488,6 +693,18 @@ func (s *Service) Archive(ctx context.Context, req *ledgerv1.ArchiveRequest) (*l
 		return nil, status.Errorf(codes.FailedPrecondition, "no signed checkpoint covers entry %d yet: retry after the next checkpoint", cut)
 	}
 	cp := cps[0]
+	var (
+		legacy int64
+		prefix []byte
+	)
+	if err := tx.QueryRow(ctx, "SELECT through_seq FROM legacy").Scan(&legacy); err != nil {
+		return nil, s.internal(ctx, "archive", err)
+	}
+	if first > 1 {
+		if err := tx.QueryRow(ctx, "SELECT tree_range FROM prunes WHERE up_to_seq = $1", first-1).Scan(&prefix); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return nil, s.internal(ctx, "archive", err)
+		}
+	}
 	var buf bytes.Buffer
 	rows, err := tx.Query(ctx, entrySelect+" WHERE seq >= $1 AND seq <= $2 ORDER BY seq", first, cp.Seq)
 	if err != nil {
@@ -519,7 +736,7 @@ func (s *Service) Archive(ctx context.Context, req *ledgerv1.ArchiveRequest) (*l
 		return nil, s.internal(ctx, "archive", err)
 	}
 	m := Manifest{Format: ArchiveFormat, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano), To: before.UTC().Format(time.RFC3339Nano),
-		Checkpoint: manifestCP(cp), FirstSeq: first, LastSeq: cp.Seq}
+		Checkpoint: manifestCP(cp), FirstSeq: first, LastSeq: cp.Seq, PrefixRange: hexRange(prefix), LegacyThrough: legacy}
 	files, err := s.sealBundle(m, []*ledgerv1.BundleFile{{Name: "entries.jsonl", Content: buf.Bytes()}})
 	if err != nil {
 		return nil, s.internal(ctx, "archive", err)

@@ -65,6 +65,12 @@ func chainHash(prev []byte, e *entry) []byte {
 	h := sha256.New()
 	h.Write(prev)
 	c := canon{h: h}
+	writeCanonical(&c, e)
+	return h.Sum(nil)
+}
+
+// writeCanonical writes canonical(e) (see chainHash).
+func writeCanonical(c *canon, e *entry) {
 	c.str(canonicalTag)
 	c.u64(uint64(e.Seq))
 	c.str(e.MsgID)
@@ -92,7 +98,6 @@ func chainHash(prev []byte, e *entry) []byte {
 		}
 	}
 	c.bytes(e.Payload)
-	return h.Sum(nil)
 }
 
 type canon struct {

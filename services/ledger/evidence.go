@@ -851,15 +851,15 @@ func (m *model) thirdParty(sc *scope) *table {
 }
 
 // evidenceTables answers questions in one snapshot.
-func (s *Service) evidenceTables(ctx context.Context, sc *scope, questions []string) (map[string]*table, int64, error) {
+func (s *Service) evidenceTables(ctx context.Context, sc *scope, questions []string) (map[string]*table, int64, []int64, error) {
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	recs, head, err := loadRecs(ctx, tx, sc)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	if sc.workers != nil {
 		// Keep worker-less entries (reviews) but only the scope's workers otherwise.
@@ -870,11 +870,15 @@ func (s *Service) evidenceTables(ctx context.Context, sc *scope, questions []str
 	for _, q := range questions {
 		t, err := m.answer(q, sc)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, nil, err
 		}
 		out[q] = t
 	}
-	return out, head, nil
+	seqs := make([]int64, len(recs))
+	for i, r := range recs {
+		seqs[i] = r.seq
+	}
+	return out, head, seqs, nil
 }
 
 // Evidence answers one auditor question.
@@ -887,7 +891,7 @@ func (s *Service) Evidence(ctx context.Context, req *ledgerv1.EvidenceRequest) (
 	if questionTitles[q] == "" {
 		return nil, status.Errorf(codes.InvalidArgument, "unknown question %q (one of %s)", q, strings.Join(Questions, ", "))
 	}
-	ts, head, err := s.evidenceTables(ctx, sc, []string{q})
+	ts, head, _, err := s.evidenceTables(ctx, sc, []string{q})
 	if err != nil {
 		if _, ok := status.FromError(err); ok {
 			return nil, err

@@ -270,7 +270,7 @@ func TestEvidenceBundle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Manifest.Checkpoint.Seq != res.Checkpoint.Seq || rep.Files != 2*len(Questions)+2 {
+	if rep.Manifest.Checkpoint.Seq != res.Checkpoint.Seq || rep.Files != 2*len(Questions)+3 || rep.Proved == 0 || rep.Proved != rep.Entries {
 		t.Errorf("report = %+v", rep)
 	}
 	for _, f := range []string{"access.csv", "access.json", "terminations.csv", "report.html", "manifest.json", "manifest.sig", "public_key.pem"} {

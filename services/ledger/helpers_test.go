@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
+	ledgerv1 "github.com/tenure-dev/tenure/proto/tenure/ledger/v1"
 	"os"
 	"testing"
 	"time"
@@ -192,7 +193,7 @@ func waitAcked(t testing.TB, js jetstream.JetStream, timeout time.Duration) {
 	})
 }
 
-func verifyOK(t testing.TB, s *Service, entries int64) {
+func verifyOK(t testing.TB, s *Service, entries int64) *ledgerv1.VerifyResponse {
 	t.Helper()
 	res, err := s.Verify(context.Background())
 	if err != nil {
@@ -201,6 +202,7 @@ func verifyOK(t testing.TB, s *Service, entries int64) {
 	if !res.Ok || res.EntriesChecked != entries || res.FirstBrokenSeq != 0 || res.Problem != "" || len(res.HeadHash) != HashSize {
 		t.Fatalf("Verify = %+v, want ok with %d entries", res, entries)
 	}
+	return res
 }
 
 // pgxTx runs statements in one transaction, rolls it back and returns the first error.

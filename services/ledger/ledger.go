@@ -27,9 +27,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/transparency-dev/merkle/compact"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/grpc"
 
 	"github.com/tenure-dev/tenure/pkg/authn"
@@ -92,6 +94,15 @@ type Config struct {
 	// (SELECT and INSERT on entries and checkpoints, SELECT and UPDATE on the head, the
 	// outbox), so it can neither alter nor drop the triggers nor change entries.
 	WriterRole string
+	// Origin names the log in its checkpoints (the first line of each tlog-checkpoint note,
+	// and the note key's name). Default DefaultOrigin; change it only to start a new log.
+	Origin string
+	// WitnessDir, when set, also keeps every signed checkpoint as a file in this directory
+	// (mount it append-only, or sync it to object storage with object lock). The JetStream
+	// witness (natsx.WitnessStream) is used whenever Deps.JS is set.
+	WitnessDir string
+	// Witnesses are further witnesses (tests, or another store).
+	Witnesses []Witness
 	// WatchPoll is how often a WatchRevocations stream looks for entries that another ledger
 	// replica appended (default 1s); appends by this process wake it at once.
 	WatchPoll time.Duration
@@ -134,6 +145,9 @@ func (c *Config) defaults() {
 	if c.Retention <= 0 {
 		c.Retention = DefaultRetention
 	}
+	if c.Origin == "" {
+		c.Origin = DefaultOrigin
+	}
 	if c.WatchPoll <= 0 {
 		c.WatchPoll = time.Second
 	}
@@ -173,6 +187,12 @@ type Service struct {
 	lastCP  atomic.Int64
 	cpDue   chan struct{}
 
+	signer       note.Signer
+	witnesses    []Witness
+	signedMu     sync.Mutex
+	signed       *signedTree // the newest checkpoint this process signed or checked
+	inconsistent atomic.Pointer[Inconsistency]
+
 	appended appendSignal
 }
 
@@ -208,6 +228,18 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 		s.log.WarnContext(ctx, "no ledger signing key configured: signing checkpoints with an ephemeral key (set the ledger key file)")
 	}
 	s.trusted = append([]ed25519.PublicKey{s.PublicKey()}, cfg.TrustedKeys...)
+	signer, err := noteSigner(cfg.Origin, s.key)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: origin %q: %w", cfg.Origin, err)
+	}
+	s.signer = signer
+	if d.JS != nil {
+		s.witnesses = append(s.witnesses, StreamWitness{JS: d.JS})
+	}
+	if cfg.WitnessDir != "" {
+		s.witnesses = append(s.witnesses, DirWitness{Dir: cfg.WitnessDir})
+	}
+	s.witnesses = append(s.witnesses, cfg.Witnesses...)
 	switch {
 	case d.AdminPool != nil:
 		if err := Setup(ctx, d.AdminPool, cfg.WriterRole); err != nil {
@@ -286,7 +318,7 @@ func grantWriter(ctx context.Context, admin *pgxpool.Pool, role string) error {
 		"GRANT SELECT, UPDATE ON " + sc + ".head TO " + r,
 		"GRANT SELECT, INSERT, UPDATE, DELETE ON " + sc + ".outbox, " + sc + ".inbox TO " + r,
 		"GRANT USAGE ON ALL SEQUENCES IN SCHEMA " + sc + " TO " + r,
-		"GRANT SELECT ON " + sc + ".schema_migrations, " + sc + ".prunes TO " + r,
+		"GRANT SELECT ON " + sc + ".schema_migrations, " + sc + ".prunes, " + sc + ".legacy TO " + r,
 	}
 	for _, q := range stmts {
 		if _, err := admin.Exec(ctx, q); err != nil {
@@ -455,7 +487,8 @@ func (s *Service) appendEntries(ctx context.Context, es []*entry) (n int, err er
 	}
 	var (
 		seq      int64
-		prev     []byte
+		root     []byte
+		rng      []byte
 		now      time.Time
 		recorded []string
 	)
@@ -463,12 +496,16 @@ func (s *Service) appendEntries(ctx context.Context, es []*entry) (n int, err er
 	// clock and which of the ids are already recorded. The lookup is planned for its ids each
 	// time (QueryExecModeExec): a plan cached while the table was small scans the whole
 	// ledger once it is not, which made appends slow down as the ledger grew.
-	if err := tx.QueryRow(ctx, "SELECT seq, hash FROM head FOR UPDATE").Scan(&seq, &prev); err != nil {
+	if err := tx.QueryRow(ctx, "SELECT seq, hash, tree_range FROM head FOR UPDATE").Scan(&seq, &root, &rng); err != nil {
 		return 0, fmt.Errorf("lock head: %w", err)
 	}
 	if err := tx.QueryRow(ctx, "SELECT clock_timestamp(), ARRAY(SELECT msg_id FROM entries WHERE msg_id = ANY($1))",
 		pgx.QueryExecModeExec, ids).Scan(&now, &recorded); err != nil {
 		return 0, fmt.Errorf("find recorded events: %w", err)
+	}
+	tree, err := headRange(ctx, tx, seq, rng)
+	if err != nil {
+		return 0, err
 	}
 	now = dbTime(now)
 	skip := make(map[string]struct{}, len(es)+len(recorded))
@@ -488,9 +525,11 @@ func (s *Service) appendEntries(ctx context.Context, es []*entry) (n int, err er
 		if e.EventTime.IsZero() {
 			e.EventTime = now
 		}
-		e.PrevHash = prev
-		e.Hash = chainHash(prev, &e)
-		prev = e.Hash
+		e.PrevHash = nil
+		e.Hash = leafHash(&e)
+		if err := tree.Append(e.Hash, nil); err != nil {
+			return 0, err
+		}
 		rows = append(rows, rowOf(&e))
 	}
 	if len(rows) == 0 {
@@ -499,7 +538,7 @@ func (s *Service) appendEntries(ctx context.Context, es []*entry) (n int, err er
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"entries"}, entryColumns, pgx.CopyFromRows(rows)); err != nil {
 		return 0, fmt.Errorf("insert entries: %w", err)
 	}
-	if _, err := tx.Exec(ctx, "UPDATE head SET seq = $1, hash = $2", seq, prev); err != nil {
+	if _, err := tx.Exec(ctx, "UPDATE head SET seq = $1, hash = $2, tree_range = $3", seq, rootOf(tree), encodeRange(tree)); err != nil {
 		return 0, fmt.Errorf("move head: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -507,6 +546,54 @@ func (s *Service) appendEntries(ctx context.Context, es []*entry) (n int, err er
 	}
 	s.afterAppend(seq)
 	return len(rows), nil
+}
+
+// headRange is the head's compact range: stored, or (the first append after migration 005,
+// on a ledger with legacy entries) computed from the stored hashes of entries 1..seq.
+func headRange(ctx context.Context, q pgx.Tx, seq int64, stored []byte) (*compact.Range, error) {
+	if stored != nil || seq == 0 {
+		r, err := decodeRange(seq, stored)
+		if err != nil {
+			return nil, fmt.Errorf("the head's tree range: %w", err)
+		}
+		return r, nil
+	}
+	return rangeFromHashes(ctx, q, 0, rangeFactory.NewEmptyRange(0), seq)
+}
+
+// rangeFromHashes extends r (ending at from) with the stored hashes of entries from+1..to.
+func rangeFromHashes(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, from int64, r *compact.Range, to int64) (*compact.Range, error) {
+	rows, err := q.Query(ctx, "SELECT seq, hash FROM entries WHERE seq > $1 AND seq <= $2 ORDER BY seq", from, to)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	next := from + 1
+	var (
+		seq int64
+		h   []byte
+	)
+	for rows.Next() {
+		if err := rows.Scan(&seq, &h); err != nil {
+			return nil, err
+		}
+		if seq != next {
+			return nil, fmt.Errorf("entry %d is missing", next)
+		}
+		if err := r.Append(h, nil); err != nil {
+			return nil, err
+		}
+		next++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if next != to+1 {
+		return nil, fmt.Errorf("the entries end at %d, not %d", next-1, to)
+	}
+	return r, nil
 }
 
 var entryColumns = []string{"seq", "msg_id", "subject", "type", "source", "worker_id", "system", "actor",

@@ -182,7 +182,7 @@ func TestQuery(t *testing.T) {
 	}
 	e := res.Entries[0]
 	if e.Type != "tenure.access.grant" || e.System != "ehr" || e.WorkerId != "w1" || !strings.Contains(e.PayloadJson, `"package":"clinician"`) ||
-		len(e.Hash) != HashSize || len(e.PrevHash) != HashSize || e.RecordedAt == nil {
+		len(e.Hash) != HashSize || len(e.PrevHash) != 0 || e.RecordedAt == nil {
 		t.Errorf("entry = %+v", e)
 	}
 	_, err = s.Query(ctx, &ledgerv1.QueryRequest{From: timestamppb.New(t0), To: timestamppb.New(t0.Add(-time.Hour))})
@@ -231,23 +231,23 @@ func TestVerifyFindsTampering(t *testing.T) {
 				"UPDATE ledger.entries SET seq = 1000 WHERE seq = 2",
 				"UPDATE ledger.entries SET seq = 2 WHERE seq = 6",
 				"UPDATE ledger.entries SET seq = 6 WHERE seq = 1000")
-		}, 2, "prev_hash"},
+		}, 2, "does not match its content"},
 		{"rehashed edit", func(t *testing.T, s *Service) {
-			// A careful forger recomputes the edited entry's hash: the next link breaks.
+			// A forger recomputes the edited entry's leaf hash: the tree's root changes.
 			e := loadEntry(t, s, 5)
 			e.Actor = "mallory"
-			h := chainHash(e.PrevHash, &e)
+			h := leafHash(&e)
 			exec(t, s, disable)
 			if _, err := s.pool.Exec(context.Background(), "UPDATE ledger.entries SET actor = $1, hash = $2 WHERE seq = 5", e.Actor, h); err != nil {
 				t.Fatal(err)
 			}
-		}, 6, "prev_hash"},
+		}, n, "does not match the root of the tree"},
 		{"forged entry past the head", func(t *testing.T, s *Service) {
 			// Inserting needs no trigger bypass, but the head does not move.
 			last := loadEntry(t, s, n)
 			e := last
-			e.Seq, e.MsgID, e.PrevHash = n+1, "forged", last.Hash
-			e.Hash = chainHash(e.PrevHash, &e)
+			e.Seq, e.MsgID = n+1, "forged"
+			e.Hash = leafHash(&e)
 			if _, err := s.pool.CopyFrom(context.Background(), pgx.Identifier{"entries"}, entryColumns, pgx.CopyFromRows([][]any{rowOf(&e)})); err != nil {
 				t.Fatal(err)
 			}

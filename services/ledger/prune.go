@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -62,7 +63,7 @@ func Prune(ctx context.Context, owner *pgxpool.Pool, archiveDir string, pub ed25
 		if _, err := tx.Exec(ctx, "LOCK TABLE prunes IN EXCLUSIVE MODE"); err != nil {
 			return err
 		}
-		var storedHash, storedSig, entryHash []byte
+		var storedHash, storedSig []byte
 		if err := tx.QueryRow(ctx, "SELECT head_hash, signature FROM checkpoints WHERE seq = $1", cp.Seq).Scan(&storedHash, &storedSig); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
 				return fmt.Errorf("the archive's checkpoint %d is not in this ledger", cp.Seq)
@@ -72,23 +73,47 @@ func Prune(ctx context.Context, owner *pgxpool.Pool, archiveDir string, pub ed25
 		if !bytes.Equal(storedHash, cp.HeadHash) || !bytes.Equal(storedSig, cp.Signature) {
 			return fmt.Errorf("the archive's checkpoint %d differs from this ledger's", cp.Seq)
 		}
-		var upTo int64
-		var upHash []byte
-		err := tx.QueryRow(ctx, "SELECT up_to_seq, hash FROM prunes ORDER BY up_to_seq DESC LIMIT 1").Scan(&upTo, &upHash)
+		var (
+			upTo      int64
+			upHash    []byte
+			upRange   []byte
+			entryHash []byte
+		)
+		err := tx.QueryRow(ctx, "SELECT up_to_seq, hash, tree_range FROM prunes ORDER BY up_to_seq DESC LIMIT 1").Scan(&upTo, &upHash, &upRange)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
 		if m.FirstSeq != upTo+1 {
 			return fmt.Errorf("the archive starts at entry %d, but the ledger now starts at %d", m.FirstSeq, upTo+1)
 		}
-		if upTo > 0 && !bytes.Equal(rep.FirstPrev, upHash) {
+		if upTo > 0 && upTo <= m.LegacyThrough && !bytes.Equal(rep.FirstPrev, upHash) {
 			return fmt.Errorf("the archive does not continue the previous prune (entry %d)", upTo)
+		}
+		if !slices.Equal(hexRange(upRange), m.PrefixRange) {
+			return fmt.Errorf("the archive's tree does not continue the previous prune (entry %d)", upTo)
+		}
+		// The entries in the database must be the archived ones: same tree (or, for a legacy
+		// checkpoint, the same hash at its sequence).
+		base, err := manifestRange(&m)
+		if err != nil {
+			return err
+		}
+		tree, err := rangeFromHashes(ctx, tx, upTo, base, cp.Seq)
+		if err != nil {
+			return fmt.Errorf("the ledger's entries %d..%d: %w", upTo+1, cp.Seq, err)
+		}
+		if !tree.Equal(rep.Range) {
+			return fmt.Errorf("the ledger's entries %d..%d differ from the archive's", upTo+1, cp.Seq)
 		}
 		if err := tx.QueryRow(ctx, "SELECT hash FROM entries WHERE seq = $1", cp.Seq).Scan(&entryHash); err != nil {
 			return fmt.Errorf("entry %d: %w", cp.Seq, err)
 		}
-		if !bytes.Equal(entryHash, cp.HeadHash) {
+		if cp.Note == "" && !bytes.Equal(entryHash, cp.HeadHash) {
 			return fmt.Errorf("entry %d in the ledger does not match the archive's checkpoint", cp.Seq)
+		}
+		var keep []byte
+		if tree.Begin() == 0 {
+			keep = encodeRange(tree)
 		}
 		if _, err := tx.Exec(ctx, "ALTER TABLE entries DISABLE TRIGGER entries_append_only"); err != nil {
 			return err
@@ -101,7 +126,7 @@ func Prune(ctx context.Context, owner *pgxpool.Pool, archiveDir string, pub ed25
 		if _, err := tx.Exec(ctx, "ALTER TABLE entries ENABLE ALWAYS TRIGGER entries_append_only"); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, "INSERT INTO prunes (up_to_seq, hash, archive_sha256) VALUES ($1, $2, $3)", cp.Seq, cp.HeadHash, hex.EncodeToString(sum[:]))
+		_, err = tx.Exec(ctx, "INSERT INTO prunes (up_to_seq, hash, archive_sha256, tree_range) VALUES ($1, $2, $3, $4)", cp.Seq, entryHash, hex.EncodeToString(sum[:]), keep)
 		return err
 	})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -172,8 +173,15 @@ func (g *grpcServer) Query(ctx context.Context, req *ledgerv1.QueryRequest) (*le
 	return g.s.Query(ctx, req)
 }
 
-func (g *grpcServer) Verify(ctx context.Context, _ *ledgerv1.VerifyRequest) (*ledgerv1.VerifyResponse, error) {
-	res, err := g.s.Verify(ctx)
+func (g *grpcServer) Verify(ctx context.Context, req *ledgerv1.VerifyRequest) (*ledgerv1.VerifyResponse, error) {
+	var witnessed []byte
+	if req.GetWitnessedCheckpoint() != "" {
+		witnessed = []byte(req.GetWitnessedCheckpoint())
+	}
+	res, err := g.s.VerifyAgainst(ctx, witnessed)
+	if errors.Is(err, ErrWitnessUnavailable) {
+		return nil, status.Errorf(codes.Unavailable, "ledger: %v", err)
+	}
 	if err != nil {
 		return nil, g.s.internal(ctx, "verify", err)
 	}

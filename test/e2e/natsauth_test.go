@@ -21,7 +21,7 @@ import (
 // admin, and one `tenure serve` process per service, each as its own NATS user and database
 // role. A joiner and a leaver go through all four.
 func TestServeAsLeastPrivilegeNATSUsers(t *testing.T) {
-	users := []string{"admin", "intake", "approval", "provisioner", "ledger", "security"}
+	users := []string{"admin", "intake", "approval", "provisioner", "ledger", "security", "auditor"}
 	pw := map[string]string{}
 	for _, u := range users {
 		pw[u] = fmt.Sprintf("%s-%d", u, time.Now().UnixNano())

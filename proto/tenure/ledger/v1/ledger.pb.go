@@ -313,9 +313,13 @@ func (x *QueryResponse) GetEntries() []*Entry {
 }
 
 type VerifyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A checkpoint signed note (C2SP tlog-checkpoint) to check the database against: the
+	// newest one the caller read from the witness, or an auditor's own saved copy. Empty: the
+	// ledger reads the newest from its witnesses.
+	WitnessedCheckpoint string `protobuf:"bytes,1,opt,name=witnessed_checkpoint,json=witnessedCheckpoint,proto3" json:"witnessed_checkpoint,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *VerifyRequest) Reset() {
@@ -348,6 +352,13 @@ func (*VerifyRequest) Descriptor() ([]byte, []int) {
 	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *VerifyRequest) GetWitnessedCheckpoint() string {
+	if x != nil {
+		return x.WitnessedCheckpoint
+	}
+	return ""
+}
+
 type VerifyResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Ok             bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
@@ -363,6 +374,20 @@ type VerifyResponse struct {
 	// Entries up to this sequence were archived and pruned; the chain is checked from the
 	// next one, anchored on the signed checkpoint at this sequence (0: nothing pruned).
 	PrunedThroughSeq int64 `protobuf:"varint,8,opt,name=pruned_through_seq,json=prunedThroughSeq,proto3" json:"pruned_through_seq,omitempty"`
+	// What a problem is, for scripts: "content" (an entry does not match its hash), "missing",
+	// "beyond-head", "checkpoint" (a bad or untrusted signature), "rollback", "truncation",
+	// "fork", "stale" (entries no checkpoint covers).
+	Finding string `protobuf:"bytes,9,opt,name=finding,proto3" json:"finding,omitempty"`
+	// The tree in the database: its size (entries) and root (also head_hash).
+	TreeSize int64 `protobuf:"varint,10,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	// The witnessed checkpoint the database was checked against (size 0: none).
+	WitnessedSize int64  `protobuf:"varint,11,opt,name=witnessed_size,json=witnessedSize,proto3" json:"witnessed_size,omitempty"`
+	WitnessedRoot []byte `protobuf:"bytes,12,opt,name=witnessed_root,json=witnessedRoot,proto3" json:"witnessed_root,omitempty"`
+	// Where it came from: "request", or the witness's name.
+	WitnessedFrom string `protobuf:"bytes,13,opt,name=witnessed_from,json=witnessedFrom,proto3" json:"witnessed_from,omitempty"`
+	// RFC 6962 consistency proof from the witnessed tree to the database's tree (tree_size,
+	// head_hash), for the caller to check on its own.
+	ConsistencyProof [][]byte `protobuf:"bytes,14,rep,name=consistency_proof,json=consistencyProof,proto3" json:"consistency_proof,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -453,17 +478,63 @@ func (x *VerifyResponse) GetPrunedThroughSeq() int64 {
 	return 0
 }
 
-// Checkpoint is a signed statement of the chain's head: published on tenure.ledger.checkpoint.
-// signature = Ed25519 over the canonical encoding documented in services/ledger/checkpoint.go.
+func (x *VerifyResponse) GetFinding() string {
+	if x != nil {
+		return x.Finding
+	}
+	return ""
+}
+
+func (x *VerifyResponse) GetTreeSize() int64 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
+func (x *VerifyResponse) GetWitnessedSize() int64 {
+	if x != nil {
+		return x.WitnessedSize
+	}
+	return 0
+}
+
+func (x *VerifyResponse) GetWitnessedRoot() []byte {
+	if x != nil {
+		return x.WitnessedRoot
+	}
+	return nil
+}
+
+func (x *VerifyResponse) GetWitnessedFrom() string {
+	if x != nil {
+		return x.WitnessedFrom
+	}
+	return ""
+}
+
+func (x *VerifyResponse) GetConsistencyProof() [][]byte {
+	if x != nil {
+		return x.ConsistencyProof
+	}
+	return nil
+}
+
+// Checkpoint is a signed statement of the ledger's head: published on tenure.ledger.checkpoint
+// and to the witness. With a note (every checkpoint since the Merkle tree): seq is the tree
+// size, head_hash its root, and note the C2SP tlog-checkpoint signed note that carries both;
+// signature is the Ed25519 signature inside the note. Without one (a legacy checkpoint of
+// the hash chain): head_hash is the hash of the entry at seq, and signature covers the
+// encoding documented in services/ledger/checkpoint.go.
 type Checkpoint struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Seq   int64                  `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	// Hash of the entry at seq.
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Seq      int64                  `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	HeadHash []byte                 `protobuf:"bytes,2,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
 	SignedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=signed_at,json=signedAt,proto3" json:"signed_at,omitempty"`
 	// First 16 hex digits of SHA-256 of the public key.
 	KeyId         string `protobuf:"bytes,4,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	Signature     []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
+	Note          string `protobuf:"bytes,6,opt,name=note,proto3" json:"note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -533,6 +604,118 @@ func (x *Checkpoint) GetSignature() []byte {
 	return nil
 }
 
+func (x *Checkpoint) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+// LedgerInconsistentAlert is published on tenure.alert.ledger_inconsistent when the ledger
+// refuses to sign because the database's tree does not extend its last signed checkpoint.
+type LedgerInconsistentAlert struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollback, truncation or fork.
+	Finding string `protobuf:"bytes,1,opt,name=finding,proto3" json:"finding,omitempty"`
+	Detail  string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The last signed checkpoint (from memory or a witness) and where it came from.
+	SignedSize int64  `protobuf:"varint,3,opt,name=signed_size,json=signedSize,proto3" json:"signed_size,omitempty"`
+	SignedRoot []byte `protobuf:"bytes,4,opt,name=signed_root,json=signedRoot,proto3" json:"signed_root,omitempty"`
+	SignedFrom string `protobuf:"bytes,5,opt,name=signed_from,json=signedFrom,proto3" json:"signed_from,omitempty"`
+	// The tree the database holds.
+	DatabaseSize  int64                  `protobuf:"varint,6,opt,name=database_size,json=databaseSize,proto3" json:"database_size,omitempty"`
+	DatabaseRoot  []byte                 `protobuf:"bytes,7,opt,name=database_root,json=databaseRoot,proto3" json:"database_root,omitempty"`
+	DetectedAt    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=detected_at,json=detectedAt,proto3" json:"detected_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LedgerInconsistentAlert) Reset() {
+	*x = LedgerInconsistentAlert{}
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LedgerInconsistentAlert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LedgerInconsistentAlert) ProtoMessage() {}
+
+func (x *LedgerInconsistentAlert) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LedgerInconsistentAlert.ProtoReflect.Descriptor instead.
+func (*LedgerInconsistentAlert) Descriptor() ([]byte, []int) {
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LedgerInconsistentAlert) GetFinding() string {
+	if x != nil {
+		return x.Finding
+	}
+	return ""
+}
+
+func (x *LedgerInconsistentAlert) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *LedgerInconsistentAlert) GetSignedSize() int64 {
+	if x != nil {
+		return x.SignedSize
+	}
+	return 0
+}
+
+func (x *LedgerInconsistentAlert) GetSignedRoot() []byte {
+	if x != nil {
+		return x.SignedRoot
+	}
+	return nil
+}
+
+func (x *LedgerInconsistentAlert) GetSignedFrom() string {
+	if x != nil {
+		return x.SignedFrom
+	}
+	return ""
+}
+
+func (x *LedgerInconsistentAlert) GetDatabaseSize() int64 {
+	if x != nil {
+		return x.DatabaseSize
+	}
+	return 0
+}
+
+func (x *LedgerInconsistentAlert) GetDatabaseRoot() []byte {
+	if x != nil {
+		return x.DatabaseRoot
+	}
+	return nil
+}
+
+func (x *LedgerInconsistentAlert) GetDetectedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DetectedAt
+	}
+	return nil
+}
+
 type ListCheckpointsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Checkpoints after this sequence (for paging).
@@ -545,7 +728,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[6]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +740,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[6]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +753,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{6}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListCheckpointsRequest) GetAfterSeq() int64 {
@@ -596,7 +779,7 @@ type ListCheckpointsResponse struct {
 
 func (x *ListCheckpointsResponse) Reset() {
 	*x = ListCheckpointsResponse{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +791,7 @@ func (x *ListCheckpointsResponse) String() string {
 func (*ListCheckpointsResponse) ProtoMessage() {}
 
 func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +804,7 @@ func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListCheckpointsResponse) GetCheckpoints() []*Checkpoint {
@@ -639,7 +822,7 @@ type GetPublicKeyRequest struct {
 
 func (x *GetPublicKeyRequest) Reset() {
 	*x = GetPublicKeyRequest{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +834,7 @@ func (x *GetPublicKeyRequest) String() string {
 func (*GetPublicKeyRequest) ProtoMessage() {}
 
 func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +847,7 @@ func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
 }
 
 type GetPublicKeyResponse struct {
@@ -680,7 +863,7 @@ type GetPublicKeyResponse struct {
 
 func (x *GetPublicKeyResponse) Reset() {
 	*x = GetPublicKeyResponse{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +875,7 @@ func (x *GetPublicKeyResponse) String() string {
 func (*GetPublicKeyResponse) ProtoMessage() {}
 
 func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +888,7 @@ func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetPublicKeyResponse) GetPublicKey() []byte {
@@ -747,7 +930,7 @@ type EvidenceRequest struct {
 
 func (x *EvidenceRequest) Reset() {
 	*x = EvidenceRequest{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +942,7 @@ func (x *EvidenceRequest) String() string {
 func (*EvidenceRequest) ProtoMessage() {}
 
 func (x *EvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +955,7 @@ func (x *EvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvidenceRequest.ProtoReflect.Descriptor instead.
 func (*EvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EvidenceRequest) GetQuestion() string {
@@ -820,7 +1003,7 @@ type EvidenceRow struct {
 
 func (x *EvidenceRow) Reset() {
 	*x = EvidenceRow{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[11]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1015,7 @@ func (x *EvidenceRow) String() string {
 func (*EvidenceRow) ProtoMessage() {}
 
 func (x *EvidenceRow) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[11]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1028,7 @@ func (x *EvidenceRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvidenceRow.ProtoReflect.Descriptor instead.
 func (*EvidenceRow) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EvidenceRow) GetCells() []string {
@@ -869,7 +1052,7 @@ type EvidenceResponse struct {
 
 func (x *EvidenceResponse) Reset() {
 	*x = EvidenceResponse{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[12]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +1064,7 @@ func (x *EvidenceResponse) String() string {
 func (*EvidenceResponse) ProtoMessage() {}
 
 func (x *EvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[12]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +1077,7 @@ func (x *EvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvidenceResponse.ProtoReflect.Descriptor instead.
 func (*EvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *EvidenceResponse) GetQuestion() string {
@@ -944,7 +1127,7 @@ type ExportEvidenceRequest struct {
 
 func (x *ExportEvidenceRequest) Reset() {
 	*x = ExportEvidenceRequest{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[13]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1139,7 @@ func (x *ExportEvidenceRequest) String() string {
 func (*ExportEvidenceRequest) ProtoMessage() {}
 
 func (x *ExportEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[13]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1152,7 @@ func (x *ExportEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*ExportEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExportEvidenceRequest) GetFrom() *timestamppb.Timestamp {
@@ -1011,7 +1194,7 @@ type BundleFile struct {
 
 func (x *BundleFile) Reset() {
 	*x = BundleFile{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[14]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1206,7 @@ func (x *BundleFile) String() string {
 func (*BundleFile) ProtoMessage() {}
 
 func (x *BundleFile) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[14]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1219,7 @@ func (x *BundleFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleFile.ProtoReflect.Descriptor instead.
 func (*BundleFile) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{14}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BundleFile) GetName() string {
@@ -1065,7 +1248,7 @@ type ExportEvidenceResponse struct {
 
 func (x *ExportEvidenceResponse) Reset() {
 	*x = ExportEvidenceResponse{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1260,7 @@ func (x *ExportEvidenceResponse) String() string {
 func (*ExportEvidenceResponse) ProtoMessage() {}
 
 func (x *ExportEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1273,7 @@ func (x *ExportEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*ExportEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExportEvidenceResponse) GetFiles() []*BundleFile {
@@ -1117,7 +1300,7 @@ type ArchiveRequest struct {
 
 func (x *ArchiveRequest) Reset() {
 	*x = ArchiveRequest{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +1312,7 @@ func (x *ArchiveRequest) String() string {
 func (*ArchiveRequest) ProtoMessage() {}
 
 func (x *ArchiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +1325,7 @@ func (x *ArchiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveRequest.ProtoReflect.Descriptor instead.
 func (*ArchiveRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ArchiveRequest) GetBefore() *timestamppb.Timestamp {
@@ -1164,7 +1347,7 @@ type ArchiveResponse struct {
 
 func (x *ArchiveResponse) Reset() {
 	*x = ArchiveResponse{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1359,7 @@ func (x *ArchiveResponse) String() string {
 func (*ArchiveResponse) ProtoMessage() {}
 
 func (x *ArchiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1372,7 @@ func (x *ArchiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveResponse.ProtoReflect.Descriptor instead.
 func (*ArchiveResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ArchiveResponse) GetFiles() []*BundleFile {
@@ -1236,7 +1419,7 @@ type WatchRevocationsRequest struct {
 
 func (x *WatchRevocationsRequest) Reset() {
 	*x = WatchRevocationsRequest{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1431,7 @@ func (x *WatchRevocationsRequest) String() string {
 func (*WatchRevocationsRequest) ProtoMessage() {}
 
 func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1444,7 @@ func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchRevocationsRequest) GetWorkerId() string {
@@ -1325,7 +1508,7 @@ type RevocationEvent struct {
 
 func (x *RevocationEvent) Reset() {
 	*x = RevocationEvent{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1520,7 @@ func (x *RevocationEvent) String() string {
 func (*RevocationEvent) ProtoMessage() {}
 
 func (x *RevocationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1533,7 @@ func (x *RevocationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevocationEvent.ProtoReflect.Descriptor instead.
 func (*RevocationEvent) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RevocationEvent) GetSeq() int64 {
@@ -1410,7 +1593,7 @@ type WatchRevocationsResponse struct {
 
 func (x *WatchRevocationsResponse) Reset() {
 	*x = WatchRevocationsResponse{}
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1605,7 @@ func (x *WatchRevocationsResponse) String() string {
 func (*WatchRevocationsResponse) ProtoMessage() {}
 
 func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_tenure_ledger_v1_ledger_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1618,7 @@ func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
+	return file_tenure_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchRevocationsResponse) GetRevocation() *RevocationEvent {
@@ -1491,8 +1674,9 @@ const file_tenure_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x04hash\x18\x0e \x01(\fR\x04hash\x12\x19\n" +
 	"\btrace_id\x18\x0f \x01(\tR\atraceId\"B\n" +
 	"\rQueryResponse\x121\n" +
-	"\aentries\x18\x01 \x03(\v2\x17.tenure.ledger.v1.EntryR\aentries\"\x0f\n" +
-	"\rVerifyRequest\"\xb9\x02\n" +
+	"\aentries\x18\x01 \x03(\v2\x17.tenure.ledger.v1.EntryR\aentries\"B\n" +
+	"\rVerifyRequest\x121\n" +
+	"\x14witnessed_checkpoint\x18\x01 \x01(\tR\x13witnessedCheckpoint\"\x92\x04\n" +
 	"\x0eVerifyResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12'\n" +
 	"\x0fentries_checked\x18\x02 \x01(\x03R\x0eentriesChecked\x12(\n" +
@@ -1501,14 +1685,35 @@ const file_tenure_ledger_v1_ledger_proto_rawDesc = "" +
 	"\thead_hash\x18\x05 \x01(\fR\bheadHash\x12/\n" +
 	"\x13checkpoints_checked\x18\x06 \x01(\x03R\x12checkpointsChecked\x12.\n" +
 	"\x13last_checkpoint_seq\x18\a \x01(\x03R\x11lastCheckpointSeq\x12,\n" +
-	"\x12pruned_through_seq\x18\b \x01(\x03R\x10prunedThroughSeq\"\xa9\x01\n" +
+	"\x12pruned_through_seq\x18\b \x01(\x03R\x10prunedThroughSeq\x12\x18\n" +
+	"\afinding\x18\t \x01(\tR\afinding\x12\x1b\n" +
+	"\ttree_size\x18\n" +
+	" \x01(\x03R\btreeSize\x12%\n" +
+	"\x0ewitnessed_size\x18\v \x01(\x03R\rwitnessedSize\x12%\n" +
+	"\x0ewitnessed_root\x18\f \x01(\fR\rwitnessedRoot\x12%\n" +
+	"\x0ewitnessed_from\x18\r \x01(\tR\rwitnessedFrom\x12+\n" +
+	"\x11consistency_proof\x18\x0e \x03(\fR\x10consistencyProof\"\xbd\x01\n" +
 	"\n" +
 	"Checkpoint\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x1b\n" +
 	"\thead_hash\x18\x02 \x01(\fR\bheadHash\x127\n" +
 	"\tsigned_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bsignedAt\x12\x15\n" +
 	"\x06key_id\x18\x04 \x01(\tR\x05keyId\x12\x1c\n" +
-	"\tsignature\x18\x05 \x01(\fR\tsignature\"K\n" +
+	"\tsignature\x18\x05 \x01(\fR\tsignature\x12\x12\n" +
+	"\x04note\x18\x06 \x01(\tR\x04note\"\xb5\x02\n" +
+	"\x17LedgerInconsistentAlert\x12\x18\n" +
+	"\afinding\x18\x01 \x01(\tR\afinding\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x1f\n" +
+	"\vsigned_size\x18\x03 \x01(\x03R\n" +
+	"signedSize\x12\x1f\n" +
+	"\vsigned_root\x18\x04 \x01(\fR\n" +
+	"signedRoot\x12\x1f\n" +
+	"\vsigned_from\x18\x05 \x01(\tR\n" +
+	"signedFrom\x12#\n" +
+	"\rdatabase_size\x18\x06 \x01(\x03R\fdatabaseSize\x12#\n" +
+	"\rdatabase_root\x18\a \x01(\fR\fdatabaseRoot\x12;\n" +
+	"\vdetected_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"detectedAt\"K\n" +
 	"\x16ListCheckpointsRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x03R\bafterSeq\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"Y\n" +
@@ -1602,7 +1807,7 @@ func file_tenure_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_tenure_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_tenure_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_tenure_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_tenure_ledger_v1_ledger_proto_goTypes = []any{
 	(*QueryRequest)(nil),             // 0: tenure.ledger.v1.QueryRequest
 	(*Entry)(nil),                    // 1: tenure.ledger.v1.Entry
@@ -1610,68 +1815,70 @@ var file_tenure_ledger_v1_ledger_proto_goTypes = []any{
 	(*VerifyRequest)(nil),            // 3: tenure.ledger.v1.VerifyRequest
 	(*VerifyResponse)(nil),           // 4: tenure.ledger.v1.VerifyResponse
 	(*Checkpoint)(nil),               // 5: tenure.ledger.v1.Checkpoint
-	(*ListCheckpointsRequest)(nil),   // 6: tenure.ledger.v1.ListCheckpointsRequest
-	(*ListCheckpointsResponse)(nil),  // 7: tenure.ledger.v1.ListCheckpointsResponse
-	(*GetPublicKeyRequest)(nil),      // 8: tenure.ledger.v1.GetPublicKeyRequest
-	(*GetPublicKeyResponse)(nil),     // 9: tenure.ledger.v1.GetPublicKeyResponse
-	(*EvidenceRequest)(nil),          // 10: tenure.ledger.v1.EvidenceRequest
-	(*EvidenceRow)(nil),              // 11: tenure.ledger.v1.EvidenceRow
-	(*EvidenceResponse)(nil),         // 12: tenure.ledger.v1.EvidenceResponse
-	(*ExportEvidenceRequest)(nil),    // 13: tenure.ledger.v1.ExportEvidenceRequest
-	(*BundleFile)(nil),               // 14: tenure.ledger.v1.BundleFile
-	(*ExportEvidenceResponse)(nil),   // 15: tenure.ledger.v1.ExportEvidenceResponse
-	(*ArchiveRequest)(nil),           // 16: tenure.ledger.v1.ArchiveRequest
-	(*ArchiveResponse)(nil),          // 17: tenure.ledger.v1.ArchiveResponse
-	(*WatchRevocationsRequest)(nil),  // 18: tenure.ledger.v1.WatchRevocationsRequest
-	(*RevocationEvent)(nil),          // 19: tenure.ledger.v1.RevocationEvent
-	(*WatchRevocationsResponse)(nil), // 20: tenure.ledger.v1.WatchRevocationsResponse
-	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
-	(v1.RevocationKind)(0),           // 22: tenure.events.v1.RevocationKind
-	(*v1.Revocation)(nil),            // 23: tenure.events.v1.Revocation
+	(*LedgerInconsistentAlert)(nil),  // 6: tenure.ledger.v1.LedgerInconsistentAlert
+	(*ListCheckpointsRequest)(nil),   // 7: tenure.ledger.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil),  // 8: tenure.ledger.v1.ListCheckpointsResponse
+	(*GetPublicKeyRequest)(nil),      // 9: tenure.ledger.v1.GetPublicKeyRequest
+	(*GetPublicKeyResponse)(nil),     // 10: tenure.ledger.v1.GetPublicKeyResponse
+	(*EvidenceRequest)(nil),          // 11: tenure.ledger.v1.EvidenceRequest
+	(*EvidenceRow)(nil),              // 12: tenure.ledger.v1.EvidenceRow
+	(*EvidenceResponse)(nil),         // 13: tenure.ledger.v1.EvidenceResponse
+	(*ExportEvidenceRequest)(nil),    // 14: tenure.ledger.v1.ExportEvidenceRequest
+	(*BundleFile)(nil),               // 15: tenure.ledger.v1.BundleFile
+	(*ExportEvidenceResponse)(nil),   // 16: tenure.ledger.v1.ExportEvidenceResponse
+	(*ArchiveRequest)(nil),           // 17: tenure.ledger.v1.ArchiveRequest
+	(*ArchiveResponse)(nil),          // 18: tenure.ledger.v1.ArchiveResponse
+	(*WatchRevocationsRequest)(nil),  // 19: tenure.ledger.v1.WatchRevocationsRequest
+	(*RevocationEvent)(nil),          // 20: tenure.ledger.v1.RevocationEvent
+	(*WatchRevocationsResponse)(nil), // 21: tenure.ledger.v1.WatchRevocationsResponse
+	(*timestamppb.Timestamp)(nil),    // 22: google.protobuf.Timestamp
+	(v1.RevocationKind)(0),           // 23: tenure.events.v1.RevocationKind
+	(*v1.Revocation)(nil),            // 24: tenure.events.v1.Revocation
 }
 var file_tenure_ledger_v1_ledger_proto_depIdxs = []int32{
-	21, // 0: tenure.ledger.v1.QueryRequest.from:type_name -> google.protobuf.Timestamp
-	21, // 1: tenure.ledger.v1.QueryRequest.to:type_name -> google.protobuf.Timestamp
-	21, // 2: tenure.ledger.v1.Entry.event_time:type_name -> google.protobuf.Timestamp
-	21, // 3: tenure.ledger.v1.Entry.recorded_at:type_name -> google.protobuf.Timestamp
+	22, // 0: tenure.ledger.v1.QueryRequest.from:type_name -> google.protobuf.Timestamp
+	22, // 1: tenure.ledger.v1.QueryRequest.to:type_name -> google.protobuf.Timestamp
+	22, // 2: tenure.ledger.v1.Entry.event_time:type_name -> google.protobuf.Timestamp
+	22, // 3: tenure.ledger.v1.Entry.recorded_at:type_name -> google.protobuf.Timestamp
 	1,  // 4: tenure.ledger.v1.QueryResponse.entries:type_name -> tenure.ledger.v1.Entry
-	21, // 5: tenure.ledger.v1.Checkpoint.signed_at:type_name -> google.protobuf.Timestamp
-	5,  // 6: tenure.ledger.v1.ListCheckpointsResponse.checkpoints:type_name -> tenure.ledger.v1.Checkpoint
-	21, // 7: tenure.ledger.v1.EvidenceRequest.from:type_name -> google.protobuf.Timestamp
-	21, // 8: tenure.ledger.v1.EvidenceRequest.to:type_name -> google.protobuf.Timestamp
-	11, // 9: tenure.ledger.v1.EvidenceResponse.rows:type_name -> tenure.ledger.v1.EvidenceRow
-	21, // 10: tenure.ledger.v1.ExportEvidenceRequest.from:type_name -> google.protobuf.Timestamp
-	21, // 11: tenure.ledger.v1.ExportEvidenceRequest.to:type_name -> google.protobuf.Timestamp
-	14, // 12: tenure.ledger.v1.ExportEvidenceResponse.files:type_name -> tenure.ledger.v1.BundleFile
-	5,  // 13: tenure.ledger.v1.ExportEvidenceResponse.checkpoint:type_name -> tenure.ledger.v1.Checkpoint
-	21, // 14: tenure.ledger.v1.ArchiveRequest.before:type_name -> google.protobuf.Timestamp
-	14, // 15: tenure.ledger.v1.ArchiveResponse.files:type_name -> tenure.ledger.v1.BundleFile
-	22, // 16: tenure.ledger.v1.WatchRevocationsRequest.kinds:type_name -> tenure.events.v1.RevocationKind
-	21, // 17: tenure.ledger.v1.WatchRevocationsRequest.since:type_name -> google.protobuf.Timestamp
-	23, // 18: tenure.ledger.v1.RevocationEvent.revocation:type_name -> tenure.events.v1.Revocation
-	21, // 19: tenure.ledger.v1.RevocationEvent.recorded_at:type_name -> google.protobuf.Timestamp
-	19, // 20: tenure.ledger.v1.WatchRevocationsResponse.revocation:type_name -> tenure.ledger.v1.RevocationEvent
-	0,  // 21: tenure.ledger.v1.LedgerService.Query:input_type -> tenure.ledger.v1.QueryRequest
-	3,  // 22: tenure.ledger.v1.LedgerService.Verify:input_type -> tenure.ledger.v1.VerifyRequest
-	6,  // 23: tenure.ledger.v1.LedgerService.ListCheckpoints:input_type -> tenure.ledger.v1.ListCheckpointsRequest
-	8,  // 24: tenure.ledger.v1.LedgerService.GetPublicKey:input_type -> tenure.ledger.v1.GetPublicKeyRequest
-	10, // 25: tenure.ledger.v1.LedgerService.Evidence:input_type -> tenure.ledger.v1.EvidenceRequest
-	13, // 26: tenure.ledger.v1.LedgerService.ExportEvidence:input_type -> tenure.ledger.v1.ExportEvidenceRequest
-	16, // 27: tenure.ledger.v1.LedgerService.Archive:input_type -> tenure.ledger.v1.ArchiveRequest
-	18, // 28: tenure.ledger.v1.LedgerService.WatchRevocations:input_type -> tenure.ledger.v1.WatchRevocationsRequest
-	2,  // 29: tenure.ledger.v1.LedgerService.Query:output_type -> tenure.ledger.v1.QueryResponse
-	4,  // 30: tenure.ledger.v1.LedgerService.Verify:output_type -> tenure.ledger.v1.VerifyResponse
-	7,  // 31: tenure.ledger.v1.LedgerService.ListCheckpoints:output_type -> tenure.ledger.v1.ListCheckpointsResponse
-	9,  // 32: tenure.ledger.v1.LedgerService.GetPublicKey:output_type -> tenure.ledger.v1.GetPublicKeyResponse
-	12, // 33: tenure.ledger.v1.LedgerService.Evidence:output_type -> tenure.ledger.v1.EvidenceResponse
-	15, // 34: tenure.ledger.v1.LedgerService.ExportEvidence:output_type -> tenure.ledger.v1.ExportEvidenceResponse
-	17, // 35: tenure.ledger.v1.LedgerService.Archive:output_type -> tenure.ledger.v1.ArchiveResponse
-	20, // 36: tenure.ledger.v1.LedgerService.WatchRevocations:output_type -> tenure.ledger.v1.WatchRevocationsResponse
-	29, // [29:37] is the sub-list for method output_type
-	21, // [21:29] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	22, // 5: tenure.ledger.v1.Checkpoint.signed_at:type_name -> google.protobuf.Timestamp
+	22, // 6: tenure.ledger.v1.LedgerInconsistentAlert.detected_at:type_name -> google.protobuf.Timestamp
+	5,  // 7: tenure.ledger.v1.ListCheckpointsResponse.checkpoints:type_name -> tenure.ledger.v1.Checkpoint
+	22, // 8: tenure.ledger.v1.EvidenceRequest.from:type_name -> google.protobuf.Timestamp
+	22, // 9: tenure.ledger.v1.EvidenceRequest.to:type_name -> google.protobuf.Timestamp
+	12, // 10: tenure.ledger.v1.EvidenceResponse.rows:type_name -> tenure.ledger.v1.EvidenceRow
+	22, // 11: tenure.ledger.v1.ExportEvidenceRequest.from:type_name -> google.protobuf.Timestamp
+	22, // 12: tenure.ledger.v1.ExportEvidenceRequest.to:type_name -> google.protobuf.Timestamp
+	15, // 13: tenure.ledger.v1.ExportEvidenceResponse.files:type_name -> tenure.ledger.v1.BundleFile
+	5,  // 14: tenure.ledger.v1.ExportEvidenceResponse.checkpoint:type_name -> tenure.ledger.v1.Checkpoint
+	22, // 15: tenure.ledger.v1.ArchiveRequest.before:type_name -> google.protobuf.Timestamp
+	15, // 16: tenure.ledger.v1.ArchiveResponse.files:type_name -> tenure.ledger.v1.BundleFile
+	23, // 17: tenure.ledger.v1.WatchRevocationsRequest.kinds:type_name -> tenure.events.v1.RevocationKind
+	22, // 18: tenure.ledger.v1.WatchRevocationsRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 19: tenure.ledger.v1.RevocationEvent.revocation:type_name -> tenure.events.v1.Revocation
+	22, // 20: tenure.ledger.v1.RevocationEvent.recorded_at:type_name -> google.protobuf.Timestamp
+	20, // 21: tenure.ledger.v1.WatchRevocationsResponse.revocation:type_name -> tenure.ledger.v1.RevocationEvent
+	0,  // 22: tenure.ledger.v1.LedgerService.Query:input_type -> tenure.ledger.v1.QueryRequest
+	3,  // 23: tenure.ledger.v1.LedgerService.Verify:input_type -> tenure.ledger.v1.VerifyRequest
+	7,  // 24: tenure.ledger.v1.LedgerService.ListCheckpoints:input_type -> tenure.ledger.v1.ListCheckpointsRequest
+	9,  // 25: tenure.ledger.v1.LedgerService.GetPublicKey:input_type -> tenure.ledger.v1.GetPublicKeyRequest
+	11, // 26: tenure.ledger.v1.LedgerService.Evidence:input_type -> tenure.ledger.v1.EvidenceRequest
+	14, // 27: tenure.ledger.v1.LedgerService.ExportEvidence:input_type -> tenure.ledger.v1.ExportEvidenceRequest
+	17, // 28: tenure.ledger.v1.LedgerService.Archive:input_type -> tenure.ledger.v1.ArchiveRequest
+	19, // 29: tenure.ledger.v1.LedgerService.WatchRevocations:input_type -> tenure.ledger.v1.WatchRevocationsRequest
+	2,  // 30: tenure.ledger.v1.LedgerService.Query:output_type -> tenure.ledger.v1.QueryResponse
+	4,  // 31: tenure.ledger.v1.LedgerService.Verify:output_type -> tenure.ledger.v1.VerifyResponse
+	8,  // 32: tenure.ledger.v1.LedgerService.ListCheckpoints:output_type -> tenure.ledger.v1.ListCheckpointsResponse
+	10, // 33: tenure.ledger.v1.LedgerService.GetPublicKey:output_type -> tenure.ledger.v1.GetPublicKeyResponse
+	13, // 34: tenure.ledger.v1.LedgerService.Evidence:output_type -> tenure.ledger.v1.EvidenceResponse
+	16, // 35: tenure.ledger.v1.LedgerService.ExportEvidence:output_type -> tenure.ledger.v1.ExportEvidenceResponse
+	18, // 36: tenure.ledger.v1.LedgerService.Archive:output_type -> tenure.ledger.v1.ArchiveResponse
+	21, // 37: tenure.ledger.v1.LedgerService.WatchRevocations:output_type -> tenure.ledger.v1.WatchRevocationsResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_tenure_ledger_v1_ledger_proto_init() }
@@ -1685,7 +1892,7 @@ func file_tenure_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_ledger_v1_ledger_proto_rawDesc), len(file_tenure_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

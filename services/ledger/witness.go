@@ -1,0 +1,133 @@
+package ledger
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tenure-dev/tenure/pkg/natsx"
+)
+
+// A Witness keeps the ledger's signed checkpoints outside PostgreSQL, where the people who
+// run the database cannot change them. The ledger publishes every checkpoint to each of its
+// witnesses before it stores it, and never signs a tree that does not extend the newest
+// checkpoint a witness holds.
+type Witness interface {
+	// Name says where the witness is, for messages.
+	Name() string
+	// Publish stores a signed checkpoint note. It returns only once the note is durable.
+	Publish(ctx context.Context, size int64, note []byte) error
+	// Latest returns the newest stored note (the largest tree), nil when there is none.
+	Latest(ctx context.Context) ([]byte, error)
+}
+
+// StreamWitness is the JetStream witness: natsx.WitnessStream (no delete, no purge), subject
+// natsx.WitnessSubject.
+type StreamWitness struct{ JS jetstream.JetStream }
+
+var _ Witness = StreamWitness{}
+
+func (StreamWitness) Name() string { return "stream " + natsx.WitnessStream }
+
+func (w StreamWitness) Publish(ctx context.Context, size int64, note []byte) error {
+	sum := sha256.Sum256(note)
+	m := &nats.Msg{Subject: natsx.WitnessSubject, Data: note, Header: nats.Header{}}
+	m.Header.Set("Tenure-Tree-Size", fmt.Sprint(size))
+	if _, err := w.JS.PublishMsg(ctx, m, jetstream.WithMsgID("ledger-checkpoint-"+hex.EncodeToString(sum[:16]))); err != nil {
+		return fmt.Errorf("witness %s: %w", natsx.WitnessStream, err)
+	}
+	return nil
+}
+
+func (w StreamWitness) Latest(ctx context.Context) ([]byte, error) {
+	return LatestWitnessed(ctx, w.JS)
+}
+
+// LatestWitnessed reads the newest checkpoint note on the witness stream (nil when none).
+// The ledger, the security user and the auditor user may call it.
+func LatestWitnessed(ctx context.Context, js jetstream.JetStream) ([]byte, error) {
+	st, err := js.Stream(ctx, natsx.WitnessStream)
+	if err != nil {
+		return nil, fmt.Errorf("witness %s: %w", natsx.WitnessStream, err)
+	}
+	m, err := st.GetLastMsgForSubject(ctx, natsx.WitnessSubject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("witness %s: %w", natsx.WitnessStream, err)
+	}
+	return m.Data, nil
+}
+
+// DirWitness appends each checkpoint as a file of its own to a directory (an append-only
+// mount, or a directory synced to object storage with object lock). A file is never
+// overwritten.
+type DirWitness struct{ Dir string }
+
+var _ Witness = DirWitness{}
+
+func (w DirWitness) Name() string { return "directory " + w.Dir }
+
+// witnessFileName sorts by tree size: <size, 20 digits>-<note hash>.checkpoint.
+func witnessFileName(size int64, note []byte) string {
+	sum := sha256.Sum256(note)
+	return fmt.Sprintf("%020d-%s.checkpoint", size, hex.EncodeToString(sum[:8]))
+}
+
+func (w DirWitness) Publish(_ context.Context, size int64, note []byte) error {
+	if err := os.MkdirAll(w.Dir, 0o750); err != nil {
+		return fmt.Errorf("witness %s: %w", w.Dir, err)
+	}
+	p := filepath.Join(w.Dir, witnessFileName(size, note))
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o440)
+	if errors.Is(err, os.ErrExist) {
+		return nil // the same note, published before
+	}
+	if err != nil {
+		return fmt.Errorf("witness %s: %w", w.Dir, err)
+	}
+	if _, err := f.Write(note); err != nil {
+		f.Close()
+		return fmt.Errorf("witness %s: %w", p, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("witness %s: %w", p, err)
+	}
+	return f.Close()
+}
+
+func (w DirWitness) Latest(context.Context) ([]byte, error) {
+	des, err := os.ReadDir(w.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("witness %s: %w", w.Dir, err)
+	}
+	var names []string
+	for _, de := range des {
+		if strings.HasSuffix(de.Name(), ".checkpoint") {
+			names = append(names, de.Name())
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	slices.Sort(names)
+	b, err := os.ReadFile(filepath.Join(w.Dir, names[len(names)-1]))
+	if err != nil {
+		return nil, fmt.Errorf("witness %s: %w", w.Dir, err)
+	}
+	return b, nil
+}
