@@ -12,7 +12,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 MODULES := ./proto/... ./pkg/... ./services/intake/... ./services/approval/... ./services/provisioner/... ./services/ledger/... ./cmd/... ./test/e2e/... ./examples/connector-inventory/...
 TESTFLAGS ?= -shuffle=on -count=1 -timeout=20m
 
-.PHONY: all build deps tools proto lint test fuzz bench demo dev clean
+.PHONY: model all build deps tools proto lint test fuzz bench demo dev clean
 
 all: build
 
@@ -89,3 +89,11 @@ dev: build
 
 clean:
 	rm -rf $(BIN) .tenure bench.out
+
+# The model-based test of HR event meaning (test/e2e/hr_model_test.go, build tag "model"):
+# random HR timelines delivered with duplicates, re-sends and shuffling through the real
+# services; MODEL_CHECKS sequences, the seed printed on failure (-rapid.seed to replay).
+MODEL_CHECKS ?= 50
+model:
+	TENURE_MODEL_CHECKS=$(MODEL_CHECKS) $(GO) test -tags model -count=1 -timeout 60m -run TestHRLifecycleModel ./test/e2e/
+
