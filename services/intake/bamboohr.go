@@ -121,9 +121,9 @@ type bambooData struct {
 }
 
 type bambooEmployee struct {
-	ID            flexString            `json:"id"`
-	Action        string                `json:"action"`
-	Timestamp     string                `json:"timestamp"`
+	ID            flexString                 `json:"id"`
+	Action        string                     `json:"action"`
+	Timestamp     string                     `json:"timestamp"`
 	ChangedFields []string                   `json:"changedFields"`
 	Fields        map[string]json.RawMessage `json:"fields"`
 }
