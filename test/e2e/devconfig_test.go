@@ -191,3 +191,44 @@ func TestDevIsClosedAndDurableByDefault(t *testing.T) {
 		t.Errorf("start-up output does not say it is durable and closed:\n%s", out.String())
 	}
 }
+
+// A data directory an earlier tenure dev wrote (its connectors and sources files rewritten at
+// every start, no NATS passwords) starts: those generated files are set aside, the webhook
+// secret and tokens are kept, and NATS passwords are added.
+func TestDevUpgradesAnEarlierDataDirectory(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	old := map[string]string{
+		"connectors.yaml":      "# Demo targets of `tenure dev`: PostgreSQL roles in the dev cluster.\nconnectors:\n  - name: demo-wiki\n    type: postgres\n",
+		"webhook-sources.yaml": "# Webhook sources of tenure dev.\nsources:\n  demo:\n    secrets: [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+		"secrets.yaml":         "webhook_source: demo\nwebhook_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\ntokens:\n  admin: tnr_admin_0123456789abcdef0123456789abcdef\n",
+	}
+	for name, body := range old {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := app.StartDev(ctx, app.DevOptions{DataDir: dir, HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSPort: -1, Fast: true, Log: quietLogger()})
+	if err != nil {
+		t.Fatalf("start on an earlier data directory: %v", err)
+	}
+	defer d.Stop()
+	if d.Secrets.WebhookSecret != "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" || d.Secrets.Tokens["admin"] != "tnr_admin_0123456789abcdef0123456789abcdef" {
+		t.Errorf("secrets not kept: %+v", d.Secrets)
+	}
+	if len(d.Secrets.NATS) != 6 {
+		t.Errorf("NATS passwords: %v", d.Secrets.NATS)
+	}
+	for _, name := range []string{"connectors.yaml", "webhook-sources.yaml"} {
+		if b, err := os.ReadFile(filepath.Join(dir, name+".old")); err != nil || string(b) != old[name] {
+			t.Errorf("%s not set aside as %s.old: %v", name, name, err)
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, name)); !strings.Contains(string(b), "never rewrites this file") {
+			t.Errorf("%s is not the user template:\n%s", name, b)
+		}
+	}
+	hook := "http://" + d.HTTPAddr + "/webhooks/demo"
+	if code, res := postWebhook(t, hook, d.Secrets.WebhookSecret, "up-1", hrEvent("hire", "w-up-1", "CLERK", "up@clinic.example")); code != 202 {
+		t.Fatalf("joiner through the kept demo source: %d %v", code, res)
+	}
+}
