@@ -22,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -308,7 +309,12 @@ func verifyProofs(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *Bundle
 			}
 		}
 		if err := VerifyInclusion(e.Seq, cp.Seq, e.Hash, p, cp.HeadHash); err != nil {
-			return fmt.Errorf("entry %d is not in the tree of the signed checkpoint (%d entries, root %s): %w", e.Seq, cp.Seq, short(cp.HeadHash), err)
+			why := err.Error()
+			var mismatch proof.RootMismatchError
+			if errors.As(err, &mismatch) {
+				why = fmt.Sprintf("its inclusion proof leads to root %s", short(mismatch.CalculatedRoot))
+			}
+			return fmt.Errorf("entry %d is not in the tree of the signed checkpoint (%d entries, root %s): %s", e.Seq, cp.Seq, short(cp.HeadHash), why)
 		}
 		rep.Entries++
 		rep.Proved++
