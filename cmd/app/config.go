@@ -58,6 +58,9 @@ type ServeConfig struct {
 	// LedgerWriterRole is the database role the ledger runs as: it may only INSERT and
 	// SELECT its entries; `tenure setup` migrates the schema as its owner.
 	LedgerWriterRole string `yaml:"ledger_writer_role"`
+	// LedgerWitnessDir, when set, also keeps every signed ledger checkpoint as a file there
+	// (an append-only mount); see docs/ledger.md.
+	LedgerWitnessDir string `yaml:"ledger_witness_dir"`
 	// SSFIssuer is the public https URL of the ledger's OpenID Shared Signals transmitter
 	// (default: http on the HTTP address, for local use).
 	SSFIssuer string `yaml:"ssf_issuer"`
@@ -104,6 +107,7 @@ func (c *ServeConfig) options() []option {
 		{flag: "log-level", env: "TENURE_LOG_LEVEL", usage: "debug, info, warn, error", str: &c.LogLevel},
 		{flag: "connect-timeout", env: "TENURE_CONNECT_TIMEOUT", usage: "how long to wait for NATS and PostgreSQL at start", dur: &c.ConnectTimeout},
 		{flag: "ledger-key-file", env: "TENURE_LEDGER_KEY_FILE", usage: "ledger checkpoint signing key (Ed25519, PEM; created if missing)", str: &c.LedgerKeyFile},
+		{flag: "ledger-witness-dir", env: "TENURE_LEDGER_WITNESS_DIR", usage: "directory (append-only mount) that also keeps every signed ledger checkpoint", str: &c.LedgerWitnessDir},
 		{flag: "ledger-writer-role", env: "TENURE_LEDGER_WRITER_ROLE", usage: "database role the ledger runs as (INSERT/SELECT only; schema migrated by `tenure setup`)", str: &c.LedgerWriterRole},
 		{flag: "ssf-issuer", env: "TENURE_SSF_ISSUER", usage: "public https URL of the Shared Signals transmitter (ledger); default http on --http-addr", str: &c.SSFIssuer},
 		{flag: "ssf-key-file", env: "TENURE_SSF_KEY_FILE", usage: "RSA key that signs Security Event Tokens (PEM; created if missing; default ssf.key beside the ledger key)", str: &c.SSFKeyFile},

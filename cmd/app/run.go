@@ -230,7 +230,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			st.Provisioner = s
 			runners, grpcs = append(runners, s), append(grpcs, s)
 		case "ledger":
-			s, err := ledger.New(ctx, ledger.Config{KeyFile: cfg.LedgerKeyFile, WriterRole: cfg.LedgerWriterRole}, ledger.Deps{Pool: pool, JS: js, Log: slog, AtomicBatch: cfg.NATSAtomicBatch})
+			s, err := ledger.New(ctx, ledger.Config{KeyFile: cfg.LedgerKeyFile, WriterRole: cfg.LedgerWriterRole, WitnessDir: cfg.LedgerWitnessDir}, ledger.Deps{Pool: pool, JS: js, Log: slog, AtomicBatch: cfg.NATSAtomicBatch})
 			if err != nil {
 				return nil, fmt.Errorf("ledger: %w", err)
 			}
@@ -382,6 +382,11 @@ func (st *Stack) ready(w http.ResponseWriter, r *http.Request) {
 	for _, p := range st.pools {
 		if err := p.Ping(ctx); err != nil {
 			probs = append(probs, "database: "+err.Error())
+		}
+	}
+	if st.Ledger != nil {
+		if err := st.Ledger.Ready(); err != nil {
+			probs = append(probs, err.Error())
 		}
 	}
 	if len(probs) > 0 {

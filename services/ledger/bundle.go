@@ -22,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -211,12 +212,24 @@ func (s *Service) provedEntries(ctx context.Context, seqs []int64, cp *ledgerv1.
 	}
 	var st *nodeStore
 	if cp.Note != "" {
-		// Every leaf of the checkpoint's tree, to build the proofs from.
-		rows, err := tx.Query(ctx, "SELECT hash FROM entries WHERE seq <= $1 ORDER BY seq", cp.Seq)
+		// Every leaf of the checkpoint's tree, to build the proofs from: the pruned ones as
+		// their compact range.
+		var (
+			upTo int64
+			pr   []byte
+		)
+		if err := tx.QueryRow(ctx, "SELECT up_to_seq, tree_range FROM prunes ORDER BY up_to_seq DESC LIMIT 1").Scan(&upTo, &pr); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return nil, 0, err
+		}
+		prefix, err := decodeRange(upTo, pr)
+		if err != nil || (upTo > 0 && pr == nil) {
+			return nil, 0, fmt.Errorf("the pruned entries 1..%d have no usable tree range: cannot prove inclusion", upTo)
+		}
+		rows, err := tx.Query(ctx, "SELECT hash FROM entries WHERE seq > $1 AND seq <= $2 ORDER BY seq", upTo, cp.Seq)
 		if err != nil {
 			return nil, 0, err
 		}
-		leaves := make([][]byte, 0, cp.Seq)
+		leaves := make([][]byte, 0, cp.Seq-upTo)
 		for rows.Next() {
 			var h []byte
 			if err := rows.Scan(&h); err != nil {
@@ -229,10 +242,12 @@ func (s *Service) provedEntries(ctx context.Context, seqs []int64, cp *ledgerv1.
 		if err := rows.Err(); err != nil {
 			return nil, 0, err
 		}
-		if int64(len(leaves)) != cp.Seq {
-			return nil, 0, fmt.Errorf("the tree of checkpoint %d has %d leaves in the database (pruned?): cannot prove inclusion", cp.Seq, len(leaves))
+		if int64(len(leaves)) != cp.Seq-upTo {
+			return nil, 0, fmt.Errorf("the tree of checkpoint %d has %d of its entries %d..%d in the database: cannot prove inclusion", cp.Seq, len(leaves), upTo+1, cp.Seq)
 		}
-		st = newNodeStore(leaves)
+		if st, err = newNodeStoreFrom(prefix, leaves); err != nil {
+			return nil, 0, err
+		}
 		if got, err := st.root(); err != nil || !bytes.Equal(got, cp.HeadHash) {
 			return nil, 0, fmt.Errorf("the database's tree of %d entries does not match checkpoint %d (run tenurectl ledger verify)", cp.Seq, cp.Seq)
 		}
@@ -308,7 +323,12 @@ func verifyProofs(path string, cp *ledgerv1.Checkpoint, m *Manifest, rep *Bundle
 			}
 		}
 		if err := VerifyInclusion(e.Seq, cp.Seq, e.Hash, p, cp.HeadHash); err != nil {
-			return fmt.Errorf("entry %d is not in the tree of the signed checkpoint (%d entries, root %s): %w", e.Seq, cp.Seq, short(cp.HeadHash), err)
+			why := err.Error()
+			var mismatch proof.RootMismatchError
+			if errors.As(err, &mismatch) {
+				why = fmt.Sprintf("its inclusion proof leads to root %s", short(mismatch.CalculatedRoot))
+			}
+			return fmt.Errorf("entry %d is not in the tree of the signed checkpoint (%d entries, root %s): %s", e.Seq, cp.Seq, short(cp.HeadHash), why)
 		}
 		rep.Entries++
 		rep.Proved++

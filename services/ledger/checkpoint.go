@@ -348,10 +348,21 @@ func (s *Service) reference(ctx context.Context, tx pgx.Tx) (*signedTree, error)
 		t.rng = r
 		return t, nil
 	}
-	// No usable stored range: compute it (from memory's range when there is one).
+	// No usable stored range: compute it (from memory's range when there is one, else from
+	// the last prune's).
 	base, start := rangeFactory.NewEmptyRange(0), int64(0)
 	if ref != nil {
 		base, start = cloneRange(ref.rng), ref.size
+	} else {
+		var upTo int64
+		var pr []byte
+		err := tx.QueryRow(ctx, "SELECT up_to_seq, tree_range FROM prunes WHERE tree_range IS NOT NULL ORDER BY up_to_seq DESC LIMIT 1").Scan(&upTo, &pr)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return nil, err
+		}
+		if r, derr := decodeRange(upTo, pr); err == nil && derr == nil && upTo <= newest.Size {
+			base, start = r, upTo
+		}
 	}
 	var n int64
 	if err := tx.QueryRow(ctx, "SELECT seq FROM head").Scan(&n); err != nil {
@@ -472,7 +483,8 @@ func (s *Service) checkpointLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.CheckpointInterval)
 	defer t.Stop()
 	for {
-		if _, err := s.Checkpoint(ctx); err != nil && ctx.Err() == nil {
+		// An inconsistency is logged (at error) and announced once, when it is found.
+		if _, err := s.Checkpoint(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, ErrInconsistent) {
 			s.log.ErrorContext(ctx, "checkpoint failed", "err", err)
 		}
 		select {

@@ -65,6 +65,29 @@ func TestArchiveThenPrune(t *testing.T) {
 	}
 	appendAll(t, s, sampleEntries(t, "c", 3), 3)
 	verifyOK(t, s, 3)
+	// After the prunes the tree goes on from the pruned prefix's compact range: a new
+	// checkpoint, an evidence bundle with inclusion proofs, and a check against an older
+	// checkpoint all still work.
+	var older []byte
+	if err := pool.QueryRow(ctx, "SELECT note FROM checkpoints WHERE seq = 20").Scan(&older); err != nil {
+		t.Fatal(err)
+	}
+	checkpoint()
+	ev, err := s.ExportEvidence(ctx, &ledgerv1.ExportEvidenceRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir() + "/evidence"
+	if err := WriteBundle(dir, ev.Files); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := VerifyBundle(dir, s.PublicKey()); err != nil || rep.Proved == 0 {
+		t.Fatalf("evidence after prunes = %+v, %v", rep, err)
+	}
+	res, err = s.VerifyAgainst(ctx, older)
+	if err != nil || !res.Ok || res.WitnessedSize != 20 || VerifyConsistency(20, res.TreeSize, res.ConsistencyProof, res.WitnessedRoot, res.HeadHash) != nil {
+		t.Fatalf("VerifyAgainst(checkpoint 20) after prunes = %+v, %v", res, err)
+	}
 }
 
 // Deleting recent history and recording it as a prune does not pass: the anchoring

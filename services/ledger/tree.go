@@ -233,37 +233,67 @@ func VerifyConsistency(size1, size2 int64, proofHashes [][]byte, root1, root2 []
 }
 
 // nodeStore is every node hash of a tree, level by level, built from its leaf hashes; it
-// answers proofs.
+// answers proofs. After a prune, the tree's first leaves are gone: their compact range stands
+// in for them (every node an inclusion or consistency proof needs there is one of its nodes,
+// since those are the largest subtrees left of the kept leaves).
 type nodeStore struct {
 	size   uint64
-	levels [][][]byte
+	levels [][][]byte                // levels[l][i - first[l]]
+	first  []uint64                  // index of levels[l][0]
+	prefix map[compact.NodeID][]byte // the pruned prefix's compact range
 }
 
 func newNodeStore(leaves [][]byte) *nodeStore {
-	st := &nodeStore{size: uint64(len(leaves))}
-	r := rangeFactory.NewEmptyRange(0)
+	st, _ := newNodeStoreFrom(rangeFactory.NewEmptyRange(0), leaves)
+	return st
+}
+
+// newNodeStoreFrom builds the store of the tree whose first leaves have the compact range
+// prefix (from 0) and whose other leaves are leaves.
+func newNodeStoreFrom(prefix *compact.Range, leaves [][]byte) (*nodeStore, error) {
+	st := &nodeStore{size: prefix.End() + uint64(len(leaves)), prefix: map[compact.NodeID][]byte{}}
+	for i, id := range compact.RangeNodes(prefix.Begin(), prefix.End(), nil) {
+		st.prefix[id] = prefix.Hashes()[i]
+	}
+	r := cloneRange(prefix)
+	var bad error
 	for _, l := range leaves {
-		_ = r.Append(l, func(id compact.NodeID, h []byte) {
+		if err := r.Append(l, func(id compact.NodeID, h []byte) {
 			for uint(len(st.levels)) <= id.Level {
 				st.levels = append(st.levels, nil)
+				st.first = append(st.first, id.Index)
 			}
 			lv := st.levels[id.Level]
-			if uint64(len(lv)) != id.Index {
-				panic("node store: nodes out of order")
+			if len(lv) == 0 {
+				st.first[id.Level] = id.Index
+			}
+			if st.first[id.Level]+uint64(len(lv)) != id.Index {
+				bad = errors.New("node store: nodes out of order")
 			}
 			st.levels[id.Level] = append(lv, h)
-		})
+		}); err != nil {
+			return nil, err
+		}
 	}
-	return st
+	return st, bad
+}
+
+func (st *nodeStore) node(id compact.NodeID) []byte {
+	if h, ok := st.prefix[id]; ok {
+		return h
+	}
+	if int(id.Level) >= len(st.levels) || id.Index < st.first[id.Level] || id.Index-st.first[id.Level] >= uint64(len(st.levels[id.Level])) {
+		return nil
+	}
+	return st.levels[id.Level][id.Index-st.first[id.Level]]
 }
 
 func (st *nodeStore) fetch(n proof.Nodes) ([][]byte, error) {
 	hs := make([][]byte, len(n.IDs))
 	for i, id := range n.IDs {
-		if int(id.Level) >= len(st.levels) || id.Index >= uint64(len(st.levels[id.Level])) {
+		if hs[i] = st.node(id); hs[i] == nil {
 			return nil, fmt.Errorf("node %d/%d is not in the tree of %d", id.Level, id.Index, st.size)
 		}
-		hs[i] = st.levels[id.Level][id.Index]
 	}
 	return n.Rehash(hs, hasher.HashChildren)
 }
@@ -277,10 +307,9 @@ func (st *nodeStore) root() ([]byte, error) {
 	ids := compact.RangeNodes(0, st.size, nil)
 	hs := make([][]byte, len(ids))
 	for i, id := range ids {
-		if int(id.Level) >= len(st.levels) || id.Index >= uint64(len(st.levels[id.Level])) {
+		if hs[i] = st.node(id); hs[i] == nil {
 			return nil, fmt.Errorf("node %d/%d is missing", id.Level, id.Index)
 		}
-		hs[i] = st.levels[id.Level][id.Index]
 	}
 	r, err := rangeFactory.NewRange(0, st.size, hs)
 	if err != nil {

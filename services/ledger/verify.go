@@ -237,6 +237,12 @@ func (s *Service) VerifyAgainst(ctx context.Context, witnessed []byte) (*ledgerv
 				for _, id := range proofNodes.IDs {
 					wantNodes[id] = nil
 				}
+				// After a prune, the pruned prefix's nodes are its compact range.
+				for i, id := range compact.RangeNodes(0, prefix.End(), nil) {
+					if _, ok := wantNodes[id]; ok {
+						wantNodes[id] = prefix.Hashes()[i]
+					}
+				}
 			}
 		}
 	}
@@ -346,7 +352,11 @@ func (s *Service) VerifyAgainst(ctx context.Context, witnessed []byte) (*ledgerv
 			return broken(&problem{good + 1, fmt.Sprintf("the witness (%s) holds a checkpoint of %d entries with root %s (signed %s), but the database's tree of the first %d entries has root %s: history was rewritten in entries %d..%d",
 				res.WitnessedFrom, wcp.Size, short(wcp.Root), wcp.SignedAt.Format(time.RFC3339), wcp.Size, short(got), min(good, wcp.Size)+1, wcp.Size), "fork"})
 		}
-		if wantNodes != nil {
+		complete := wantNodes != nil
+		for _, h := range wantNodes {
+			complete = complete && h != nil // a node inside a pruned prefix: no proof
+		}
+		if complete {
 			hs := make([][]byte, len(proofNodes.IDs))
 			for i, id := range proofNodes.IDs {
 				hs[i] = wantNodes[id]

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -69,26 +70,26 @@ func LatestWitnessed(ctx context.Context, js jetstream.JetStream) ([]byte, error
 	return m.Data, nil
 }
 
-// DirWitness appends each checkpoint as a file of its own to a directory (an append-only
-// mount, or a directory synced to object storage with object lock). A file is never
-// overwritten.
+// DirWitness keeps each checkpoint as a file of its own under a directory (an append-only
+// mount, or a directory synced to object storage with object lock), one folder per UTC day:
+// <dir>/YYYY/MM/DD/<size, 20 digits>-<hash>.checkpoint. A file is never overwritten.
 type DirWitness struct{ Dir string }
 
 var _ Witness = DirWitness{}
 
 func (w DirWitness) Name() string { return "directory " + w.Dir }
 
-// witnessFileName sorts by tree size: <size, 20 digits>-<note hash>.checkpoint.
 func witnessFileName(size int64, note []byte) string {
 	sum := sha256.Sum256(note)
 	return fmt.Sprintf("%020d-%s.checkpoint", size, hex.EncodeToString(sum[:8]))
 }
 
 func (w DirWitness) Publish(_ context.Context, size int64, note []byte) error {
-	if err := os.MkdirAll(w.Dir, 0o750); err != nil {
+	day := filepath.Join(w.Dir, time.Now().UTC().Format("2006/01/02"))
+	if err := os.MkdirAll(day, 0o750); err != nil {
 		return fmt.Errorf("witness %s: %w", w.Dir, err)
 	}
-	p := filepath.Join(w.Dir, witnessFileName(size, note))
+	p := filepath.Join(day, witnessFileName(size, note))
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o440)
 	if errors.Is(err, os.ErrExist) {
 		return nil // the same note, published before
@@ -107,27 +108,41 @@ func (w DirWitness) Publish(_ context.Context, size int64, note []byte) error {
 	return f.Close()
 }
 
+// Latest reads the largest checkpoint of the newest day.
 func (w DirWitness) Latest(context.Context) ([]byte, error) {
-	des, err := os.ReadDir(w.Dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("witness %s: %w", w.Dir, err)
-	}
-	var names []string
-	for _, de := range des {
-		if strings.HasSuffix(de.Name(), ".checkpoint") {
-			names = append(names, de.Name())
+	dir := w.Dir
+	for depth := 0; depth < 3; depth++ { // year, month, day
+		names, err := sortedNames(dir, func(n string) bool { return len(n) >= 2 && strings.Trim(n, "0123456789") == "" })
+		if err != nil || len(names) == 0 {
+			return nil, err
 		}
+		dir = filepath.Join(dir, names[len(names)-1])
 	}
-	if len(names) == 0 {
-		return nil, nil
+	names, err := sortedNames(dir, func(n string) bool { return strings.HasSuffix(n, ".checkpoint") })
+	if err != nil || len(names) == 0 {
+		return nil, err
 	}
-	slices.Sort(names)
-	b, err := os.ReadFile(filepath.Join(w.Dir, names[len(names)-1]))
+	b, err := os.ReadFile(filepath.Join(dir, names[len(names)-1]))
 	if err != nil {
 		return nil, fmt.Errorf("witness %s: %w", w.Dir, err)
 	}
 	return b, nil
+}
+
+func sortedNames(dir string, keep func(string) bool) ([]string, error) {
+	des, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("witness %s: %w", dir, err)
+	}
+	var names []string
+	for _, de := range des {
+		if keep(de.Name()) {
+			names = append(names, de.Name())
+		}
+	}
+	slices.Sort(names)
+	return names, nil
 }
