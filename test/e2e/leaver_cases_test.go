@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,5 +146,101 @@ func TestDevLeaverRevocationsAllConfirmed(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// HR events arriving while leaver cases still verify never leave a case open (issue 16,
+// point 5): six RN leavers, each termination followed at once by the same hire re-sent under
+// a new delivery id and a job change. Every case completes with its four accounts verified
+// disabled, and no account of theirs can log in, read from the target itself.
+func TestDevEventsDuringLeaverCases(t *testing.T) {
+	ctx := context.Background()
+	d, err := app.StartDev(ctx, app.DevOptions{DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSPort: -1, Log: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop() })
+	hook := "http://" + d.HTTPAddr + "/webhooks/" + d.Secrets.WebhookSource
+	prov := provisionerv1.NewProvisioningServiceClient(dial(t, d.GRPCAddr, d.Secrets.Tokens["admin"]))
+
+	workers := make([]string, 6)
+	hires := make([][]byte, len(workers))
+	for i := range workers {
+		workers[i] = fmt.Sprintf("w-open-%d", i)
+		hires[i] = hrEvent("hire", workers[i], "RN", fmt.Sprintf("open%d@clinic.example", i))
+		if code, res := postWebhook(t, hook, d.Secrets.WebhookSecret, "hire-"+workers[i], hires[i]); code != 202 {
+			t.Fatalf("hire %s: %d %v", workers[i], code, res)
+		}
+	}
+	for _, w := range workers {
+		waitAccountsEnabled(t, d, w, 4)
+	}
+	for i, w := range workers {
+		if code, res := postWebhook(t, hook, d.Secrets.WebhookSecret, "term-"+w, hrEvent("termination", w, "", "")); code != 202 {
+			t.Fatalf("termination %s: %d %v", w, code, res)
+		}
+		// Whatever the intake answers (accepted, or no effect for a worker who has left), the
+		// leaver case must not be left open by them.
+		for id, body := range map[string][]byte{"hire-again-" + w: hires[i], "job-" + w: hrEvent("job_change", w, "CLERK", "")} {
+			if code, res := postWebhook(t, hook, d.Secrets.WebhookSecret, id, body); code/100 != 2 {
+				t.Fatalf("%s: %d %v", id, code, res)
+			}
+		}
+	}
+
+	db, err := pgx.Connect(ctx, d.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	for _, w := range workers {
+		eventually(t, 60*time.Second, "leaver case of "+w+" completed, every account verified disabled", func() error {
+			r, err := prov.GetLeaverCase(ctx, &provisionerv1.GetLeaverCaseRequest{WorkerId: w})
+			if err != nil {
+				return err
+			}
+			c := r.LeaverCase
+			if c.Status != eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED || len(c.Accounts) != 4 {
+				return fmt.Errorf("case %v", c)
+			}
+			for _, a := range c.Accounts {
+				if a.Status != "verified" || a.ObservedState != eventsv1.AccountState_ACCOUNT_STATE_DISABLED {
+					return fmt.Errorf("case account %v", a)
+				}
+			}
+			return nil
+		})
+	}
+	var open int
+	if err := db.QueryRow(ctx, "SELECT count(*) FROM provisioner.cases WHERE worker_id = ANY($1) AND status = 'open'", workers).Scan(&open); err != nil || open != 0 {
+		t.Fatalf("%d cases open (%v)", open, err)
+	}
+	// Settled: nothing in flight re-enables an account afterwards.
+	eventually(t, 30*time.Second, "every account settled", func() error {
+		for _, w := range workers {
+			res, err := prov.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: w})
+			if err != nil {
+				return err
+			}
+			for _, a := range res.Accounts {
+				if a.ObservedGeneration != a.Generation || a.DesiredState != eventsv1.AccountState_ACCOUNT_STATE_DISABLED {
+					return fmt.Errorf("%s: account %v", w, a)
+				}
+			}
+		}
+		return nil
+	})
+	for _, w := range workers {
+		res, err := prov.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: w})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range res.Accounts {
+			role := strings.TrimPrefix(a.Connector, "demo-") + "_" + a.Username
+			var login bool
+			if err := db.QueryRow(ctx, "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", role).Scan(&login); err != nil || login {
+				t.Errorf("%s: role %s can log in: %v (%v)", w, role, login, err)
+			}
+		}
 	}
 }
