@@ -206,7 +206,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			// not configured, or an entitlement its connector does not define, fails the start.
 			acfg := approval.Config{Policy: o.Policy, PolicyFile: cfg.Policy}
 			if cfg.Connectors != "" {
-				if acfg.Connectors, err = connector.LoadConfigs(cfg.Connectors); err != nil {
+				if acfg.Connectors, err = LoadConnectors(cfg.Connectors); err != nil {
 					return nil, err
 				}
 			}
