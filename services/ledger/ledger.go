@@ -234,7 +234,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	}
 	s.signer = signer
 	if d.JS != nil {
-		s.witnesses = append(s.witnesses, StreamWitness{JS: d.JS})
+		s.witnesses = append(s.witnesses, &StreamWitness{JS: d.JS})
 	}
 	if cfg.WitnessDir != "" {
 		s.witnesses = append(s.witnesses, DirWitness{Dir: cfg.WitnessDir})
