@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tenure-dev/tenure/pkg/events"
@@ -101,6 +103,9 @@ func wantRefuses(t *testing.T, a *attackEnv, s *Service, finding string) {
 	}
 	if s.Ready() == nil {
 		t.Error("Ready = nil after the ledger refused to sign")
+	}
+	if _, err := s.ExportEvidence(context.Background(), &ledgerv1.ExportEvidenceRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("ExportEvidence while refusing = %v, want FailedPrecondition", err)
 	}
 	// It stays refused: the next attempt does not sign either.
 	if _, err := s.Checkpoint(context.Background()); !errors.Is(err, ErrInconsistent) {
