@@ -175,6 +175,10 @@ func TestAttacksAsSuperuser(t *testing.T) {
 		a.exec(t, disableAll, "DELETE FROM ledger.checkpoints WHERE seq >= 10")
 		rewriteChain(t, a.s, 7, func(e *entry) { e.Actor = "mallory" })
 		wantTampered(t, a.s, "fork", "holds a checkpoint of 30 entries with root", "the database's tree of the first 30 entries has root", "rewritten in entries 1..30")
+		// Even before new events arrive, the next tick finds it.
+		if _, err := a.s.Checkpoint(context.Background()); !errors.Is(err, ErrInconsistent) {
+			t.Fatalf("Checkpoint on an idle ledger after the rewrite = %v, want ErrInconsistent", err)
+		}
 		// The running ledger refuses to sign the forged tree once new events arrive...
 		wantRefuses(t, a, a.s, "fork")
 		// ... and so does a restarted one, from the witness.
