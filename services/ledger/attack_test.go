@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tenure-dev/tenure/pkg/events"
@@ -102,6 +104,9 @@ func wantRefuses(t *testing.T, a *attackEnv, s *Service, finding string) {
 	if s.Ready() == nil {
 		t.Error("Ready = nil after the ledger refused to sign")
 	}
+	if _, err := s.ExportEvidence(context.Background(), &ledgerv1.ExportEvidenceRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("ExportEvidence while refusing = %v, want FailedPrecondition", err)
+	}
 	// It stays refused: the next attempt does not sign either.
 	if _, err := s.Checkpoint(context.Background()); !errors.Is(err, ErrInconsistent) {
 		t.Errorf("second Checkpoint = %v", err)
@@ -170,6 +175,10 @@ func TestAttacksAsSuperuser(t *testing.T) {
 		a.exec(t, disableAll, "DELETE FROM ledger.checkpoints WHERE seq >= 10")
 		rewriteChain(t, a.s, 7, func(e *entry) { e.Actor = "mallory" })
 		wantTampered(t, a.s, "fork", "holds a checkpoint of 30 entries with root", "the database's tree of the first 30 entries has root", "rewritten in entries 1..30")
+		// Even before new events arrive, the next tick finds it.
+		if _, err := a.s.Checkpoint(context.Background()); !errors.Is(err, ErrInconsistent) {
+			t.Fatalf("Checkpoint on an idle ledger after the rewrite = %v, want ErrInconsistent", err)
+		}
 		// The running ledger refuses to sign the forged tree once new events arrive...
 		wantRefuses(t, a, a.s, "fork")
 		// ... and so does a restarted one, from the witness.

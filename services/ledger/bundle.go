@@ -124,6 +124,9 @@ func (s *Service) sealBundle(m Manifest, files []*ledgerv1.BundleFile) ([]*ledge
 // anchor signs a checkpoint of the current head when one is due and returns the newest.
 func (s *Service) anchor(ctx context.Context) (*ledgerv1.Checkpoint, error) {
 	if _, err := s.Checkpoint(ctx); err != nil {
+		if errors.Is(err, ErrInconsistent) {
+			return nil, status.Errorf(codes.FailedPrecondition, "%v: evidence is not exported until an operator acts (docs/ledger.md)", err)
+		}
 		return nil, err
 	}
 	var (

@@ -191,7 +191,7 @@ func (s *Service) Checkpoint(ctx context.Context) (*ledgerv1.Checkpoint, error) 
 		if err := tx.QueryRow(ctx, `SELECT h.seq, h.hash, h.tree_range, clock_timestamp(), coalesce((SELECT max(seq) FROM checkpoints), 0) FROM head h`).Scan(&seq, &root, &rng, &now, &last); err != nil {
 			return fmt.Errorf("read head: %w", err)
 		}
-		ready = rng != nil || seq == 0 // a legacy head becomes a tree at the next append
+		ready = rng != nil // an empty or legacy head becomes a tree at the next append
 		ref, err := s.reference(ctx, tx)
 		var we *witnessError
 		if errors.As(err, &we) {
@@ -211,15 +211,11 @@ func (s *Service) Checkpoint(ctx context.Context) (*ledgerv1.Checkpoint, error) 
 					seq, short(root), ref.size, short(ref.root), ref.from)}
 			return nil
 		}
-		if seq <= last || !ready {
+		if !ready {
 			return nil
 		}
-		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM entries WHERE seq > $1 AND seq <= $2 AND type <> $3)", last, seq, checkpointType).Scan(&due); err != nil {
-			return err
-		}
-		if !due {
-			return nil
-		}
+		// The database's tree must extend the signed one: checked on every tick, due or not,
+		// so a rewrite is found within CheckpointInterval even on an idle ledger.
 		tree, err := rangeFromHashes(ctx, tx, ref.size, cloneRange(ref.rng), seq)
 		if err != nil {
 			return fmt.Errorf("extend the signed tree of %d entries to %d: %w", ref.size, seq, err)
@@ -228,6 +224,15 @@ func (s *Service) Checkpoint(ctx context.Context) (*ledgerv1.Checkpoint, error) 
 			inc = &Inconsistency{Finding: "fork", SignedSize: ref.size, SignedRoot: ref.root, SignedFrom: ref.from, DatabaseSize: seq, DatabaseRoot: root,
 				Detail: fmt.Sprintf("the database's tree of %d entries has root %s, but extending the checkpoint of %d entries (root %s) signed before (%s) with the stored entries gives %s: entries up to %d were rewritten",
 					seq, short(root), ref.size, short(ref.root), ref.from, short(got), ref.size)}
+			return nil
+		}
+		if seq <= last {
+			return nil
+		}
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM entries WHERE seq > $1 AND seq <= $2 AND type <> $3)", last, seq, checkpointType).Scan(&due); err != nil {
+			return err
+		}
+		if !due {
 			return nil
 		}
 		now = dbTime(now)

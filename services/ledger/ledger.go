@@ -1,9 +1,11 @@
 // Package ledger is tenure's audit ledger: it records every event on the events stream
-// (tenure.>) exactly once, in one append-only SHA-256 hash chain in PostgreSQL, and answers
+// (tenure.>) exactly once, as a leaf of one append-only RFC 6962 Merkle tree in PostgreSQL,
+// signs checkpoints of the tree that witnesses outside PostgreSQL keep, and answers
 // auditors over gRPC (LedgerService: Query, Verify).
 //
 // Any number of replicas may run: they share the durable consumer "ledger", and each batch
-// is appended while the single head row is locked, so the chain stays one gapless sequence.
+// is appended while the single head row is locked, so the tree's leaves stay one gapless
+// sequence.
 // An event is identified by its CloudEvents id, so a redelivery or a re-driven dead letter
 // is never recorded twice.
 package ledger
@@ -64,7 +66,7 @@ type Config struct {
 	MaxAckPending int
 	// VerifyPageSize is how many entries one Verify worker reads per COPY (default 10,000).
 	VerifyPageSize int
-	// VerifyWorkers is how many connections Verify reads the chain with in parallel, in one
+	// VerifyWorkers is how many connections Verify reads the entries with in parallel, in one
 	// snapshot (default 3: on 2 cores, 3 beat 2 by a quarter, 4 add little). Each checks its
 	// pages' entries; the links between pages are checked when the pages are joined.
 	VerifyWorkers int
@@ -234,7 +236,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 	}
 	s.signer = signer
 	if d.JS != nil {
-		s.witnesses = append(s.witnesses, StreamWitness{JS: d.JS})
+		s.witnesses = append(s.witnesses, &StreamWitness{JS: d.JS})
 	}
 	if cfg.WitnessDir != "" {
 		s.witnesses = append(s.witnesses, DirWitness{Dir: cfg.WitnessDir})
@@ -333,7 +335,7 @@ func grantWriter(ctx context.Context, admin *pgxpool.Pool, role string) error {
 // an event (there is no dead letter for the audit trail: it retries until it records).
 func consumerConfig(cfg Config) jetstream.ConsumerConfig {
 	c := natsx.ConsumerSpec{Durable: Durable, AckWait: cfg.AckWait, MaxAckPending: cfg.MaxAckPending}.Config()
-	c.Description = "tenure ledger: records every event in the hash chain"
+	c.Description = "tenure ledger: records every event in the Merkle tree"
 	c.MaxDeliver = -1
 	c.FilterSubject = ""
 	c.FilterSubjects = nil
@@ -458,7 +460,7 @@ func (s *Service) record(ctx context.Context, msgs []jetstream.Msg) {
 	}
 }
 
-// appendEntries appends es, in order, to the chain in one transaction and returns how many
+// appendEntries appends es, in order, to the tree in one transaction and returns how many
 // were new. Events already in the ledger (by msg_id), and repeats within es, are skipped.
 // It is safe to call concurrently, from any number of processes: the head row lock
 // serializes appenders. es are not modified.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,13 +34,18 @@ type Witness interface {
 
 // StreamWitness is the JetStream witness: natsx.WitnessStream (no delete, no purge), subject
 // natsx.WitnessSubject.
-type StreamWitness struct{ JS jetstream.JetStream }
+type StreamWitness struct {
+	JS jetstream.JetStream
 
-var _ Witness = StreamWitness{}
+	mu     sync.Mutex
+	stream jetstream.Stream // looked up once
+}
 
-func (StreamWitness) Name() string { return "stream " + natsx.WitnessStream }
+var _ Witness = (*StreamWitness)(nil)
 
-func (w StreamWitness) Publish(ctx context.Context, size int64, note []byte) error {
+func (*StreamWitness) Name() string { return "stream " + natsx.WitnessStream }
+
+func (w *StreamWitness) Publish(ctx context.Context, size int64, note []byte) error {
 	sum := sha256.Sum256(note)
 	m := &nats.Msg{Subject: natsx.WitnessSubject, Data: note, Header: nats.Header{}}
 	m.Header.Set("Tenure-Tree-Size", fmt.Sprint(size))
@@ -49,8 +55,20 @@ func (w StreamWitness) Publish(ctx context.Context, size int64, note []byte) err
 	return nil
 }
 
-func (w StreamWitness) Latest(ctx context.Context) ([]byte, error) {
-	return LatestWitnessed(ctx, w.JS)
+func (w *StreamWitness) Latest(ctx context.Context) ([]byte, error) {
+	w.mu.Lock()
+	st := w.stream
+	w.mu.Unlock()
+	if st == nil {
+		var err error
+		if st, err = w.JS.Stream(ctx, natsx.WitnessStream); err != nil {
+			return nil, fmt.Errorf("witness %s: %w", natsx.WitnessStream, err)
+		}
+		w.mu.Lock()
+		w.stream = st
+		w.mu.Unlock()
+	}
+	return latestOn(ctx, st)
 }
 
 // LatestWitnessed reads the newest checkpoint note on the witness stream (nil when none).
@@ -60,6 +78,10 @@ func LatestWitnessed(ctx context.Context, js jetstream.JetStream) ([]byte, error
 	if err != nil {
 		return nil, fmt.Errorf("witness %s: %w", natsx.WitnessStream, err)
 	}
+	return latestOn(ctx, st)
+}
+
+func latestOn(ctx context.Context, st jetstream.Stream) ([]byte, error) {
 	m, err := st.GetLastMsgForSubject(ctx, natsx.WitnessSubject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil

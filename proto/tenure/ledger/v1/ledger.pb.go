@@ -363,7 +363,7 @@ type VerifyResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Ok             bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
 	EntriesChecked int64                  `protobuf:"varint,2,opt,name=entries_checked,json=entriesChecked,proto3" json:"entries_checked,omitempty"`
-	// First entry whose hash or link does not hold (0 when ok).
+	// First entry the problem concerns (0 when ok).
 	FirstBrokenSeq int64  `protobuf:"varint,3,opt,name=first_broken_seq,json=firstBrokenSeq,proto3" json:"first_broken_seq,omitempty"`
 	Problem        string `protobuf:"bytes,4,opt,name=problem,proto3" json:"problem,omitempty"`
 	HeadHash       []byte `protobuf:"bytes,5,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`

@@ -33,11 +33,13 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// LedgerService answers auditors from the hash-chained audit trail.
+// LedgerService answers auditors from the audit trail: an RFC 6962 Merkle tree of every event,
+// with signed, witnessed checkpoints (docs/ledger.md).
 type LedgerServiceClient interface {
 	// Query returns entries in ledger order, filtered.
 	Query(ctx context.Context, in *QueryRequest, opts ...grpc.CallOption) (*QueryResponse, error)
-	// Verify walks the hash chain and the signed checkpoints and reports the first break.
+	// Verify checks the entries, the tree and the signed checkpoints, and that the tree extends a
+	// witnessed checkpoint; it reports the first problem and what it is (finding).
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
 	// ListCheckpoints lists signed checkpoints in sequence order.
 	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
@@ -158,11 +160,13 @@ type LedgerService_WatchRevocationsClient = grpc.ServerStreamingClient[WatchRevo
 // All implementations must embed UnimplementedLedgerServiceServer
 // for forward compatibility.
 //
-// LedgerService answers auditors from the hash-chained audit trail.
+// LedgerService answers auditors from the audit trail: an RFC 6962 Merkle tree of every event,
+// with signed, witnessed checkpoints (docs/ledger.md).
 type LedgerServiceServer interface {
 	// Query returns entries in ledger order, filtered.
 	Query(context.Context, *QueryRequest) (*QueryResponse, error)
-	// Verify walks the hash chain and the signed checkpoints and reports the first break.
+	// Verify checks the entries, the tree and the signed checkpoints, and that the tree extends a
+	// witnessed checkpoint; it reports the first problem and what it is (finding).
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
 	// ListCheckpoints lists signed checkpoints in sequence order.
 	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
