@@ -54,9 +54,14 @@ type applyResult struct {
 	noEffect string
 	// finding is raised for an operator with the event (findings.go).
 	finding *finding
+	// joiner: the event brings the worker in (a hire, a rehire, or a rescind that lets a
+	// blocked hire apply); changes waiting for the hire are released.
+	joiner bool
 	// forget: the worker's record is removed (a rescind of a termination of a worker never
 	// hired: they are unknown again).
 	forget bool
+	// then: events of changes that waited for this hire and applied right after it.
+	then []events.Event
 	// waitForHire: a change for a worker not hired yet is held until the hire applies
 	// (shuffled delivery: HR's job change can arrive before its hire), then fires in order.
 	waitForHire bool
@@ -127,7 +132,77 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, p pending) (applyResult,
 	if err := br.Close(); err != nil {
 		return applyResult{}, err
 	}
+	if pl.writeRecord && pl.joiner {
+		if pl.then, err = s.releaseWaiting(ctx, tx, p.c.worker.WorkerId); err != nil {
+			return applyResult{}, err
+		}
+	}
 	return pl.applyResult, nil
+}
+
+// releaseWaiting applies, in tx and in effective-time order, the changes that waited for the
+// worker's hire (just applied in tx), as if they had arrived right after it; one effective
+// later than now goes back to the schedule. It returns the events to publish after the
+// hire's, in order (the caller puts them in the outbox).
+func (s *Service) releaseWaiting(ctx context.Context, tx pgx.Tx, worker string) ([]events.Event, error) {
+	rows, err := tx.Query(ctx, `SELECT event_id, source, source_event_id, event, effective_time, received_at FROM scheduled_events
+		WHERE worker_id = $1 AND state = 'waiting' ORDER BY effective_time, received_at, event_id FOR UPDATE`, worker)
+	if err != nil {
+		return nil, fmt.Errorf("intake: read waiting events: %w", err)
+	}
+	type waiting struct {
+		eventID, source, sourceEventID string
+		body                           []byte
+		eff, received                  time.Time
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (waiting, error) {
+		var x waiting
+		return x, r.Scan(&x.eventID, &x.source, &x.sourceEventID, &x.body, &x.eff, &x.received)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("intake: read waiting events: %w", err)
+	}
+	now := s.now()
+	var out []events.Event
+	for _, x := range list {
+		state, why := "fired", ""
+		var ev HREvent
+		c, err := func() (change, error) {
+			if err := json.Unmarshal(x.body, &ev); err != nil {
+				return change{}, Unprocessable("", "held event is not readable: %v", err)
+			}
+			return validate(ev)
+		}()
+		switch {
+		case err != nil:
+			state, why = "failed", err.Error()
+		case x.eff.After(now):
+			state = "scheduled" // the scheduler fires it at its time
+		default:
+			ar, err := s.apply(ctx, tx, pending{source: x.source, sourceEventID: x.sourceEventID, eventID: x.eventID, c: c,
+				eff: x.eff, received: x.received, actor: "hris:" + x.source, fromSchedule: true})
+			var ie *InputError
+			switch {
+			case errors.As(err, &ie):
+				state, why = "failed", ie.Error()
+			case err != nil:
+				return nil, err
+			default:
+				if ar.publish {
+					out = append(out, ar.ev)
+				}
+				out = append(out, ar.then...)
+			}
+		}
+		done := &now
+		if state == "scheduled" {
+			done = nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE scheduled_events SET state = $2, error = $3, done_at = $4 WHERE event_id = $1`, x.eventID, state, why, done); err != nil {
+			return nil, fmt.Errorf("intake: release held event: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // plan decides how an event applies (see apply) without writing the record or the history;
@@ -149,6 +224,8 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 		curStatus = cur.worker.Status
 	}
 	res := applyResult{publish: true, writeRecord: true}
+	// What is published; a rescind that lets a blocked hire apply publishes that joiner.
+	hrType, reason := p.c.hrType, p.c.reason
 	writeEff := eff
 	terminated := curStatus == eventsv1.WorkerStatus_WORKER_STATUS_TERMINATED
 	leaver := et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVER
@@ -159,8 +236,29 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 			return applyPlan{}, err
 		}
 		if base.Status == eventsv1.WorkerStatus_WORKER_STATUS_UNSPECIFIED {
-			res.writeRecord, res.publish, res.forget = false, false, true
-			res.noEffect = "the rescinded termination was of worker " + clip(id) + ", whom tenure never saw hired: the worker is unknown again"
+			// The termination was of a worker never seen hired. A hire that arrived after it
+			// (stale only because of it) applies now, as the joiner it always was; without
+			// one the worker is unknown again, and their hire applies when it comes.
+			hire, hireEff, err := blockedHire(ctx, tx, id)
+			if err != nil {
+				return applyPlan{}, err
+			}
+			if hire == nil {
+				res.writeRecord, res.publish, res.forget = false, false, true
+				res.noEffect = "the rescinded termination was of worker " + clip(id) + ", whom tenure never saw hired: the worker is unknown again"
+				break
+			}
+			w = hire
+			w.Status = eventsv1.WorkerStatus_WORKER_STATUS_ACTIVE
+			et, hrType = eventTypes["hire"], "hire"
+			reason = "termination rescinded: the hire it had blocked applies"
+			if hireEff.After(eff) {
+				eff = hireEff
+			}
+			if cur != nil && eff.Before(cur.effectiveTime) {
+				eff = cur.effectiveTime
+			}
+			writeEff = eff
 			break
 		}
 		fill(w, base)
@@ -263,8 +361,8 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 				EventId:       p.sourceEventID,
 				Source:        p.source,
 				Kind:          et.kind,
-				HrEventType:   p.c.hrType,
-				Reason:        p.c.reason,
+				HrEventType:   hrType,
+				Reason:        reason,
 				Worker:        w,
 				EffectiveTime: timestamppb.New(eff),
 				ReceivedTime:  timestamppb.New(p.received),
@@ -272,6 +370,7 @@ func (s *Service) plan(ctx context.Context, tx pgx.Tx, p pending) (applyPlan, er
 		}
 	}
 	pl := applyPlan{applyResult: res, p: p, w: w, eff: eff, writeEff: writeEff}
+	pl.joiner = et.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER
 	if (res.publish || (cur == nil && leaver)) && p.c.hrType == "termination" {
 		// A contract end is the calendar, not HR: what HR scheduled (a conversion's rehire)
 		// stands.
@@ -318,10 +417,9 @@ func (pl *applyPlan) queueWrites(b *pgx.Batch) error {
 			AND hr_event_type NOT IN ('termination', 'contract_end', 'termination_rescinded', 'rehire')`,
 			id, pl.supersedeAt, supersededBy(p.eventID), p.received)
 	}
-	if pl.writeRecord && pl.p.c.typ.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER {
-		// The hire the changes were waiting for: they fire now, in effective-time order, and
-		// the findings they raised are settled.
-		q(`UPDATE scheduled_events SET state = 'scheduled', error = '' WHERE worker_id = $1 AND state = 'waiting'`, id)
+	if pl.writeRecord && pl.joiner {
+		// The hire the changes were waiting for (they apply after it: releaseWaiting): the
+		// findings they raised are settled.
 		q(`UPDATE findings SET status = 'resolved', resolved_at = $2, resolved_by = 'tenure/intake', resolution = $3
 			WHERE worker_id = $1 AND kind = $4 AND status = 'open' AND hr_event_type NOT IN ('termination', 'contract_end')`,
 			id, p.received, "the hire arrived ("+p.eventID+"); the held changes apply after it", findingUnknownWorker)
@@ -386,6 +484,26 @@ func terminationDate(cur *record) string {
 		return "end date " + cur.worker.EndDate
 	}
 	return "effective " + cur.effectiveTime.UTC().Format(time.RFC3339)
+}
+
+// blockedHire returns the newest hire or rehire recorded as stale for the worker (one that a
+// termination of a worker never seen made stale), with its effective time; nil if none.
+func blockedHire(ctx context.Context, tx pgx.Tx, id string) (*eventsv1.Worker, time.Time, error) {
+	var raw []byte
+	var eff time.Time
+	err := tx.QueryRow(ctx, `SELECT record, effective_time FROM worker_history WHERE worker_id = $1 AND NOT applied
+		AND hr_event_type IN ('hire', 'rehire') ORDER BY effective_time DESC, seq DESC LIMIT 1`, id).Scan(&raw, &eff)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, time.Time{}, nil
+	}
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("intake: read history: %w", err)
+	}
+	w := &eventsv1.Worker{}
+	if err := protojson.Unmarshal(raw, w); err != nil {
+		return nil, time.Time{}, fmt.Errorf("intake: read history: %w", err)
+	}
+	return w, eff, nil
 }
 
 // hasHeld reports whether the worker has events held for later (a hire for a start date).

@@ -16,7 +16,7 @@ import (
 
 	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/natsx"
-	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
+	"github.com/tenure-dev/tenure/pkg/pgstore"
 )
 
 // Group commit.
@@ -204,6 +204,9 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 			d.Source, d.WebhookID, it.sum[:], it.res.eventID, id, it.res.subject, d.Received, it.key)
 	}
 	b.Queue("SELECT "+workerColumns+" FROM workers WHERE worker_id = ANY($1) ORDER BY worker_id FOR UPDATE", ids)
+	// Workers with changes waiting for their hire (rare): a hire of one applies them after it.
+	b.Queue("SELECT DISTINCT worker_id FROM scheduled_events WHERE worker_id = ANY($1) AND state = 'waiting'", ids)
+	waiting := map[string]bool{}
 	cur := map[string]*record{}
 	err = func() error {
 		br := tx.SendBatch(ctx, b)
@@ -228,6 +231,14 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 		}
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("intake: load workers: %w", err)
+		}
+		rows, err = br.Query()
+		if err != nil {
+			return fmt.Errorf("intake: load waiting events: %w", err)
+		}
+		var w string
+		if _, err := pgx.ForEachRow(rows, []any{&w}, func() error { waiting[w] = true; return nil }); err != nil {
+			return fmt.Errorf("intake: load waiting events: %w", err)
 		}
 		return br.Close()
 	}()
@@ -270,9 +281,6 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 		}
 		if pl.waitForHire {
 			pl.p.headers = traceHeaders(it.ctx)
-		}
-		if pl.writeRecord && it.c.typ.kind == eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER {
-			woke = true // changes waiting for this hire may fire now
 		}
 		it.plan, it.planned = pl, true
 		if !pl.publish {
@@ -336,8 +344,28 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 			return fmt.Errorf("%w (published events are deduplicated on retry)", err)
 		}
 	}
+	// Changes that waited for a hire of this batch apply right after it, in this transaction;
+	// their events go out through the outbox, after the hire's.
+	released := false
+	for _, it := range batch {
+		if it.planned && !it.undo && it.plan.writeRecord && it.plan.joiner && waiting[it.c.worker.WorkerId] {
+			evs, err := s.releaseWaiting(ctx, tx, it.c.worker.WorkerId)
+			if err != nil {
+				return err
+			}
+			for _, ev := range evs {
+				if err := pgstore.Enqueue(ctx, tx, ev); err != nil {
+					return fmt.Errorf("intake: enqueue %s: %w", ev.ID, err)
+				}
+				released = true
+			}
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("intake: commit (published events are deduplicated on retry): %w", err)
+	}
+	if released {
+		s.relay.Poke()
 	}
 	for _, it := range batch {
 		if it.planned {

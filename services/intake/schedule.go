@@ -189,6 +189,11 @@ func (s *Service) fireOne(ctx context.Context) (bool, error) {
 					return false, fmt.Errorf("intake: enqueue %s: %w", eventID, err)
 				}
 			}
+			for _, ev := range ar.then {
+				if err := pgstore.Enqueue(ectx, tx, ev); err != nil {
+					return false, fmt.Errorf("intake: enqueue %s: %w", ev.ID, err)
+				}
+			}
 			if err := finish("fired", ""); err != nil {
 				return false, err
 			}

@@ -479,6 +479,9 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 				}
 				evs = append(evs, pendingEvent{ar})
 			}
+			for _, ev := range ar.then {
+				evs = append(evs, pendingEvent{applyResult{ev: ev}})
+			}
 		}
 		resp.Changes = append(resp.Changes, ch)
 	}

@@ -110,9 +110,15 @@ func (s *Service) onHR(ctx context.Context, tx pgx.Tx, meta events.Meta, ev *eve
 		return s.openCase(ctx, tx, w.GetWorkerId(), meta.ID, w.GetEmail())
 	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_START:
 		return s.setWorkerLinks(ctx, tx, w.GetWorkerId(), stateDisabled, "")
-	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_END:
-		// A worker rehired while their leaver case still verifies gets their access back
-		// when the case completes (releaseHeld), not before.
+	case eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_END, eventsv1.WorkerEventKind_WORKER_EVENT_KIND_JOINER:
+		// The worker is active again: a leave ended, or a hire or rehire found them on leave
+		// (their accounts suspended). The accounts a grant explains come back; a joiner's new
+		// access waits for its grants as always. A worker rehired while their leaver case
+		// still verifies gets their access back when the case completes (releaseHeld), not
+		// before.
+		if w.GetStatus() != eventsv1.WorkerStatus_WORKER_STATUS_ACTIVE {
+			return nil, nil
+		}
 		if open, err := lockOpenCase(ctx, tx, w.GetWorkerId()); err != nil || open {
 			return nil, err
 		}
@@ -182,7 +188,8 @@ func releaseHeld(b *pgx.Batch, worker string, done func([]events.Event)) {
 // (leave of absence: disable, keep links).
 func (s *Service) setWorkerLinks(ctx context.Context, tx pgx.Tx, worker, state, caseID string) ([]events.Event, error) {
 	rows, err := tx.Query(ctx, `UPDATE links SET desired_state = $2, generation = generation + 1
-		WHERE worker_id = $1 AND desired_state <> 'absent' AND ($2 = 'disabled' OR EXISTS (SELECT 1 FROM link_grants g WHERE g.link_id = links.link_id AND g.active))
+		WHERE worker_id = $1 AND desired_state <> 'absent' AND ($2 = 'disabled' OR (desired_state <> 'enabled'
+		  AND EXISTS (SELECT 1 FROM link_grants g WHERE g.link_id = links.link_id AND g.active)))
 		RETURNING link_id, connector, generation`, worker, state)
 	if err != nil {
 		return nil, err
@@ -443,7 +450,7 @@ func (s *Service) onDecision(ctx context.Context, tx pgx.Tx, d *eventsv1.AccessD
 		return s.reconverge(ctx, tx, worker, linkID, state, "grant "+d.GetGrantId())
 	case eventsv1.AccessDecisionKind_ACCESS_DECISION_KIND_REVOKE:
 		var linkID string
-		err := tx.QueryRow(ctx, "UPDATE link_grants SET active = false, updated_at = now() WHERE grant_id = $1 AND active RETURNING link_id", d.GetGrantId()).Scan(&linkID)
+		err := tx.QueryRow(ctx, "UPDATE link_grants SET active = false, updated_at = now(), revoke_reason = $2 WHERE grant_id = $1 AND active RETURNING link_id", d.GetGrantId(), d.GetReason()).Scan(&linkID)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, nil
 		}

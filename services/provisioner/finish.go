@@ -65,6 +65,8 @@ type finishItem struct {
 
 	// Filled in by the batch.
 	current       bool // the link was still at the command's generation: the read-back counts
+	rescinded     bool // a disable whose leaver case was rescinded: no revocation events
+	leaverUndone  bool // the worker's latest leaver case was rescinded
 	stale         bool // the command touched the target, but its link moved on: superseded
 	reissued      []events.Event
 	activeGrants  []string
@@ -253,6 +255,46 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 	if _, err := pgx.ForEachRow(rows, []any{&w, &id}, func() error { caseOf[w] = id; return nil }); err != nil {
 		return nil, err
 	}
+	// A disable whose case HR rescinded meanwhile reports no revocation: the worker is back,
+	// and a security team acting on it (ending sessions, say) would act against a reinstated
+	// worker. Its result still carries the revoked grants, so approval confirms them. A
+	// rescind in flight held the case (open, locked above), so it has committed by now.
+	var disableCases []string
+	for _, it := range verified {
+		if c := it.cmd.GetCaseId(); c != "" && it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
+			disableCases = append(disableCases, c)
+		}
+	}
+	// A grant its leaver revoked, when HR rescinded that termination, is confirmed (the
+	// result's revoked grants) but announces no grant_revoked (leaverRescinded).
+	{
+		rows, err := tx.Query(ctx, `SELECT DISTINCT ON (worker_id) worker_id, rescinded_at IS NOT NULL FROM cases
+			WHERE worker_id = ANY($1) ORDER BY worker_id, opened_at DESC`, workers)
+		if err != nil {
+			return nil, err
+		}
+		undone := map[string]bool{}
+		var r bool
+		if _, err := pgx.ForEachRow(rows, []any{&w, &r}, func() error { undone[w] = r; return nil }); err != nil {
+			return nil, err
+		}
+		for _, it := range verified {
+			it.leaverUndone = undone[it.l.worker]
+		}
+	}
+	if len(disableCases) > 0 {
+		rescinded := map[string]bool{}
+		rows, err := tx.Query(ctx, "SELECT case_id FROM cases WHERE case_id = ANY($1) AND rescinded_at IS NOT NULL", disableCases)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { rescinded[id] = true; return nil }); err != nil {
+			return nil, err
+		}
+		for _, it := range verified {
+			it.rescinded = rescinded[it.cmd.GetCaseId()]
+		}
+	}
 	b := &pgx.Batch{}
 	// The links' rows first, in link order, before any statement below takes its snapshot.
 	// A revoke (onDecision) deactivates the grant, then locks the link and confirms at once
@@ -295,7 +337,7 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 			  UPDATE dead_letters SET status = 'resolved' WHERE link_id = $1 AND status = 'open' AND EXISTS (SELECT 1 FROM link)
 			), confirmed AS (
 			  UPDATE link_grants SET revoke_confirmed_at = $5
-			  WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL AND EXISTS (SELECT 1 FROM link) RETURNING grant_id, entitlements
+			  WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL AND EXISTS (SELECT 1 FROM link) RETURNING grant_id, entitlements, revoke_reason
 			), task AS (
 			  UPDATE case_accounts SET status = 'verified', verified_at = $5, observed_state = $3, attempts = attempts + 1
 			  WHERE case_id = $7 AND link_id = $1 AND status <> 'verified' AND generation <= $2 AND EXISTS (SELECT 1 FROM link)
@@ -304,7 +346,7 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 			SELECT EXISTS (SELECT 1 FROM link),
 			  ARRAY(SELECT grant_id FROM link_grants WHERE link_id = $1 AND active ORDER BY grant_id),
 			  ARRAY(SELECT grant_id FROM link_grants WHERE link_id = $1 AND NOT active ORDER BY grant_id),
-			  (SELECT coalesce(json_agg(json_build_object('id', grant_id, 'entitlements', entitlements) ORDER BY grant_id), '[]') FROM confirmed),
+			  (SELECT coalesce(json_agg(json_build_object('id', grant_id, 'entitlements', entitlements, 'reason', revoke_reason) ORDER BY grant_id), '[]') FROM confirmed),
 			  ARRAY(SELECT case_id FROM task)`
 		args := []any{l.id, gen, it.acct.State.String(), nonNil(it.acct.Entitlements), now, it.acct.ID, markCase}
 		if !count {
@@ -413,6 +455,13 @@ func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 		return append(out, it.reissued...)
 	}
 	system := s.targets[cmd.GetConnector()].System
+	if it.rescinded {
+		r := res.Payload.(*eventsv1.ProvisionResult)
+		if it.current {
+			r.GrantIds, r.RevokedGrantIds = it.activeGrants, it.revokedGrants
+		}
+		return append(out, it.reissued...)
+	}
 	if it.current {
 		for _, d := range it.deleted {
 			out = append(out, s.deletionEventOf(d, l.username))
@@ -420,6 +469,9 @@ func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 		r := res.Payload.(*eventsv1.ProvisionResult)
 		r.GrantIds, r.RevokedGrantIds = it.activeGrants, it.revokedGrants
 		for _, g := range it.confirmed {
+			if it.leaverUndone && g.byLeaver() {
+				continue // revoked by a termination HR rescinded
+			}
 			out = append(out, grantRevokedEvent(l, system, g, cmd.GetCaseId(), now))
 		}
 	}

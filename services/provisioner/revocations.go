@@ -3,6 +3,7 @@ package provisioner
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,7 +25,7 @@ func grantRevokedEventID(grantID string) string { return "provisioner:grant_revo
 // commands and repeated decisions announce nothing new. The revocation id is the grant id.
 func (s *Service) grantRevocations(ctx context.Context, tx pgx.Tx, l link, caseID string, at time.Time) ([]events.Event, error) {
 	rows, err := tx.Query(ctx, `UPDATE link_grants SET revoke_confirmed_at = $2
-		WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL RETURNING grant_id, entitlements`, l.id, at)
+		WHERE link_id = $1 AND NOT active AND revoke_confirmed_at IS NULL RETURNING grant_id, entitlements, revoke_reason`, l.id, at)
 	if err != nil {
 		return nil, err
 	}
@@ -36,17 +37,43 @@ func (s *Service) grantRevocations(ctx context.Context, tx pgx.Tx, l link, caseI
 	if t := s.targets[l.conn]; t != nil {
 		system = t.System
 	}
+	undone := false
+	if len(grants) > 0 {
+		if undone, err = leaverRescinded(ctx, tx, l.worker); err != nil {
+			return nil, err
+		}
+	}
 	out := make([]events.Event, 0, len(grants))
 	for _, g := range grants {
+		if undone && g.byLeaver() {
+			continue
+		}
 		out = append(out, grantRevokedEvent(l, system, g, caseID, at))
 	}
 	return out, nil
+}
+
+// byLeaver: the grant was revoked because its worker left (approval's reason "leaver: ...").
+func (g revokedGrant) byLeaver() bool { return strings.HasPrefix(g.Reason, "leaver:") }
+
+// leaverRescinded reports whether the worker's latest leaver case was rescinded: HR took the
+// termination back, so a grant its leaver revoked is confirmed (to approval, through the
+// result) but announces no grant_revoked revocation — the worker was reinstated, and a
+// security team acting on it would act against them.
+func leaverRescinded(ctx context.Context, tx pgx.Tx, worker string) (bool, error) {
+	var rescinded bool
+	err := tx.QueryRow(ctx, `SELECT rescinded_at IS NOT NULL FROM cases WHERE worker_id = $1 ORDER BY opened_at DESC LIMIT 1`, worker).Scan(&rescinded)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return rescinded, err
 }
 
 // revokedGrant is a revoked grant a read-back confirmed.
 type revokedGrant struct {
 	ID           string   `json:"id"`
 	Entitlements []string `json:"entitlements"`
+	Reason       string   `json:"reason"` // why it was revoked (approval's decision)
 }
 
 // grantRevokedEvent is the tenure.revocation.grant_revoked event of a confirmed revoke.

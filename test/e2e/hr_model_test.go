@@ -1,5 +1,3 @@
-//go:build model
-
 package e2e
 
 import (
@@ -14,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"pgregory.net/rapid"
 
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
@@ -29,17 +29,22 @@ import (
 // quiescence:
 //
 //   - the worker's state in the registry equals the model's;
+//
 //   - a worker the model has left (or on leave) has no role in the target that can log in,
 //     read from PostgreSQL itself; an active one has one that can;
+//
 //   - the leavers published equal the model's, and the provisioner has one case for each;
+//
 //   - no case is open once all its accounts are verified.
 //
-// `make test` runs a few sequences; `make model` runs many (TENURE_MODEL_CHECKS). On failure
+//   - no revocation is published after the rescind that restored the worker.
+//
+// `make test` runs 20 sequences; `make model` runs many (TENURE_MODEL_CHECKS). On failure
 // rapid prints the seed; -rapid.seed=N replays it.
 func TestHRLifecycleModel(t *testing.T) {
 	checks := os.Getenv("TENURE_MODEL_CHECKS")
 	if checks == "" {
-		checks = "4"
+		checks = "20"
 	}
 	if f := flag.Lookup("rapid.checks"); f != nil && !isFlagSet("rapid.checks") {
 		f.Value.Set(checks)
@@ -183,6 +188,10 @@ type hrModel struct {
 	waiting []hrEv          // changes before the hire
 	// cancelled: changes that waited for a hire, cancelled by a termination.
 	cancelled []hrEv
+	// stale: events older than the record when they arrived.
+	stale []hrEv
+	// rescinded: a rescind restored the worker (published on tenure.hr.rescind).
+	rescinded bool
 	applied   []hrEv // applied events, in order
 	leavers   int    // leavers published
 	heldTerm  bool   // a termination held for its effective time
@@ -228,11 +237,24 @@ func (m *hrModel) apply(e hrEv) {
 	case e.typ == "termination_rescinded":
 		m.heldTerm = false
 		if m.status == "terminated" && m.before == "" {
-			// The termination was of a worker never hired: unknown again, and what it
+			// The termination was of a worker never hired: a hire it made stale applies
+			// now (a joiner); without one the worker is unknown again. What the termination
 			// cancelled is back.
-			m.status, m.eff, m.waiting, m.cancelled = "", time.Time{}, append(m.waiting, m.cancelled...), nil
-			m.applied = nil
+			m.waiting, m.cancelled = append(m.waiting, m.cancelled...), nil
+			if h, ok := m.blockedHire(); ok {
+				m.status, m.applied = "active", []hrEv{h}
+				if h.eff.After(m.eff) {
+					m.eff = h.eff
+				}
+				if e.eff.After(m.eff) {
+					m.eff = e.eff
+				}
+				m.release()
+			} else {
+				m.status, m.eff, m.applied = "", time.Time{}, nil
+			}
 		} else if m.status == "terminated" {
+			m.rescinded = true
 			m.status = m.before
 			if e.eff.After(m.eff) {
 				m.eff = e.eff
@@ -247,6 +269,7 @@ func (m *hrModel) apply(e hrEv) {
 	case m.status == "" && !joiner:
 		m.waiting = append(m.waiting, e)
 	case m.status != "" && e.eff.Before(m.eff):
+		m.stale = append(m.stale, e)
 		if leaver && m.status != "terminated" && !m.reactivatedAfter(e.eff) {
 			m.before, m.status = m.status, "terminated"
 			m.leavers++
@@ -274,14 +297,32 @@ func (m *hrModel) apply(e hrEv) {
 			}
 		}
 	}
-	if joiner && m.status == "active" && len(m.waiting) > 0 {
-		w := m.waiting
-		m.waiting = nil
-		sort.SliceStable(w, func(i, j int) bool { return w[i].eff.Before(w[j].eff) })
-		for _, x := range w {
-			m.apply(x)
+	if joiner && m.status == "active" {
+		m.release()
+	}
+}
+
+// release applies the changes that waited for the hire, in effective-time order.
+func (m *hrModel) release() {
+	w := m.waiting
+	m.waiting = nil
+	sort.SliceStable(w, func(i, j int) bool { return w[i].eff.Before(w[j].eff) })
+	for _, x := range w {
+		m.apply(x)
+	}
+}
+
+// blockedHire is the newest hire received while the worker was recorded terminated unseen
+// (stale because of that termination).
+func (m *hrModel) blockedHire() (hrEv, bool) {
+	var best hrEv
+	ok := false
+	for _, h := range m.stale {
+		if (h.typ == "hire" || h.typ == "rehire") && (!ok || !h.eff.Before(best.eff)) {
+			best, ok = h, true
 		}
 	}
+	return best, ok
 }
 
 func (m *hrModel) checkQuiescent(rt *rapid.T, ctx context.Context, env *stackEnv, wf intakev1.WorkforceServiceClient, db *pgx.Conn, prefix, id string) {
@@ -297,7 +338,15 @@ func (m *hrModel) checkQuiescent(rt *rapid.T, ctx context.Context, env *stackEnv
 		// Polling a condition, not sleeping for a result: the loop ends as soon as it holds.
 		time.Sleep(100 * time.Millisecond)
 	}
-	rt.Fatalf("worker %s (model: %s, %d leavers, applied %v): %v", id, m.status, m.leavers, evTypes(m.applied), last)
+	// The registry's history, to read a failure by.
+	var hist []string
+	if h, err := wf.GetHistory(ctx, &intakev1.GetHistoryRequest{WorkerId: id}); err == nil {
+		for _, e := range h.Entries {
+			hist = append(hist, fmt.Sprintf("%s@%s:%s→%s(%s)", e.HrEventType, e.EffectiveTime.AsTime().Format("01-02"),
+				strings.TrimPrefix(e.State.String(), "HISTORY_ENTRY_STATE_"), strings.TrimPrefix(e.GetWorker().GetStatus().String(), "WORKER_STATUS_"), e.EffectReason))
+		}
+	}
+	rt.Fatalf("worker %s (model: %s, %d leavers, applied %v): %v\nregistry history: %s", id, m.status, m.leavers, evTypes(m.applied), last, strings.Join(hist, "; "))
 }
 
 func evTypes(es []hrEv) []string {
@@ -310,6 +359,9 @@ func evTypes(es []hrEv) []string {
 
 func (m *hrModel) holds(ctx context.Context, wf intakev1.WorkforceServiceClient, db *pgx.Conn, role string, want eventsv1.WorkerStatus) error {
 	r, err := wf.GetWorker(ctx, &intakev1.GetWorkerRequest{WorkerId: m.id})
+	if status.Code(err) == codes.NotFound && m.status == "" {
+		err = nil // unknown to the registry, as the model says
+	}
 	if err != nil {
 		return fmt.Errorf("registry: %v", err)
 	}
@@ -346,6 +398,30 @@ func (m *hrModel) holds(ctx context.Context, wf intakev1.WorkforceServiceClient,
 	}
 	if leavers != m.leavers {
 		return fmt.Errorf("%d leavers applied in the registry, model %d", leavers, m.leavers)
+	}
+	// No revocation is published after the rescind that restored the worker's access: after
+	// the provisioner took the rescind (tenure.case.rescinded), read from the ledger, which
+	// records every event with its stream position.
+	var late int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM ledger.entries r WHERE r.worker_id = $1 AND r.subject LIKE 'tenure.revocation.%'
+		AND r.stream_seq > (SELECT max(stream_seq) FROM ledger.entries WHERE subject = 'tenure.case.rescinded.' || $1)`, m.id).Scan(&late); err != nil {
+		return err
+	}
+	if late != 0 {
+		var subjects []string
+		rows, _ := db.Query(ctx, `SELECT subject || '@' || stream_seq FROM ledger.entries WHERE worker_id = $1 ORDER BY stream_seq`, m.id)
+		for rows != nil && rows.Next() {
+			var x string
+			rows.Scan(&x)
+			subjects = append(subjects, x)
+		}
+		return fmt.Errorf("%d revocations published after the rescind: %v", late, subjects)
+	}
+	if m.rescinded {
+		var seen bool
+		if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM ledger.entries WHERE subject = 'tenure.hr.rescind.' || $1)`, m.id).Scan(&seen); err != nil || !seen {
+			return fmt.Errorf("the rescind is not in the ledger yet (%v)", err)
+		}
 	}
 	return nil
 }
