@@ -28,31 +28,7 @@ func splitFiles(paths string) []string {
 
 // LoadConnectors reads the connectors files of a comma list and merges them.
 func LoadConnectors(paths string) ([]connector.Config, error) {
-	var all []connector.Config
-	var errs []error
-	first := map[string]*connector.Config{}
-	for _, p := range splitFiles(paths) {
-		cfgs, err := connector.LoadConfigs(p)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for i := range cfgs {
-			c := &cfgs[i]
-			if prev, dup := first[c.Name]; dup {
-				file, line := c.Position()
-				pfile, pline := prev.Position()
-				errs = append(errs, fmt.Errorf("%s:%d: connector %q is already defined at %s:%d; rename one of them", file, line, c.Name, pfile, pline))
-				continue
-			}
-			first[c.Name] = c
-		}
-		all = append(all, cfgs...)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return all, nil
+	return connector.LoadConfigFiles(splitFiles(paths)...)
 }
 
 // ConnectorNames are the names of the connectors the files define.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/tenure-dev/tenure/pkg/connector"
@@ -18,7 +19,7 @@ func init() {
 // With --connectors it also checks that every system's connector is configured and every
 // package entitlement is one its connector defines, as tenure's start does.
 func policyCheck(e *env) error {
-	conns := e.fs.String("connectors", "", "the connectors file: the policy must fit its connectors")
+	conns := e.fs.String("connectors", "", "the connectors file, or a comma list merged (tenure dev: generated/connectors.yaml,connectors.yaml): the policy must fit its connectors")
 	file, err := govArg(e, "policy check FILE [--connectors FILE]")
 	if err != nil {
 		return err
@@ -28,7 +29,7 @@ func policyCheck(e *env) error {
 		return err
 	}
 	if *conns != "" {
-		cs, err := connector.LoadConfigs(*conns)
+		cs, err := connector.LoadConfigFiles(strings.Split(*conns, ",")...)
 		if err != nil {
 			return err
 		}

@@ -9,8 +9,8 @@ import (
 )
 
 // ServiceUsers are the NATS users of deploy/nats/accounts.conf: one per service, the
-// admin (streams, dead-letter re-drive), the security team's read-only user and the
-// auditor's (the ledger's witnessed checkpoints only).
+// admin (streams, dead-letter re-drive), the security team's read-only user and the auditor
+// (`tenurectl ledger verify` reads the witnessed checkpoints).
 var ServiceUsers = []string{"admin", "intake", "approval", "provisioner", "ledger", "security", "auditor"}
 
 // SecurityConsumers are the durable consumers the security user may create (accounts.conf).
@@ -70,14 +70,13 @@ func UserPermissions(connectors []string) map[string]Permissions {
 			durable(DLQStream, "dlq-"+d, "tenure.dlq."+d, true))
 	}
 	out["provisioner"] = prov
-	// The witness: only the ledger publishes checkpoints to it; the ledger, security and
-	// auditors read the newest back.
+	// Reading the newest witnessed checkpoint back (ledger, security, auditor).
 	witnessRead := []string{"$JS.API.STREAM.INFO." + WitnessStream, "$JS.API.STREAM.MSG.GET." + WitnessStream}
-	led := service("ledger", "tenure.ledger.>", "tenure.alert.ledger_inconsistent", "witness.ledger.checkpoint")
+	led := service("ledger", "tenure.ledger.>", "tenure.alert.ledger_inconsistent", WitnessSubject)
 	led.Publish = slices.Concat(led.Publish, witnessRead, dlq("ledger-ssf"), durable(EventsStream, "ledger-ssf", "tenure.revocation.>", true))
 	out["ledger"] = led
-	out["auditor"] = Permissions{Publish: slices.Concat([]string{"$JS.API.INFO"}, witnessRead), Subscribe: inbox("auditor")}
-	sec := Permissions{Publish: slices.Concat([]string{"$JS.API.INFO"}, witnessRead), Subscribe: []string{"tenure.revocation.>", "_INBOX_security.>"}}
+	out["auditor"] = Permissions{Publish: slices.Concat([]string{"$JS.API.INFO"}, witnessRead), Subscribe: []string{"_INBOX_auditor.>"}}
+	sec := Permissions{Publish: []string{"$JS.API.INFO"}, Subscribe: []string{"tenure.revocation.>", "_INBOX_security.>"}}
 	for _, c := range SecurityConsumers {
 		sec.Publish = append(sec.Publish,
 			"$JS.API.CONSUMER.CREATE."+EventsStream+"."+c+".tenure.revocation.>",
@@ -86,6 +85,7 @@ func UserPermissions(connectors []string) map[string]Permissions {
 			"$JS.API.CONSUMER.MSG.NEXT."+EventsStream+"."+c,
 			"$JS.ACK."+EventsStream+"."+c+".>", "$JS.ACK.*.*."+EventsStream+"."+c+".>")
 	}
+	sec.Publish = append(sec.Publish, witnessRead...)
 	out["security"] = sec
 	return out
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tenure-dev/tenure/cmd/app"
+	"github.com/tenure-dev/tenure/pkg/natsx"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 )
@@ -216,7 +217,7 @@ func TestDevUpgradesAnEarlierDataDirectory(t *testing.T) {
 	if d.Secrets.WebhookSecret != "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" || d.Secrets.Tokens["admin"] != "tnr_admin_0123456789abcdef0123456789abcdef" {
 		t.Errorf("secrets not kept: %+v", d.Secrets)
 	}
-	if len(d.Secrets.NATS) != 6 {
+	if len(d.Secrets.NATS) != len(natsx.ServiceUsers) {
 		t.Errorf("NATS passwords: %v", d.Secrets.NATS)
 	}
 	for _, name := range []string{"connectors.yaml", "webhook-sources.yaml"} {

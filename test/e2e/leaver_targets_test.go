@@ -403,8 +403,10 @@ func TestLeaverFlakyTargetRetries(t *testing.T) {
 	if attempts < len(users)+2 {
 		t.Errorf("case accounts show %d attempts in all, want retries beyond the %d successful ones", attempts, len(users))
 	}
-	if !strings.Contains(errs, "HTTP 503") && !strings.Contains(errs, "HTTP 429") {
-		t.Errorf("no case account shows the target's 503/429 as its last error:\n%s", errs)
+	// Verified, an account shows no last error: the 503s and 429s are history, kept in its
+	// attempts and in the failed results below.
+	if strings.TrimSpace(errs) != "" {
+		t.Errorf("verified case accounts still show a last error:\n%s", errs)
 	}
 	// Each failed attempt was published as a result.
 	var failures []string

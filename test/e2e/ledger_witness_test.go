@@ -11,12 +11,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tenure-dev/tenure/cmd/app"
 	"github.com/tenure-dev/tenure/pkg/natsx"
 	ledgerv1 "github.com/tenure-dev/tenure/proto/tenure/ledger/v1"
+	provisionerv1 "github.com/tenure-dev/tenure/proto/tenure/provisioner/v1"
 	"github.com/tenure-dev/tenure/services/ledger"
 )
 
@@ -25,7 +25,7 @@ import (
 // operator acts, and tenure.alert.ledger_inconsistent is published.
 func TestDevLedgerRollbackMakesItNotReady(t *testing.T) {
 	ctx := context.Background()
-	d, err := app.StartDev(ctx, app.DevOptions{DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSPort: -1, Log: quietLogger()})
+	d, err := app.StartDev(ctx, app.DevOptions{DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSPort: -1, Fast: true, Log: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,6 +48,21 @@ func TestDevLedgerRollbackMakesItNotReady(t *testing.T) {
 		r, err := led.Query(ctx, &ledgerv1.QueryRequest{WorkerId: "w-rb"})
 		if err != nil || len(r.Entries) == 0 {
 			return fmt.Errorf("%v entries, %v", r, err)
+		}
+		return nil
+	})
+	// The joiner's events are all recorded (its accounts verified) before the cut, so none
+	// lands in the ledger while the superuser rewrites it.
+	prov := provisionerv1.NewProvisioningServiceClient(dial(t, d.GRPCAddr, d.Secrets.Tokens["admin"]))
+	eventually(t, 30*time.Second, "the joiner's accounts verified", func() error {
+		r, err := prov.ListAccounts(ctx, &provisionerv1.ListAccountsRequest{WorkerId: "w-rb"})
+		if err != nil || len(r.Accounts) != 4 {
+			return fmt.Errorf("accounts %v, %v", r, err)
+		}
+		for _, a := range r.Accounts {
+			if a.VerifiedAt == nil {
+				return fmt.Errorf("accounts %v", r.Accounts)
+			}
 		}
 		return nil
 	})
@@ -90,7 +105,7 @@ func TestDevLedgerRollbackMakesItNotReady(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "does not extend its last signed checkpoint") {
 		t.Fatalf("/readyz after = %d %s", code, body)
 	}
-	nc, err := nats.Connect(d.NATSURL)
+	nc, err := d.ConnectNATS("admin") // the dev NATS refuses anonymous clients
 	if err != nil {
 		t.Fatal(err)
 	}
