@@ -401,7 +401,11 @@ func (m *hrModel) holds(ctx context.Context, wf intakev1.WorkforceServiceClient,
 	}
 	// No revocation is published after the rescind that restored the worker's access: after
 	// the provisioner took the rescind (tenure.case.rescinded), read from the ledger, which
-	// records every event with its stream position.
+	// records every event with its stream position. (A worker the rescind restored on leave
+	// is suspended, and that suspension's disable is a revocation of its own.)
+	if m.status != "active" {
+		return nil
+	}
 	var late int
 	if err := db.QueryRow(ctx, `SELECT count(*) FROM ledger.entries r WHERE r.worker_id = $1 AND r.subject LIKE 'tenure.revocation.%'
 		AND r.stream_seq > (SELECT max(stream_seq) FROM ledger.entries WHERE subject = 'tenure.case.rescinded.' || $1)`, m.id).Scan(&late); err != nil {
