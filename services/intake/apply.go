@@ -133,7 +133,7 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, p pending) (applyResult,
 		return applyResult{}, err
 	}
 	if pl.writeRecord && pl.joiner {
-		if pl.then, err = s.releaseWaiting(ctx, tx, p.c.worker.WorkerId); err != nil {
+		if pl.then, err = s.releaseWaiting(ctx, tx, p.c.worker.WorkerId, p.eventID); err != nil {
 			return applyResult{}, err
 		}
 	}
@@ -141,12 +141,15 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, p pending) (applyResult,
 }
 
 // releaseWaiting applies, in tx and in effective-time order, the changes that waited for the
-// worker's hire (just applied in tx), as if they had arrived right after it; one effective
-// later than now goes back to the schedule. It returns the events to publish after the
-// hire's, in order (the caller puts them in the outbox).
-func (s *Service) releaseWaiting(ctx context.Context, tx pgx.Tx, worker string) ([]events.Event, error) {
+// worker's hire (just applied in tx), as if they had arrived right after it, with any held
+// change of the worker already due (one a rescind put back, which the scheduler would find
+// waiting for a hire); one effective later than now goes back to the schedule. It returns the events to publish after the
+// hire's, in order (the caller puts them in the outbox). hireID is the hire itself (a held
+// hire firing is still a scheduled row).
+func (s *Service) releaseWaiting(ctx context.Context, tx pgx.Tx, worker, hireID string) ([]events.Event, error) {
 	rows, err := tx.Query(ctx, `SELECT event_id, source, source_event_id, event, effective_time, received_at FROM scheduled_events
-		WHERE worker_id = $1 AND state = 'waiting' ORDER BY effective_time, received_at, event_id FOR UPDATE`, worker)
+		WHERE worker_id = $1 AND (state = 'waiting' OR (state = 'scheduled' AND effective_time <= $2)) AND event_id <> $3
+		ORDER BY effective_time, received_at, event_id FOR UPDATE`, worker, s.now(), hireID)
 	if err != nil {
 		return nil, fmt.Errorf("intake: read waiting events: %w", err)
 	}

@@ -205,7 +205,8 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 	}
 	b.Queue("SELECT "+workerColumns+" FROM workers WHERE worker_id = ANY($1) ORDER BY worker_id FOR UPDATE", ids)
 	// Workers with changes waiting for their hire (rare): a hire of one applies them after it.
-	b.Queue("SELECT DISTINCT worker_id FROM scheduled_events WHERE worker_id = ANY($1) AND state = 'waiting'", ids)
+	b.Queue(`SELECT DISTINCT worker_id FROM scheduled_events WHERE worker_id = ANY($1)
+		AND (state = 'waiting' OR (state = 'scheduled' AND effective_time <= $2))`, ids, s.now())
 	waiting := map[string]bool{}
 	cur := map[string]*record{}
 	err = func() error {
@@ -349,7 +350,7 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 	released := false
 	for _, it := range batch {
 		if it.planned && !it.undo && it.plan.writeRecord && it.plan.joiner && waiting[it.c.worker.WorkerId] {
-			evs, err := s.releaseWaiting(ctx, tx, it.c.worker.WorkerId)
+			evs, err := s.releaseWaiting(ctx, tx, it.c.worker.WorkerId, it.res.eventID)
 			if err != nil {
 				return err
 			}

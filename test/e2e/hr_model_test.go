@@ -89,6 +89,7 @@ func TestHRLifecycleModel(t *testing.T) {
 			models[d.ev.worker].deliver(d, code, res)
 		}
 		for id, m := range models {
+			m.endContract()
 			m.checkQuiescent(rt, ctx, env, wf, db, prefix, id)
 		}
 	})
@@ -106,6 +107,7 @@ type hrEv struct {
 	eff         time.Time // effective time
 	job         string
 	start       string // a rehire's start date
+	end         string // a contractor's end date (the hire's)
 	n           int    // position in the timeline, for unique ids
 }
 
@@ -116,6 +118,10 @@ func (e hrEv) body() []byte {
 		w["worker_type"], w["job_code"], w["email"] = "employee", "RN", strings.ReplaceAll(e.worker, "-", ".")+"@clinic.example"
 		if e.start != "" {
 			w["start_date"] = e.start
+		}
+		if e.end != "" {
+			// A contractor whose contract has ended: tenure ends it (contract_end).
+			w["worker_type"], w["end_date"], w["sponsor_id"] = "contractor", e.end, "sponsor-"+e.worker
 		}
 	case "job_change":
 		w["job_code"] = e.job
@@ -149,6 +155,11 @@ func drawTimeline(rt *rapid.T, id string, base time.Time) []hrEv {
 		}
 	case 2: // effective next year: held, not yet a leaver
 		add("termination", time.Now().UTC().Add(365*24*time.Hour).Truncate(time.Second))
+	default:
+		if rapid.Bool().Draw(rt, "contract ended") {
+			// No termination from HR: the contract's end date (30 days ago) ends it.
+			tl[0].end = day(30).Format(time.DateOnly)
+		}
 	}
 	return tl
 }
@@ -190,6 +201,8 @@ type hrModel struct {
 	cancelled []hrEv
 	// stale: events older than the record when they arrived.
 	stale []hrEv
+	// contract: the worker is a contractor whose end date has passed (set by the hire).
+	contract bool
 	// rescinded: a rescind restored the worker (published on tenure.hr.rescind).
 	rescinded bool
 	applied   []hrEv // applied events, in order
@@ -206,6 +219,9 @@ func (m *hrModel) deliver(d delivered, code int, res map[string]any) {
 	key := d.ev.typ + d.ev.eff.String()
 	if m.seen[key] {
 		return // a retry or a re-send: a duplicate
+	}
+	if d.ev.end != "" {
+		m.contract = true
 	}
 	if d.ev.eff.After(time.Now()) {
 		m.seen[key] = true
@@ -299,6 +315,16 @@ func (m *hrModel) apply(e hrEv) {
 	}
 	if joiner && m.status == "active" {
 		m.release()
+	}
+}
+
+// endContract: a contractor whose end date has passed and who is not terminated becomes a
+// leaver (contract_end), once, whenever the intake's scheduler gets to it: whether before or
+// after the changes that follow the hire, the worker ends terminated with one leaver.
+func (m *hrModel) endContract() {
+	if m.contract && (m.status == "active" || m.status == "on_leave") {
+		m.before, m.status = m.status, "terminated"
+		m.leavers++
 	}
 }
 
