@@ -44,6 +44,7 @@ const usage = `tenurectl: operate tenure.
 
 Usage:
   tenurectl case WORKER [--wait 30s]         leaver case with per-account status
+  tenurectl cases [--status overdue]         leaver cases, overdue first, how late, how far
   tenurectl accounts WORKER                  account links with desired and observed state
   tenurectl queues                           provisioning queue per connector
   tenurectl grants --worker ID | --system S  grants and who approved them

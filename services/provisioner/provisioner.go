@@ -265,6 +265,7 @@ func (s *Service) AuthRules() authn.Rules {
 	read := []authn.Role{authn.RoleOperator, authn.RoleAuditor, authn.RoleSecurity}
 	return authn.Rules{
 		provisionerv1.ProvisioningService_GetLeaverCase_FullMethodName: read,
+		provisionerv1.ProvisioningService_ListCases_FullMethodName:     read,
 		provisionerv1.ProvisioningService_ListQueues_FullMethodName:    {authn.RoleOperator},
 		provisionerv1.ProvisioningService_ListAccounts_FullMethodName:  read,
 		provisionerv1.ProvisioningService_ListTasks_FullMethodName:     read,

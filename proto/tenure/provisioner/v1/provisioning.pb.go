@@ -148,6 +148,223 @@ func (x *LinkAccountResponse) GetCaseId() string {
 	return ""
 }
 
+type ListCasesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// open (default), overdue (open and past the deadline), completed (rescinded included) or
+	// all.
+	Status string `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// At most this many (default 500).
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCasesRequest) Reset() {
+	*x = ListCasesRequest{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCasesRequest) ProtoMessage() {}
+
+func (x *ListCasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCasesRequest.ProtoReflect.Descriptor instead.
+func (*ListCasesRequest) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListCasesRequest) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ListCasesRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// CaseSummary is one leaver case in a list: its times and how far its accounts are.
+type CaseSummary struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	CaseId      string                 `protobuf:"bytes,1,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	WorkerId    string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Status      v1.LeaverCaseStatus    `protobuf:"varint,3,opt,name=status,proto3,enum=tenure.events.v1.LeaverCaseStatus" json:"status,omitempty"`
+	OpenedAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
+	Deadline    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	CompletedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	RescindedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=rescinded_at,json=rescindedAt,proto3" json:"rescinded_at,omitempty"`
+	Accounts    int32                  `protobuf:"varint,8,opt,name=accounts,proto3" json:"accounts,omitempty"`
+	Verified    int32                  `protobuf:"varint,9,opt,name=verified,proto3" json:"verified,omitempty"`
+	// Accounts whose last attempt failed (still pending), for the operator to look at.
+	Failing       int32 `protobuf:"varint,10,opt,name=failing,proto3" json:"failing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaseSummary) Reset() {
+	*x = CaseSummary{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaseSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaseSummary) ProtoMessage() {}
+
+func (x *CaseSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaseSummary.ProtoReflect.Descriptor instead.
+func (*CaseSummary) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CaseSummary) GetCaseId() string {
+	if x != nil {
+		return x.CaseId
+	}
+	return ""
+}
+
+func (x *CaseSummary) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *CaseSummary) GetStatus() v1.LeaverCaseStatus {
+	if x != nil {
+		return x.Status
+	}
+	return v1.LeaverCaseStatus(0)
+}
+
+func (x *CaseSummary) GetOpenedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OpenedAt
+	}
+	return nil
+}
+
+func (x *CaseSummary) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *CaseSummary) GetCompletedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompletedAt
+	}
+	return nil
+}
+
+func (x *CaseSummary) GetRescindedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RescindedAt
+	}
+	return nil
+}
+
+func (x *CaseSummary) GetAccounts() int32 {
+	if x != nil {
+		return x.Accounts
+	}
+	return 0
+}
+
+func (x *CaseSummary) GetVerified() int32 {
+	if x != nil {
+		return x.Verified
+	}
+	return 0
+}
+
+func (x *CaseSummary) GetFailing() int32 {
+	if x != nil {
+		return x.Failing
+	}
+	return 0
+}
+
+type ListCasesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cases         []*CaseSummary         `protobuf:"bytes,1,rep,name=cases,proto3" json:"cases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCasesResponse) Reset() {
+	*x = ListCasesResponse{}
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCasesResponse) ProtoMessage() {}
+
+func (x *ListCasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCasesResponse.ProtoReflect.Descriptor instead.
+func (*ListCasesResponse) Descriptor() ([]byte, []int) {
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListCasesResponse) GetCases() []*CaseSummary {
+	if x != nil {
+		return x.Cases
+	}
+	return nil
+}
+
 type GetLeaverCaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -158,7 +375,7 @@ type GetLeaverCaseRequest struct {
 
 func (x *GetLeaverCaseRequest) Reset() {
 	*x = GetLeaverCaseRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[2]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -170,7 +387,7 @@ func (x *GetLeaverCaseRequest) String() string {
 func (*GetLeaverCaseRequest) ProtoMessage() {}
 
 func (x *GetLeaverCaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[2]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -183,7 +400,7 @@ func (x *GetLeaverCaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeaverCaseRequest.ProtoReflect.Descriptor instead.
 func (*GetLeaverCaseRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{2}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetLeaverCaseRequest) GetWorkerId() string {
@@ -218,7 +435,7 @@ type CaseAccount struct {
 
 func (x *CaseAccount) Reset() {
 	*x = CaseAccount{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -230,7 +447,7 @@ func (x *CaseAccount) String() string {
 func (*CaseAccount) ProtoMessage() {}
 
 func (x *CaseAccount) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[3]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -243,7 +460,7 @@ func (x *CaseAccount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaseAccount.ProtoReflect.Descriptor instead.
 func (*CaseAccount) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{3}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CaseAccount) GetLinkId() string {
@@ -323,7 +540,7 @@ type LeaverCase struct {
 
 func (x *LeaverCase) Reset() {
 	*x = LeaverCase{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +552,7 @@ func (x *LeaverCase) String() string {
 func (*LeaverCase) ProtoMessage() {}
 
 func (x *LeaverCase) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[4]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +565,7 @@ func (x *LeaverCase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaverCase.ProtoReflect.Descriptor instead.
 func (*LeaverCase) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{4}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LeaverCase) GetCaseId() string {
@@ -440,7 +657,7 @@ type Deletion struct {
 
 func (x *Deletion) Reset() {
 	*x = Deletion{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +669,7 @@ func (x *Deletion) String() string {
 func (*Deletion) ProtoMessage() {}
 
 func (x *Deletion) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[5]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +682,7 @@ func (x *Deletion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deletion.ProtoReflect.Descriptor instead.
 func (*Deletion) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{5}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Deletion) GetDeletionId() string {
@@ -533,7 +750,7 @@ type GetLeaverCaseResponse struct {
 
 func (x *GetLeaverCaseResponse) Reset() {
 	*x = GetLeaverCaseResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +762,7 @@ func (x *GetLeaverCaseResponse) String() string {
 func (*GetLeaverCaseResponse) ProtoMessage() {}
 
 func (x *GetLeaverCaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[6]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +775,7 @@ func (x *GetLeaverCaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeaverCaseResponse.ProtoReflect.Descriptor instead.
 func (*GetLeaverCaseResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{6}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetLeaverCaseResponse) GetLeaverCase() *LeaverCase {
@@ -576,7 +793,7 @@ type ListQueuesRequest struct {
 
 func (x *ListQueuesRequest) Reset() {
 	*x = ListQueuesRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +805,7 @@ func (x *ListQueuesRequest) String() string {
 func (*ListQueuesRequest) ProtoMessage() {}
 
 func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[7]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +818,7 @@ func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{7}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{10}
 }
 
 type Queue struct {
@@ -633,7 +850,7 @@ type Queue struct {
 
 func (x *Queue) Reset() {
 	*x = Queue{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +862,7 @@ func (x *Queue) String() string {
 func (*Queue) ProtoMessage() {}
 
 func (x *Queue) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[8]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +875,7 @@ func (x *Queue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Queue.ProtoReflect.Descriptor instead.
 func (*Queue) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{8}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Queue) GetConnector() string {
@@ -733,7 +950,7 @@ type ListQueuesResponse struct {
 
 func (x *ListQueuesResponse) Reset() {
 	*x = ListQueuesResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +962,7 @@ func (x *ListQueuesResponse) String() string {
 func (*ListQueuesResponse) ProtoMessage() {}
 
 func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[9]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +975,7 @@ func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesResponse.ProtoReflect.Descriptor instead.
 func (*ListQueuesResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{9}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListQueuesResponse) GetQueues() []*Queue {
@@ -777,7 +994,7 @@ type ListAccountsRequest struct {
 
 func (x *ListAccountsRequest) Reset() {
 	*x = ListAccountsRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +1006,7 @@ func (x *ListAccountsRequest) String() string {
 func (*ListAccountsRequest) ProtoMessage() {}
 
 func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[10]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +1019,7 @@ func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{10}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListAccountsRequest) GetWorkerId() string {
@@ -836,7 +1053,7 @@ type Account struct {
 
 func (x *Account) Reset() {
 	*x = Account{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +1065,7 @@ func (x *Account) String() string {
 func (*Account) ProtoMessage() {}
 
 func (x *Account) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[11]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +1078,7 @@ func (x *Account) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Account.ProtoReflect.Descriptor instead.
 func (*Account) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{11}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Account) GetLinkId() string {
@@ -957,7 +1174,7 @@ type ListAccountsResponse struct {
 
 func (x *ListAccountsResponse) Reset() {
 	*x = ListAccountsResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1186,7 @@ func (x *ListAccountsResponse) String() string {
 func (*ListAccountsResponse) ProtoMessage() {}
 
 func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[12]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1199,7 @@ func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{12}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListAccountsResponse) GetAccounts() []*Account {
@@ -1009,7 +1226,7 @@ type Attestation struct {
 
 func (x *Attestation) Reset() {
 	*x = Attestation{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1238,7 @@ func (x *Attestation) String() string {
 func (*Attestation) ProtoMessage() {}
 
 func (x *Attestation) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[13]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1251,7 @@ func (x *Attestation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attestation.ProtoReflect.Descriptor instead.
 func (*Attestation) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{13}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Attestation) GetCompletedBy() string {
@@ -1101,7 +1318,7 @@ type ManualTask struct {
 
 func (x *ManualTask) Reset() {
 	*x = ManualTask{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1330,7 @@ func (x *ManualTask) String() string {
 func (*ManualTask) ProtoMessage() {}
 
 func (x *ManualTask) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[14]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1343,7 @@ func (x *ManualTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManualTask.ProtoReflect.Descriptor instead.
 func (*ManualTask) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{14}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ManualTask) GetTaskId() string {
@@ -1248,7 +1465,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1477,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[15]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1490,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{15}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListTasksRequest) GetStatus() string {
@@ -1313,7 +1530,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1542,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[16]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1555,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{16}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListTasksResponse) GetTasks() []*ManualTask {
@@ -1361,7 +1578,7 @@ type CompleteManualTaskRequest struct {
 
 func (x *CompleteManualTaskRequest) Reset() {
 	*x = CompleteManualTaskRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1590,7 @@ func (x *CompleteManualTaskRequest) String() string {
 func (*CompleteManualTaskRequest) ProtoMessage() {}
 
 func (x *CompleteManualTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[17]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1603,7 @@ func (x *CompleteManualTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteManualTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteManualTaskRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{17}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CompleteManualTaskRequest) GetTaskId() string {
@@ -1426,7 +1643,7 @@ type CompleteManualTaskResponse struct {
 
 func (x *CompleteManualTaskResponse) Reset() {
 	*x = CompleteManualTaskResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1655,7 @@ func (x *CompleteManualTaskResponse) String() string {
 func (*CompleteManualTaskResponse) ProtoMessage() {}
 
 func (x *CompleteManualTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[18]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1668,7 @@ func (x *CompleteManualTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteManualTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteManualTaskResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{18}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CompleteManualTaskResponse) GetTask() *ManualTask {
@@ -1488,7 +1705,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1717,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[19]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1730,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{19}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeadLetter) GetId() uint64 {
@@ -1627,7 +1844,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1856,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[20]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1869,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{20}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListDeadLettersRequest) GetConnector() string {
@@ -1685,7 +1902,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1697,7 +1914,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[21]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1710,7 +1927,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{21}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
@@ -1729,7 +1946,7 @@ type RetryDeadLetterRequest struct {
 
 func (x *RetryDeadLetterRequest) Reset() {
 	*x = RetryDeadLetterRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +1958,7 @@ func (x *RetryDeadLetterRequest) String() string {
 func (*RetryDeadLetterRequest) ProtoMessage() {}
 
 func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[22]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +1971,7 @@ func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*RetryDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{22}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RetryDeadLetterRequest) GetId() uint64 {
@@ -1775,7 +1992,7 @@ type RetryDeadLetterResponse struct {
 
 func (x *RetryDeadLetterResponse) Reset() {
 	*x = RetryDeadLetterResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +2004,7 @@ func (x *RetryDeadLetterResponse) String() string {
 func (*RetryDeadLetterResponse) ProtoMessage() {}
 
 func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[23]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +2017,7 @@ func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*RetryDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{23}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RetryDeadLetterResponse) GetDeadLetter() *DeadLetter {
@@ -1826,7 +2043,7 @@ type RetryAccountRequest struct {
 
 func (x *RetryAccountRequest) Reset() {
 	*x = RetryAccountRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +2055,7 @@ func (x *RetryAccountRequest) String() string {
 func (*RetryAccountRequest) ProtoMessage() {}
 
 func (x *RetryAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[24]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +2068,7 @@ func (x *RetryAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryAccountRequest.ProtoReflect.Descriptor instead.
 func (*RetryAccountRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{24}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RetryAccountRequest) GetLinkId() string {
@@ -1871,7 +2088,7 @@ type RetryAccountResponse struct {
 
 func (x *RetryAccountResponse) Reset() {
 	*x = RetryAccountResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +2100,7 @@ func (x *RetryAccountResponse) String() string {
 func (*RetryAccountResponse) ProtoMessage() {}
 
 func (x *RetryAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[25]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +2113,7 @@ func (x *RetryAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryAccountResponse.ProtoReflect.Descriptor instead.
 func (*RetryAccountResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{25}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RetryAccountResponse) GetCommandId() string {
@@ -1925,7 +2142,7 @@ type RetryTaskRequest struct {
 
 func (x *RetryTaskRequest) Reset() {
 	*x = RetryTaskRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2154,7 @@ func (x *RetryTaskRequest) String() string {
 func (*RetryTaskRequest) ProtoMessage() {}
 
 func (x *RetryTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[26]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2167,7 @@ func (x *RetryTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryTaskRequest.ProtoReflect.Descriptor instead.
 func (*RetryTaskRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{26}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RetryTaskRequest) GetLinkId() string {
@@ -1977,7 +2194,7 @@ type RetryTaskResponse struct {
 
 func (x *RetryTaskResponse) Reset() {
 	*x = RetryTaskResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2206,7 @@ func (x *RetryTaskResponse) String() string {
 func (*RetryTaskResponse) ProtoMessage() {}
 
 func (x *RetryTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[27]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2219,7 @@ func (x *RetryTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryTaskResponse.ProtoReflect.Descriptor instead.
 func (*RetryTaskResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{27}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RetryTaskResponse) GetCommandIds() []string {
@@ -2020,7 +2237,7 @@ type ListConnectorsRequest struct {
 
 func (x *ListConnectorsRequest) Reset() {
 	*x = ListConnectorsRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2249,7 @@ func (x *ListConnectorsRequest) String() string {
 func (*ListConnectorsRequest) ProtoMessage() {}
 
 func (x *ListConnectorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[28]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2262,7 @@ func (x *ListConnectorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectorsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectorsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{28}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{31}
 }
 
 // ConnectorPolicy summarises how the host drives a target.
@@ -2068,7 +2285,7 @@ type ConnectorPolicy struct {
 
 func (x *ConnectorPolicy) Reset() {
 	*x = ConnectorPolicy{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2297,7 @@ func (x *ConnectorPolicy) String() string {
 func (*ConnectorPolicy) ProtoMessage() {}
 
 func (x *ConnectorPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[29]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2310,7 @@ func (x *ConnectorPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorPolicy.ProtoReflect.Descriptor instead.
 func (*ConnectorPolicy) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{29}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ConnectorPolicy) GetRate() float64 {
@@ -2174,7 +2391,7 @@ type ConnectorHealth struct {
 
 func (x *ConnectorHealth) Reset() {
 	*x = ConnectorHealth{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2403,7 @@ func (x *ConnectorHealth) String() string {
 func (*ConnectorHealth) ProtoMessage() {}
 
 func (x *ConnectorHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[30]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2416,7 @@ func (x *ConnectorHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorHealth.ProtoReflect.Descriptor instead.
 func (*ConnectorHealth) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{30}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ConnectorHealth) GetHealthy() bool {
@@ -2254,7 +2471,7 @@ type ConnectorInfo struct {
 
 func (x *ConnectorInfo) Reset() {
 	*x = ConnectorInfo{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2266,7 +2483,7 @@ func (x *ConnectorInfo) String() string {
 func (*ConnectorInfo) ProtoMessage() {}
 
 func (x *ConnectorInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[31]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2279,7 +2496,7 @@ func (x *ConnectorInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorInfo.ProtoReflect.Descriptor instead.
 func (*ConnectorInfo) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{31}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ConnectorInfo) GetName() string {
@@ -2347,7 +2564,7 @@ type ListConnectorsResponse struct {
 
 func (x *ListConnectorsResponse) Reset() {
 	*x = ListConnectorsResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2576,7 @@ func (x *ListConnectorsResponse) String() string {
 func (*ListConnectorsResponse) ProtoMessage() {}
 
 func (x *ListConnectorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[32]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2589,7 @@ func (x *ListConnectorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectorsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectorsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{32}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListConnectorsResponse) GetConnectors() []*ConnectorInfo {
@@ -2391,7 +2608,7 @@ type ReconcileRequest struct {
 
 func (x *ReconcileRequest) Reset() {
 	*x = ReconcileRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +2620,7 @@ func (x *ReconcileRequest) String() string {
 func (*ReconcileRequest) ProtoMessage() {}
 
 func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[33]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2633,7 @@ func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileRequest.ProtoReflect.Descriptor instead.
 func (*ReconcileRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{33}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReconcileRequest) GetConnector() string {
@@ -2450,7 +2667,7 @@ type ReconcileRun struct {
 
 func (x *ReconcileRun) Reset() {
 	*x = ReconcileRun{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2462,7 +2679,7 @@ func (x *ReconcileRun) String() string {
 func (*ReconcileRun) ProtoMessage() {}
 
 func (x *ReconcileRun) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[34]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2475,7 +2692,7 @@ func (x *ReconcileRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileRun.ProtoReflect.Descriptor instead.
 func (*ReconcileRun) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{34}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ReconcileRun) GetRunId() string {
@@ -2566,7 +2783,7 @@ type ReconcileResponse struct {
 
 func (x *ReconcileResponse) Reset() {
 	*x = ReconcileResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2795,7 @@ func (x *ReconcileResponse) String() string {
 func (*ReconcileResponse) ProtoMessage() {}
 
 func (x *ReconcileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[35]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2808,7 @@ func (x *ReconcileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileResponse.ProtoReflect.Descriptor instead.
 func (*ReconcileResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{35}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReconcileResponse) GetRun() *ReconcileRun {
@@ -2623,7 +2840,7 @@ type ListFindingsRequest struct {
 
 func (x *ListFindingsRequest) Reset() {
 	*x = ListFindingsRequest{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[36]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2635,7 +2852,7 @@ func (x *ListFindingsRequest) String() string {
 func (*ListFindingsRequest) ProtoMessage() {}
 
 func (x *ListFindingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[36]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2648,7 +2865,7 @@ func (x *ListFindingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFindingsRequest.ProtoReflect.Descriptor instead.
 func (*ListFindingsRequest) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{36}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListFindingsRequest) GetConnector() string {
@@ -2688,7 +2905,7 @@ type ListFindingsResponse struct {
 
 func (x *ListFindingsResponse) Reset() {
 	*x = ListFindingsResponse{}
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[37]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +2917,7 @@ func (x *ListFindingsResponse) String() string {
 func (*ListFindingsResponse) ProtoMessage() {}
 
 func (x *ListFindingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[37]
+	mi := &file_tenure_provisioner_v1_provisioning_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +2930,7 @@ func (x *ListFindingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFindingsResponse.ProtoReflect.Descriptor instead.
 func (*ListFindingsResponse) Descriptor() ([]byte, []int) {
-	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{37}
+	return file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListFindingsResponse) GetFindings() []*v1.ReconcileFinding {
@@ -2735,7 +2952,24 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\"h\n" +
 	"\x13LinkAccountResponse\x128\n" +
 	"\aaccount\x18\x01 \x01(\v2\x1e.tenure.provisioner.v1.AccountR\aaccount\x12\x17\n" +
-	"\acase_id\x18\x02 \x01(\tR\x06caseId\"L\n" +
+	"\acase_id\x18\x02 \x01(\tR\x06caseId\"@\n" +
+	"\x10ListCasesRequest\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\tR\x06status\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\xc0\x03\n" +
+	"\vCaseSummary\x12\x17\n" +
+	"\acase_id\x18\x01 \x01(\tR\x06caseId\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12:\n" +
+	"\x06status\x18\x03 \x01(\x0e2\".tenure.events.v1.LeaverCaseStatusR\x06status\x127\n" +
+	"\topened_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bopenedAt\x126\n" +
+	"\bdeadline\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12=\n" +
+	"\fcompleted_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12=\n" +
+	"\frescinded_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vrescindedAt\x12\x1a\n" +
+	"\baccounts\x18\b \x01(\x05R\baccounts\x12\x1a\n" +
+	"\bverified\x18\t \x01(\x05R\bverified\x12\x18\n" +
+	"\afailing\x18\n" +
+	" \x01(\x05R\afailing\"M\n" +
+	"\x11ListCasesResponse\x128\n" +
+	"\x05cases\x18\x01 \x03(\v2\".tenure.provisioner.v1.CaseSummaryR\x05cases\"L\n" +
 	"\x14GetLeaverCaseRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x17\n" +
 	"\acase_id\x18\x02 \x01(\tR\x06caseId\"\xb7\x02\n" +
@@ -2958,10 +3192,10 @@ const file_tenure_provisioner_v1_provisioning_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x14\n" +
 	"\x05limit\x18\x04 \x01(\x05R\x05limit\"V\n" +
 	"\x14ListFindingsResponse\x12>\n" +
-	"\bfindings\x18\x01 \x03(\v2\".tenure.events.v1.ReconcileFindingR\bfindings2\xf3\n" +
-	"\n" +
+	"\bfindings\x18\x01 \x03(\v2\".tenure.events.v1.ReconcileFindingR\bfindings2\xd3\v\n" +
 	"\x13ProvisioningService\x12j\n" +
-	"\rGetLeaverCase\x12+.tenure.provisioner.v1.GetLeaverCaseRequest\x1a,.tenure.provisioner.v1.GetLeaverCaseResponse\x12a\n" +
+	"\rGetLeaverCase\x12+.tenure.provisioner.v1.GetLeaverCaseRequest\x1a,.tenure.provisioner.v1.GetLeaverCaseResponse\x12^\n" +
+	"\tListCases\x12'.tenure.provisioner.v1.ListCasesRequest\x1a(.tenure.provisioner.v1.ListCasesResponse\x12a\n" +
 	"\n" +
 	"ListQueues\x12(.tenure.provisioner.v1.ListQueuesRequest\x1a).tenure.provisioner.v1.ListQueuesResponse\x12g\n" +
 	"\fListAccounts\x12*.tenure.provisioner.v1.ListAccountsRequest\x1a+.tenure.provisioner.v1.ListAccountsResponse\x12^\n" +
@@ -2988,129 +3222,140 @@ func file_tenure_provisioner_v1_provisioning_proto_rawDescGZIP() []byte {
 	return file_tenure_provisioner_v1_provisioning_proto_rawDescData
 }
 
-var file_tenure_provisioner_v1_provisioning_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_tenure_provisioner_v1_provisioning_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_tenure_provisioner_v1_provisioning_proto_goTypes = []any{
 	(*LinkAccountRequest)(nil),         // 0: tenure.provisioner.v1.LinkAccountRequest
 	(*LinkAccountResponse)(nil),        // 1: tenure.provisioner.v1.LinkAccountResponse
-	(*GetLeaverCaseRequest)(nil),       // 2: tenure.provisioner.v1.GetLeaverCaseRequest
-	(*CaseAccount)(nil),                // 3: tenure.provisioner.v1.CaseAccount
-	(*LeaverCase)(nil),                 // 4: tenure.provisioner.v1.LeaverCase
-	(*Deletion)(nil),                   // 5: tenure.provisioner.v1.Deletion
-	(*GetLeaverCaseResponse)(nil),      // 6: tenure.provisioner.v1.GetLeaverCaseResponse
-	(*ListQueuesRequest)(nil),          // 7: tenure.provisioner.v1.ListQueuesRequest
-	(*Queue)(nil),                      // 8: tenure.provisioner.v1.Queue
-	(*ListQueuesResponse)(nil),         // 9: tenure.provisioner.v1.ListQueuesResponse
-	(*ListAccountsRequest)(nil),        // 10: tenure.provisioner.v1.ListAccountsRequest
-	(*Account)(nil),                    // 11: tenure.provisioner.v1.Account
-	(*ListAccountsResponse)(nil),       // 12: tenure.provisioner.v1.ListAccountsResponse
-	(*Attestation)(nil),                // 13: tenure.provisioner.v1.Attestation
-	(*ManualTask)(nil),                 // 14: tenure.provisioner.v1.ManualTask
-	(*ListTasksRequest)(nil),           // 15: tenure.provisioner.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),          // 16: tenure.provisioner.v1.ListTasksResponse
-	(*CompleteManualTaskRequest)(nil),  // 17: tenure.provisioner.v1.CompleteManualTaskRequest
-	(*CompleteManualTaskResponse)(nil), // 18: tenure.provisioner.v1.CompleteManualTaskResponse
-	(*DeadLetter)(nil),                 // 19: tenure.provisioner.v1.DeadLetter
-	(*ListDeadLettersRequest)(nil),     // 20: tenure.provisioner.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),    // 21: tenure.provisioner.v1.ListDeadLettersResponse
-	(*RetryDeadLetterRequest)(nil),     // 22: tenure.provisioner.v1.RetryDeadLetterRequest
-	(*RetryDeadLetterResponse)(nil),    // 23: tenure.provisioner.v1.RetryDeadLetterResponse
-	(*RetryAccountRequest)(nil),        // 24: tenure.provisioner.v1.RetryAccountRequest
-	(*RetryAccountResponse)(nil),       // 25: tenure.provisioner.v1.RetryAccountResponse
-	(*RetryTaskRequest)(nil),           // 26: tenure.provisioner.v1.RetryTaskRequest
-	(*RetryTaskResponse)(nil),          // 27: tenure.provisioner.v1.RetryTaskResponse
-	(*ListConnectorsRequest)(nil),      // 28: tenure.provisioner.v1.ListConnectorsRequest
-	(*ConnectorPolicy)(nil),            // 29: tenure.provisioner.v1.ConnectorPolicy
-	(*ConnectorHealth)(nil),            // 30: tenure.provisioner.v1.ConnectorHealth
-	(*ConnectorInfo)(nil),              // 31: tenure.provisioner.v1.ConnectorInfo
-	(*ListConnectorsResponse)(nil),     // 32: tenure.provisioner.v1.ListConnectorsResponse
-	(*ReconcileRequest)(nil),           // 33: tenure.provisioner.v1.ReconcileRequest
-	(*ReconcileRun)(nil),               // 34: tenure.provisioner.v1.ReconcileRun
-	(*ReconcileResponse)(nil),          // 35: tenure.provisioner.v1.ReconcileResponse
-	(*ListFindingsRequest)(nil),        // 36: tenure.provisioner.v1.ListFindingsRequest
-	(*ListFindingsResponse)(nil),       // 37: tenure.provisioner.v1.ListFindingsResponse
-	(*timestamppb.Timestamp)(nil),      // 38: google.protobuf.Timestamp
-	(v1.AccountState)(0),               // 39: tenure.events.v1.AccountState
-	(v1.LeaverCaseStatus)(0),           // 40: tenure.events.v1.LeaverCaseStatus
-	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
-	(*v1.ReconcileFinding)(nil),        // 42: tenure.events.v1.ReconcileFinding
+	(*ListCasesRequest)(nil),           // 2: tenure.provisioner.v1.ListCasesRequest
+	(*CaseSummary)(nil),                // 3: tenure.provisioner.v1.CaseSummary
+	(*ListCasesResponse)(nil),          // 4: tenure.provisioner.v1.ListCasesResponse
+	(*GetLeaverCaseRequest)(nil),       // 5: tenure.provisioner.v1.GetLeaverCaseRequest
+	(*CaseAccount)(nil),                // 6: tenure.provisioner.v1.CaseAccount
+	(*LeaverCase)(nil),                 // 7: tenure.provisioner.v1.LeaverCase
+	(*Deletion)(nil),                   // 8: tenure.provisioner.v1.Deletion
+	(*GetLeaverCaseResponse)(nil),      // 9: tenure.provisioner.v1.GetLeaverCaseResponse
+	(*ListQueuesRequest)(nil),          // 10: tenure.provisioner.v1.ListQueuesRequest
+	(*Queue)(nil),                      // 11: tenure.provisioner.v1.Queue
+	(*ListQueuesResponse)(nil),         // 12: tenure.provisioner.v1.ListQueuesResponse
+	(*ListAccountsRequest)(nil),        // 13: tenure.provisioner.v1.ListAccountsRequest
+	(*Account)(nil),                    // 14: tenure.provisioner.v1.Account
+	(*ListAccountsResponse)(nil),       // 15: tenure.provisioner.v1.ListAccountsResponse
+	(*Attestation)(nil),                // 16: tenure.provisioner.v1.Attestation
+	(*ManualTask)(nil),                 // 17: tenure.provisioner.v1.ManualTask
+	(*ListTasksRequest)(nil),           // 18: tenure.provisioner.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),          // 19: tenure.provisioner.v1.ListTasksResponse
+	(*CompleteManualTaskRequest)(nil),  // 20: tenure.provisioner.v1.CompleteManualTaskRequest
+	(*CompleteManualTaskResponse)(nil), // 21: tenure.provisioner.v1.CompleteManualTaskResponse
+	(*DeadLetter)(nil),                 // 22: tenure.provisioner.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),     // 23: tenure.provisioner.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),    // 24: tenure.provisioner.v1.ListDeadLettersResponse
+	(*RetryDeadLetterRequest)(nil),     // 25: tenure.provisioner.v1.RetryDeadLetterRequest
+	(*RetryDeadLetterResponse)(nil),    // 26: tenure.provisioner.v1.RetryDeadLetterResponse
+	(*RetryAccountRequest)(nil),        // 27: tenure.provisioner.v1.RetryAccountRequest
+	(*RetryAccountResponse)(nil),       // 28: tenure.provisioner.v1.RetryAccountResponse
+	(*RetryTaskRequest)(nil),           // 29: tenure.provisioner.v1.RetryTaskRequest
+	(*RetryTaskResponse)(nil),          // 30: tenure.provisioner.v1.RetryTaskResponse
+	(*ListConnectorsRequest)(nil),      // 31: tenure.provisioner.v1.ListConnectorsRequest
+	(*ConnectorPolicy)(nil),            // 32: tenure.provisioner.v1.ConnectorPolicy
+	(*ConnectorHealth)(nil),            // 33: tenure.provisioner.v1.ConnectorHealth
+	(*ConnectorInfo)(nil),              // 34: tenure.provisioner.v1.ConnectorInfo
+	(*ListConnectorsResponse)(nil),     // 35: tenure.provisioner.v1.ListConnectorsResponse
+	(*ReconcileRequest)(nil),           // 36: tenure.provisioner.v1.ReconcileRequest
+	(*ReconcileRun)(nil),               // 37: tenure.provisioner.v1.ReconcileRun
+	(*ReconcileResponse)(nil),          // 38: tenure.provisioner.v1.ReconcileResponse
+	(*ListFindingsRequest)(nil),        // 39: tenure.provisioner.v1.ListFindingsRequest
+	(*ListFindingsResponse)(nil),       // 40: tenure.provisioner.v1.ListFindingsResponse
+	(v1.LeaverCaseStatus)(0),           // 41: tenure.events.v1.LeaverCaseStatus
+	(*timestamppb.Timestamp)(nil),      // 42: google.protobuf.Timestamp
+	(v1.AccountState)(0),               // 43: tenure.events.v1.AccountState
+	(*durationpb.Duration)(nil),        // 44: google.protobuf.Duration
+	(*v1.ReconcileFinding)(nil),        // 45: tenure.events.v1.ReconcileFinding
 }
 var file_tenure_provisioner_v1_provisioning_proto_depIdxs = []int32{
-	11, // 0: tenure.provisioner.v1.LinkAccountResponse.account:type_name -> tenure.provisioner.v1.Account
-	38, // 1: tenure.provisioner.v1.CaseAccount.verified_at:type_name -> google.protobuf.Timestamp
-	39, // 2: tenure.provisioner.v1.CaseAccount.observed_state:type_name -> tenure.events.v1.AccountState
-	40, // 3: tenure.provisioner.v1.LeaverCase.status:type_name -> tenure.events.v1.LeaverCaseStatus
-	38, // 4: tenure.provisioner.v1.LeaverCase.opened_at:type_name -> google.protobuf.Timestamp
-	38, // 5: tenure.provisioner.v1.LeaverCase.completed_at:type_name -> google.protobuf.Timestamp
-	38, // 6: tenure.provisioner.v1.LeaverCase.deadline:type_name -> google.protobuf.Timestamp
-	3,  // 7: tenure.provisioner.v1.LeaverCase.accounts:type_name -> tenure.provisioner.v1.CaseAccount
-	38, // 8: tenure.provisioner.v1.LeaverCase.rescinded_at:type_name -> google.protobuf.Timestamp
-	5,  // 9: tenure.provisioner.v1.LeaverCase.deletions:type_name -> tenure.provisioner.v1.Deletion
-	38, // 10: tenure.provisioner.v1.Deletion.due_at:type_name -> google.protobuf.Timestamp
-	38, // 11: tenure.provisioner.v1.Deletion.completed_at:type_name -> google.protobuf.Timestamp
-	4,  // 12: tenure.provisioner.v1.GetLeaverCaseResponse.leaver_case:type_name -> tenure.provisioner.v1.LeaverCase
-	41, // 13: tenure.provisioner.v1.Queue.oldest_age:type_name -> google.protobuf.Duration
-	8,  // 14: tenure.provisioner.v1.ListQueuesResponse.queues:type_name -> tenure.provisioner.v1.Queue
-	39, // 15: tenure.provisioner.v1.Account.desired_state:type_name -> tenure.events.v1.AccountState
-	39, // 16: tenure.provisioner.v1.Account.observed_state:type_name -> tenure.events.v1.AccountState
-	38, // 17: tenure.provisioner.v1.Account.verified_at:type_name -> google.protobuf.Timestamp
-	11, // 18: tenure.provisioner.v1.ListAccountsResponse.accounts:type_name -> tenure.provisioner.v1.Account
-	38, // 19: tenure.provisioner.v1.Attestation.completed_at:type_name -> google.protobuf.Timestamp
-	38, // 20: tenure.provisioner.v1.ManualTask.created_at:type_name -> google.protobuf.Timestamp
-	38, // 21: tenure.provisioner.v1.ManualTask.deadline:type_name -> google.protobuf.Timestamp
-	13, // 22: tenure.provisioner.v1.ManualTask.attestation:type_name -> tenure.provisioner.v1.Attestation
-	14, // 23: tenure.provisioner.v1.ListTasksResponse.tasks:type_name -> tenure.provisioner.v1.ManualTask
-	14, // 24: tenure.provisioner.v1.CompleteManualTaskResponse.task:type_name -> tenure.provisioner.v1.ManualTask
-	38, // 25: tenure.provisioner.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
-	38, // 26: tenure.provisioner.v1.DeadLetter.retried_at:type_name -> google.protobuf.Timestamp
-	19, // 27: tenure.provisioner.v1.ListDeadLettersResponse.dead_letters:type_name -> tenure.provisioner.v1.DeadLetter
-	19, // 28: tenure.provisioner.v1.RetryDeadLetterResponse.dead_letter:type_name -> tenure.provisioner.v1.DeadLetter
-	41, // 29: tenure.provisioner.v1.ConnectorPolicy.timeout:type_name -> google.protobuf.Duration
-	41, // 30: tenure.provisioner.v1.ConnectorPolicy.delete_after:type_name -> google.protobuf.Duration
-	41, // 31: tenure.provisioner.v1.ConnectorPolicy.reconcile_interval:type_name -> google.protobuf.Duration
-	38, // 32: tenure.provisioner.v1.ConnectorHealth.checked_at:type_name -> google.protobuf.Timestamp
-	41, // 33: tenure.provisioner.v1.ConnectorHealth.latency:type_name -> google.protobuf.Duration
-	38, // 34: tenure.provisioner.v1.ConnectorHealth.last_error_at:type_name -> google.protobuf.Timestamp
-	29, // 35: tenure.provisioner.v1.ConnectorInfo.policy:type_name -> tenure.provisioner.v1.ConnectorPolicy
-	30, // 36: tenure.provisioner.v1.ConnectorInfo.health:type_name -> tenure.provisioner.v1.ConnectorHealth
-	38, // 37: tenure.provisioner.v1.ConnectorInfo.last_reconciled_at:type_name -> google.protobuf.Timestamp
-	38, // 38: tenure.provisioner.v1.ConnectorInfo.next_reconcile_at:type_name -> google.protobuf.Timestamp
-	31, // 39: tenure.provisioner.v1.ListConnectorsResponse.connectors:type_name -> tenure.provisioner.v1.ConnectorInfo
-	38, // 40: tenure.provisioner.v1.ReconcileRun.started_at:type_name -> google.protobuf.Timestamp
-	38, // 41: tenure.provisioner.v1.ReconcileRun.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 42: tenure.provisioner.v1.ReconcileResponse.run:type_name -> tenure.provisioner.v1.ReconcileRun
-	42, // 43: tenure.provisioner.v1.ReconcileResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
-	42, // 44: tenure.provisioner.v1.ListFindingsResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
-	2,  // 45: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:input_type -> tenure.provisioner.v1.GetLeaverCaseRequest
-	7,  // 46: tenure.provisioner.v1.ProvisioningService.ListQueues:input_type -> tenure.provisioner.v1.ListQueuesRequest
-	10, // 47: tenure.provisioner.v1.ProvisioningService.ListAccounts:input_type -> tenure.provisioner.v1.ListAccountsRequest
-	15, // 48: tenure.provisioner.v1.ProvisioningService.ListTasks:input_type -> tenure.provisioner.v1.ListTasksRequest
-	17, // 49: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:input_type -> tenure.provisioner.v1.CompleteManualTaskRequest
-	26, // 50: tenure.provisioner.v1.ProvisioningService.RetryTask:input_type -> tenure.provisioner.v1.RetryTaskRequest
-	28, // 51: tenure.provisioner.v1.ProvisioningService.ListConnectors:input_type -> tenure.provisioner.v1.ListConnectorsRequest
-	33, // 52: tenure.provisioner.v1.ProvisioningService.Reconcile:input_type -> tenure.provisioner.v1.ReconcileRequest
-	36, // 53: tenure.provisioner.v1.ProvisioningService.ListFindings:input_type -> tenure.provisioner.v1.ListFindingsRequest
-	20, // 54: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:input_type -> tenure.provisioner.v1.ListDeadLettersRequest
-	22, // 55: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:input_type -> tenure.provisioner.v1.RetryDeadLetterRequest
-	24, // 56: tenure.provisioner.v1.ProvisioningService.RetryAccount:input_type -> tenure.provisioner.v1.RetryAccountRequest
-	0,  // 57: tenure.provisioner.v1.ProvisioningService.LinkAccount:input_type -> tenure.provisioner.v1.LinkAccountRequest
-	6,  // 58: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:output_type -> tenure.provisioner.v1.GetLeaverCaseResponse
-	9,  // 59: tenure.provisioner.v1.ProvisioningService.ListQueues:output_type -> tenure.provisioner.v1.ListQueuesResponse
-	12, // 60: tenure.provisioner.v1.ProvisioningService.ListAccounts:output_type -> tenure.provisioner.v1.ListAccountsResponse
-	16, // 61: tenure.provisioner.v1.ProvisioningService.ListTasks:output_type -> tenure.provisioner.v1.ListTasksResponse
-	18, // 62: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:output_type -> tenure.provisioner.v1.CompleteManualTaskResponse
-	27, // 63: tenure.provisioner.v1.ProvisioningService.RetryTask:output_type -> tenure.provisioner.v1.RetryTaskResponse
-	32, // 64: tenure.provisioner.v1.ProvisioningService.ListConnectors:output_type -> tenure.provisioner.v1.ListConnectorsResponse
-	35, // 65: tenure.provisioner.v1.ProvisioningService.Reconcile:output_type -> tenure.provisioner.v1.ReconcileResponse
-	37, // 66: tenure.provisioner.v1.ProvisioningService.ListFindings:output_type -> tenure.provisioner.v1.ListFindingsResponse
-	21, // 67: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:output_type -> tenure.provisioner.v1.ListDeadLettersResponse
-	23, // 68: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:output_type -> tenure.provisioner.v1.RetryDeadLetterResponse
-	25, // 69: tenure.provisioner.v1.ProvisioningService.RetryAccount:output_type -> tenure.provisioner.v1.RetryAccountResponse
-	1,  // 70: tenure.provisioner.v1.ProvisioningService.LinkAccount:output_type -> tenure.provisioner.v1.LinkAccountResponse
-	58, // [58:71] is the sub-list for method output_type
-	45, // [45:58] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	14, // 0: tenure.provisioner.v1.LinkAccountResponse.account:type_name -> tenure.provisioner.v1.Account
+	41, // 1: tenure.provisioner.v1.CaseSummary.status:type_name -> tenure.events.v1.LeaverCaseStatus
+	42, // 2: tenure.provisioner.v1.CaseSummary.opened_at:type_name -> google.protobuf.Timestamp
+	42, // 3: tenure.provisioner.v1.CaseSummary.deadline:type_name -> google.protobuf.Timestamp
+	42, // 4: tenure.provisioner.v1.CaseSummary.completed_at:type_name -> google.protobuf.Timestamp
+	42, // 5: tenure.provisioner.v1.CaseSummary.rescinded_at:type_name -> google.protobuf.Timestamp
+	3,  // 6: tenure.provisioner.v1.ListCasesResponse.cases:type_name -> tenure.provisioner.v1.CaseSummary
+	42, // 7: tenure.provisioner.v1.CaseAccount.verified_at:type_name -> google.protobuf.Timestamp
+	43, // 8: tenure.provisioner.v1.CaseAccount.observed_state:type_name -> tenure.events.v1.AccountState
+	41, // 9: tenure.provisioner.v1.LeaverCase.status:type_name -> tenure.events.v1.LeaverCaseStatus
+	42, // 10: tenure.provisioner.v1.LeaverCase.opened_at:type_name -> google.protobuf.Timestamp
+	42, // 11: tenure.provisioner.v1.LeaverCase.completed_at:type_name -> google.protobuf.Timestamp
+	42, // 12: tenure.provisioner.v1.LeaverCase.deadline:type_name -> google.protobuf.Timestamp
+	6,  // 13: tenure.provisioner.v1.LeaverCase.accounts:type_name -> tenure.provisioner.v1.CaseAccount
+	42, // 14: tenure.provisioner.v1.LeaverCase.rescinded_at:type_name -> google.protobuf.Timestamp
+	8,  // 15: tenure.provisioner.v1.LeaverCase.deletions:type_name -> tenure.provisioner.v1.Deletion
+	42, // 16: tenure.provisioner.v1.Deletion.due_at:type_name -> google.protobuf.Timestamp
+	42, // 17: tenure.provisioner.v1.Deletion.completed_at:type_name -> google.protobuf.Timestamp
+	7,  // 18: tenure.provisioner.v1.GetLeaverCaseResponse.leaver_case:type_name -> tenure.provisioner.v1.LeaverCase
+	44, // 19: tenure.provisioner.v1.Queue.oldest_age:type_name -> google.protobuf.Duration
+	11, // 20: tenure.provisioner.v1.ListQueuesResponse.queues:type_name -> tenure.provisioner.v1.Queue
+	43, // 21: tenure.provisioner.v1.Account.desired_state:type_name -> tenure.events.v1.AccountState
+	43, // 22: tenure.provisioner.v1.Account.observed_state:type_name -> tenure.events.v1.AccountState
+	42, // 23: tenure.provisioner.v1.Account.verified_at:type_name -> google.protobuf.Timestamp
+	14, // 24: tenure.provisioner.v1.ListAccountsResponse.accounts:type_name -> tenure.provisioner.v1.Account
+	42, // 25: tenure.provisioner.v1.Attestation.completed_at:type_name -> google.protobuf.Timestamp
+	42, // 26: tenure.provisioner.v1.ManualTask.created_at:type_name -> google.protobuf.Timestamp
+	42, // 27: tenure.provisioner.v1.ManualTask.deadline:type_name -> google.protobuf.Timestamp
+	16, // 28: tenure.provisioner.v1.ManualTask.attestation:type_name -> tenure.provisioner.v1.Attestation
+	17, // 29: tenure.provisioner.v1.ListTasksResponse.tasks:type_name -> tenure.provisioner.v1.ManualTask
+	17, // 30: tenure.provisioner.v1.CompleteManualTaskResponse.task:type_name -> tenure.provisioner.v1.ManualTask
+	42, // 31: tenure.provisioner.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
+	42, // 32: tenure.provisioner.v1.DeadLetter.retried_at:type_name -> google.protobuf.Timestamp
+	22, // 33: tenure.provisioner.v1.ListDeadLettersResponse.dead_letters:type_name -> tenure.provisioner.v1.DeadLetter
+	22, // 34: tenure.provisioner.v1.RetryDeadLetterResponse.dead_letter:type_name -> tenure.provisioner.v1.DeadLetter
+	44, // 35: tenure.provisioner.v1.ConnectorPolicy.timeout:type_name -> google.protobuf.Duration
+	44, // 36: tenure.provisioner.v1.ConnectorPolicy.delete_after:type_name -> google.protobuf.Duration
+	44, // 37: tenure.provisioner.v1.ConnectorPolicy.reconcile_interval:type_name -> google.protobuf.Duration
+	42, // 38: tenure.provisioner.v1.ConnectorHealth.checked_at:type_name -> google.protobuf.Timestamp
+	44, // 39: tenure.provisioner.v1.ConnectorHealth.latency:type_name -> google.protobuf.Duration
+	42, // 40: tenure.provisioner.v1.ConnectorHealth.last_error_at:type_name -> google.protobuf.Timestamp
+	32, // 41: tenure.provisioner.v1.ConnectorInfo.policy:type_name -> tenure.provisioner.v1.ConnectorPolicy
+	33, // 42: tenure.provisioner.v1.ConnectorInfo.health:type_name -> tenure.provisioner.v1.ConnectorHealth
+	42, // 43: tenure.provisioner.v1.ConnectorInfo.last_reconciled_at:type_name -> google.protobuf.Timestamp
+	42, // 44: tenure.provisioner.v1.ConnectorInfo.next_reconcile_at:type_name -> google.protobuf.Timestamp
+	34, // 45: tenure.provisioner.v1.ListConnectorsResponse.connectors:type_name -> tenure.provisioner.v1.ConnectorInfo
+	42, // 46: tenure.provisioner.v1.ReconcileRun.started_at:type_name -> google.protobuf.Timestamp
+	42, // 47: tenure.provisioner.v1.ReconcileRun.finished_at:type_name -> google.protobuf.Timestamp
+	37, // 48: tenure.provisioner.v1.ReconcileResponse.run:type_name -> tenure.provisioner.v1.ReconcileRun
+	45, // 49: tenure.provisioner.v1.ReconcileResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
+	45, // 50: tenure.provisioner.v1.ListFindingsResponse.findings:type_name -> tenure.events.v1.ReconcileFinding
+	5,  // 51: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:input_type -> tenure.provisioner.v1.GetLeaverCaseRequest
+	2,  // 52: tenure.provisioner.v1.ProvisioningService.ListCases:input_type -> tenure.provisioner.v1.ListCasesRequest
+	10, // 53: tenure.provisioner.v1.ProvisioningService.ListQueues:input_type -> tenure.provisioner.v1.ListQueuesRequest
+	13, // 54: tenure.provisioner.v1.ProvisioningService.ListAccounts:input_type -> tenure.provisioner.v1.ListAccountsRequest
+	18, // 55: tenure.provisioner.v1.ProvisioningService.ListTasks:input_type -> tenure.provisioner.v1.ListTasksRequest
+	20, // 56: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:input_type -> tenure.provisioner.v1.CompleteManualTaskRequest
+	29, // 57: tenure.provisioner.v1.ProvisioningService.RetryTask:input_type -> tenure.provisioner.v1.RetryTaskRequest
+	31, // 58: tenure.provisioner.v1.ProvisioningService.ListConnectors:input_type -> tenure.provisioner.v1.ListConnectorsRequest
+	36, // 59: tenure.provisioner.v1.ProvisioningService.Reconcile:input_type -> tenure.provisioner.v1.ReconcileRequest
+	39, // 60: tenure.provisioner.v1.ProvisioningService.ListFindings:input_type -> tenure.provisioner.v1.ListFindingsRequest
+	23, // 61: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:input_type -> tenure.provisioner.v1.ListDeadLettersRequest
+	25, // 62: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:input_type -> tenure.provisioner.v1.RetryDeadLetterRequest
+	27, // 63: tenure.provisioner.v1.ProvisioningService.RetryAccount:input_type -> tenure.provisioner.v1.RetryAccountRequest
+	0,  // 64: tenure.provisioner.v1.ProvisioningService.LinkAccount:input_type -> tenure.provisioner.v1.LinkAccountRequest
+	9,  // 65: tenure.provisioner.v1.ProvisioningService.GetLeaverCase:output_type -> tenure.provisioner.v1.GetLeaverCaseResponse
+	4,  // 66: tenure.provisioner.v1.ProvisioningService.ListCases:output_type -> tenure.provisioner.v1.ListCasesResponse
+	12, // 67: tenure.provisioner.v1.ProvisioningService.ListQueues:output_type -> tenure.provisioner.v1.ListQueuesResponse
+	15, // 68: tenure.provisioner.v1.ProvisioningService.ListAccounts:output_type -> tenure.provisioner.v1.ListAccountsResponse
+	19, // 69: tenure.provisioner.v1.ProvisioningService.ListTasks:output_type -> tenure.provisioner.v1.ListTasksResponse
+	21, // 70: tenure.provisioner.v1.ProvisioningService.CompleteManualTask:output_type -> tenure.provisioner.v1.CompleteManualTaskResponse
+	30, // 71: tenure.provisioner.v1.ProvisioningService.RetryTask:output_type -> tenure.provisioner.v1.RetryTaskResponse
+	35, // 72: tenure.provisioner.v1.ProvisioningService.ListConnectors:output_type -> tenure.provisioner.v1.ListConnectorsResponse
+	38, // 73: tenure.provisioner.v1.ProvisioningService.Reconcile:output_type -> tenure.provisioner.v1.ReconcileResponse
+	40, // 74: tenure.provisioner.v1.ProvisioningService.ListFindings:output_type -> tenure.provisioner.v1.ListFindingsResponse
+	24, // 75: tenure.provisioner.v1.ProvisioningService.ListDeadLetters:output_type -> tenure.provisioner.v1.ListDeadLettersResponse
+	26, // 76: tenure.provisioner.v1.ProvisioningService.RetryDeadLetter:output_type -> tenure.provisioner.v1.RetryDeadLetterResponse
+	28, // 77: tenure.provisioner.v1.ProvisioningService.RetryAccount:output_type -> tenure.provisioner.v1.RetryAccountResponse
+	1,  // 78: tenure.provisioner.v1.ProvisioningService.LinkAccount:output_type -> tenure.provisioner.v1.LinkAccountResponse
+	65, // [65:79] is the sub-list for method output_type
+	51, // [51:65] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_tenure_provisioner_v1_provisioning_proto_init() }
@@ -3124,7 +3369,7 @@ func file_tenure_provisioner_v1_provisioning_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenure_provisioner_v1_provisioning_proto_rawDesc), len(file_tenure_provisioner_v1_provisioning_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

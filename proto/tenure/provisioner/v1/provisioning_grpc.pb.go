@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ProvisioningService_GetLeaverCase_FullMethodName      = "/tenure.provisioner.v1.ProvisioningService/GetLeaverCase"
+	ProvisioningService_ListCases_FullMethodName          = "/tenure.provisioner.v1.ProvisioningService/ListCases"
 	ProvisioningService_ListQueues_FullMethodName         = "/tenure.provisioner.v1.ProvisioningService/ListQueues"
 	ProvisioningService_ListAccounts_FullMethodName       = "/tenure.provisioner.v1.ProvisioningService/ListAccounts"
 	ProvisioningService_ListTasks_FullMethodName          = "/tenure.provisioner.v1.ProvisioningService/ListTasks"
@@ -43,6 +44,9 @@ const (
 type ProvisioningServiceClient interface {
 	// GetLeaverCase returns the newest leaver case of a worker, or a case by id.
 	GetLeaverCase(ctx context.Context, in *GetLeaverCaseRequest, opts ...grpc.CallOption) (*GetLeaverCaseResponse, error)
+	// ListCases lists leaver cases, most urgent first: open ones by deadline (overdue first),
+	// then the others, newest first.
+	ListCases(ctx context.Context, in *ListCasesRequest, opts ...grpc.CallOption) (*ListCasesResponse, error)
 	// ListQueues returns the work queue of each connector.
 	ListQueues(ctx context.Context, in *ListQueuesRequest, opts ...grpc.CallOption) (*ListQueuesResponse, error)
 	// ListAccounts returns the account links of a worker.
@@ -90,6 +94,16 @@ func (c *provisioningServiceClient) GetLeaverCase(ctx context.Context, in *GetLe
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetLeaverCaseResponse)
 	err := c.cc.Invoke(ctx, ProvisioningService_GetLeaverCase_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *provisioningServiceClient) ListCases(ctx context.Context, in *ListCasesRequest, opts ...grpc.CallOption) (*ListCasesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCasesResponse)
+	err := c.cc.Invoke(ctx, ProvisioningService_ListCases_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -225,6 +239,9 @@ func (c *provisioningServiceClient) LinkAccount(ctx context.Context, in *LinkAcc
 type ProvisioningServiceServer interface {
 	// GetLeaverCase returns the newest leaver case of a worker, or a case by id.
 	GetLeaverCase(context.Context, *GetLeaverCaseRequest) (*GetLeaverCaseResponse, error)
+	// ListCases lists leaver cases, most urgent first: open ones by deadline (overdue first),
+	// then the others, newest first.
+	ListCases(context.Context, *ListCasesRequest) (*ListCasesResponse, error)
 	// ListQueues returns the work queue of each connector.
 	ListQueues(context.Context, *ListQueuesRequest) (*ListQueuesResponse, error)
 	// ListAccounts returns the account links of a worker.
@@ -270,6 +287,9 @@ type UnimplementedProvisioningServiceServer struct{}
 
 func (UnimplementedProvisioningServiceServer) GetLeaverCase(context.Context, *GetLeaverCaseRequest) (*GetLeaverCaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetLeaverCase not implemented")
+}
+func (UnimplementedProvisioningServiceServer) ListCases(context.Context, *ListCasesRequest) (*ListCasesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCases not implemented")
 }
 func (UnimplementedProvisioningServiceServer) ListQueues(context.Context, *ListQueuesRequest) (*ListQueuesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListQueues not implemented")
@@ -342,6 +362,24 @@ func _ProvisioningService_GetLeaverCase_Handler(srv interface{}, ctx context.Con
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ProvisioningServiceServer).GetLeaverCase(ctx, req.(*GetLeaverCaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProvisioningService_ListCases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCasesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProvisioningServiceServer).ListCases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProvisioningService_ListCases_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProvisioningServiceServer).ListCases(ctx, req.(*ListCasesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -572,6 +610,10 @@ var ProvisioningService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetLeaverCase",
 			Handler:    _ProvisioningService_GetLeaverCase_Handler,
+		},
+		{
+			MethodName: "ListCases",
+			Handler:    _ProvisioningService_ListCases_Handler,
 		},
 		{
 			MethodName: "ListQueues",
