@@ -496,10 +496,13 @@ func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, sta
 		WHERE g.link_id = $1 AND g.active`, linkID).Scan(&ents); err != nil {
 		return nil, err
 	}
-	if (state == curState && (slices.Equal(ents, curEnts) || state == stateDisabled) && gen > 0) || (gen == 0 && state == stateDisabled) {
-		// Nothing to do in the target; a disabled account keeps the entitlements it had. A
-		// link never provisioned (a grant while the worker is on leave) has no account to
-		// disable: it is created when the link is enabled.
+	// A disabled account holds only what its grants explain: an entitlement no grant explains
+	// any more is revoked in the target (the disable command narrows), while one granted
+	// during a leave waits for the enable.
+	narrows := slices.ContainsFunc(curEnts, func(e string) bool { return !slices.Contains(ents, e) })
+	if (state == curState && (slices.Equal(ents, curEnts) || (state == stateDisabled && !narrows)) && gen > 0) || (gen == 0 && state == stateDisabled) {
+		// Nothing to do in the target. A link never provisioned (a grant while the worker is
+		// on leave) has no account to disable: it is created when the link is enabled.
 		if !slices.Equal(ents, curEnts) || state != curState {
 			if _, err := tx.Exec(ctx, "UPDATE links SET desired_state = $2, desired_entitlements = $3 WHERE link_id = $1", linkID, state, ents); err != nil {
 				return nil, err

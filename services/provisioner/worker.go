@@ -373,13 +373,13 @@ func (s *Service) readBack(ctx context.Context, t *Target, l link) *connector.Ac
 }
 
 // converged says the account as read back is the link's desired state. Unlike verify, an
-// enabled account must hold no entitlement beyond the desired ones where the connector
-// manages them (exact), as apply leaves it.
+// account (enabled or disabled) must hold no entitlement beyond the desired ones where the
+// connector manages them (exact), as apply leaves it.
 func converged(l link, a *connector.Account, exact bool) bool {
 	if a == nil || verify(l, *a) != nil {
 		return false
 	}
-	if l.desired == stateEnabled && exact {
+	if l.desired != stateAbsent && exact {
 		for _, e := range a.Entitlements {
 			if !slices.Contains(l.entitlements, e) {
 				return false
@@ -429,6 +429,15 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 			return connector.Account{}, revocations{}, err
 		}
 		acct, err := get()
+		if err == nil {
+			// Disabled first, then narrowed: a disabled account keeps only the entitlements
+			// its grants explain (a leave of absence keeps them all), so no revoked grant
+			// lingers in the target, nor comes back with an enable.
+			if err := narrow(ctx, t, ref, acct, l.entitlements); err != nil {
+				return connector.Account{}, revocations{}, err
+			}
+			acct, err = get()
+		}
 		if errors.Is(err, connector.ErrNotFound) && ref.ID != "" {
 			// Gone under its id, but the target may have the name again under a new one (a
 			// restore or re-import recreated it): a leaver's name must not stay enabled there.
@@ -488,14 +497,10 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 		// what its grants explain. A failure part-way leaves a disabled account disabled; one
 		// that leaves an enabled account holding an entitlement nobody grants disables it
 		// (narrowForFailure), and a command that fails for good disables it (quarantine).
+		if err := narrow(ctx, t, ref, acct, l.entitlements); err != nil {
+			return connector.Account{}, revocations{}, s.narrowForFailure(ctx, t, ref, acct, err)
+		}
 		if g, ok := c.(connector.EntitlementGranter); ok {
-			for _, e := range acct.Entitlements {
-				if !slices.Contains(l.entitlements, e) {
-					if err := call(ctx, "revoke", func(ctx context.Context) error { return g.RevokeEntitlement(ctx, ref, e) }); err != nil {
-						return connector.Account{}, revocations{}, s.narrowForFailure(ctx, t, ref, acct, fmt.Errorf("revoke %s: %w", e, err))
-					}
-				}
-			}
 			for _, e := range l.entitlements {
 				if !slices.Contains(acct.Entitlements, e) {
 					if err := call(ctx, "grant", func(ctx context.Context) error { return g.GrantEntitlement(ctx, ref, e) }); err != nil {
@@ -516,6 +521,23 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 		acct, err = get()
 		return acct, revocations{}, err
 	}
+}
+
+// narrow revokes the entitlements acct holds beyond want, where the connector manages
+// entitlements.
+func narrow(ctx context.Context, t *Target, ref connector.AccountRef, acct connector.Account, want []string) error {
+	g, ok := t.Conn.(connector.EntitlementGranter)
+	if !ok {
+		return nil
+	}
+	for _, e := range acct.Entitlements {
+		if !slices.Contains(want, e) {
+			if err := t.runner.Call(ctx, "revoke", func(ctx context.Context) error { return g.RevokeEntitlement(ctx, ref, e) }); err != nil {
+				return fmt.Errorf("revoke %s: %w", e, err)
+			}
+		}
+	}
+	return nil
 }
 
 // narrowForFailure disables an enabled account whose stale entitlement could not be
