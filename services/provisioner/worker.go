@@ -739,6 +739,8 @@ func outcomeToken(o eventsv1.ProvisionOutcome) string {
 		return "superseded"
 	case eventsv1.ProvisionOutcome_PROVISION_OUTCOME_DEAD_LETTERED:
 		return "dead_lettered"
+	case eventsv1.ProvisionOutcome_PROVISION_OUTCOME_OBSERVED:
+		return "observed"
 	}
 	return "failed"
 }
