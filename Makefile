@@ -100,7 +100,7 @@ model:
 
 # The model-based test of governance (test/e2e/governance_model_test.go): random sequences of
 # hires, moves, requests, approvals and denials, JIT, break-glass, reviews and terminations
-# through the real services and a PostgreSQL-role target. `make test` runs 3 sequences;
+# through the real services and a PostgreSQL-role target. `make test` runs 6 sequences;
 # this runs GOVERNANCE_CHECKS of up to GOVERNANCE_STEPS steps, the seed printed on failure.
 GOVERNANCE_CHECKS ?= 200
 GOVERNANCE_STEPS ?= 30

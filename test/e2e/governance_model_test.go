@@ -42,12 +42,12 @@ import (
 // what the worker's grants explain, nothing else; `explain` says the target matches; every
 // decided review campaign has closed on the provisioner's confirmation.
 //
-// `go test` runs a few sequences; `make governance` runs many (TENURE_GOVERNANCE_CHECKS).
+// `go test` runs 6 sequences of 16 to 24 steps (a few seconds); `make governance` runs many (TENURE_GOVERNANCE_CHECKS).
 // On failure rapid prints the seed; -rapid.seed=N replays it.
 func TestGovernanceModel(t *testing.T) {
 	checks := os.Getenv("TENURE_GOVERNANCE_CHECKS")
 	if checks == "" {
-		checks = "3"
+		checks = "6"
 	}
 	if f := flag.Lookup("rapid.checks"); f != nil && !isFlagSet("rapid.checks") {
 		f.Value.Set(checks)
@@ -55,7 +55,7 @@ func TestGovernanceModel(t *testing.T) {
 	// Sequences run 2/3 to all of maxSteps steps: short enough for every `go test`, long
 	// enough that a few of them reach approvals, moves and reviews (rapid's first draws are
 	// small). A step that does not apply (a move before the hire) does nothing.
-	maxSteps := 18
+	maxSteps := 24
 	if s := os.Getenv("TENURE_GOVERNANCE_STEPS"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
@@ -103,7 +103,7 @@ break_glass: {reason_codes: [patient-emergency], max_duration: 2h, review_within
 	gov := func(token string) approvalv1.GovernanceServiceClient {
 		return approvalv1.NewGovernanceServiceClient(dial(t, env.GRPCAddr, token))
 	}
-	h := &govHarness{t: t, env: env, db: db, prefix: prefix, group: group, olga: gov(env.OperatorToken),
+	h := &govHarness{t: t, env: env, db: db, prefix: prefix, group: group, olga: gov(env.OperatorToken), seen: map[string]int{},
 		approver: map[string]approvalv1.GovernanceServiceClient{"manager": gov(mgrTok), "owner": gov(ownTok), "security": gov(secTok)}}
 
 	run := 0
@@ -158,6 +158,11 @@ break_glass: {reason_codes: [patient-emergency], max_duration: 2h, review_within
 		h.settle(rt, m)
 		h.quiesce(rt, m)
 	})
+	var seen []string
+	for _, k := range slices.Sorted(maps.Keys(h.seen)) {
+		seen = append(seen, fmt.Sprintf("%s %d", k, h.seen[k]))
+	}
+	t.Logf("%d sequences exercised: %s", run, strings.Join(seen, ", "))
 }
 
 var (
@@ -213,6 +218,9 @@ type govHarness struct {
 	group    func(pkg string) string
 	olga     approvalv1.GovernanceServiceClient            // operator: requests, break-glass, reviews
 	approver map[string]approvalv1.GovernanceServiceClient // by stage; own1 also reviews, sec1 closes break-glass reviews
+	// seen counts what the sequences exercised, logged at the end: a run that never reached
+	// a re-approval or an expiry proves little about them.
+	seen map[string]int
 }
 
 func (h *govHarness) postHR(rt *rapid.T, m *govModel, typ string, worker map[string]string) {
@@ -250,6 +258,7 @@ func (h *govHarness) hire(rt *rapid.T, m *govModel, w *govWorker, job string) {
 // new role lacks are cancelled; the new role's packages are requested.
 func (h *govHarness) move(rt *rapid.T, m *govModel, w *govWorker, job string) {
 	h.postHR(rt, m, "job_change", map[string]string{"worker_id": w.id, "job_code": job})
+	h.seen["move"]++
 	w.job = job
 	for pkg, r := range w.pending {
 		if r.kind == "role" && !slices.Contains(govRoles[job], pkg) {
@@ -276,6 +285,7 @@ func (h *govHarness) move(rt *rapid.T, m *govModel, w *govWorker, job string) {
 
 func (h *govHarness) terminate(rt *rapid.T, m *govModel, w *govWorker) {
 	h.postHR(rt, m, "termination", map[string]string{"worker_id": w.id})
+	h.seen[map[bool]string{true: "termination holding grants", false: "termination holding nothing"}[len(w.held) > 0]]++
 	w.status = "terminated"
 	clear(w.held)
 	clear(w.pending)
@@ -346,6 +356,7 @@ func (h *govHarness) decide(rt *rapid.T, m *govModel, approve bool) {
 			rt.Fatalf("%s: %v", what, err)
 		}
 		delete(w.pending, p.pkg)
+		h.seen["denied "+r.kind]++
 		if r.kind == "reapproval" {
 			delete(w.held, p.pkg) // a denied re-approval revokes the grant
 		}
@@ -360,6 +371,7 @@ func (h *govHarness) decide(rt *rapid.T, m *govModel, approve bool) {
 		return
 	}
 	delete(w.pending, p.pkg)
+	h.seen["approved "+r.kind]++
 	if got := out.GetRequest().GetStatus(); got != "approved" {
 		rt.Fatalf("%s: the last stage left it %s", what, got)
 	}
@@ -402,6 +414,7 @@ func (h *govHarness) lapse(rt *rapid.T, m *govModel, w *govWorker, pkg string) {
 		}
 		return errors.New("no such grant")
 	})
+	h.seen["lapsed "+w.held[pkg].kind]++
 	delete(w.held, pkg)
 }
 
@@ -455,6 +468,7 @@ func (h *govHarness) closeBreakGlass(rt *rapid.T, m *govModel) {
 	if out.GetAccessEnded() != active {
 		rt.Fatalf("closing break-glass review %s of %s: access_ended %v, model: the break-glass grant is active %v", o.b.review, o.w.id, out.GetAccessEnded(), active)
 	}
+	h.seen[fmt.Sprintf("break-glass review closed (access ended %v)", active)]++
 	if active {
 		delete(o.w.held, "admin")
 	}
@@ -485,6 +499,7 @@ func (h *govHarness) review(rt *rapid.T, m *govModel) {
 	}
 	for _, id := range items {
 		decision := rapid.SampledFrom([]string{"keep", "revoke"}).Draw(rt, "review decision")
+		h.seen["review "+decision]++
 		if _, err := h.approver["owner"].DecideReview(ctx, &approvalv1.DecideReviewRequest{CampaignId: c.GetCampaignId(), GrantId: id, Decision: decision,
 			Comment: "model"}); err != nil {
 			rt.Fatalf("%s grant %s in campaign %s: %v", decision, id, c.GetCampaignId(), err)
@@ -592,6 +607,7 @@ func (h *govHarness) approvalAgrees(w *govWorker) error {
 // exactly the groups their grants give; no other role of this sequence exists; explain sees
 // the same; every campaign whose items were all decided is closed.
 func (h *govHarness) quiesce(rt *rapid.T, m *govModel) {
+	h.seen["quiescent checks"]++
 	h.poll(rt, 30*time.Second, "the target agrees with the model", func() error {
 		ctx := context.Background()
 		for _, w := range m.workers {
