@@ -113,11 +113,14 @@ break_glass: {reason_codes: [patient-emergency], max_duration: 2h, review_within
 		for i := range 3 {
 			m.workers = append(m.workers, &govWorker{id: fmt.Sprintf("%s%d", m.stem, i), held: map[string]*govGrant{}, pending: map[string]*govReq{}})
 		}
-		actions := []string{"hire", "hire", "hire", "move", "move", "request", "request", "request", "decide", "decide", "decide", "decide", "decide",
-			"breakglass", "close-breakglass-review", "review", "terminate", "quiesce"}
+		// Weighted by repetition. request-outside-role and decide-all make grants held
+		// outside the role common enough that moves ask for their re-approval.
+		actions := []string{"hire", "hire", "hire", "move", "move", "request", "request", "request-outside-role", "request-outside-role",
+			"decide", "decide", "decide", "decide-all", "decide-all", "breakglass", "close-breakglass-review", "review", "terminate", "quiesce"}
 		for range rapid.IntRange(max(1, maxSteps*2/3), maxSteps).Draw(rt, "steps") {
 			w := rapid.SampledFrom(m.workers).Draw(rt, "worker")
-			switch a := rapid.SampledFrom(actions).Draw(rt, "action"); a {
+			// Only what applies now is drawn, so short sequences get far.
+			switch a := rapid.SampledFrom(slices.DeleteFunc(slices.Clone(actions), func(a string) bool { return !m.applies(a, w) })).Draw(rt, "action"); a {
 			case "hire":
 				if w.status == "" {
 					h.hire(rt, m, w, rapid.SampledFrom([]string{"RN", "CLERK", "CHARGE"}).Draw(rt, "job"))
@@ -129,8 +132,15 @@ break_glass: {reason_codes: [patient-emergency], max_duration: 2h, review_within
 				}
 			case "request":
 				h.request(rt, m, w, rapid.SampledFrom(govPackages).Draw(rt, "package"), rapid.SampledFrom([]int64{0, 1, 3600}).Draw(rt, "duration"))
+			case "request-outside-role":
+				if w.status == "active" {
+					outside := slices.DeleteFunc(slices.Clone(govPackages), func(p string) bool { return slices.Contains(govRoles[w.job], p) })
+					h.request(rt, m, w, rapid.SampledFrom(outside).Draw(rt, "package"), rapid.SampledFrom([]int64{0, 3600}).Draw(rt, "duration"))
+				}
 			case "decide":
-				h.decide(rt, m, rapid.IntRange(0, 4).Draw(rt, "deny one in five") > 0)
+				h.decide(rt, m, rapid.IntRange(0, 4).Draw(rt, "deny one in five") > 0, false)
+			case "decide-all":
+				h.decide(rt, m, true, true)
 			case "breakglass":
 				h.breakGlass(rt, m, w, rapid.SampledFrom([]int64{1, 3600}).Draw(rt, "break-glass duration"))
 			case "close-breakglass-review":
@@ -185,6 +195,24 @@ type govModel struct {
 	workers   []*govWorker
 	campaigns []string // review campaigns started, every item decided
 	hooks     int
+}
+
+// applies says whether an action can do anything now (the others still have their error
+// cases: a request or break-glass for a worker not hired or terminated).
+func (m *govModel) applies(action string, w *govWorker) bool {
+	switch action {
+	case "hire":
+		return w.status == ""
+	case "move", "terminate", "request-outside-role":
+		return w.status == "active"
+	case "decide", "decide-all":
+		return slices.ContainsFunc(m.workers, func(x *govWorker) bool { return len(x.pending) > 0 })
+	case "close-breakglass-review":
+		return slices.ContainsFunc(m.workers, func(x *govWorker) bool {
+			return slices.ContainsFunc(x.breakGlass, func(b *govBreakGlass) bool { return !b.closed })
+		})
+	}
+	return true
 }
 
 type govWorker struct {
@@ -277,6 +305,7 @@ func (h *govHarness) move(rt *rapid.T, m *govModel, w *govWorker, job string) {
 			if !g.reapproval {
 				g.reapproval = true
 				w.pending[pkg] = &govReq{kind: "reapproval"}
+				h.seen["re-approval asked"]++
 			}
 		}
 	}
@@ -321,44 +350,52 @@ func (h *govHarness) request(rt *rapid.T, m *govModel, w *govWorker, pkg string,
 }
 
 // decide approves (or denies) the current stage of a pending request, as the approver the
-// policy names for it.
-func (h *govHarness) decide(rt *rapid.T, m *govModel, approve bool) {
+// policy names for it; all approves every stage left, each by its approver.
+func (h *govHarness) decide(rt *rapid.T, m *govModel, approve, all bool) {
 	type pend struct {
 		w   *govWorker
 		pkg string
 	}
-	var all []pend
+	var pending []pend
 	for _, w := range m.workers {
 		for _, pkg := range slices.Sorted(maps.Keys(w.pending)) {
-			all = append(all, pend{w, pkg})
+			pending = append(pending, pend{w, pkg})
 		}
 	}
-	if len(all) == 0 {
+	if len(pending) == 0 {
 		return
 	}
-	p := rapid.SampledFrom(all).Draw(rt, "pending request")
-	w, r := p.w, p.w.pending[p.pkg]
+	p := rapid.SampledFrom(pending).Draw(rt, "pending request")
+	for all && p.w.pending[p.pkg] != nil && p.w.pending[p.pkg].stage < len(govStages(p.pkg))-1 {
+		h.decideOne(rt, m, p.w, p.pkg, true)
+		h.settle(rt, m)
+	}
+	h.decideOne(rt, m, p.w, p.pkg, approve)
+}
+
+func (h *govHarness) decideOne(rt *rapid.T, m *govModel, w *govWorker, pkg string, approve bool) {
+	r := w.pending[pkg]
 	ctx := context.Background()
 	res, err := h.olga.ListRequests(ctx, &approvalv1.ListRequestsRequest{WorkerId: w.id, Status: "pending"})
 	if err != nil {
 		rt.Fatal(err)
 	}
-	i := slices.IndexFunc(res.GetRequests(), func(x *approvalv1.AccessRequest) bool { return x.GetPackage() == p.pkg })
+	i := slices.IndexFunc(res.GetRequests(), func(x *approvalv1.AccessRequest) bool { return x.GetPackage() == pkg })
 	if i < 0 {
-		rt.Fatalf("no pending request for %s by %s: %v", p.pkg, w.id, res.GetRequests())
+		rt.Fatalf("no pending request for %s by %s: %v", pkg, w.id, res.GetRequests())
 	}
 	id := res.GetRequests()[i].GetRequestId()
-	stages := govStages(p.pkg)
+	stages := govStages(pkg)
 	stage := stages[r.stage]
-	what := fmt.Sprintf("%s stage %s of %s request %s (%s for %s)", map[bool]string{true: "approve", false: "deny"}[approve], stage, r.kind, id, p.pkg, w.id)
+	what := fmt.Sprintf("%s stage %s of %s request %s (%s for %s)", map[bool]string{true: "approve", false: "deny"}[approve], stage, r.kind, id, pkg, w.id)
 	if !approve {
 		if _, err := h.approver[stage].Deny(ctx, &approvalv1.DenyRequest{RequestId: id, Comment: "model: no"}); err != nil {
 			rt.Fatalf("%s: %v", what, err)
 		}
-		delete(w.pending, p.pkg)
+		delete(w.pending, pkg)
 		h.seen["denied "+r.kind]++
 		if r.kind == "reapproval" {
-			delete(w.held, p.pkg) // a denied re-approval revokes the grant
+			delete(w.held, pkg) // a denied re-approval revokes the grant
 		}
 		return
 	}
@@ -370,20 +407,20 @@ func (h *govHarness) decide(rt *rapid.T, m *govModel, approve bool) {
 	if r.stage < len(stages) {
 		return
 	}
-	delete(w.pending, p.pkg)
+	delete(w.pending, pkg)
 	h.seen["approved "+r.kind]++
 	if got := out.GetRequest().GetStatus(); got != "approved" {
 		rt.Fatalf("%s: the last stage left it %s", what, got)
 	}
 	if r.kind == "reapproval" {
-		w.held[p.pkg].reapproval = false
+		w.held[pkg].reapproval = false
 		return
 	}
-	kind := map[string]string{"role": "role", "request": "request", "jit": "jit"}[r.kind]
-	// The approved grant replaces a short one (JIT, break-glass) of the same package.
-	w.held[p.pkg] = &govGrant{id: out.GetRequest().GetGrantId(), kind: kind}
+	// The approved grant (of the request's kind) replaces a short one (JIT, break-glass) of
+	// the same package.
+	w.held[pkg] = &govGrant{id: out.GetRequest().GetGrantId(), kind: r.kind}
 	if r.dur == 1 {
-		h.lapse(rt, m, w, p.pkg)
+		h.lapse(rt, m, w, pkg)
 	}
 }
 
