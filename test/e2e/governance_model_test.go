@@ -42,8 +42,10 @@ import (
 // what the worker's grants explain, nothing else; `explain` says the target matches; every
 // decided review campaign has closed on the provisioner's confirmation.
 //
-// `go test` runs 6 sequences of 16 to 24 steps (a few seconds); `make governance` runs many (TENURE_GOVERNANCE_CHECKS).
-// On failure rapid prints the seed; -rapid.seed=N replays it.
+// `go test` runs 6 sequences of 16 to 24 steps (about 10 s); `make governance` runs many
+// (TENURE_GOVERNANCE_CHECKS, TENURE_GOVERNANCE_STEPS). On failure rapid prints the seed;
+// -rapid.seed=N replays it. The approval service ticks every 100ms here, so a one-second
+// grant's expiry is observed by polling, never by sleeping.
 func TestGovernanceModel(t *testing.T) {
 	checks := os.Getenv("TENURE_GOVERNANCE_CHECKS")
 	if checks == "" {
