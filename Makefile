@@ -12,7 +12,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 MODULES := ./proto/... ./pkg/... ./services/intake/... ./services/approval/... ./services/provisioner/... ./services/ledger/... ./cmd/... ./test/e2e/... ./examples/connector-inventory/...
 TESTFLAGS ?= -shuffle=on -count=1 -timeout=20m
 
-.PHONY: model all build deps tools proto lint test fuzz bench demo dev clean
+.PHONY: model governance all build deps tools proto lint test fuzz bench demo dev clean
 
 all: build
 
@@ -97,3 +97,12 @@ MODEL_CHECKS ?= 1000
 model:
 	TENURE_MODEL_CHECKS=$(MODEL_CHECKS) $(GO) test -count=1 -timeout 60m -run TestHRLifecycleModel ./test/e2e/
 
+
+# The model-based test of governance (test/e2e/governance_model_test.go): random sequences of
+# hires, moves, requests, approvals and denials, JIT, break-glass, reviews and terminations
+# through the real services and a PostgreSQL-role target. `make test` runs 6 sequences;
+# this runs GOVERNANCE_CHECKS of up to GOVERNANCE_STEPS steps, the seed printed on failure.
+GOVERNANCE_CHECKS ?= 200
+GOVERNANCE_STEPS ?= 30
+governance:
+	TENURE_GOVERNANCE_CHECKS=$(GOVERNANCE_CHECKS) TENURE_GOVERNANCE_STEPS=$(GOVERNANCE_STEPS) $(GO) test -count=1 -timeout 60m -run TestGovernanceModel ./test/e2e/

@@ -52,6 +52,9 @@ type ServeConfig struct {
 	LogLevel        string            `yaml:"log_level"`
 	ConnectTimeout  time.Duration     `yaml:"connect_timeout"`
 	CaseDeadline    time.Duration     `yaml:"case_deadline"`
+	// ApprovalTick is how often the approval service checks its stored deadlines (JIT and
+	// break-glass expiry, re-approval windows, review deadlines); 0 means its default, 5s.
+	ApprovalTick time.Duration `yaml:"approval_tick"`
 	// LedgerKeyFile holds the ledger's Ed25519 checkpoint key (created if missing); every
 	// ledger replica uses the same file.
 	LedgerKeyFile string `yaml:"ledger_key_file"`
@@ -114,6 +117,7 @@ func (c *ServeConfig) options() []option {
 		{flag: "ssf-retired-key-files", env: "TENURE_SSF_RETIRED_KEY_FILES", usage: "earlier SSF signing keys, comma-separated: still published in the JWKS after a rotation, never used to sign", str: &c.SSFRetiredKeyFiles},
 		{flag: "ssf-tenant", env: "TENURE_SSF_TENANT", usage: "tenant id sent in complex SSF subjects (optional)", str: &c.SSFTenant},
 		{flag: "case-deadline", env: "TENURE_CASE_DEADLINE", usage: "leaver case deadline before an overdue alert", dur: &c.CaseDeadline},
+		{flag: "approval-tick", env: "TENURE_APPROVAL_TICK", usage: "how often the approval service checks JIT/break-glass expiry and other deadlines (default 5s)", dur: &c.ApprovalTick},
 	}
 }
 
@@ -261,6 +265,9 @@ func (c *ServeConfig) Validate() error {
 	}
 	if c.NATSAtomicBatch < 0 || c.NATSAtomicBatch > pgstore.MaxRound {
 		probs = append(probs, fmt.Sprintf("--nats-atomic-batch %d: want 0 (never) up to %d (the most events one outbox round publishes)", c.NATSAtomicBatch, pgstore.MaxRound))
+	}
+	if c.ApprovalTick < 0 {
+		probs = append(probs, fmt.Sprintf("--approval-tick %s: want a positive duration (0: the default, 5s)", c.ApprovalTick))
 	}
 	if c.TokensFile == "" {
 		probs = append(probs, "--tokens-file is required: gRPC calls are authenticated")

@@ -19,6 +19,7 @@ func TestParseServePrecedence(t *testing.T) {
 		"TENURE_GRPC_ADDR":           ":8000",
 		"TENURE_INTAKE_DATABASE_URL": "postgres://intake-only/db",
 		"TENURE_STREAM_REPLICAS":     "3",
+		"TENURE_APPROVAL_TICK":       "250ms",
 	}
 	cfg, err := ParseServe([]string{"--grpc-addr", ":9000", "--target=intake,ledger"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
@@ -32,6 +33,7 @@ func TestParseServePrecedence(t *testing.T) {
 		"per-service database":    {cfg.databaseURL("intake"), "postgres://intake-only/db"},
 		"shared database":         {cfg.databaseURL("ledger"), "postgres://file/db"},
 		"target from flag":        {cfg.Target, "intake,ledger"},
+		"approval tick from env":  {cfg.ApprovalTick.String(), "250ms"},
 	}
 	for name, c := range checks {
 		if c[0] != c[1] {
@@ -59,12 +61,13 @@ func TestParseServeErrors(t *testing.T) {
 			}
 		})
 	}
-	cfg, err := ParseServe([]string{"--target=all", "--nats-atomic-batch=1001"}, none, io.Discard)
+	cfg, err := ParseServe([]string{"--target=all", "--nats-atomic-batch=1001", "--approval-tick=-1s"}, none, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = cfg.Validate()
-	for _, want := range []string{"--nats-atomic-batch 1001: want 0 (never) up to 1000", "intake needs a database", "--tokens-file is required", "approval needs --policy", "provisioner needs --connectors", "intake needs --webhook-sources"} {
+	for _, want := range []string{"--nats-atomic-batch 1001: want 0 (never) up to 1000", "intake needs a database", "--tokens-file is required", "approval needs --policy", "provisioner needs --connectors", "intake needs --webhook-sources",
+		"--approval-tick -1s: want a positive duration"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want it to say %q", err, want)
 		}

@@ -204,7 +204,7 @@ func Start(ctx context.Context, cfg *ServeConfig, o Options) (*Stack, error) {
 			// With a policy file, the service loads it and reloads it when it changes. With the
 			// connectors file too, the policy must fit it: a system naming a connector that is
 			// not configured, or an entitlement its connector does not define, fails the start.
-			acfg := approval.Config{Policy: o.Policy, PolicyFile: cfg.Policy}
+			acfg := approval.Config{Policy: o.Policy, PolicyFile: cfg.Policy, Tick: cfg.ApprovalTick}
 			if cfg.Connectors != "" {
 				if acfg.Connectors, err = LoadConnectors(cfg.Connectors); err != nil {
 					return nil, err

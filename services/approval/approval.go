@@ -461,6 +461,21 @@ func (s *Service) converge(ctx context.Context, tx pgx.Tx, worker string, jobCha
 		return nil, err
 	}
 	var out []events.Event
+	// Pending role requests for packages the role no longer includes are cancelled first: a
+	// grant of such a package held outside the role (JIT) is then asked to be re-approved,
+	// not lost to the pending request as a duplicate.
+	rows, err := tx.Query(ctx, `UPDATE requests SET status = 'cancelled', closed_at = now(), reason = 'role change'
+		WHERE worker_id = $1 AND status IN ('pending', 'refused') AND kind = 'role' AND NOT (package = ANY($2)) RETURNING request_id, package, system`, worker, keys(want))
+	if err != nil {
+		return nil, err
+	}
+	cancelled, err := collectCancelled(rows)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range cancelled {
+		out = append(out, requestEvent(c[0], worker, c[1], c[2], "cancelled", "role change"))
+	}
 	have := map[string]bool{}
 	now := time.Now().UTC()
 	for _, g := range held {
@@ -523,19 +538,6 @@ func (s *Service) converge(ctx context.Context, tx pgx.Tx, worker string, jobCha
 			}
 			out = append(out, evs...)
 		}
-	}
-	// Pending role requests for packages the role no longer includes are cancelled.
-	rows, err := tx.Query(ctx, `UPDATE requests SET status = 'cancelled', closed_at = now(), reason = 'role change'
-		WHERE worker_id = $1 AND status IN ('pending', 'refused') AND kind = 'role' AND NOT (package = ANY($2)) RETURNING request_id, package, system`, worker, keys(want))
-	if err != nil {
-		return nil, err
-	}
-	cancelled, err := collectCancelled(rows)
-	if err != nil {
-		return nil, err
-	}
-	for _, c := range cancelled {
-		out = append(out, requestEvent(c[0], worker, c[1], c[2], "cancelled", "role change"))
 	}
 	if w.thirdParty() && w.sponsor == "" {
 		// Contractors and vendor staff need a sponsor before anything is granted or requested.

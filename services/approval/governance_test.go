@@ -718,3 +718,40 @@ func TestEveryMethodHasARule(t *testing.T) {
 		}
 	}
 }
+
+// A grant held outside the role is re-approved after a move, also when a request for its
+// package was pending. A clerk holds EHR access for an hour (JIT); a move to RN asks for the
+// role's EHR package (pending, the JIT grant still held); back to CLERK, the JIT grant is
+// outside the role again and needs its re-approval: the pending role request is cancelled,
+// and the re-approval must not be lost to it (a grant waiting for a re-approval nobody can
+// give would be revoked at the window's end with no one asked).
+func TestReapprovalNotLostToAPendingRoleRequest(t *testing.T) {
+	g := startGov(t)
+	now := time.Now()
+	g.hr(t, "h1", joiner, staff("c1", "CLERK", "m1"), now.Add(-time.Hour))
+	g.decisions(t, 1) // wiki-reader
+	res, err := g.svc.RequestAccess(as("desk", authn.RoleOperator), &approvalv1.RequestAccessRequest{WorkerId: "c1", Package: "ehr-clinician",
+		Justification: "ward cover", DurationSeconds: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.approveAll(t, res.Request, "m1", "cmio")
+	jit := g.decisions(t, 1)[0]
+	g.hr(t, "h2", mover, staff("c1", "RN", "m1"), now.Add(-30*time.Minute))
+	if r := g.pending(t, "c1", "ehr-clinician"); r.Kind != kindRole {
+		t.Fatalf("after the move to RN: %v", r)
+	}
+	g.hr(t, "h3", mover, staff("c1", "CLERK", "m1"), now.Add(-10*time.Minute))
+	eventuallyT(t, "a re-approval of the JIT grant", func() error {
+		res, err := g.svc.ListRequests(context.Background(), &approvalv1.ListRequestsRequest{WorkerId: "c1", Status: "pending"})
+		if err != nil {
+			return err
+		}
+		for _, r := range res.Requests {
+			if r.Package == "ehr-clinician" && r.Kind == kindReapproval && r.GrantId == jit.GrantId {
+				return nil
+			}
+		}
+		return fmt.Errorf("pending: %v", res.Requests)
+	})
+}

@@ -178,17 +178,18 @@ func (s *Service) ExplainAccess(ctx context.Context, req *approvalv1.ExplainAcce
 		enabled[a.Connector] = enabled[a.Connector] || on
 		desc := fmt.Sprintf("target %s account %s is %s with [%s] (read back %s, %s)", a.Connector, a.Username, strings.ToLower(strings.TrimPrefix(a.State.String(), "ACCOUNT_STATE_")),
 			strings.Join(a.Entitlements, ", "), a.ObservedAt.AsTime().Format(time.RFC3339), a.Outcome)
+		var extra []string
+		for _, e := range a.Entitlements {
+			if !slices.Contains(want, e) {
+				extra = append(extra, e)
+			}
+		}
 		switch {
 		case on && !granted:
 			out.TargetMatches = false
 			out.Notes = append(out.Notes, desc+": no active grant explains a login")
 		case on:
-			var extra, missing []string
-			for _, e := range a.Entitlements {
-				if !slices.Contains(want, e) {
-					extra = append(extra, e)
-				}
-			}
+			var missing []string
 			for _, e := range want {
 				if !slices.Contains(a.Entitlements, e) && !slices.Contains(missing, e) {
 					missing = append(missing, e)
@@ -209,6 +210,11 @@ func (s *Service) ExplainAccess(ctx context.Context, req *approvalv1.ExplainAcce
 				msg += " (" + a.Error + ")"
 			}
 			out.Notes = append(out.Notes, msg)
+		}
+		if !on && len(extra) > 0 {
+			// Disabled, yet a member of what nobody grants: enabled again, it would have it.
+			out.TargetMatches = false
+			out.Notes = append(out.Notes, desc+": holds "+strings.Join(extra, ", ")+", which no grant explains")
 		}
 	}
 	for c := range explained {

@@ -79,3 +79,55 @@ func TestFailedEnsureNeverWidensAccess(t *testing.T) {
 		t.Errorf("accounts shows %v; want the target's truth (disabled, no entitlements) and why", a)
 	}
 }
+
+// A disabled account holds only what its grants explain. A revoked last grant, a leaver's
+// revoked grants and a grant revoked during a leave of absence each take the group away in
+// the target too, not only the login: an auditor reading pg_auth_members finds no member
+// nobody granted, a revoke is confirmed only once the target reflects it, and nothing comes
+// back if the account is enabled again. A leave of absence alone keeps the groups (its
+// grants stand; ending the leave is enabling alone). Read from pg_roles itself.
+func TestDisabledAccountHoldsOnlyWhatGrantsExplain(t *testing.T) {
+	pg := newPGTarget(t)
+	h, _ := startOn(t, pg.pool, Config{Targets: []Target{pg.target(t, "ehr", connector.Lifecycle{})}})
+	wantTarget := func(user string, login bool, groups ...string) {
+		t.Helper()
+		eventually(t, fmt.Sprintf("%s: login %v, groups %v", user, login, groups), func() error {
+			on, _ := pg.login(t, user)
+			if gs := pg.groupsOf(t, user); on != login || !slices.Equal(gs, groups) {
+				return fmt.Errorf("login %v, groups %v", on, gs)
+			}
+			return nil
+		})
+	}
+	for _, w := range []string{"w-last", "w-leaver", "w-leave"} {
+		h.joiner(t, w, time.Now().Add(-time.Hour))
+		h.grant(t, w, "g-"+w, "ehr", pg.group)
+		h.waitVerified(t, w, 1)
+	}
+	user := func(w string) string { return h.accounts(t, w)[0].Username }
+
+	// The last grant revoked: disabled, and out of the group.
+	h.revokeGrant(t, "w-last", "g-w-last", "ehr")
+	wantTarget(user("w-last"), false)
+
+	// A leaver, then the approval service's revoke of their grant.
+	h.fire(t, "w-leaver")
+	h.revokeGrant(t, "w-leaver", "g-w-leaver", "ehr")
+	wantTarget(user("w-leaver"), false)
+	h.waitCase(t, "w-leaver", eventsv1.LeaverCaseStatus_LEAVER_CASE_STATUS_COMPLETED)
+
+	// A leave of absence keeps the group while the grant stands; a revoke during it takes it.
+	h.hrEvent(t, "w-leave", eventsv1.WorkerEventKind_WORKER_EVENT_KIND_LEAVE_START, eventsv1.WorkerStatus_WORKER_STATUS_ON_LEAVE)
+	wantTarget(user("w-leave"), false, pg.group)
+	h.revokeGrant(t, "w-leave", "g-w-leave", "ehr")
+	wantTarget(user("w-leave"), false)
+	for _, w := range []string{"w-last", "w-leaver", "w-leave"} {
+		eventually(t, w+": read back at the last generation", func() error {
+			a := h.accounts(t, w)[0]
+			if a.ObservedGeneration != a.Generation || len(a.Entitlements) != 0 {
+				return fmt.Errorf("account %v", a)
+			}
+			return nil
+		})
+	}
+}

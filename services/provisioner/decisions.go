@@ -503,10 +503,33 @@ func (s *Service) reconverge(ctx context.Context, tx pgx.Tx, worker, linkID, sta
 		WHERE g.link_id = $1 AND g.active`, linkID).Scan(&ents); err != nil {
 		return nil, err
 	}
+	// A disabled account holds only what its grants explain: an entitlement no grant explains
+	// any more is revoked in the target, while one granted during a leave waits for the
+	// enable. With the last command's read-back current, an ensure (no new disable, no
+	// revocation events, the leaver case's evidence untouched) narrows it now; with a command
+	// under way, that command narrows it, or narrowDisabled does after it.
+	narrows := slices.ContainsFunc(curEnts, func(e string) bool { return !slices.Contains(ents, e) })
+	if state == stateDisabled && curState == stateDisabled && gen > 0 && narrows {
+		var observedGen int64
+		if err := tx.QueryRow(ctx, "SELECT observed_generation FROM links WHERE link_id = $1", linkID).Scan(&observedGen); err != nil {
+			return nil, err
+		}
+		if observedGen != gen {
+			_, err := tx.Exec(ctx, "UPDATE links SET desired_entitlements = $2 WHERE link_id = $1", linkID, ents)
+			return nil, err
+		}
+		if err := tx.QueryRow(ctx, `UPDATE links SET desired_entitlements = $2, generation = generation + 1 WHERE link_id = $1 RETURNING generation`,
+			linkID, ents).Scan(&gen); err != nil {
+			return nil, err
+		}
+		if err := s.supersedeLinkTasks(ctx, tx, conn, linkID, why); err != nil {
+			return nil, err
+		}
+		return []events.Event{command(worker, conn, linkID, gen, eventsv1.ProvisionOp_PROVISION_OP_ENSURE, "")}, nil
+	}
 	if (state == curState && (slices.Equal(ents, curEnts) || state == stateDisabled) && gen > 0) || (gen == 0 && state == stateDisabled) {
-		// Nothing to do in the target; a disabled account keeps the entitlements it had. A
-		// link never provisioned (a grant while the worker is on leave) has no account to
-		// disable: it is created when the link is enabled.
+		// Nothing to do in the target. A link never provisioned (a grant while the worker is
+		// on leave) has no account to disable: it is created when the link is enabled.
 		if !slices.Equal(ents, curEnts) || state != curState {
 			if _, err := tx.Exec(ctx, "UPDATE links SET desired_state = $2, desired_entitlements = $3 WHERE link_id = $1", linkID, state, ents); err != nil {
 				return nil, err

@@ -79,6 +79,10 @@ func (s *Service) listAll(ctx context.Context, t *Target) ([]connector.Account, 
 type recLink struct {
 	id, worker, username, accountID, desired, origin, workerStatus string
 	granted                                                        []string
+	// What tenure last saw of the account in the target ("unknown": never seen).
+	observed     string
+	observedEnts []string
+	generation   int64
 }
 
 // seen is one finding a run observed.
@@ -153,6 +157,11 @@ func (s *Service) ReconcileTarget(ctx context.Context, name, trigger string) (*p
 			return err
 		}
 		found := s.compare(t, accts, links)
+		seenNow, err := s.observe(ctx, tx, t, accts, links, started)
+		if err != nil {
+			return err
+		}
+		out = append(out, seenNow...)
 		now := time.Now().UTC()
 		for i := range found {
 			f := &found[i]
@@ -235,14 +244,15 @@ func (s *Service) ReconcileTarget(ctx context.Context, name, trigger string) (*p
 // and the entitlements their active grants explain.
 func (s *Service) reconcileLinks(ctx context.Context, tx pgx.Tx, conn string) ([]*recLink, error) {
 	rows, err := tx.Query(ctx, `SELECT l.link_id, l.worker_id, l.username, l.account_id, l.desired_state, l.origin, coalesce(w.status, ''),
-		  (SELECT coalesce(array_agg(DISTINCT e ORDER BY e), '{}') FROM link_grants g, unnest(g.entitlements) e WHERE g.link_id = l.link_id AND g.active)
-		FROM links l LEFT JOIN workers w USING (worker_id) WHERE l.connector = $1 AND l.desired_state <> 'absent'`, conn)
+		  (SELECT coalesce(array_agg(DISTINCT e ORDER BY e), '{}') FROM link_grants g, unnest(g.entitlements) e WHERE g.link_id = l.link_id AND g.active),
+		  l.observed_state, l.observed_entitlements, l.generation
+		FROM links l LEFT JOIN workers w USING (worker_id) WHERE l.connector = $1 AND l.desired_state <> 'absent' ORDER BY l.link_id`, conn)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (*recLink, error) {
 		var l recLink
-		return &l, r.Scan(&l.id, &l.worker, &l.username, &l.accountID, &l.desired, &l.origin, &l.workerStatus, &l.granted)
+		return &l, r.Scan(&l.id, &l.worker, &l.username, &l.accountID, &l.desired, &l.origin, &l.workerStatus, &l.granted, &l.observed, &l.observedEnts, &l.generation)
 	})
 }
 
@@ -337,6 +347,59 @@ func (s *Service) compare(t *Target, accts []connector.Account, links []*recLink
 		}
 	}
 	return out
+}
+
+// observe records, for each account tenure has seen in the target, what the listing shows
+// when it differs from what tenure last saw (a group removed or added by hand, an account
+// disabled, enabled or deleted behind tenure's back): on the link, so `accounts` shows it,
+// and as a tenure.result.<connector>.observed result, so the approval service's explain
+// compares the grants with it. A command's read-back newer than the listing wins. links
+// come in link order, the order in which finish locks them.
+func (s *Service) observe(ctx context.Context, tx pgx.Tx, t *Target, accts []connector.Account, links []*recLink, listed time.Time) ([]events.Event, error) {
+	byName, byID := map[string]connector.Account{}, map[string]connector.Account{}
+	for _, a := range accts {
+		byName[a.Username] = a
+		if a.ID != "" {
+			byID[a.ID] = a
+		}
+	}
+	_, manages := t.Conn.(connector.EntitlementGranter)
+	var out []events.Event
+	for _, l := range links {
+		if l.observed == "unknown" || l.observed == "" {
+			continue // never seen: nothing to compare with
+		}
+		a, ok := byID[l.accountID]
+		if !ok || l.accountID == "" {
+			a, ok = byName[l.username]
+		}
+		st, ents := connector.StateAbsent, []string{}
+		if ok {
+			st, ents = a.State, slices.Sorted(slices.Values(a.Entitlements))
+		}
+		if !manages {
+			ents = slices.Sorted(slices.Values(l.observedEnts)) // only the state is the connector's to report
+		}
+		ents = nonNil(ents)
+		if st.String() == l.observed && slices.Equal(ents, slices.Sorted(slices.Values(l.observedEnts))) {
+			continue
+		}
+		tag, err := tx.Exec(ctx, `UPDATE links SET observed_state = $2, observed_entitlements = $3 WHERE link_id = $1 AND (verified_at IS NULL OR verified_at < $4)`,
+			l.id, st.String(), ents, listed)
+		if err != nil {
+			return nil, err
+		}
+		if tag.RowsAffected() == 0 {
+			continue
+		}
+		s.log.InfoContext(ctx, "account changed in the target since tenure last saw it", "connector", t.Name, "username", l.username,
+			"was", l.observed, "now", st.String(), "entitlements", ents)
+		out = append(out, events.Event{ID: events.NewID(), Subject: events.Subject("tenure.result."+t.Name, "observed"), Source: source, WorkerID: l.worker,
+			Actor: "provisioner", Payload: &eventsv1.ProvisionResult{Connector: t.Name, WorkerId: l.worker, LinkId: l.id, Username: l.username,
+				Outcome: eventsv1.ProvisionOutcome_PROVISION_OUTCOME_OBSERVED, ObservedState: accountState(st), Generation: l.generation,
+				CompletedAt: timestamppb.New(listed), Entitlements: ents}})
+	}
+	return out, nil
 }
 
 func orUnknown(s string) string {

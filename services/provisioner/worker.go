@@ -301,7 +301,15 @@ func (s *Service) work(ctx context.Context, t *Target, msg jetstream.Msg) error 
 	pmu.Unlock()
 	switch {
 	case opErr == nil:
-		return s.finish(ctx, meta, msg.Subject(), &cmd, l, &acct, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, attempts, revoked, true)
+		if err := s.finish(ctx, meta, msg.Subject(), &cmd, l, &acct, eventsv1.ProvisionOutcome_PROVISION_OUTCOME_VERIFIED, attempts, revoked, true); err != nil {
+			return err
+		}
+		if l.desired == stateDisabled {
+			if err := s.narrowDisabled(ctx, t, &cmd, acct); err != nil {
+				s.log.WarnContext(ctx, "narrow a disabled account after its command", "link", l.id, "err", err)
+			}
+		}
+		return nil
 	case errors.Is(opErr, connector.ErrPending):
 		// A person does this one; the attestation issues the command that reads it back.
 		return s.waiting(ctx, &cmd, l, opErr)
@@ -374,7 +382,8 @@ func (s *Service) readBack(ctx context.Context, t *Target, l link) *connector.Ac
 
 // converged says the account as read back is the link's desired state. Unlike verify, an
 // enabled account must hold no entitlement beyond the desired ones where the connector
-// manages them (exact), as apply leaves it.
+// manages them (exact), as apply leaves it. (A disabled one narrowed late is narrowed by
+// narrowDisabled, not re-disabled.)
 func converged(l link, a *connector.Account, exact bool) bool {
 	if a == nil || verify(l, *a) != nil {
 		return false
@@ -429,6 +438,18 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 			return connector.Account{}, revocations{}, err
 		}
 		acct, err := get()
+		if err == nil {
+			// Disabled first, then narrowed: a disabled account keeps only the entitlements
+			// its grants explain (a leave of absence keeps them all), so no revoked grant
+			// lingers in the target, nor comes back with an enable.
+			changed, nerr := narrow(ctx, t, ref, acct, l.entitlements)
+			if nerr != nil {
+				return connector.Account{}, revocations{}, nerr
+			}
+			if changed {
+				acct, err = get()
+			}
+		}
 		if errors.Is(err, connector.ErrNotFound) && ref.ID != "" {
 			// Gone under its id, but the target may have the name again under a new one (a
 			// restore or re-import recreated it): a leaver's name must not stay enabled there.
@@ -488,14 +509,10 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 		// what its grants explain. A failure part-way leaves a disabled account disabled; one
 		// that leaves an enabled account holding an entitlement nobody grants disables it
 		// (narrowForFailure), and a command that fails for good disables it (quarantine).
+		if _, err := narrow(ctx, t, ref, acct, l.entitlements); err != nil {
+			return connector.Account{}, revocations{}, s.narrowForFailure(ctx, t, ref, acct, err)
+		}
 		if g, ok := c.(connector.EntitlementGranter); ok {
-			for _, e := range acct.Entitlements {
-				if !slices.Contains(l.entitlements, e) {
-					if err := call(ctx, "revoke", func(ctx context.Context) error { return g.RevokeEntitlement(ctx, ref, e) }); err != nil {
-						return connector.Account{}, revocations{}, s.narrowForFailure(ctx, t, ref, acct, fmt.Errorf("revoke %s: %w", e, err))
-					}
-				}
-			}
 			for _, e := range l.entitlements {
 				if !slices.Contains(acct.Entitlements, e) {
 					if err := call(ctx, "grant", func(ctx context.Context) error { return g.GrantEntitlement(ctx, ref, e) }); err != nil {
@@ -516,6 +533,61 @@ func (s *Service) apply(ctx context.Context, t *Target, l *link, leaver bool) (c
 		acct, err = get()
 		return acct, revocations{}, err
 	}
+}
+
+// narrow revokes the entitlements acct holds beyond want, where the connector manages
+// entitlements, and says whether it revoked any.
+func narrow(ctx context.Context, t *Target, ref connector.AccountRef, acct connector.Account, want []string) (bool, error) {
+	g, ok := t.Conn.(connector.EntitlementGranter)
+	if !ok {
+		return false, nil
+	}
+	changed := false
+	for _, e := range acct.Entitlements {
+		if !slices.Contains(want, e) {
+			if err := t.runner.Call(ctx, "revoke", func(ctx context.Context) error { return g.RevokeEntitlement(ctx, ref, e) }); err != nil {
+				return changed, fmt.Errorf("revoke %s: %w", e, err)
+			}
+			changed = true
+		}
+	}
+	return changed, nil
+}
+
+// narrowDisabled follows a verified command that left a disabled account: if a revoke
+// shrank the link's desired entitlements while the command ran (a leaver's grants revoked
+// while the case's disable was under way) and the read-back still holds what no grant
+// explains, it issues an ensure (no new disable, no revocation events) that narrows it. It
+// runs after the command's finish committed, so a revoke either committed before (and is
+// seen here) or sees the read-back current and issues that ensure itself (reconverge).
+func (s *Service) narrowDisabled(ctx context.Context, t *Target, cmd *eventsv1.ProvisionCommand, acct connector.Account) error {
+	if _, ok := t.Conn.(connector.EntitlementGranter); !ok || acct.State != connector.StateDisabled {
+		return nil
+	}
+	var ev *events.Event
+	err := pgstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		var desired string
+		var want []string
+		var gen, observedGen int64
+		if err := tx.QueryRow(ctx, "SELECT desired_state, desired_entitlements, generation, observed_generation FROM links WHERE link_id = $1 FOR UPDATE",
+			cmd.GetLinkId()).Scan(&desired, &want, &gen, &observedGen); err != nil {
+			return err
+		}
+		if desired != stateDisabled || gen != cmd.GetGeneration() || observedGen != gen ||
+			!slices.ContainsFunc(acct.Entitlements, func(e string) bool { return !slices.Contains(want, e) }) {
+			return nil
+		}
+		if err := tx.QueryRow(ctx, "UPDATE links SET generation = generation + 1 WHERE link_id = $1 RETURNING generation", cmd.GetLinkId()).Scan(&gen); err != nil {
+			return err
+		}
+		e := command(cmd.GetWorkerId(), cmd.GetConnector(), cmd.GetLinkId(), gen, eventsv1.ProvisionOp_PROVISION_OP_ENSURE, "")
+		ev = &e
+		return pgstore.Enqueue(ctx, tx, e)
+	})
+	if err == nil && ev != nil {
+		s.relay.Poke()
+	}
+	return err
 }
 
 // narrowForFailure disables an enabled account whose stale entitlement could not be
@@ -717,6 +789,8 @@ func outcomeToken(o eventsv1.ProvisionOutcome) string {
 		return "superseded"
 	case eventsv1.ProvisionOutcome_PROVISION_OUTCOME_DEAD_LETTERED:
 		return "dead_lettered"
+	case eventsv1.ProvisionOutcome_PROVISION_OUTCOME_OBSERVED:
+		return "observed"
 	}
 	return "failed"
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -62,6 +63,13 @@ func binaries(t *testing.T) (tenure, tenurectl string) {
 		t.Fatal(buildErr)
 	}
 	return filepath.Join(binDir, "tenure"), filepath.Join(binDir, "tenurectl")
+}
+
+// isFlagSet says whether the command line set the flag (a test then leaves it alone).
+func isFlagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func freeAddr(t *testing.T) string {

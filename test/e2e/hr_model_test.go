@@ -95,12 +95,6 @@ func TestHRLifecycleModel(t *testing.T) {
 	})
 }
 
-func isFlagSet(name string) bool {
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
-}
-
 // hrEv is one event of a worker's HR timeline.
 type hrEv struct {
 	worker, typ string

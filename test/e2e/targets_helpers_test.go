@@ -54,6 +54,12 @@ type stackOptions struct {
 	NATSSyncAlways bool
 	Log            *slog.Logger
 	CaseDeadline   time.Duration
+	// Tokens are more entries of the tokens file (each a YAML flow mapping: {name, roles,
+	// token}), for tests that act as approvers or security.
+	Tokens []string
+	// ApprovalTick is how often the approval service checks deadlines (JIT and break-glass
+	// expiry); 0: its default.
+	ApprovalTick time.Duration
 }
 
 // startStack starts embedded NATS, sets up a fresh database of the test cluster as `tenure
@@ -76,7 +82,7 @@ func startStack(tb testing.TB, o stackOptions) *stackEnv {
 	}
 	e := &stackEnv{AdminURL: admin, Dir: tb.TempDir(), OperatorToken: "op-" + fmt.Sprint(time.Now().UnixNano()), HRSecret: webhook.NewSecret()}
 	files := map[string]string{
-		"tokens.yaml":     fmt.Sprintf("tokens:\n  - {name: olga, roles: [operator, auditor], token: %q}\n", e.OperatorToken),
+		"tokens.yaml":     fmt.Sprintf("tokens:\n  - {name: olga, roles: [operator, auditor], token: %q}\n", e.OperatorToken) + tokenLines(o.Tokens),
 		"sources.yaml":    fmt.Sprintf("sources:\n  hr:\n    secrets: [%q]\n", e.HRSecret),
 		"policy.yaml":     o.Policy,
 		"connectors.yaml": o.Connectors,
@@ -93,7 +99,7 @@ func startStack(tb testing.TB, o stackOptions) *stackEnv {
 		Policy: filepath.Join(e.Dir, "policy.yaml"), Connectors: filepath.Join(e.Dir, "connectors.yaml"),
 		LedgerKeyFile: filepath.Join(e.Dir, "ledger.key"), LedgerWriterRole: "tenure_ledger",
 		ConnectTimeout: 10 * time.Second, CaseDeadline: 5 * time.Minute, LogFormat: "text", LogLevel: "info",
-		DatabaseURLs: map[string]string{},
+		DatabaseURLs: map[string]string{}, ApprovalTick: o.ApprovalTick,
 	}
 	if o.CaseDeadline > 0 {
 		cfg.CaseDeadline = o.CaseDeadline
@@ -130,6 +136,14 @@ func startStack(tb testing.TB, o stackOptions) *stackEnv {
 	e.Stack = st
 	e.Hook = "http://" + st.HTTPAddr + "/webhooks/hr"
 	return e
+}
+
+func tokenLines(entries []string) string {
+	var b strings.Builder
+	for _, e := range entries {
+		b.WriteString("  - " + e + "\n")
+	}
+	return b.String()
 }
 
 // ---- a private slapd with ppolicy (as pkg/connectors/ldap's tests start it) ----

@@ -321,6 +321,10 @@ const (
 	ProvisionOutcome_PROVISION_OUTCOME_SUPERSEDED ProvisionOutcome = 3
 	// Retries are exhausted; the command is in the dead-letter stream.
 	ProvisionOutcome_PROVISION_OUTCOME_DEAD_LETTERED ProvisionOutcome = 4
+	// No command ran: reconciliation read the account from the target and it differs from
+	// what tenure last saw there (changed behind tenure's back, or never seen): what it holds
+	// now, which may not be its desired state (drift).
+	ProvisionOutcome_PROVISION_OUTCOME_OBSERVED ProvisionOutcome = 5
 )
 
 // Enum value maps for ProvisionOutcome.
@@ -331,6 +335,7 @@ var (
 		2: "PROVISION_OUTCOME_FAILED",
 		3: "PROVISION_OUTCOME_SUPERSEDED",
 		4: "PROVISION_OUTCOME_DEAD_LETTERED",
+		5: "PROVISION_OUTCOME_OBSERVED",
 	}
 	ProvisionOutcome_value = map[string]int32{
 		"PROVISION_OUTCOME_UNSPECIFIED":   0,
@@ -338,6 +343,7 @@ var (
 		"PROVISION_OUTCOME_FAILED":        2,
 		"PROVISION_OUTCOME_SUPERSEDED":    3,
 		"PROVISION_OUTCOME_DEAD_LETTERED": 4,
+		"PROVISION_OUTCOME_OBSERVED":      5,
 	}
 )
 
@@ -2911,13 +2917,14 @@ const file_tenure_events_v1_events_proto_rawDesc = "" +
 	"\vProvisionOp\x12\x1c\n" +
 	"\x18PROVISION_OP_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PROVISION_OP_ENSURE\x10\x01\x12\x18\n" +
-	"\x14PROVISION_OP_DISABLE\x10\x02*\xba\x01\n" +
+	"\x14PROVISION_OP_DISABLE\x10\x02*\xda\x01\n" +
 	"\x10ProvisionOutcome\x12!\n" +
 	"\x1dPROVISION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aPROVISION_OUTCOME_VERIFIED\x10\x01\x12\x1c\n" +
 	"\x18PROVISION_OUTCOME_FAILED\x10\x02\x12 \n" +
 	"\x1cPROVISION_OUTCOME_SUPERSEDED\x10\x03\x12#\n" +
-	"\x1fPROVISION_OUTCOME_DEAD_LETTERED\x10\x04*~\n" +
+	"\x1fPROVISION_OUTCOME_DEAD_LETTERED\x10\x04\x12\x1e\n" +
+	"\x1aPROVISION_OUTCOME_OBSERVED\x10\x05*~\n" +
 	"\fAccountState\x12\x1d\n" +
 	"\x19ACCOUNT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ACCOUNT_STATE_ENABLED\x10\x01\x12\x1a\n" +
