@@ -255,18 +255,11 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 	if _, err := pgx.ForEachRow(rows, []any{&w, &id}, func() error { caseOf[w] = id; return nil }); err != nil {
 		return nil, err
 	}
-	// A disable whose case HR rescinded meanwhile reports no revocation: the worker is back,
-	// and a security team acting on it (ending sessions, say) would act against a reinstated
-	// worker. Its result still carries the revoked grants, so approval confirms them. A
-	// rescind in flight held the case (open, locked above), so it has committed by now.
-	var disableCases []string
-	for _, it := range verified {
-		if c := it.cmd.GetCaseId(); c != "" && it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
-			disableCases = append(disableCases, c)
-		}
-	}
-	// A grant its leaver revoked, when HR rescinded that termination, is confirmed (the
-	// result's revoked grants) but announces no grant_revoked (leaverRescinded).
+	// A worker whose latest leaver case HR rescinded is back: a disable of that case reports
+	// no revocation, nor does a grant its leaver revoked (leaverRescinded); a security team
+	// acting on them (ending sessions, say) would act against a reinstated worker. The
+	// results still carry the revoked grants, so approval confirms them. A rescind in flight
+	// held the case (open, locked above), so it has committed by now.
 	{
 		rows, err := tx.Query(ctx, `SELECT DISTINCT ON (worker_id) worker_id, rescinded_at IS NOT NULL FROM cases
 			WHERE worker_id = ANY($1) ORDER BY worker_id, opened_at DESC`, workers)
@@ -280,19 +273,7 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 		}
 		for _, it := range verified {
 			it.leaverUndone = undone[it.l.worker]
-		}
-	}
-	if len(disableCases) > 0 {
-		rescinded := map[string]bool{}
-		rows, err := tx.Query(ctx, "SELECT case_id FROM cases WHERE case_id = ANY($1) AND rescinded_at IS NOT NULL", disableCases)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { rescinded[id] = true; return nil }); err != nil {
-			return nil, err
-		}
-		for _, it := range verified {
-			it.rescinded = rescinded[it.cmd.GetCaseId()]
+			it.rescinded = it.leaverUndone && it.cmd.GetCaseId() != "" && it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE
 		}
 	}
 	b := &pgx.Batch{}
