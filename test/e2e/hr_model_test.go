@@ -419,16 +419,20 @@ func (m *hrModel) holds(ctx context.Context, wf intakev1.WorkforceServiceClient,
 	if leavers != m.leavers {
 		return fmt.Errorf("%d leavers applied in the registry, model %d", leavers, m.leavers)
 	}
-	// No revocation is published after the rescind that restored the worker's access: after
-	// the provisioner took the rescind (tenure.case.rescinded), read from the ledger, which
-	// records every event with its stream position. (A worker the rescind restored on leave
-	// is suspended, and that suspension's disable is a revocation of its own.)
+	// No revocation of the rescinded leaver is published after the rescind that restored the
+	// worker's access (after the provisioner took it: tenure.case.rescinded), read from the
+	// ledger, which records every event with its stream position: no grant_revoked, no
+	// worker_terminated or case_completed, no revocation of the case's disables. (A worker the
+	// rescind restored on leave is suspended, and that suspension's disable is a revocation
+	// of its own; so is a disable for a grant approval revoked and has not granted again.)
 	if m.status != "active" {
 		return nil
 	}
 	var late int
 	if err := db.QueryRow(ctx, `SELECT count(*) FROM ledger.entries r WHERE r.worker_id = $1 AND r.subject LIKE 'tenure.revocation.%'
-		AND r.stream_seq > (SELECT max(stream_seq) FROM ledger.entries WHERE subject = 'tenure.case.rescinded.' || $1)`, m.id).Scan(&late); err != nil {
+		AND r.stream_seq > (SELECT max(stream_seq) FROM ledger.entries WHERE subject = 'tenure.case.rescinded.' || $1)
+		AND (r.subject NOT SIMILAR TO 'tenure.revocation.(account_disabled|session_revoked|credentials_revoked).%'
+		  OR position(convert_to((SELECT c.case_id FROM provisioner.cases c WHERE c.worker_id = $1 ORDER BY c.opened_at DESC LIMIT 1), 'UTF8') IN r.payload) > 0)`, m.id).Scan(&late); err != nil {
 		return err
 	}
 	if late != 0 {
