@@ -76,6 +76,15 @@ func (r applyResult) effect() string {
 	return "none"
 }
 
+// published is what the apply puts out, in order: its own event, if it changed access, then
+// those of the changes that waited for this hire.
+func (r applyResult) published() []events.Event {
+	if !r.publish {
+		return r.then
+	}
+	return append([]events.Event{r.ev}, r.then...)
+}
+
 // reason is why an event had no effect, for the webhook answer and the history.
 func (r applyResult) reason() string {
 	if r.stale && r.noEffect == "" {
@@ -169,13 +178,7 @@ func (s *Service) releaseWaiting(ctx context.Context, tx pgx.Tx, worker, hireID 
 	var out []events.Event
 	for _, x := range list {
 		state, why := "fired", ""
-		var ev HREvent
-		c, err := func() (change, error) {
-			if err := json.Unmarshal(x.body, &ev); err != nil {
-				return change{}, Unprocessable("", "held event is not readable: %v", err)
-			}
-			return validate(ev)
-		}()
+		c, err := decodeHeld(x.body)
 		switch {
 		case err != nil:
 			state, why = "failed", err.Error()
@@ -191,10 +194,7 @@ func (s *Service) releaseWaiting(ctx context.Context, tx pgx.Tx, worker, hireID 
 			case err != nil:
 				return nil, err
 			default:
-				if ar.publish {
-					out = append(out, ar.ev)
-				}
-				out = append(out, ar.then...)
+				out = append(out, ar.published()...)
 			}
 		}
 		done := &now

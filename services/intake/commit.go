@@ -354,12 +354,10 @@ func (s *Service) storeBatch(ctx context.Context, batch []*ingestItem) error {
 			if err != nil {
 				return err
 			}
-			for _, ev := range evs {
-				if err := pgstore.Enqueue(ctx, tx, ev); err != nil {
-					return fmt.Errorf("intake: enqueue %s: %w", ev.ID, err)
-				}
-				released = true
+			if err := pgstore.Enqueue(ctx, tx, evs...); err != nil {
+				return fmt.Errorf("intake: enqueue the changes released by %s: %w", it.res.eventID, err)
 			}
+			released = released || len(evs) > 0
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {

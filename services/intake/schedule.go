@@ -41,6 +41,15 @@ func traceHeaders(ctx context.Context) []byte {
 	return hb
 }
 
+// decodeHeld reads a held event's stored canonical form back into a validated change.
+func decodeHeld(body []byte) (change, error) {
+	var ev HREvent
+	if err := json.Unmarshal(body, &ev); err != nil {
+		return change{}, Unprocessable("", "held event is not readable: %v", err)
+	}
+	return validate(ev)
+}
+
 // hrEventOf turns a validated change back into its canonical form (for held events).
 func hrEventOf(c change) HREvent {
 	w := c.worker
@@ -162,13 +171,7 @@ func (s *Service) fireOne(ctx context.Context) (bool, error) {
 		_, err := tx.Exec(ctx, `UPDATE scheduled_events SET state = $2, error = $3, done_at = $4 WHERE event_id = $1`, eventID, state, msg, now)
 		return err
 	}
-	var ev HREvent
-	c, err := func() (change, error) {
-		if err := json.Unmarshal(body, &ev); err != nil {
-			return change{}, Unprocessable("", "held event is not readable: %v", err)
-		}
-		return validate(ev)
-	}()
+	c, err := decodeHeld(body)
 	if err == nil {
 		var ar applyResult
 		ar, err = s.apply(ectx, tx, pending{source: source, sourceEventID: sourceEventID, eventID: eventID, c: c,
@@ -184,15 +187,8 @@ func (s *Service) fireOne(ctx context.Context) (bool, error) {
 			return true, nil
 		}
 		if err == nil {
-			if ar.publish {
-				if err := pgstore.Enqueue(ectx, tx, ar.ev); err != nil {
-					return false, fmt.Errorf("intake: enqueue %s: %w", eventID, err)
-				}
-			}
-			for _, ev := range ar.then {
-				if err := pgstore.Enqueue(ectx, tx, ev); err != nil {
-					return false, fmt.Errorf("intake: enqueue %s: %w", ev.ID, err)
-				}
+			if err := pgstore.Enqueue(ectx, tx, ar.published()...); err != nil {
+				return false, fmt.Errorf("intake: enqueue %s: %w", eventID, err)
 			}
 			if err := finish("fired", ""); err != nil {
 				return false, err

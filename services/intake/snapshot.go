@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tenure-dev/tenure/pkg/events"
 	"github.com/tenure-dev/tenure/pkg/pgstore"
 	eventsv1 "github.com/tenure-dev/tenure/proto/tenure/events/v1"
 	intakev1 "github.com/tenure-dev/tenure/proto/tenure/intake/v1"
@@ -438,7 +439,7 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 		plans = append(plans, plan{hrType: "termination", worker: &eventsv1.Worker{WorkerId: id}, before: cur.worker})
 	}
 
-	var evs []pendingEvent
+	var evs []events.Event
 	for _, p := range plans {
 		et := eventTypes[p.hrType]
 		ch := &intakev1.ReconcileChange{WorkerId: p.worker.WorkerId, Kind: et.token, HrEventType: p.hrType, ChangedFields: p.changed, Before: p.before}
@@ -473,25 +474,18 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 			}
 			// The change shows the worker as the run leaves them, under the first event's id.
 			ch.After = ar.worker
-			if ar.publish {
-				if ch.EventId == "" {
-					ch.EventId = id
-				}
-				evs = append(evs, pendingEvent{ar})
+			if ar.publish && ch.EventId == "" {
+				ch.EventId = id
 			}
-			for _, ev := range ar.then {
-				evs = append(evs, pendingEvent{applyResult{ev: ev}})
-			}
+			evs = append(evs, ar.published()...)
 		}
 		resp.Changes = append(resp.Changes, ch)
 	}
 	if req.dryRun {
 		return resp, nil
 	}
-	for _, e := range evs {
-		if err := pgstore.Enqueue(ctx, tx, e.ev); err != nil {
-			return nil, fmt.Errorf("intake: enqueue: %w", err)
-		}
+	if err := pgstore.Enqueue(ctx, tx, evs...); err != nil {
+		return nil, fmt.Errorf("intake: enqueue: %w", err)
 	}
 	summary, _ := protojson.Marshal(&intakev1.ReconcileResponse{RosterWorkers: resp.RosterWorkers, RegistryWorkers: resp.RegistryWorkers,
 		SkippedNewer: resp.SkippedNewer, SnapshotId: resp.SnapshotId})
@@ -505,8 +499,6 @@ func (s *Service) reconcile(ctx context.Context, req snapshotRequest) (*intakev1
 	s.log.InfoContext(ctx, "snapshot reconciled", "source", req.source, "snapshot_id", req.snapshotID, "changes", len(resp.Changes), "actor", req.actor)
 	return resp, nil
 }
-
-type pendingEvent struct{ applyResult }
 
 func statusOf(w *eventsv1.Worker) eventsv1.WorkerStatus {
 	if w == nil {
