@@ -65,7 +65,6 @@ type finishItem struct {
 
 	// Filled in by the batch.
 	current       bool // the link was still at the command's generation: the read-back counts
-	rescinded     bool // a disable whose leaver case was rescinded: no revocation events
 	leaverUndone  bool // the worker's latest leaver case was rescinded
 	stale         bool // the command touched the target, but its link moved on: superseded
 	reissued      []events.Event
@@ -273,7 +272,6 @@ func (s *Service) markVerified(ctx context.Context, tx pgx.Tx, items []*finishIt
 		}
 		for _, it := range verified {
 			it.leaverUndone = undone[it.l.worker]
-			it.rescinded = it.leaverUndone && it.cmd.GetCaseId() != "" && it.cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE
 		}
 	}
 	b := &pgx.Batch{}
@@ -436,25 +434,27 @@ func (s *Service) finishedEvents(it *finishItem, now time.Time) []events.Event {
 		return append(out, it.reissued...)
 	}
 	system := s.targets[cmd.GetConnector()].System
-	if it.rescinded {
-		r := res.Payload.(*eventsv1.ProvisionResult)
-		if it.current {
-			r.GrantIds, r.RevokedGrantIds = it.activeGrants, it.revokedGrants
-		}
-		return append(out, it.reissued...)
-	}
+	// A disable of the leaver case HR rescinded: its result still carries the grants (approval
+	// confirms them), but it announces no revocation.
+	undone := it.leaverUndone && cmd.GetCaseId() != "" && cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE
 	if it.current {
+		r := res.Payload.(*eventsv1.ProvisionResult)
+		r.GrantIds, r.RevokedGrantIds = it.activeGrants, it.revokedGrants
+		if undone {
+			return out
+		}
 		for _, d := range it.deleted {
 			out = append(out, s.deletionEventOf(d, l.username))
 		}
-		r := res.Payload.(*eventsv1.ProvisionResult)
-		r.GrantIds, r.RevokedGrantIds = it.activeGrants, it.revokedGrants
 		for _, g := range it.confirmed {
 			if it.leaverUndone && g.byLeaver() {
 				continue // revoked by a termination HR rescinded
 			}
 			out = append(out, grantRevokedEvent(l, system, g, cmd.GetCaseId(), now))
 		}
+	}
+	if undone {
+		return out
 	}
 	if cmd.GetOp() == eventsv1.ProvisionOp_PROVISION_OP_DISABLE {
 		rev := func(kind eventsv1.RevocationKind, tok string) events.Event {
